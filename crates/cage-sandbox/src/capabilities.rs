@@ -1,0 +1,32 @@
+//! Capabilities: set each of the five sets to exactly what the plan says (empty for
+//! sandboxes), bounding first while CAP_SETPCAP is still effective.
+
+use caps::CapSet;
+
+use crate::error::{Result, SandboxError};
+use crate::plan::CapSets;
+
+fn fail(what: &str, e: caps::errors::CapsError) -> SandboxError {
+    SandboxError::Setup(format!("capabilities: {what}: {e}"))
+}
+
+pub fn apply(sets: &CapSets) -> Result<()> {
+    for cap in caps::all() {
+        if !sets.bounding.contains(&cap) {
+            // A kernel older than the caps crate does not know every cap: EINVAL, nothing to drop.
+            match caps::drop(None, CapSet::Bounding, cap) {
+                Ok(()) => {}
+                Err(_) if !caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) => {}
+                Err(e) => return Err(fail("dropping from the bounding set", e)),
+            }
+        }
+    }
+    caps::clear(None, CapSet::Ambient).map_err(|e| fail("clearing ambient", e))?;
+    caps::set(None, CapSet::Inheritable, &sets.inheritable).map_err(|e| fail("inheritable", e))?;
+    caps::set(None, CapSet::Effective, &sets.effective).map_err(|e| fail("effective", e))?;
+    caps::set(None, CapSet::Permitted, &sets.permitted).map_err(|e| fail("permitted", e))?;
+    for cap in &sets.ambient {
+        caps::raise(None, CapSet::Ambient, *cap).map_err(|e| fail("raising ambient", e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! The child side: everything between `clone3` and `execve`, in the order it must happen.
+//! Read [`sandbox_main`] top to bottom to audit the sandbox.
+//!
+//! The cloned child becomes pid 1 of the sandbox: it builds the root, takes the sandbox
+//! identity, forks the command, then only reaps zombies and forwards signals, and exits
+//! with the command's status (which ends the pid namespace). The command drops every
+//! privilege and installs seccomp last, right before `execve`.
+
+use std::ffi::CString;
+use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+use seccompiler::BpfProgram;
+
+use crate::error::{Result, SandboxError};
+use crate::plan::{CapSets, Plan};
+use crate::{capabilities, fds, landlock, loopback, rlimits, rootfs};
+
+pub struct ChildFds {
+    pub sync_read: RawFd,
+    pub err_write: RawFd,
+    /// The pty replica (`-t`): becomes 0, 1, 2 and the controlling terminal.
+    pub tty: Option<RawFd>,
+    /// Keep the caller's stdin (`-i`); otherwise stdin is /dev/null.
+    pub interactive: bool,
+}
+
+pub struct ChildArgs<'a> {
+    pub plan: &'a Plan,
+    pub seccomp: &'a [BpfProgram],
+    pub fds: ChildFds,
+    /// The caller is root on the host (may set groups; maps were written by a privileged parent).
+    pub privileged: bool,
+    /// rlimits that stand in for cgroup limits when no cgroup is delegated.
+    pub fallback_rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
+}
+
+/// Sent over the error pipe: the parent prints it and exits 125.
+fn report(fd: RawFd, msg: &str) {
+    let bytes = msg.as_bytes();
+    // SAFETY: a write of a live buffer.
+    unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+}
+
+/// Entry point after clone3 in the child. Never returns.
+pub fn child_main(args: ChildArgs) -> ! {
+    let err_fd = args.fds.err_write;
+    let code = match sandbox_main(args) {
+        Ok(code) => code,
+        Err(e) => {
+            report(err_fd, &e.to_string());
+            125
+        }
+    };
+    // SAFETY: leave without running the parent's atexit handlers or destructors twice.
+    unsafe { libc::_exit(code) }
+}
+
+fn prctl(option: libc::c_int, arg: libc::c_ulong, what: &str) -> Result<()> {
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(option, arg, 0, 0, 0) } != 0 {
+        return Err(SandboxError::Setup(format!("{what}: {}", std::io::Error::last_os_error())));
+    }
+    Ok(())
+}
+
+fn parent_is_gone(err_fd: RawFd) -> bool {
+    let mut p = libc::pollfd { fd: err_fd, events: libc::POLLOUT, revents: 0 };
+    // SAFETY: one pollfd on the stack.
+    unsafe { libc::poll(&mut p, 1, 0) };
+    p.revents & libc::POLLERR != 0
+}
+
+fn sandbox_main(args: ChildArgs) -> Result<i32> {
+    let ChildArgs { plan, seccomp, fds: f, privileged, fallback_rlimits } = args;
+
+    // 1. Die with the parent; keep no descriptor of the caller's but ours.
+    prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, "PR_SET_PDEATHSIG")?;
+    let mut keep = vec![f.sync_read, f.err_write];
+    keep.extend(f.tty);
+    fds::close_all_except(&keep);
+    setup_stdio(&f)?;
+
+    // 2. Wait until the parent has written our id maps and put us in our cgroup.
+    let mut go = [0u8; 1];
+    // SAFETY: read into a stack buffer.
+    if unsafe { libc::read(f.sync_read, go.as_mut_ptr().cast(), 1) } != 1 {
+        // SAFETY: the parent failed or died before releasing us: nothing to report to.
+        unsafe { libc::_exit(125) };
+    }
+    unsafe { libc::close(f.sync_read) };
+
+    // 3. Bind sources are opened with the caller's own host identity, then the sandbox
+    //    identity is taken: as root on the host, files made during setup must be owned by a
+    //    mapped id. Capabilities in the new user namespace are kept for setup.
+    let sources = open_sources(plan)?;
+    // The sandbox identity: as root on the host, files made during setup must be
+    //    owned by a mapped id. Capabilities in the new user namespace are kept for setup.
+    set_identity(plan, privileged)?;
+    prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, "PR_SET_PDEATHSIG")?;
+    if parent_is_gone(f.err_write) {
+        return Ok(125);
+    }
+
+    // 4. Namespaces that are set up from inside.
+    if plan.namespaces.cgroup {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+            .map_err(|e| SandboxError::Setup(format!("unsharing the cgroup namespace: {e}")))?;
+    }
+    if let (true, Some(name)) = (plan.namespaces.uts, &plan.hostname) {
+        nix::unistd::sethostname(name).map_err(|e| SandboxError::Setup(format!("sethostname: {e}")))?;
+    }
+    if plan.namespaces.net {
+        loopback::up()?;
+    }
+
+    // 5. The filesystem; afterwards nothing of the host is reachable but what was bound.
+    rootfs::build(plan, &sources)?;
+    for fd in sources.values() {
+        unsafe { libc::close(*fd) };
+    }
+    rlimits::apply(&plan.rlimits)?;
+    rlimits::apply(&fallback_rlimits)?;
+    if let Some(mask) = plan.umask {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+    }
+
+    // 6. The command.
+    let all = SigSet::all();
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), None).map_err(|e| SandboxError::Setup(format!("sigprocmask: {e}")))?;
+    // SAFETY: single-threaded; the child only execs or exits.
+    match unsafe { fork() }.map_err(|e| SandboxError::Setup(format!("fork: {e}")))? {
+        ForkResult::Child => {
+            let e = exec_command(plan, seccomp, &f).unwrap_err();
+            report(f.err_write, &e.to_string());
+            unsafe { libc::_exit(125) }
+        }
+        ForkResult::Parent { child } => {
+            unsafe { libc::close(f.err_write) };
+            if let Some(t) = f.tty {
+                unsafe { libc::close(t) };
+            }
+            // pid 1 keeps nothing it does not need.
+            capabilities::apply(&CapSets {
+                bounding: Default::default(),
+                effective: Default::default(),
+                inheritable: Default::default(),
+                permitted: Default::default(),
+                ambient: Default::default(),
+            })?;
+            prctl(libc::PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS")?;
+            prctl(libc::PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE")?;
+            Ok(reap_and_forward(child))
+        }
+    }
+}
+
+fn setup_stdio(f: &ChildFds) -> Result<()> {
+    let dup_to_std = |fd: RawFd| -> Result<()> {
+        for target in 0..3 {
+            // SAFETY: dup2 of descriptors we own.
+            if unsafe { libc::dup2(fd, target) } < 0 {
+                return Err(SandboxError::Setup(format!("dup2: {}", std::io::Error::last_os_error())));
+            }
+        }
+        Ok(())
+    };
+    if let Some(tty) = f.tty {
+        dup_to_std(tty)?;
+    } else if !f.interactive {
+        let null = std::fs::File::open("/dev/null").map_err(|e| SandboxError::Setup(format!("/dev/null: {e}")))?;
+        use std::os::fd::IntoRawFd;
+        let fd = null.into_raw_fd();
+        unsafe {
+            libc::dup2(fd, 0);
+            libc::close(fd);
+        }
+    }
+    Ok(())
+}
+
+/// O_PATH descriptors for every bind source and the rootfs, opened in our mount namespace
+/// before the identity change (see [`rootfs::SourceFds`]).
+fn open_sources(plan: &Plan) -> Result<rootfs::SourceFds> {
+    let mut map = rootfs::SourceFds::new();
+    let binds = plan.mounts.iter().filter_map(|m| match &m.kind {
+        crate::mounts::MountKind::Bind { source, .. } => Some(source.clone()),
+        _ => None,
+    });
+    for path in binds.chain(plan.root.clone()) {
+        if map.contains_key(&path) {
+            continue;
+        }
+        let fd = nix::fcntl::open(&path, nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+            .map_err(|e| SandboxError::Setup(format!("bind source {}: {e}", path.display())))?;
+        map.insert(path, fd);
+    }
+    Ok(map)
+}
+
+fn set_identity(plan: &Plan, privileged: bool) -> Result<()> {
+    let fail = |what: &str, e: nix::Error| SandboxError::Setup(format!("{what}: {e}"));
+    prctl(libc::PR_SET_KEEPCAPS, 1, "PR_SET_KEEPCAPS")?;
+    if privileged {
+        let groups: Vec<nix::unistd::Gid> = plan.additional_gids.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
+        nix::unistd::setgroups(&groups).map_err(|e| fail("setgroups", e))?;
+    } else if !plan.additional_gids.is_empty() {
+        return Err(SandboxError::Unsupported { field: "process.user.additionalGids when rootless".into() });
+    }
+    let gid = nix::unistd::Gid::from_raw(plan.gid);
+    let uid = nix::unistd::Uid::from_raw(plan.uid);
+    nix::unistd::setresgid(gid, gid, gid).map_err(|e| fail(&format!("setresgid({}): is the gid mapped?", plan.gid), e))?;
+    nix::unistd::setresuid(uid, uid, uid).map_err(|e| fail(&format!("setresuid({}): is the uid mapped?", plan.uid), e))?;
+    Ok(())
+}
+
+fn reap_and_forward(command: Pid) -> i32 {
+    let all = SigSet::all();
+    loop {
+        let Ok(sig) = all.wait() else { continue };
+        if sig == Signal::SIGCHLD {
+            loop {
+                match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(pid, code)) if pid == command => return code,
+                    Ok(WaitStatus::Signaled(pid, s, _)) if pid == command => return 128 + s as i32,
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(_) => continue,
+                }
+            }
+        } else {
+            let _ = kill(command, sig);
+        }
+    }
+}
+
+fn exec_command(plan: &Plan, seccomp: &[BpfProgram], f: &ChildFds) -> Result<std::convert::Infallible> {
+    // Signals: the command starts with default dispositions (std ignores SIGPIPE) and an
+    // empty mask.
+    for sig in Signal::iterator() {
+        if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
+            // SAFETY: resetting dispositions before exec.
+            unsafe { libc::signal(sig as libc::c_int, libc::SIG_DFL) };
+        }
+    }
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).map_err(|e| SandboxError::Setup(format!("sigprocmask: {e}")))?;
+
+    // A new session: no controlling terminal of the caller's, so TIOCSTI has no target.
+    nix::unistd::setsid().map_err(|e| SandboxError::Setup(format!("setsid: {e}")))?;
+    if f.tty.is_some() {
+        // SAFETY: make the pty replica (fd 0) our controlling terminal.
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+            return Err(SandboxError::Setup(format!("TIOCSCTTY: {}", std::io::Error::last_os_error())));
+        }
+    }
+    nix::unistd::chdir(&plan.cwd).map_err(|e| {
+        SandboxError::Setup(format!("working directory {} is not usable in the sandbox: {e}", plan.cwd.display()))
+    })?;
+
+    capabilities::apply(&plan.caps)?;
+    if plan.no_new_privileges {
+        prctl(libc::PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS")?;
+        landlock::restrict(&plan.writable_destinations())?;
+    }
+    let program = resolve_command(plan)?;
+    let argv: Vec<CString> = plan.args.iter().map(|a| cstring(a)).collect::<Result<_>>()?;
+    let envp: Vec<CString> = plan.env.iter().map(|e| cstring(e)).collect::<Result<_>>()?;
+    fds::cloexec_from_3();
+
+    crate::seccomp::install(seccomp)?;
+    let e = nix::unistd::execve(&program, &argv, &envp).unwrap_err();
+    Err(SandboxError::Setup(format!("cannot execute {}: {e}", program.to_string_lossy())))
+}
+
+fn cstring(s: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| SandboxError::InvalidSpec(format!("{s:?} contains a NUL byte")))
+}
+
+/// `execvp`'s search, done here so "not found" is one clear error naming the PATH searched.
+fn resolve_command(plan: &Plan) -> Result<CString> {
+    let name = &plan.args[0];
+    if name.contains('/') {
+        let p = Path::new(name);
+        if !p.exists() {
+            return Err(SandboxError::Setup(format!("command not found in the sandbox: {name}")));
+        }
+        return cstring(name);
+    }
+    let path = plan
+        .env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let candidate = PathBuf::from(dir).join(name);
+        let c = CString::new(candidate.as_os_str().as_bytes()).map_err(|_| SandboxError::InvalidSpec("NUL in PATH".into()))?;
+        // SAFETY: access(2) on a valid C string.
+        if candidate.is_file() && unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0 {
+            return Ok(c);
+        }
+    }
+    Err(SandboxError::Setup(format!(
+        "command not found in the sandbox: {name} (searched PATH={path}); is it in the rootfs?"
+    )))
+}

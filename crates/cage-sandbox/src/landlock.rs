@@ -1,0 +1,39 @@
+//! Landlock: a second, independent fence on the filesystem. Read and execute everywhere,
+//! write only beneath the mounts the plan made writable (the workspace, /tmp, /dev/shm, ...)
+//! and to the standard character devices; signals and abstract unix sockets scoped to the
+//! sandbox. Best effort: a kernel without Landlock still has the mount-level protections.
+
+use std::path::{Path, PathBuf};
+
+use landlock::{
+    path_beneath_rules, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+};
+
+use crate::error::{Result, SandboxError};
+
+pub const DEVICE_FILES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/tty", "/dev/random", "/dev/urandom", "/dev/ptmx"];
+
+/// Returns whether the kernel enforced the ruleset fully, partly or not at all.
+pub fn restrict(writable: &[PathBuf]) -> Result<RulesetStatus> {
+    let abi = ABI::V6;
+    let fail = |e: landlock::RulesetError| SandboxError::Setup(format!("landlock: {e}"));
+    let existing = |paths: Vec<&Path>| paths.into_iter().filter(|p| p.exists()).map(Path::to_path_buf).collect::<Vec<_>>();
+    let devices = existing(DEVICE_FILES.iter().map(Path::new).collect());
+    let writable = existing(writable.iter().map(PathBuf::as_path).collect());
+    let status = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))
+        .map_err(fail)?
+        .scope(Scope::from_all(abi))
+        .map_err(fail)?
+        .create()
+        .map_err(fail)?
+        .add_rules(path_beneath_rules(["/"], AccessFs::from_read(abi)))
+        .map_err(fail)?
+        .add_rules(path_beneath_rules(&devices, AccessFs::from_file(abi)))
+        .map_err(fail)?
+        .add_rules(path_beneath_rules(&writable, AccessFs::from_all(abi)))
+        .map_err(fail)?
+        .restrict_self()
+        .map_err(fail)?;
+    Ok(status.ruleset)
+}

@@ -1,0 +1,325 @@
+//! The parent side: clone the sandbox, write its id maps and cgroup, release it, then relay
+//! the terminal, forward signals, enforce the timeout and return the exit status.
+
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::cgroups::{self, Leaf};
+use crate::error::{Result, SandboxError};
+use crate::init::{child_main, ChildArgs, ChildFds};
+use crate::plan::Plan;
+use crate::{idmap, pty, seccomp};
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Keep stdin attached (`-i`).
+    pub interactive: bool,
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Exited(i32),
+    /// pid 1 of the sandbox was killed by this signal (e.g. from outside).
+    Signaled(i32),
+    TimedOut,
+}
+
+impl Outcome {
+    /// Shell convention: the exit code, or 128 + signal.
+    pub fn code(self) -> i32 {
+        match self {
+            Outcome::Exited(c) => c,
+            Outcome::Signaled(s) => 128 + s,
+            Outcome::TimedOut => 124,
+        }
+    }
+}
+
+/// How limits were enforced, for `--verbose`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitMechanism {
+    None,
+    Cgroup(Vec<std::path::PathBuf>),
+    Rlimits,
+}
+
+const FORWARDED: &[Signal] = &[
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+];
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SandboxError::os("pipe", e))
+}
+
+/// Decide how memory and pids limits are enforced and prepare the cgroup leaf if any.
+fn prepare_limits(plan: &Plan) -> Result<(Option<Leaf>, Vec<(libc::__rlimit_resource_t, u64, u64)>, LimitMechanism)> {
+    if plan.memory_limit.is_none() && plan.pids_limit.is_none() {
+        return Ok((None, Vec::new(), LimitMechanism::None));
+    }
+    if let Some(parent) = cgroups::find_parent(nix::unistd::geteuid().as_raw()) {
+        let leaf = Leaf::create(&parent, plan.memory_limit, plan.pids_limit)?;
+        let dirs = leaf.dirs().to_vec();
+        return Ok((Some(leaf), Vec::new(), LimitMechanism::Cgroup(dirs)));
+    }
+    // No delegated cgroup: per-process data size and a process count in the sandbox's
+    // user namespace (RLIMIT_NPROC counts per user namespace since Linux 5.14).
+    let mut rl = Vec::new();
+    if let Some(m) = plan.memory_limit {
+        rl.push((libc::RLIMIT_DATA, m, m));
+    }
+    if let Some(p) = plan.pids_limit {
+        rl.push((libc::RLIMIT_NPROC, p, p));
+    }
+    Ok((None, rl, LimitMechanism::Rlimits))
+}
+
+pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
+    let programs = match &plan.seccomp {
+        Some(profile) => seccomp::compile(profile)?,
+        None => Vec::new(),
+    };
+    let privileged = nix::unistd::geteuid().is_root();
+    let (leaf, fallback_rlimits, mechanism) = prepare_limits(plan)?;
+    match &mechanism {
+        LimitMechanism::Cgroup(dirs) => tracing::info!("limits: cgroup {}", dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")),
+        LimitMechanism::Rlimits => tracing::info!("limits: rlimits (RLIMIT_DATA, RLIMIT_NPROC): no delegated cgroup found; see `cagerun setup-cgroups`"),
+        LimitMechanism::None => {}
+    }
+    let terminal = if plan.terminal { Some(pty::open()?) } else { None };
+    let (sync_r, sync_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+
+    // Signals we forward are queued for the signalfd from here on; the child resets its mask.
+    let mut forwarded = SigSet::empty();
+    for s in FORWARDED {
+        forwarded.add(*s);
+    }
+    let mut old_mask = SigSet::empty();
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&forwarded), Some(&mut old_mask))
+        .map_err(|e| SandboxError::os("sigprocmask", e))?;
+    let restore_mask = || {
+        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+    };
+
+    let mut pidfd: RawFd = -1;
+    let args = CloneArgs {
+        flags: plan.namespaces.clone_flags | libc::CLONE_PIDFD as u64,
+        pidfd: &mut pidfd as *mut RawFd as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM behaves like fork; this process is single-threaded.
+    let rc = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        restore_mask();
+        return Err(SandboxError::Setup(match e.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::ENOSPC) | Some(libc::EUSERS) => format!(
+                "cannot create the sandbox's namespaces: {e}; unprivileged user namespaces must be enabled (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0); `cagerun doctor` checks this"
+            ),
+            _ => format!("clone3: {e}"),
+        }));
+    }
+    if rc == 0 {
+        drop(sync_w);
+        drop(err_r);
+        child_main(ChildArgs {
+            plan,
+            seccomp: &programs,
+            fds: ChildFds {
+                sync_read: sync_r.as_raw_fd(),
+                err_write: err_w.as_raw_fd(),
+                tty: terminal.as_ref().map(|t| t.replica.as_raw_fd()),
+                interactive: opts.interactive,
+            },
+            privileged,
+            fallback_rlimits,
+        });
+    }
+    let pid = Pid::from_raw(rc as i32);
+    // SAFETY: clone3 filled in a fresh descriptor.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    drop(sync_r);
+    drop(err_w);
+    let primary = terminal.map(|t| t.primary);
+
+    let kill_and_reap = || {
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+    };
+    let released = idmap::write_maps(pid.as_raw(), &plan.uid_map, &plan.gid_map, privileged)
+        .and_then(|_| leaf.as_ref().map_or(Ok(()), |l| l.add(pid.as_raw())))
+        .and_then(|_| nix::unistd::write(&sync_w, b"g").map(drop).map_err(|e| SandboxError::os("releasing the sandbox", e)));
+    drop(sync_w);
+    if let Err(e) = released {
+        kill_and_reap();
+        restore_mask();
+        return Err(e);
+    }
+
+    // Until exec, the error pipe says whether setup failed.
+    let message = read_to_end(&err_r);
+    if !message.is_empty() {
+        kill_and_reap();
+        restore_mask();
+        return Err(SandboxError::Setup(String::from_utf8_lossy(&message).into_owned()));
+    }
+    drop(err_r);
+
+    let outcome = supervise(pid, &pidfd, primary.as_ref(), &forwarded, opts);
+    restore_mask();
+    drop(leaf);
+    outcome
+}
+
+fn read_to_end(fd: &OwnedFd) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+fn write_all(fd: RawFd, mut data: &[u8]) {
+    while !data.is_empty() {
+        // SAFETY: write of a live buffer.
+        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+        if n <= 0 {
+            if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return;
+        }
+        data = &data[n as usize..];
+    }
+}
+
+fn supervise(pid: Pid, pidfd: &OwnedFd, primary: Option<&OwnedFd>, forwarded: &SigSet, opts: &RunOptions) -> Result<Outcome> {
+    let sigfd = SignalFd::with_flags(forwarded, SfdFlags::SFD_CLOEXEC).map_err(|e| SandboxError::os("signalfd", e))?;
+    let deadline = opts.timeout.map(|t| Instant::now() + t);
+    let _raw = match (primary, opts.interactive) {
+        (Some(_), true) => pty::RawMode::enter(),
+        _ => None,
+    };
+    let mut stdin_open = opts.interactive && primary.is_some();
+    let mut buf = [0u8; 16384];
+    loop {
+        let timeout_ms: i32 = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                    let _ = waitpid(pid, None);
+                    return Ok(Outcome::TimedOut);
+                }
+                left.as_millis().min(i32::MAX as u128) as i32 + 1
+            }
+        };
+        let mut fds = vec![
+            libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: sigfd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        if let Some(p) = primary {
+            fds.push(libc::pollfd { fd: p.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            if stdin_open {
+                fds.push(libc::pollfd { fd: 0, events: libc::POLLIN, revents: 0 });
+            }
+        }
+        // SAFETY: poll over a live vector.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if n < 0 {
+            continue; // EINTR
+        }
+        if fds[1].revents & libc::POLLIN != 0 {
+            if let Ok(Some(info)) = sigfd.read_signal() {
+                let sig = info.ssi_signo as i32;
+                if sig == libc::SIGWINCH {
+                    if let Some(p) = primary {
+                        pty::copy_window_size(0, p);
+                    }
+                } else {
+                    // SAFETY: signal our own child.
+                    unsafe { libc::kill(pid.as_raw(), sig) };
+                }
+            }
+        }
+        if let Some(p) = primary {
+            if fds[2].revents & libc::POLLIN != 0 {
+                if let Ok(n) = nix::unistd::read(p.as_raw_fd(), &mut buf) {
+                    write_all(1, &buf[..n]);
+                }
+            }
+            if stdin_open && fds.len() > 3 && fds[3].revents & (libc::POLLIN | libc::POLLHUP) != 0 {
+                match nix::unistd::read(0, &mut buf) {
+                    Ok(0) | Err(_) => {
+                        stdin_open = false;
+                        write_all(p.as_raw_fd(), &[4]); // ^D: end of input on the terminal
+                    }
+                    Ok(n) => write_all(p.as_raw_fd(), &buf[..n]),
+                }
+            }
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            let status = waitpid(pid, None).map_err(|e| SandboxError::os("waitpid", e))?;
+            if let Some(p) = primary {
+                drain(p);
+            }
+            return Ok(match status {
+                WaitStatus::Exited(_, code) => Outcome::Exited(code),
+                WaitStatus::Signaled(_, sig, _) => Outcome::Signaled(sig as i32),
+                _ => Outcome::Exited(125),
+            });
+        }
+    }
+}
+
+/// Output still buffered in the pty after the command ended.
+fn drain(primary: &OwnedFd) {
+    let mut buf = [0u8; 16384];
+    loop {
+        let mut p = libc::pollfd { fd: primary.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd.
+        if unsafe { libc::poll(&mut p, 1, 0) } <= 0 || p.revents & libc::POLLIN == 0 {
+            return;
+        }
+        match nix::unistd::read(primary.as_raw_fd(), &mut buf) {
+            Ok(n) if n > 0 => write_all(1, &buf[..n]),
+            _ => return,
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! The fast per-command engine: runs an OCI runtime `Spec` in fresh namespaces in a few
+//! milliseconds, without a daemon, as root or rootless.
+//!
+//! The parent ([`launch`]) clones one child into new namespaces, writes its id maps and
+//! cgroup, and waits. The child ([`init`]) builds the root ([`rootfs`]), becomes pid 1 of
+//! the sandbox, and forks the command, which drops every privilege ([`capabilities`],
+//! no_new_privs, [`landlock`], [`seccomp`] last) right before `execve`.
+//!
+//! [`plan::Plan`] lowers the `Spec` first and refuses any field this engine does not
+//! implement, so nothing in a `Spec` is ever silently ignored.
+
+pub mod capabilities;
+pub mod cgroups;
+pub mod error;
+pub mod fds;
+pub mod idmap;
+pub mod init;
+pub mod landlock;
+pub mod launch;
+pub mod loopback;
+pub mod mounts;
+pub mod namespaces;
+pub mod plan;
+pub mod pty;
+pub mod rlimits;
+pub mod rootfs;
+pub mod seccomp;
+pub mod syscalls;
+
+pub use error::SandboxError;
+pub use launch::{run, Outcome, RunOptions};
+pub use plan::Plan;

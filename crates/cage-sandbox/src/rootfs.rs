@@ -1,0 +1,258 @@
+//! The sandbox's root filesystem, built in the child's private mount namespace.
+//!
+//! Like bubblewrap: a staging tmpfs becomes the root with the host's root kept at /oldroot,
+//! a fresh tmpfs at /newroot is filled with read-only binds (the host's system dirs, or
+//! each top-level entry of an image tree), kernel filesystems and the workspace, then sealed
+//! read-only; /oldroot is detached and we pivot into /newroot. Nothing propagates back to
+//! the host (everything is made private first).
+
+use std::fs;
+use std::os::unix::fs::{symlink, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::statvfs::{statvfs, FsFlags};
+use nix::unistd::{chdir, pivot_root};
+
+use crate::error::{Result, SandboxError};
+use crate::mounts::{MountKind, MountStep};
+use crate::plan::Plan;
+
+const STAGING: &str = "/tmp";
+const OLD: &str = "/oldroot";
+const NEW: &str = "/newroot";
+
+/// Character devices every OCI container gets, bound from the host (no mknod in a user ns).
+const DEFAULT_DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+const DEV_SYMLINKS: &[(&str, &str)] = &[
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("ptmx", "pts/ptmx"),
+];
+
+fn os(what: impl Into<String>) -> impl FnOnce(nix::Error) -> SandboxError {
+    let what = what.into();
+    move |e| SandboxError::Setup(format!("{what}: {e}"))
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
+    let what = what.into();
+    move |e| SandboxError::Setup(format!("{what}: {e}"))
+}
+
+/// `/newroot` + an absolute in-sandbox path.
+fn inside(dest: &Path) -> PathBuf {
+    Path::new(NEW).join(dest.strip_prefix("/").unwrap_or(dest))
+}
+
+/// Host paths opened (O_PATH) by the child before it took the sandbox identity. Mounting
+/// through /proc/self/fd needs no search permission on the path's ancestors, which the
+/// sandbox identity may lack (as root on the host, the sandbox user is unprivileged).
+pub type SourceFds = std::collections::HashMap<PathBuf, std::os::fd::RawFd>;
+
+fn outside(src: &Path, fds: &SourceFds) -> PathBuf {
+    match fds.get(src) {
+        Some(fd) => Path::new(OLD).join(format!("proc/self/fd/{fd}")),
+        None => Path::new(OLD).join(src.strip_prefix("/").unwrap_or(src)),
+    }
+}
+
+/// Mount flags the kernel locks on a mount we do not own; a remount must repeat them.
+fn locked_flags(path: &Path) -> MsFlags {
+    let Ok(st) = statvfs(path) else { return MsFlags::empty() };
+    let f = st.flags();
+    let mut out = MsFlags::empty();
+    for (st_flag, ms_flag) in [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if f.contains(st_flag) {
+            out |= ms_flag;
+        }
+    }
+    out
+}
+
+fn bind(src: &Path, dst: &Path, flags: MsFlags, recursive: bool) -> Result<()> {
+    let rec = if recursive { MsFlags::MS_REC } else { MsFlags::empty() };
+    mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND | rec, None::<&str>)
+        .map_err(os(format!("binding {} at {}", src.display(), dst.display())))?;
+    let flags = flags | locked_flags(dst);
+    mount(None::<&str>, dst, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags, None::<&str>)
+        .map_err(os(format!("setting flags on {}", dst.display())))
+}
+
+/// Create `dest` (and parents) under /newroot without following a symlink anywhere on the
+/// way: a hostile image must not steer a mount out of the new root.
+fn ensure_mountpoint(dest: &Path, is_dir: bool) -> Result<PathBuf> {
+    let mut cur = PathBuf::from(NEW);
+    let comps: Vec<Component> = dest.components().filter(|c| matches!(c, Component::Normal(_))).collect();
+    for (i, c) in comps.iter().enumerate() {
+        cur.push(c);
+        let last = i + 1 == comps.len();
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(SandboxError::Setup(format!(
+                    "mount destination {} crosses a symlink in the rootfs ({}); refusing",
+                    dest.display(),
+                    cur.strip_prefix(NEW).unwrap_or(&cur).display()
+                )))
+            }
+            Ok(_) => {}
+            Err(_) => {
+                let made = if last && !is_dir {
+                    fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o644).open(&cur).map(drop)
+                } else {
+                    fs::create_dir(&cur)
+                };
+                made.map_err(|e| {
+                    SandboxError::Setup(format!(
+                        "mount destination {} does not exist in the rootfs and cannot be created ({e}); add it to the image",
+                        dest.display()
+                    ))
+                })?;
+            }
+        }
+    }
+    Ok(cur)
+}
+
+fn mount_step(m: &MountStep, fds: &SourceFds) -> Result<()> {
+    match &m.kind {
+        MountKind::Bind { source, recursive } => {
+            let src = outside(source, fds);
+            let meta = fs::metadata(&src).map_err(io(format!("bind source {}", source.display())))?;
+            let dst = ensure_mountpoint(&m.destination, meta.is_dir())?;
+            bind(&src, &dst, m.flags, *recursive)
+        }
+        MountKind::Fs { fstype, source } => {
+            let dst = ensure_mountpoint(&m.destination, true)?;
+            let data = (!m.data.is_empty()).then_some(m.data.as_str());
+            mount(Some(source.as_str()), &dst, Some(fstype.as_str()), m.flags, data)
+                .map_err(os(format!("mounting {fstype} at {}", m.destination.display())))?;
+            if fstype == "tmpfs" && m.destination == Path::new("/dev") {
+                default_devices(&dst)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn default_devices(dev: &Path) -> Result<()> {
+    for name in DEFAULT_DEVICES {
+        let host = Path::new(OLD).join("dev").join(name);
+        if !host.exists() {
+            continue;
+        }
+        let dst = dev.join(name);
+        fs::File::create(&dst).map_err(io(format!("creating /dev/{name}")))?;
+        bind(&host, &dst, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, false)?;
+    }
+    for (name, target) in DEV_SYMLINKS {
+        symlink(target, dev.join(name)).map_err(io(format!("creating /dev/{name}")))?;
+    }
+    Ok(())
+}
+
+/// Each top-level entry of an image tree, bound read-only into the fresh root; entries that
+/// are themselves mount destinations become plain mount points instead.
+fn populate_from_dir(root: &Path, plan: &Plan, fds: &SourceFds) -> Result<()> {
+    let src_root = outside(root, fds);
+    let entries = fs::read_dir(&src_root).map_err(io(format!("reading rootfs {}", root.display())))?;
+    let ro = if plan.root_readonly { MsFlags::MS_RDONLY } else { MsFlags::empty() };
+    for e in entries {
+        let e = e.map_err(io(format!("reading rootfs {}", root.display())))?;
+        let name = e.file_name();
+        let top = Path::new("/").join(&name);
+        if plan.mounts.iter().any(|m| m.destination == top) {
+            continue;
+        }
+        let ft = e.file_type().map_err(io("rootfs entry"))?;
+        let dst = Path::new(NEW).join(&name);
+        if ft.is_symlink() {
+            let target = fs::read_link(src_root.join(&name)).map_err(io("rootfs symlink"))?;
+            symlink(target, &dst).map_err(io(format!("symlink {}", top.display())))?;
+        } else if ft.is_dir() {
+            fs::create_dir(&dst).map_err(io(format!("mount point {}", top.display())))?;
+            bind(&src_root.join(&name), &dst, ro | MsFlags::MS_NOSUID | MsFlags::MS_NODEV, false)?;
+        } else if ft.is_file() {
+            fs::File::create(&dst).map_err(io(format!("mount point {}", top.display())))?;
+            bind(&src_root.join(&name), &dst, ro | MsFlags::MS_NOSUID | MsFlags::MS_NODEV, false)?;
+        }
+    }
+    Ok(())
+}
+
+fn mask(path: &Path) -> Result<()> {
+    let p = inside(path);
+    let Ok(meta) = fs::symlink_metadata(&p) else { return Ok(()) };
+    if meta.is_dir() {
+        mount(Some("tmpfs"), &p, Some("tmpfs"), MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("size=4k,mode=000"))
+            .map_err(os(format!("masking {}", path.display())))
+    } else {
+        mount(Some(Path::new(OLD).join("dev/null").as_path()), &p, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(os(format!("masking {}", path.display())))
+    }
+}
+
+fn make_readonly(path: &Path) -> Result<()> {
+    let p = inside(path);
+    if fs::symlink_metadata(&p).is_err() {
+        return Ok(());
+    }
+    bind(&p, &p, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, true)
+}
+
+/// The whole filesystem sequence, top to bottom. Ends inside the new root.
+pub fn build(plan: &Plan, fds: &SourceFds) -> Result<()> {
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(os("making mounts private"))?;
+    mount(Some("tmpfs"), STAGING, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0700,size=64k"))
+        .map_err(os("mounting the staging tmpfs"))?;
+    chdir(STAGING).map_err(os("entering the staging root"))?;
+    for d in ["newroot", "oldroot"] {
+        fs::create_dir(d).map_err(io(format!("creating {d}")))?;
+    }
+    pivot_root(".", "oldroot").map_err(os("pivot_root into the staging root"))?;
+    chdir("/").map_err(os("chdir /"))?;
+
+    mount(Some("tmpfs"), NEW, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755,size=1m"))
+        .map_err(os("mounting the new root"))?;
+    if let Some(root) = &plan.root {
+        populate_from_dir(root, plan, fds)?;
+    }
+    for m in &plan.mounts {
+        mount_step(m, fds)?;
+    }
+    for (path, text) in &plan.files {
+        let p = inside(path);
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent).map_err(io(format!("creating {}", path.display())))?;
+        }
+        fs::write(&p, text).map_err(io(format!("writing {}", path.display())))?;
+    }
+    for p in &plan.masked_paths {
+        mask(p)?;
+    }
+    for p in &plan.readonly_paths {
+        make_readonly(p)?;
+    }
+    if plan.root_readonly {
+        mount(None::<&str>, NEW, None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV, None::<&str>)
+            .map_err(os("sealing the new root read-only"))?;
+    }
+
+    umount2(OLD, MntFlags::MNT_DETACH).map_err(os("detaching the host root"))?;
+    chdir(NEW).map_err(os("entering the new root"))?;
+    pivot_root(".", ".").map_err(os("pivot_root into the new root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(os("detaching the staging root"))?;
+    chdir("/").map_err(os("chdir /"))?;
+    Ok(())
+}

@@ -1,0 +1,21 @@
+//! The cage policy model.
+//!
+//! What a user asks for (`cagerun exec` flags today, `cage.toml` later) is validated here
+//! into a [`sandbox::SandboxRequest`] and rendered into an OCI runtime [`oci_spec::runtime::Spec`].
+//! Every hardening default is written once, in this crate; the engines only consume the `Spec`.
+//!
+//! Pure: no syscalls, no file I/O. Callers read files and pass their contents in.
+
+pub mod envfile;
+pub mod error;
+pub mod passwd;
+pub mod sandbox;
+pub mod seccomp;
+pub mod size;
+
+pub use error::SpecError;
+pub use sandbox::{render_sandbox, HostIds, IdPair, NetMode, RootfsSource, SandboxRequest};
+
+/// Annotation prefix for files the engine writes into a fresh (tmpfs) root before sealing it
+/// read-only, e.g. `run.cagerun.file:/etc/passwd`. Value: the file's contents.
+pub const FILE_ANNOTATION_PREFIX: &str = "run.cagerun.file:";

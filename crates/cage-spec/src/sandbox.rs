@@ -1,0 +1,360 @@
+//! The per-command sandbox policy: `cagerun exec` flags → validated request → OCI `Spec`.
+//!
+//! Defaults are the hardened ones. Flags pick the workspace and the rootfs and set limits;
+//! none of them removes a protection: there is no flag for capabilities, for the host
+//! network, or for switching seccomp, Landlock or a limit off.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use oci_spec::runtime::{
+    LinuxBuilder, LinuxCapabilitiesBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder,
+};
+
+use crate::passwd::{synthesized_group, synthesized_hosts, synthesized_passwd};
+use crate::{seccomp, SpecError, FILE_ANNOTATION_PREFIX};
+
+pub const HOSTNAME: &str = "sandbox";
+pub const WORKSPACE_DEST: &str = "/workspace";
+pub const DEFAULT_USER: IdPair = IdPair { uid: 1000, gid: 1000 };
+pub const DEFAULT_MEMORY: u64 = 1 << 30;
+pub const DEFAULT_PIDS: i64 = 256;
+pub const DEFAULT_TMPFS_SIZE: u64 = 128 << 20;
+pub const MIN_MEMORY: u64 = 8 << 20;
+pub const MIN_TMPFS_SIZE: u64 = 1 << 20;
+const SHM_SIZE: u64 = 64 << 20;
+const NOFILE_LIMIT: u64 = 1024;
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Host directories and files that make up a `--rootfs host` root, bound read-only.
+/// `/bin`, `/lib*`, `/sbin` are symlinks into /usr on merged-/usr hosts; binding them binds
+/// their targets. Only what exists on the host is asked for (the caller filters).
+pub const HOST_ROOTFS_BINDS: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+    "/etc/alternatives", "/etc/ssl", "/etc/ca-certificates", "/etc/ld.so.cache",
+    "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/nsswitch.conf",
+    "/etc/protocols", "/etc/services", "/etc/mime.types", "/etc/profile", "/etc/profile.d",
+    "/etc/bash.bashrc", "/etc/inputrc", "/etc/terminfo", "/etc/magic", "/etc/os-release",
+    "/etc/debian_version", "/etc/python3", "/etc/perl",
+];
+
+/// Paths masked like Docker masks them: files hidden behind /dev/null, dirs behind an empty
+/// read-only tmpfs.
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+    "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
+    "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+];
+
+/// Paths re-bound read-only inside an otherwise read-write /proc.
+pub const READONLY_PATHS: &[&str] =
+    &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdPair {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The ids of whoever runs cagerun, on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostIds {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootfsSource {
+    /// Assembled from read-only binds of the host's system directories ([`HOST_ROOTFS_BINDS`]).
+    Host { existing_binds: Vec<PathBuf> },
+    /// An unpacked image tree, bound read-only.
+    Dir(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetMode {
+    /// A fresh network namespace with only `lo`, up.
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct SandboxRequest {
+    pub args: Vec<String>,
+    /// Absolute, canonical host path, already checked to be a directory.
+    pub workspace: Option<PathBuf>,
+    pub rootfs: RootfsSource,
+    pub net: NetMode,
+    pub user: IdPair,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
+    pub memory: Option<u64>,
+    pub pids: Option<i64>,
+    pub tmpfs_size: Option<u64>,
+    pub terminal: bool,
+}
+
+impl SandboxRequest {
+    pub fn new(args: Vec<String>, rootfs: RootfsSource) -> Self {
+        Self {
+            args,
+            workspace: None,
+            rootfs,
+            net: NetMode::None,
+            user: DEFAULT_USER,
+            env: Vec::new(),
+            cwd: None,
+            memory: None,
+            pids: None,
+            tmpfs_size: None,
+            terminal: false,
+        }
+    }
+}
+
+fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, SpecError> {
+    Ok(MountBuilder::default()
+        .destination(dest)
+        .typ(typ)
+        .source(source)
+        .options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .build()?)
+}
+
+/// Render a validated request for the host ids of the caller. Rootless, the sandbox user is
+/// the caller; as root it is the same unprivileged id on the host (never host root).
+pub fn render_sandbox(req: &SandboxRequest, host: HostIds) -> Result<Spec, SpecError> {
+    if req.args.is_empty() || req.args[0].is_empty() {
+        return Err(SpecError::MissingCommand);
+    }
+    let cwd = req.cwd.clone().unwrap_or_else(|| {
+        if req.workspace.is_some() { WORKSPACE_DEST.to_string() } else { "/".to_string() }
+    });
+    if !cwd.starts_with('/') {
+        return Err(SpecError::RelativeCwd(cwd));
+    }
+    let memory = req.memory.unwrap_or(DEFAULT_MEMORY);
+    if memory < MIN_MEMORY {
+        return Err(SpecError::TooSmall { what: "--memory", value: memory, min: MIN_MEMORY });
+    }
+    let pids = req.pids.unwrap_or(DEFAULT_PIDS);
+    if pids < 1 {
+        return Err(SpecError::TooSmall { what: "--pids", value: pids.max(0) as u64, min: 1 });
+    }
+    let tmpfs_size = req.tmpfs_size.unwrap_or(DEFAULT_TMPFS_SIZE);
+    if tmpfs_size < MIN_TMPFS_SIZE {
+        return Err(SpecError::TooSmall { what: "--tmpfs-size", value: tmpfs_size, min: MIN_TMPFS_SIZE });
+    }
+    let host_side = if host.uid == 0 {
+        if req.user.uid == 0 || req.user.gid == 0 {
+            return Err(SpecError::HostRootUser);
+        }
+        HostIds { uid: req.user.uid, gid: req.user.gid }
+    } else {
+        host
+    };
+
+    let mut annotations = HashMap::new();
+    let mut mounts = Vec::new();
+    let root = match &req.rootfs {
+        RootfsSource::Host { existing_binds } => {
+            for path in existing_binds {
+                let p = path.to_string_lossy();
+                mounts.push(mount(&p, "bind", &p, &["bind", "ro", "nosuid", "nodev"])?);
+            }
+            for (file, text) in [
+                ("/etc/passwd", synthesized_passwd(req.user)),
+                ("/etc/group", synthesized_group(req.user)),
+                ("/etc/hosts", synthesized_hosts(HOSTNAME)),
+                ("/etc/hostname", format!("{HOSTNAME}\n")),
+            ] {
+                annotations.insert(format!("{FILE_ANNOTATION_PREFIX}{file}"), text);
+            }
+            // No root: the engine starts from an empty tmpfs and seals it read-only.
+            None
+        }
+        RootfsSource::Dir(dir) => Some(RootBuilder::default().path(dir).readonly(true).build()?),
+    };
+    mounts.push(mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?);
+    mounts.push(mount("/dev", "tmpfs", "tmpfs", &["nosuid", "noexec", "strictatime", "mode=755", "size=64k"])?);
+    mounts.push(mount(
+        "/dev/pts",
+        "devpts",
+        "devpts",
+        &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+    )?);
+    let shm = format!("size={SHM_SIZE}");
+    mounts.push(mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", &shm])?);
+    mounts.push(mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?);
+    let tmp = format!("size={tmpfs_size}");
+    mounts.push(mount("/tmp", "tmpfs", "tmpfs", &["nosuid", "nodev", "mode=1777", &tmp])?);
+    if let Some(ws) = &req.workspace {
+        mounts.push(mount(WORKSPACE_DEST, "bind", &ws.to_string_lossy(), &["bind", "rw", "nosuid", "nodev"])?);
+    }
+
+    let mut env: Vec<String> = vec![format!("PATH={DEFAULT_PATH}"), "HOME=/tmp".into(), format!("HOSTNAME={HOSTNAME}")];
+    if req.terminal {
+        env.push("TERM=xterm".into());
+    }
+    for (k, v) in &req.env {
+        env.retain(|e| e.split_once('=').map(|(ek, _)| ek) != Some(k.as_str()));
+        env.push(format!("{k}={v}"));
+    }
+
+    let no_caps = HashSet::new();
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(no_caps.clone())
+        .effective(no_caps.clone())
+        .inheritable(no_caps.clone())
+        .permitted(no_caps.clone())
+        .ambient(no_caps)
+        .build()?;
+    let rlimits = vec![
+        PosixRlimitBuilder::default().typ(PosixRlimitType::RlimitCore).hard(0u64).soft(0u64).build()?,
+        PosixRlimitBuilder::default()
+            .typ(PosixRlimitType::RlimitNofile)
+            .hard(NOFILE_LIMIT)
+            .soft(NOFILE_LIMIT)
+            .build()?,
+    ];
+    let process = ProcessBuilder::default()
+        .terminal(req.terminal)
+        .user(UserBuilder::default().uid(req.user.uid).gid(req.user.gid).build()?)
+        .args(req.args.clone())
+        .env(env)
+        .cwd(cwd)
+        .capabilities(capabilities)
+        .rlimits(rlimits)
+        .no_new_privileges(true)
+        .build()?;
+
+    let namespaces = [
+        LinuxNamespaceType::User,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Cgroup,
+        LinuxNamespaceType::Network,
+    ]
+    .into_iter()
+    .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+    .collect::<Result<Vec<_>, _>>()?;
+    let memory_limit = i64::try_from(memory).unwrap_or(i64::MAX);
+    let resources = LinuxResourcesBuilder::default()
+        .memory(LinuxMemoryBuilder::default().limit(memory_limit).swap(memory_limit).build()?)
+        .pids(LinuxPidsBuilder::default().limit(pids).build()?)
+        .build()?;
+    let linux = LinuxBuilder::default()
+        .uid_mappings(vec![LinuxIdMappingBuilder::default()
+            .container_id(req.user.uid)
+            .host_id(host_side.uid)
+            .size(1u32)
+            .build()?])
+        .gid_mappings(vec![LinuxIdMappingBuilder::default()
+            .container_id(req.user.gid)
+            .host_id(host_side.gid)
+            .size(1u32)
+            .build()?])
+        .namespaces(namespaces)
+        .resources(resources)
+        .seccomp(seccomp::sandbox_profile()?)
+        .masked_paths(MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .readonly_paths(READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .build()?;
+
+    let mut spec = SpecBuilder::default()
+        .version("1.2.0")
+        .hostname(HOSTNAME)
+        .mounts(mounts)
+        .process(process)
+        .linux(linux)
+        .build()?;
+    spec.set_root(root);
+    spec.set_annotations((!annotations.is_empty()).then_some(annotations));
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host_req() -> SandboxRequest {
+        let mut r = SandboxRequest::new(
+            vec!["true".into()],
+            RootfsSource::Host { existing_binds: vec!["/usr".into()] },
+        );
+        r.workspace = Some("/home/u/ws".into());
+        r
+    }
+
+    #[test]
+    fn rootless_maps_the_sandbox_user_to_the_caller() {
+        let spec = render_sandbox(&host_req(), HostIds { uid: 1234, gid: 99 }).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        let m = &linux.uid_mappings().as_ref().unwrap()[0];
+        assert_eq!((m.container_id(), m.host_id(), m.size()), (1000, 1234, 1));
+        let g = &linux.gid_mappings().as_ref().unwrap()[0];
+        assert_eq!((g.container_id(), g.host_id(), g.size()), (1000, 99, 1));
+    }
+
+    #[test]
+    fn as_root_the_sandbox_user_is_an_unprivileged_host_id() {
+        let spec = render_sandbox(&host_req(), HostIds { uid: 0, gid: 0 }).unwrap();
+        let m = &spec.linux().as_ref().unwrap().uid_mappings().as_ref().unwrap()[0];
+        assert_eq!((m.container_id(), m.host_id()), (1000, 1000));
+        let mut r = host_req();
+        r.user = IdPair { uid: 0, gid: 0 };
+        assert!(matches!(render_sandbox(&r, HostIds { uid: 0, gid: 0 }), Err(SpecError::HostRootUser)));
+        // Rootless, inside-root is only the caller.
+        assert!(render_sandbox(&r, HostIds { uid: 1000, gid: 1000 }).is_ok());
+    }
+
+    #[test]
+    fn hardened_defaults() {
+        let spec = render_sandbox(&host_req(), HostIds { uid: 1000, gid: 1000 }).unwrap();
+        let p = spec.process().as_ref().unwrap();
+        assert_eq!(p.no_new_privileges(), Some(true));
+        let caps = p.capabilities().as_ref().unwrap();
+        for set in [caps.bounding(), caps.effective(), caps.permitted(), caps.inheritable(), caps.ambient()] {
+            assert!(set.as_ref().unwrap().is_empty());
+        }
+        let ns = spec.linux().as_ref().unwrap().namespaces().as_ref().unwrap();
+        assert_eq!(ns.len(), 7);
+        let ws = spec.mounts().as_ref().unwrap().iter().find(|m| m.destination().to_str() == Some("/workspace")).unwrap();
+        assert!(ws.options().as_ref().unwrap().contains(&"rw".to_string()));
+        for m in spec.mounts().as_ref().unwrap() {
+            let o = m.options().as_ref().unwrap();
+            if m.typ().as_deref() == Some("bind") && m.destination().to_str() != Some("/workspace") {
+                assert!(o.contains(&"ro".to_string()), "{m:?} must be read-only");
+            }
+            assert!(o.contains(&"nosuid".to_string()), "{m:?} must be nosuid");
+        }
+        assert_eq!(spec.hostname().as_deref(), Some(HOSTNAME));
+    }
+
+    #[test]
+    fn bad_requests_are_refused() {
+        let mut r = host_req();
+        r.args.clear();
+        assert!(matches!(render_sandbox(&r, HostIds { uid: 1, gid: 1 }), Err(SpecError::MissingCommand)));
+        let mut r = host_req();
+        r.cwd = Some("rel".into());
+        assert!(render_sandbox(&r, HostIds { uid: 1, gid: 1 }).is_err());
+        let mut r = host_req();
+        r.memory = Some(1024);
+        assert!(render_sandbox(&r, HostIds { uid: 1, gid: 1 }).is_err());
+    }
+
+    #[test]
+    fn user_env_overrides_defaults_once() {
+        let mut r = host_req();
+        r.env = vec![("PATH".into(), "/x".into())];
+        let spec = render_sandbox(&r, HostIds { uid: 1, gid: 1 }).unwrap();
+        let env = spec.process().as_ref().unwrap().env().as_ref().unwrap();
+        assert_eq!(env.iter().filter(|e| e.starts_with("PATH=")).count(), 1);
+        assert!(env.contains(&"PATH=/x".to_string()));
+    }
+}

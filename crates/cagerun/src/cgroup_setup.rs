@@ -1,0 +1,53 @@
+//! `cagerun setup-cgroups --user NAME`: root delegates `<controller>/cagerun/<uid>` in the
+//! cgroup v1 memory and pids hierarchies to a user. On pure cgroup v2 nothing is needed
+//! here: systemd delegates `user@UID.service` to each user.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use cage_sandbox::cgroups::{self, Layout};
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct SetupArgs {
+    /// The user (name or uid) whose sandboxes get cgroup limits.
+    #[arg(long)]
+    user: String,
+}
+
+pub fn run(args: SetupArgs) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("setup-cgroups needs root: run it once with sudo");
+    }
+    let user = match args.user.parse::<u32>() {
+        Ok(uid) => nix::unistd::User::from_uid(uid.into())?,
+        Err(_) => nix::unistd::User::from_name(&args.user)?,
+    }
+    .with_context(|| format!("no such user {:?}", args.user))?;
+    match cgroups::detect() {
+        Layout::V1 { memory, pids } => {
+            for ctrl in [memory, pids] {
+                let dir = ctrl.join("cagerun").join(user.uid.to_string());
+                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                for p in [dir.clone(), dir.join("cgroup.procs"), dir.join("tasks")] {
+                    chown(&p, user.uid, user.gid)?;
+                }
+                println!("delegated {} to {}", dir.display(), user.name);
+            }
+            Ok(())
+        }
+        Layout::Unified => {
+            println!(
+                "cgroup v2: nothing to do here. Rootless sandboxes use the subtree systemd delegates to {} (user@{}.service); \
+                 run cagerun inside it, e.g. `systemd-run --user --scope -p Delegate=yes cagerun exec ...`, or set CAGERUN_CGROUP_PARENT",
+                user.name, user.uid
+            );
+            Ok(())
+        }
+        Layout::None => bail!("no memory and pids cgroup controllers are mounted under {}", cgroups::ROOT),
+    }
+}
+
+fn chown(path: &Path, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> Result<()> {
+    nix::unistd::chown(path, Some(uid), Some(gid)).with_context(|| format!("chown {}", path.display()))
+}

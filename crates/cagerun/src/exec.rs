@@ -1,0 +1,154 @@
+//! `cagerun exec`: flags → `SandboxRequest` → OCI `Spec` (cage-spec) → fast engine.
+//! This module only gathers input from the host (files, paths, ids); policy is in cage-spec.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use cage_sandbox::{Plan, RunOptions};
+use cage_spec::sandbox::{HOST_ROOTFS_BINDS, DEFAULT_USER};
+use cage_spec::{envfile, passwd, render_sandbox, HostIds, RootfsSource, SandboxRequest};
+use clap::Args;
+
+#[derive(Args, Debug)]
+#[command(trailing_var_arg = true)]
+pub struct ExecArgs {
+    /// Host directory mounted read-write at /workspace (the only writable host path).
+    #[arg(long, value_name = "DIR")]
+    workspace: Option<PathBuf>,
+    /// `host` (read-only binds of the host's /usr, /lib, /etc/ssl, ...) or an image tree.
+    #[arg(long, value_name = "host|DIR", default_value = "host")]
+    rootfs: String,
+    /// Run an OCI bundle (DIR/config.json) through the fast engine instead of flags.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["workspace", "user", "env", "env_file", "workdir", "memory", "pids", "tmpfs_size", "tty"])]
+    bundle: Option<PathBuf>,
+    /// Network: `none` (a fresh namespace with only lo).
+    #[arg(long, value_name = "MODE", default_value = "none")]
+    net: String,
+    /// UID[:GID] or NAME[:GROUP] inside the sandbox (default 1000:1000).
+    #[arg(long, short = 'u', value_name = "UID:GID")]
+    user: Option<String>,
+    /// Set an environment variable (repeatable). The host environment never leaks in.
+    #[arg(long, short = 'e', value_name = "K=V")]
+    env: Vec<String>,
+    /// Read KEY=VALUE lines (docker's env-file format).
+    #[arg(long, value_name = "FILE")]
+    env_file: Vec<PathBuf>,
+    /// Working directory inside the sandbox (default /workspace, or / without a workspace).
+    #[arg(long = "workdir", short = 'w', value_name = "DIR")]
+    workdir: Option<String>,
+    /// Kill the whole sandbox after this many seconds (exit 124).
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<f64>,
+    /// Memory limit, e.g. 512m (default 1g).
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// Maximum number of processes (default 256).
+    #[arg(long, value_name = "N")]
+    pids: Option<i64>,
+    /// Size of the /tmp tmpfs (default 128m).
+    #[arg(long, value_name = "SIZE")]
+    tmpfs_size: Option<String>,
+    /// Keep stdin attached (otherwise it is /dev/null).
+    #[arg(short, long)]
+    interactive: bool,
+    /// Give the command a pseudo-terminal.
+    #[arg(short, long)]
+    tty: bool,
+    /// The command and its arguments (after `--`).
+    #[arg(value_name = "CMD")]
+    command: Vec<String>,
+}
+
+fn host_ids() -> HostIds {
+    HostIds { uid: nix::unistd::geteuid().as_raw(), gid: nix::unistd::getegid().as_raw() }
+}
+
+fn workspace_dir(path: &Path) -> Result<PathBuf> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("workspace {} does not exist; create it or pass another --workspace", path.display()))?;
+    if !meta.is_dir() {
+        bail!("workspace {} is not a directory", path.display());
+    }
+    std::fs::canonicalize(path).with_context(|| format!("resolving workspace {}", path.display()))
+}
+
+fn rootfs_source(arg: &str) -> Result<RootfsSource> {
+    if arg == "host" {
+        let existing_binds = HOST_ROOTFS_BINDS
+            .iter()
+            .map(PathBuf::from)
+            .filter(|p| p.exists())
+            .collect();
+        return Ok(RootfsSource::Host { existing_binds });
+    }
+    let dir = Path::new(arg);
+    let meta = std::fs::metadata(dir).with_context(|| format!("rootfs {arg} does not exist; pass `host` or an unpacked image directory"))?;
+    if !meta.is_dir() {
+        bail!("rootfs {arg} is not a directory");
+    }
+    Ok(RootfsSource::Dir(std::fs::canonicalize(dir)?))
+}
+
+fn read_optional(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+pub fn run(args: ExecArgs) -> Result<i32> {
+    if args.net != "none" {
+        bail!("--net {}: only `none` is available for sandboxes (internet mode comes with the gateway's `cagerun internet on`)", args.net);
+    }
+    let timeout = match args.timeout {
+        Some(t) if !(t > 0.0 && t.is_finite()) => bail!("--timeout {t}: give a positive number of seconds"),
+        Some(t) => Some(Duration::from_secs_f64(t)),
+        None => None,
+    };
+    let (spec, base) = match &args.bundle {
+        Some(dir) => {
+            if !args.command.is_empty() {
+                bail!("--bundle runs the bundle's process.args; drop the command after `--`");
+            }
+            let config = dir.join("config.json");
+            let spec = oci_spec::runtime::Spec::load(&config)
+                .with_context(|| format!("reading OCI bundle config {}", config.display()))?;
+            (spec, std::fs::canonicalize(dir)?)
+        }
+        None => (render_from_flags(&args)?, PathBuf::from("/")),
+    };
+    let plan = Plan::from_spec(&spec, &base)?;
+    tracing::info!("sandbox: {} mounts, uid {} → host {}", plan.mounts.len(), plan.uid, plan.uid_map[0].outside);
+    let opts = RunOptions { interactive: args.interactive, timeout };
+    let outcome = cage_sandbox::run(&plan, &opts)?;
+    if outcome == cage_sandbox::Outcome::TimedOut {
+        eprintln!("cagerun: timed out after {}s; killed the sandbox", args.timeout.unwrap_or_default());
+    }
+    Ok(outcome.code())
+}
+
+fn render_from_flags(args: &ExecArgs) -> Result<oci_spec::runtime::Spec> {
+    let rootfs = rootfs_source(&args.rootfs)?;
+    let mut req = SandboxRequest::new(args.command.clone(), rootfs.clone());
+    if let Some(ws) = &args.workspace {
+        req.workspace = Some(workspace_dir(ws)?);
+    }
+    if let Some(user) = &args.user {
+        let (pw, gr) = match &rootfs {
+            RootfsSource::Dir(d) => (read_optional(&d.join("etc/passwd")), read_optional(&d.join("etc/group"))),
+            RootfsSource::Host { .. } => (passwd::synthesized_passwd(DEFAULT_USER), passwd::synthesized_group(DEFAULT_USER)),
+        };
+        req.user = passwd::resolve_user(user, &pw, &gr)?;
+    }
+    for file in &args.env_file {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading --env-file {}", file.display()))?;
+        req.env.extend(envfile::parse_env_file(&file.display().to_string(), &text, |k| std::env::var(k).ok())?);
+    }
+    for e in &args.env {
+        req.env.push(envfile::parse_env_arg(e)?);
+    }
+    req.cwd = args.workdir.clone();
+    req.memory = args.memory.as_deref().map(cage_spec::size::parse_size).transpose()?;
+    req.tmpfs_size = args.tmpfs_size.as_deref().map(cage_spec::size::parse_size).transpose()?;
+    req.pids = args.pids;
+    req.terminal = args.tty;
+    Ok(render_sandbox(&req, host_ids())?)
+}

@@ -1,0 +1,52 @@
+//! cagerun: a rootless, daemonless runtime for the OpenClaw gateway, its model server, and a
+//! throwaway sandbox for every command an agent runs.
+
+mod cgroup_setup;
+mod exec;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for cagerun's own errors (bad input, setup failure), as docker and podman use.
+pub const EXIT_CAGERUN_ERROR: u8 = 125;
+
+#[derive(Parser)]
+#[command(name = "cagerun", version, about = "Rootless sandboxes and services for the OpenClaw agent stack")]
+struct Cli {
+    /// Say what cagerun does (which limits mechanism, which mounts); CAGERUN_LOG=debug for more.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one command in a throwaway sandbox: no network, read-only system, only the
+    /// workspace writable, no privileges.
+    Exec(exec::ExecArgs),
+    /// (root) Delegate a cgroup v1 subtree to a user, so their sandboxes get memory and pids
+    /// limits through cgroups instead of rlimits. Once per boot.
+    SetupCgroups(cgroup_setup::SetupArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default = if cli.verbose { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAGERUN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).without_time().init();
+
+    let result = match cli.command {
+        Command::Exec(args) => exec::run(args),
+        Command::SetupCgroups(args) => cgroup_setup::run(args).map(|()| 0),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("cagerun: {e:#}");
+            ExitCode::from(EXIT_CAGERUN_ERROR)
+        }
+    }
+}
