@@ -1,0 +1,399 @@
+//! `cagerun exec`: each property of the sandbox, observed from inside and checked from the
+//! host, as root and rootless (see support/mod.rs).
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::*;
+
+fn field<'a>(text: &'a str, key: &str) -> &'a str {
+    text.lines().find_map(|l| l.strip_prefix(key)).map(str::trim).unwrap_or_else(|| panic!("{key} missing in {text}"))
+}
+
+#[test]
+fn runs_as_unprivileged_mapped_user_never_host_root() {
+    for mode in modes() {
+        let ws = workspace(mode);
+        let r = sh(mode, &ws, &[], "id -u; id -g; cat /proc/self/uid_map; cat /proc/self/gid_map");
+        assert_eq!(r.code, 0);
+        let lines: Vec<Vec<&str>> = r.stdout.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(lines[0], ["1000"]);
+        assert_eq!(lines[1], ["1000"]);
+        assert_eq!(lines[2], ["1000", mode.sandbox_host_uid().to_string().as_str(), "1"], "one id mapped, to the caller or an unprivileged id");
+        assert_eq!(lines[3], ["1000", mode.sandbox_host_gid().to_string().as_str(), "1"]);
+        assert_ne!(mode.sandbox_host_uid(), 0);
+        // The write lands on the host owned by that id.
+        let r = sh(mode, &ws, &[], "echo hi > /workspace/owned");
+        assert_eq!(r.code, 0);
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(ws.path().join("owned")).unwrap().uid(), mode.sandbox_host_uid());
+    }
+}
+
+#[test]
+fn every_capability_set_is_empty_with_no_new_privs_and_seccomp() {
+    for mode in modes() {
+        let ws = workspace(mode);
+        let r = sh(mode, &ws, &[], "cat /proc/self/status");
+        assert_eq!(r.code, 0);
+        for key in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+            assert_eq!(field(&r.stdout, key), "0000000000000000", "{key}");
+        }
+        assert_eq!(field(&r.stdout, "NoNewPrivs:"), "1");
+        assert_eq!(field(&r.stdout, "Seccomp:"), "2", "a seccomp filter is installed");
+    }
+}
+
+#[test]
+fn hostname_is_sandbox_and_the_hosts_is_untouched() {
+    let host = nix::unistd::gethostname().unwrap();
+    for mode in modes() {
+        let ws = workspace(mode);
+        let r = sh(mode, &ws, &[], "cat /proc/sys/kernel/hostname");
+        assert_eq!(r.stdout.trim(), "sandbox");
+        assert_eq!(nix::unistd::gethostname().unwrap(), host);
+    }
+}
+
+#[test]
+fn network_namespace_has_only_lo_and_it_is_up() {
+    for mode in modes() {
+        let ws = workspace(mode);
+        let r = sh(mode, &ws, &[], "ls /sys/class/net; cat /sys/class/net/lo/flags");
+        assert_eq!(r.code, 0);
+        let lines: Vec<&str> = r.stdout.lines().collect();
+        assert_eq!(lines[0], "lo", "only lo: {lines:?}");
+        let flags = u32::from_str_radix(lines[1].trim_start_matches("0x"), 16).unwrap();
+        assert_eq!(flags & 1, 1, "lo is up");
+    }
+}
+
+#[test]
+fn pid_namespace_with_an_init_that_reaps_orphans() {
+    for mode in modes() {
+        let ws = workspace(mode);
+        // The command is pid 2 (pid 1 is cagerun's init); an orphaned child is reparented to
+        // init and reaped: no zombie remains.
+        let r = sh(
+            mode,
+            &ws,
+            &[],
+            "echo $$; (sleep 0.2 &) ; sleep 0.6; for p in /proc/[0-9]*; do grep -h '^State' $p/status; done | grep -c Z || true; ls -d /proc/[0-9]* | wc -l",
+        );
+        assert_eq!(r.code, 0);
+        let lines: Vec<&str> = r.stdout.lines().collect();
+        assert_eq!(lines[0], "2");
+        assert_eq!(lines[1], "0", "no zombies");
+        assert!(lines[2].parse::<u32>().unwrap() <= 4, "only the sandbox's processes are visible");
+    }
+}
+
+#[test]
+fn mounts_root_readonly_workspace_rw_tmp_sized_proc_sys_readonly() {
+    for mode in modes() {
+        let ws = workspace(mode);
+        let r = sh(mode, &ws, &["--tmpfs-size", "16m"], "cat /proc/self/mountinfo");
+        assert_eq!(r.code, 0);
+        let opts = |mp: &str| -> String {
+            r.stdout
+                .lines()
+                .filter(|l| l.split_whitespace().nth(4) == Some(mp))
+                .last()
+                .unwrap_or_else(|| panic!("{mp} not mounted:\n{}", r.stdout))
+                .to_string()
+        };
+        let per_mount = |line: &str| line.split_whitespace().nth(5).unwrap().to_string();
+        assert!(per_mount(&opts("/")).split(',').any(|o| o == "ro"), "root read-only");
+        for p in ["/usr", "/etc/ssl"] {
+            let o = per_mount(&opts(p));
+            for want in ["ro", "nosuid", "nodev"] {
+                assert!(o.split(',').any(|x| x == want), "{p} {want}: {o}");
+            }
+        }
+        let w = per_mount(&opts("/workspace"));
+        assert!(w.split(',').any(|x| x == "rw") && w.contains("nosuid"), "/workspace rw nosuid: {w}");
+        let tmp = opts("/tmp");
+        assert!(tmp.contains("tmpfs") && tmp.contains("size=16384k"), "/tmp sized tmpfs: {tmp}");
+        assert!(per_mount(&opts("/proc/sys")).split(',').any(|x| x == "ro"));
+        assert!(per_mount(&opts("/sys")).split(',').any(|x| x == "ro"));
+        // Masked as Docker masks them.
+        let r = sh(mode, &ws, &[], "wc -c < /proc/keys; wc -c < /proc/timer_list; ls /sys/firmware | wc -l");
+        assert_eq!(r.stdout.split_whitespace().collect::<Vec<_>>(), ["0", "0", "0"]);
+    }
+}
+
+#[test]
+fn only_the_workspace_is_writable_and_tmp_is_ephemeral() {
+    for mode in modes() {
+        let ws = workspace(mode);
+        let r = sh(
+            mode,
+            &ws,
+            &[],
+            "for p in /x /etc/x /usr/x /proc/sys/kernel/x /sys/x /var/x; do (echo x > $p) 2>/dev/null && echo WROTE $p; done; \
+             echo data > /workspace/out; echo t > /tmp/t; echo s > /dev/shm/s; echo done",
+        );
+        assert_eq!(r.code, 0);
+        assert!(!r.stdout.contains("WROTE"), "{}", r.stdout);
+        assert_eq!(std::fs::read_to_string(ws.path().join("out")).unwrap(), "data\n");
+        let r = sh(mode, &ws, &[], "ls /tmp /dev/shm | wc -w");
+        assert_eq!(r.stdout.trim(), "0", "a second sandbox starts with an empty /tmp and /dev/shm");
+    }
+}
+
+#[test]
+fn exit_status_is_passed_through_with_128_plus_signal() {
+    for mode in modes() {
+        let ws = workspace(mode);
+        assert_eq!(sh(mode, &ws, &[], "exit 7").code, 7);
+        assert_eq!(sh(mode, &ws, &[], "kill -TERM $$").code, 143);
+        assert_eq!(sh(mode, &ws, &[], "true").code, 0);
+    }
+}
+
+#[test]
+fn timeout_kills_the_whole_pid_namespace() {
+    for mode in modes() {
+        let ws = workspace(mode);
+        let marker = unique("991");
+        let script = format!("sleep {marker} & sleep {marker}");
+        let start = std::time::Instant::now();
+        let r = sh(mode, &ws, &["--timeout", "1"], &script);
+        assert_eq!(r.code, 124, "timeout exit code");
+        assert!(r.stderr.contains("timed out"));
+        assert!(start.elapsed() < Duration::from_secs(30));
+        assert_no_leftovers(&marker);
+    }
+}
+
+#[test]
+fn the_sandbox_dies_with_its_parent() {
+    for mode in modes() {
+        let ws = workspace(mode);
+        let marker = unique("992");
+        let wsp = ws.path().to_str().unwrap().to_string();
+        let script = format!("sleep {marker} & sleep {marker}");
+        let mut child = cagerun_cmd(mode, &["exec", "--workspace", &wsp, "--", "/bin/sh", "-c", &script]).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        // The probe is valid: the sandbox's processes exist before the kill.
+        let before = std::fs::read_dir("/proc").unwrap().flatten().filter(|e| {
+            std::fs::read(e.path().join("cmdline")).map(|c| String::from_utf8_lossy(&c).contains(&marker)).unwrap_or(false)
+        }).count();
+        assert!(before >= 2, "sandbox processes running: {before}");
+        // Kill cagerun itself (in root mode, the unshare wrapper's child).
+        let pid = child.id() as i32;
+        let target = if mode == Mode::Root { first_child(pid).expect("cagerun under unshare") } else { pid };
+        unsafe { libc::kill(target, libc::SIGKILL) };
+        let _ = child.wait();
+        assert_no_leftovers(&marker);
+    }
+}
+
+fn first_child(pid: i32) -> Option<i32> {
+    for _ in 0..100 {
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+            if let Some(c) = s.split_whitespace().next() {
+                return c.parse().ok();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+#[test]
+fn signals_are_forwarded_to_the_command() {
+    for mode in modes() {
+        let ws = workspace(mode);
+        let wsp = ws.path().to_str().unwrap().to_string();
+        let mut child = cagerun_cmd(mode, &["exec", "--workspace", &wsp, "--", "/bin/sh", "-c", "trap 'echo got-term; exit 3' TERM; while :; do sleep 0.05; done"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let pid = child.id() as i32;
+        let target = if mode == Mode::Root { first_child(pid).unwrap() } else { pid };
+        unsafe { libc::kill(target, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        let mut out = String::new();
+        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        assert!(out.contains("got-term"), "{out}");
+        assert_eq!(status.code(), Some(3));
+    }
+}
+
+#[test]
+fn no_descriptor_beyond_stdio_is_inherited() {
+    for mode in modes() {
+        let ws = workspace(mode);
+        let wsp = ws.path().to_str().unwrap().to_string();
+        // A descriptor open in the caller without CLOEXEC, at 7.
+        let leak = std::fs::File::open("/").unwrap();
+        use std::os::fd::AsRawFd;
+        let raw = leak.as_raw_fd();
+        let mut cmd = cagerun_cmd(mode, &["exec", "--workspace", &wsp, "--", "/workspace/cage-probe", "list-fds"]);
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(raw, 7) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        let fds: Vec<u32> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(|s| s.parse().unwrap()).collect();
+        // 0, 1, 2, and the one read_dir opened to list them.
+        assert_eq!(fds.iter().filter(|fd| **fd >= 3).count(), 1, "{fds:?}");
+    }
+}
+
+#[test]
+fn tty_flag_gives_a_private_pseudo_terminal() {
+    for mode in modes() {
+        let ws = workspace(mode);
+        let r = sh(mode, &ws, &["-t"], "tty; test -t 0 && echo is-a-tty");
+        assert_eq!(r.code, 0);
+        assert!(r.stdout.contains("/dev/pts/0"), "{}", r.stdout);
+        assert!(r.stdout.contains("is-a-tty"));
+        let r = sh(mode, &ws, &[], "test -t 0 || echo no-tty");
+        assert!(r.stdout.contains("no-tty"));
+    }
+}
+
+#[test]
+fn pids_and_memory_limits_hold_through_the_reported_mechanism() {
+    for mode in modes() {
+        let ws = workspace(mode);
+        let r = sh(mode, &ws, &["--pids", "32", "-v"], "/workspace/cage-probe fork-bomb 100");
+        assert_eq!(r.code, 1, "fork bomb stopped: {}", r.stdout);
+        assert!(r.stdout.starts_with("BLOCKED"));
+        let r = sh(mode, &ws, &["--memory", "64m", "-v"], "/workspace/cage-probe alloc 256");
+        assert_ne!(r.code, 0, "256 MiB must not fit in 64m: {}", r.stdout);
+        assert!(!r.stdout.starts_with("WORKS"));
+        // .ci/run delegates a cgroup subtree to the test user, so both modes use cgroups here.
+        assert!(r.stderr.contains("limits: cgroup"), "expected cgroup limits (run `cagerun setup-cgroups --user` as root): {}", r.stderr);
+        // And the probe is valid: with room it allocates.
+        let r = sh(mode, &ws, &["--memory", "512m"], "/workspace/cage-probe alloc 128");
+        assert_eq!(r.code, 0, "{}", r.stdout);
+        assert_no_leftovers("cage-probe alloc");
+    }
+}
+
+#[test]
+fn environment_is_explicit_and_the_hosts_never_leaks() {
+    for mode in modes() {
+        let ws = workspace(mode);
+        let envf = ws.path().join("env.list");
+        std::fs::write(&envf, "# c\nFROM_FILE=1\nOVER=file\n").unwrap();
+        let wsp = ws.path().to_str().unwrap().to_string();
+        let ef = envf.to_str().unwrap().to_string();
+        let out = cagerun_cmd(mode, &["exec", "--workspace", &wsp, "--env-file", &ef, "-e", "OVER=flag", "-w", "/tmp", "--", "/bin/sh", "-c", "env; pwd"])
+            .env("CAGERUN_TEST_SECRET", "leak")
+            .output()
+            .unwrap();
+        let s = String::from_utf8_lossy(&out.stdout);
+        assert!(s.contains("FROM_FILE=1") && s.contains("OVER=flag") && !s.contains("OVER=file"), "{s}");
+        assert!(!s.contains("CAGERUN_TEST_SECRET"), "host environment leaked: {s}");
+        assert!(s.lines().any(|l| l == "/tmp"));
+    }
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_125() {
+    let ws_mode = modes()[0];
+    let ws = workspace(ws_mode);
+    let file = ws.path().join("cage-probe");
+    let wsp = ws.path().to_str().unwrap().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["exec", "--"], "no command"),
+        (vec!["exec", "--workspace", "/nonexistent-cagerun", "--", "true"], "does not exist"),
+        (vec!["exec", "--workspace", file.to_str().unwrap(), "--", "true"], "not a directory"),
+        (vec!["exec", "--user", "ghost", "--", "true"], "unknown user"),
+        (vec!["exec", "--memory", "lots", "--", "true"], "invalid size"),
+        (vec!["exec", "--net", "host", "--", "true"], "only `none`"),
+        (vec!["exec", "--rootfs", "/nonexistent-cagerun", "--", "true"], "rootfs"),
+        (vec!["exec", "--workspace", &wsp, "--", "no-such-command-cagerun"], "command not found in the sandbox"),
+        (vec!["exec", "-w", "/nonexistent", "--", "true"], "working directory"),
+    ];
+    for mode in modes() {
+        for (args, want) in &cases {
+            let r = run(mode, args);
+            assert_eq!(r.code, 125, "{args:?}");
+            assert_eq!(r.stderr.trim().lines().count(), 1, "one line: {}", r.stderr);
+            assert!(r.stderr.contains(want), "{args:?}: {}", r.stderr);
+        }
+    }
+}
+
+#[test]
+fn a_directory_rootfs_is_bound_read_only() {
+    for mode in modes() {
+        // A tiny root: dash and the libraries it needs, copied from the host.
+        let root = TempDir::new("rootfs", None);
+        for f in ["/usr/bin/dash", "/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2"] {
+            let dst = root.path().join(f.trim_start_matches('/'));
+            std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+            std::fs::copy(f, &dst).unwrap();
+        }
+        let r = run(mode, &["exec", "--rootfs", root.path().to_str().unwrap(), "--", "/usr/bin/dash", "-c", "echo inside; (echo x > /usr/bin/x) 2>/dev/null || echo ro; test -e /etc/passwd || echo own-root"]);
+        assert_eq!(r.code, 0);
+        assert_eq!(r.stdout.lines().collect::<Vec<_>>(), ["inside", "ro", "own-root"]);
+        assert!(!root.path().join("usr/bin/x").exists());
+    }
+}
+
+#[test]
+fn a_bundle_runs_through_the_same_engine_and_unknown_fields_are_refused() {
+    for mode in modes() {
+        let ws = workspace(mode);
+        let wsp = ws.path().to_str().unwrap().to_string();
+        let r = run(mode, &["spec", "--workspace", &wsp, "--", "/bin/sh", "-c", "id -u; cat /proc/sys/kernel/hostname; grep Seccomp: /proc/self/status"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let bundle = TempDir::new("bundle", None);
+        std::fs::write(bundle.path().join("config.json"), &r.stdout).unwrap();
+        let b = bundle.path().to_str().unwrap().to_string();
+        let from_bundle = run(mode, &["exec", "--bundle", &b]);
+        let from_flags = sh(mode, &ws, &[], "id -u; cat /proc/sys/kernel/hostname; grep Seccomp: /proc/self/status");
+        assert_eq!(from_bundle.code, 0);
+        assert_eq!(from_bundle.stdout, from_flags.stdout, "both paths observe the same facts");
+
+        let mut spec: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        spec["linux"]["sysctl"] = serde_json::json!({"net.ipv4.ip_forward": "1"});
+        std::fs::write(bundle.path().join("config.json"), spec.to_string()).unwrap();
+        let refused = run(mode, &["exec", "--bundle", &b]);
+        assert_eq!(refused.code, 125);
+        assert!(refused.stderr.contains("linux.sysctl"), "{}", refused.stderr);
+    }
+}
+
+#[test]
+fn a_hundred_concurrent_sandboxes_all_succeed() {
+    for mode in modes() {
+        let ws = workspace(mode);
+        let wsp = ws.path().to_str().unwrap().to_string();
+        let children: Vec<_> = (0..100)
+            .map(|i| {
+                cagerun_cmd(mode, &["exec", "--workspace", &wsp, "--", "/bin/sh", "-c", &format!("echo {i} > /workspace/c{i}")])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let failures: Vec<String> = children
+            .into_iter()
+            .filter_map(|c| {
+                let out = c.wait_with_output().unwrap();
+                (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).into_owned())
+            })
+            .collect();
+        assert!(failures.is_empty(), "{} failures: {:?}", failures.len(), failures.first());
+        assert_eq!((0..100).filter(|i| ws.path().join(format!("c{i}")).exists()).count(), 100);
+        assert_no_leftovers(&wsp);
+    }
+}

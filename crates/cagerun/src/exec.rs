@@ -125,6 +125,15 @@ pub fn run(args: ExecArgs) -> Result<i32> {
     Ok(outcome.code())
 }
 
+pub fn print_spec(args: ExecArgs) -> Result<()> {
+    if args.bundle.is_some() {
+        bail!("spec renders flags; a bundle already has its config.json");
+    }
+    let spec = render_from_flags(&args)?;
+    println!("{}", serde_json::to_string_pretty(&spec)?);
+    Ok(())
+}
+
 fn render_from_flags(args: &ExecArgs) -> Result<oci_spec::runtime::Spec> {
     let rootfs = rootfs_source(&args.rootfs)?;
     let mut req = SandboxRequest::new(args.command.clone(), rootfs.clone());

@@ -26,6 +26,8 @@ enum Command {
     /// Run one command in a throwaway sandbox: no network, read-only system, only the
     /// workspace writable, no privileges.
     Exec(exec::ExecArgs),
+    /// Print the OCI runtime spec `exec` would run with these flags (a bundle's config.json).
+    Spec(exec::ExecArgs),
     /// (root) Delegate a cgroup v1 subtree to a user, so their sandboxes get memory and pids
     /// limits through cgroups instead of rlimits. Once per boot.
     SetupCgroups(cgroup_setup::SetupArgs),
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
 
     let result = match cli.command {
         Command::Exec(args) => exec::run(args),
+        Command::Spec(args) => exec::print_spec(args).map(|()| 0),
         Command::SetupCgroups(args) => cgroup_setup::run(args).map(|()| 0),
     };
     match result {

@@ -1,0 +1,226 @@
+//! Shared harness for the namespace tests.
+//!
+//! Every case runs in two modes: as root (inside a throwaway `unshare -m -u
+//! --propagation private`, so a sandbox that fails to isolate cannot touch the host's mounts
+//! or hostname) and rootless, as the unprivileged user `$CAGERUN_TEST_USER` (default
+//! `cagetest`, created by `.ci/run`). Binaries are copied to a world-readable temp dir so the
+//! test user can run them wherever the checkout lives.
+#![allow(dead_code)]
+
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Root,
+    Rootless { uid: u32, gid: u32 },
+}
+
+impl Mode {
+    /// The host uid that owns what the sandbox user writes.
+    pub fn sandbox_host_uid(self) -> u32 {
+        match self {
+            Mode::Root => 1000,
+            Mode::Rootless { uid, .. } => uid,
+        }
+    }
+    pub fn sandbox_host_gid(self) -> u32 {
+        match self {
+            Mode::Root => 1000,
+            Mode::Rootless { gid, .. } => gid,
+        }
+    }
+}
+
+pub fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn test_user() -> (u32, u32) {
+    let name = std::env::var("CAGERUN_TEST_USER").unwrap_or_else(|_| "cagetest".into());
+    let out = Command::new("id").arg("-u").arg(&name).output().expect("run id");
+    let out_g = Command::new("id").arg("-g").arg(&name).output().expect("run id");
+    assert!(
+        out.status.success(),
+        "test user {name:?} does not exist: the tests run every case as root and as this unprivileged user; \
+         create it (`useradd -m {name}`) or run .ci/run, which does"
+    );
+    let p = |o: Output| String::from_utf8(o.stdout).unwrap().trim().parse::<u32>().unwrap();
+    (p(out), p(out_g))
+}
+
+/// Root and rootless when run as root (the CI way); only rootless otherwise.
+pub fn modes() -> Vec<Mode> {
+    if is_root() {
+        let (uid, gid) = test_user();
+        vec![Mode::Root, Mode::Rootless { uid, gid }]
+    } else {
+        let uid = unsafe { libc::geteuid() };
+        let gid = unsafe { libc::getegid() };
+        eprintln!("note: not root, so only the rootless half of each test runs");
+        vec![Mode::Rootless { uid, gid }]
+    }
+}
+
+pub struct Bins {
+    pub cagerun: PathBuf,
+    pub probe: PathBuf,
+}
+
+pub fn bins() -> &'static Bins {
+    static BINS: OnceLock<Bins> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let cagerun = PathBuf::from(env!("CARGO_BIN_EXE_cagerun"));
+        let probe = cagerun.with_file_name("cage-probe");
+        assert!(probe.exists(), "{} is missing: build it with `cargo build -p cage-probe` (cargo test --workspace does)", probe.display());
+        let dir = std::env::temp_dir().join(format!("cagerun-test-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = |src: &Path, name: &str| {
+            let dst = dir.join(name);
+            std::fs::copy(src, &dst).unwrap();
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
+            dst
+        };
+        Bins { cagerun: copy(&cagerun, "cagerun"), probe: copy(&probe, "cage-probe") }
+    })
+}
+
+/// A temp directory owned by whoever the sandbox user is on the host in `mode`; removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str, owner: Option<(u32, u32)>) -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("cagerun-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        if let Some((u, g)) = owner {
+            if is_root() {
+                chown(&p, Some(u), Some(g)).unwrap();
+            }
+        }
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A workspace the sandbox user can write, with the probe inside at /workspace/cage-probe.
+pub fn workspace(mode: Mode) -> TempDir {
+    let ws = TempDir::new("ws", Some((mode.sandbox_host_uid(), mode.sandbox_host_gid())));
+    let dst = ws.path().join("cage-probe");
+    std::fs::copy(&bins().probe, &dst).unwrap();
+    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
+    ws
+}
+
+/// `cagerun ARGS` as `mode` would run it (not yet spawned).
+pub fn cagerun_cmd(mode: Mode, args: &[&str]) -> Command {
+    let mut cmd = match mode {
+        Mode::Root => {
+            let mut c = Command::new("unshare");
+            c.args(["-m", "-u", "--propagation", "private", "--"]).arg(&bins().cagerun);
+            c
+        }
+        Mode::Rootless { uid, gid } => {
+            let mut c = Command::new(&bins().cagerun);
+            if is_root() {
+                c.uid(uid).gid(gid);
+            }
+            c
+        }
+    };
+    cmd.args(args).current_dir("/").stdin(Stdio::null());
+    cmd
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run(mode: Mode, args: &[&str]) -> Run {
+    let out = cagerun_cmd(mode, args).output().expect("spawn cagerun");
+    let r = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    eprintln!("[{mode:?}] cagerun {args:?} -> {}\n  stdout: {}\n  stderr: {}", r.code, r.stdout.trim(), r.stderr.trim());
+    r
+}
+
+/// `cagerun exec --workspace WS [flags] -- sh -c SCRIPT`
+pub fn sh(mode: Mode, ws: &TempDir, flags: &[&str], script: &str) -> Run {
+    let wsp = ws.path().to_str().unwrap().to_string();
+    let mut args = vec!["exec", "--workspace", wsp.as_str()];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--", "/bin/sh", "-c", script]);
+    run(mode, &args)
+}
+
+/// Nothing a test started may outlive it: no process carrying `marker` on its command
+/// line, no cgroup leaf of a dead cagerun, no mount naming `marker`.
+pub fn assert_no_leftovers(marker: &str) {
+    for _ in 0..50 {
+        if leftover_processes(marker).is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let procs = leftover_processes(marker);
+    assert!(procs.is_empty(), "processes left behind: {procs:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(marker), "mounts left behind naming {marker}");
+    let mut leaves = Vec::new();
+    for base in ["/sys/fs/cgroup/memory/cagerun", "/sys/fs/cgroup/pids/cagerun", "/sys/fs/cgroup/cagerun"] {
+        for owner in std::fs::read_dir(base).into_iter().flatten().flatten() {
+            for leaf in std::fs::read_dir(owner.path()).into_iter().flatten().flatten() {
+                let name = leaf.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name.strip_prefix("sbx-") {
+                    if !Path::new(&format!("/proc/{pid}")).exists() {
+                        leaves.push(leaf.path());
+                    }
+                }
+            }
+        }
+    }
+    assert!(leaves.is_empty(), "cgroups left behind: {leaves:?}");
+}
+
+fn leftover_processes(marker: &str) -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.parse::<u32>().is_err() || name == me {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(marker) {
+                found.push(format!("{name}: {cmd}"));
+            }
+        }
+    }
+    found
+}
+
+pub fn unique(tag: &str) -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{tag}{}{}", std::process::id(), t % 1_000_000_000)
+}
