@@ -175,7 +175,19 @@ pub fn sh(mode: Mode, ws: &TempDir, flags: &[&str], script: &str) -> Run {
 
 /// Nothing a test started may outlive it: no process carrying `marker` on its command
 /// line, no cgroup leaf of a dead cagerun, no mount naming `marker`.
+/// Held while a test deliberately leaves something for the next run to clean (a SIGKILLed
+/// cagerun's cgroup), so concurrent tests' leftover checks do not see it.
+pub fn leftover_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub fn assert_no_leftovers(marker: &str) {
+    let _guard = leftover_lock();
+    assert_no_leftovers_locked(marker);
+}
+
+pub fn assert_no_leftovers_locked(marker: &str) {
     for _ in 0..50 {
         if leftover_processes(marker).is_empty() {
             break;

@@ -119,7 +119,11 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
     }
 
     // 5. The filesystem; afterwards nothing of the host is reachable but what was bound.
-    rootfs::build(plan, &sources)?;
+    let console = match f.tty {
+        Some(fd) => Some(std::fs::read_link(format!("/proc/self/fd/{fd}")).map_err(|e| SandboxError::Setup(format!("pty name: {e}")))?),
+        None => None,
+    };
+    rootfs::build(plan, &sources, console.as_deref())?;
     for fd in sources.values() {
         unsafe { libc::close(*fd) };
     }
@@ -251,6 +255,13 @@ fn exec_command(plan: &Plan, seccomp: &[BpfProgram], f: &ChildFds) -> Result<std
     // A new session: no controlling terminal of the caller's, so TIOCSTI has no target.
     nix::unistd::setsid().map_err(|e| SandboxError::Setup(format!("setsid: {e}")))?;
     if f.tty.is_some() {
+        // Re-open the terminal through the sandbox's /dev/console, then make it ours.
+        let console = nix::fcntl::open("/dev/console", nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY, nix::sys::stat::Mode::empty())
+            .map_err(|e| SandboxError::Setup(format!("opening /dev/console: {e}")))?;
+        for target in 0..3 {
+            unsafe { libc::dup2(console, target) };
+        }
+        unsafe { libc::close(console) };
         // SAFETY: make the pty replica (fd 0) our controlling terminal.
         if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
             return Err(SandboxError::Setup(format!("TIOCSCTTY: {}", std::io::Error::last_os_error())));

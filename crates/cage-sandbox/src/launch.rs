@@ -114,6 +114,13 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
         LimitMechanism::None => {}
     }
     let terminal = if plan.terminal { Some(pty::open()?) } else { None };
+    if let (Some(t), true) = (&terminal, privileged) {
+        // The sandbox user re-opens the replica as /dev/console: it must own it.
+        let owner = |m: &[crate::plan::IdMap], id: u32| m.iter().find(|m| id >= m.inside && id - m.inside < m.count).map(|m| m.outside + (id - m.inside));
+        if let (Some(uid), Some(gid)) = (owner(&plan.uid_map, plan.uid), owner(&plan.gid_map, plan.gid)) {
+            nix::unistd::fchown(t.replica.as_raw_fd(), Some(uid.into()), Some(gid.into())).map_err(|e| SandboxError::os("chown of the pty", e))?;
+        }
+    }
     let (sync_r, sync_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
 

@@ -211,7 +211,9 @@ fn make_readonly(path: &Path) -> Result<()> {
 }
 
 /// The whole filesystem sequence, top to bottom. Ends inside the new root.
-pub fn build(plan: &Plan, fds: &SourceFds) -> Result<()> {
+/// `console`: the host path of the pty replica (`-t`), bound at /dev/console: a node in the
+/// sandbox's own tree, so `ttyname` finds it.
+pub fn build(plan: &Plan, fds: &SourceFds, console: Option<&Path>) -> Result<()> {
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(os("making mounts private"))?;
     mount(Some("tmpfs"), STAGING, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0700,size=64k"))
@@ -230,6 +232,10 @@ pub fn build(plan: &Plan, fds: &SourceFds) -> Result<()> {
     }
     for m in &plan.mounts {
         mount_step(m, fds)?;
+    }
+    if let Some(pty) = console {
+        let dst = ensure_mountpoint(Path::new("/dev/console"), false)?;
+        bind(&outside(pty, fds), &dst, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, false)?;
     }
     for (path, text) in &plan.files {
         let p = inside(path);
