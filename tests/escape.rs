@@ -44,12 +44,21 @@ impl Targets {
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         use std::os::linux::net::SocketAddrExt;
         let abstract_name = unique("cagerun-test-abstract-");
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes()).unwrap();
+        let addr =
+            std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes()).unwrap();
         let abs = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
         let unix_path = canary_dir.path().join("sock");
         let ul = std::os::unix::net::UnixListener::bind(&unix_path).unwrap();
         std::fs::set_permissions(&unix_path, std::fs::Permissions::from_mode(0o777)).unwrap();
-        Targets { canary_dir, canary, tcp, _abstract_listener: abs, abstract_name, unix_path, _unix_listener: ul }
+        Targets {
+            canary_dir,
+            canary,
+            tcp,
+            _abstract_listener: abs,
+            abstract_name,
+            unix_path,
+            _unix_listener: ul,
+        }
     }
 
     fn expand(&self, ws: &std::path::Path, arg: &str) -> String {
@@ -74,7 +83,14 @@ struct Attack {
 }
 
 const fn attack(inside: &'static [&'static str]) -> Attack {
-    Attack { inside, outside: inside, flags: &[], outside_as: Outside::Root, with_tty: false, with_leaked_fd: false }
+    Attack {
+        inside,
+        outside: inside,
+        flags: &[],
+        outside_as: Outside::Root,
+        with_tty: false,
+        with_leaked_fd: false,
+    }
 }
 
 fn setup_cmd(cmd: &mut Command, a: &Attack, leaked: Option<i32>) -> Option<std::os::fd::OwnedFd> {
@@ -114,7 +130,9 @@ fn assert_attack(a: Attack) {
         let t = Targets::new(owner);
         let ws = TempDir::new("outside-ws", Some(owner));
         std::os::unix::fs::symlink(&t.canary, ws.path().join("link")).unwrap();
-        let leaked = a.with_leaked_fd.then(|| std::fs::File::open(t.canary_dir.path()).unwrap());
+        let leaked = a
+            .with_leaked_fd
+            .then(|| std::fs::File::open(t.canary_dir.path()).unwrap());
         let args: Vec<String> = a.outside.iter().map(|s| t.expand(ws.path(), s)).collect();
         if a.outside_as == Outside::TestUser {
             make_suid_probe(ws.path());
@@ -122,12 +140,14 @@ fn assert_attack(a: Attack) {
         let mut cmd = match (a.outside_as, is_root()) {
             (Outside::Root, true) => {
                 let mut c = Command::new("unshare");
-                c.args(["-m", "-u", "--propagation", "private", "--"]).arg(&bins().probe);
+                c.args(["-m", "-u", "--propagation", "private", "--"])
+                    .arg(&bins().probe);
                 c
             }
             (Outside::Root, false) => {
                 let mut c = Command::new("unshare");
-                c.args(["-U", "-r", "-m", "-u", "--propagation", "private", "--"]).arg(&bins().probe);
+                c.args(["-U", "-r", "-m", "-u", "--propagation", "private", "--"])
+                    .arg(&bins().probe);
                 c
             }
             (Outside::TestUser, _) => {
@@ -135,7 +155,9 @@ fn assert_attack(a: Attack) {
                 assert!(probe.exists(), "setuid probe missing");
                 let mut c = Command::new(probe);
                 let m = modes();
-                let Mode::Rootless { uid, gid } = m[m.len() - 1] else { unreachable!() };
+                let Mode::Rootless { uid, gid } = m[m.len() - 1] else {
+                    unreachable!()
+                };
                 c.uid(uid).gid(gid);
                 c
             }
@@ -160,9 +182,15 @@ fn assert_attack(a: Attack) {
         if a.outside_as == Outside::TestUser {
             make_suid_probe(ws.path());
         }
-        let leaked = a.with_leaked_fd.then(|| std::fs::File::open(t.canary_dir.path()).unwrap());
+        let leaked = a
+            .with_leaked_fd
+            .then(|| std::fs::File::open(t.canary_dir.path()).unwrap());
         let wsp = ws.path().to_str().unwrap().to_string();
-        let probe = if a.outside_as == Outside::TestUser { "/workspace/suid-probe" } else { "/workspace/cage-probe" };
+        let probe = if a.outside_as == Outside::TestUser {
+            "/workspace/suid-probe"
+        } else {
+            "/workspace/cage-probe"
+        };
         let mut args: Vec<String> = vec!["exec".into(), "--workspace".into(), wsp.clone()];
         args.extend(a.flags.iter().map(|s| s.to_string()));
         args.push("--".into());
@@ -173,11 +201,27 @@ fn assert_attack(a: Attack) {
         let _keep = setup_cmd(&mut cmd, &a, leaked.as_ref().map(|f| f.as_raw_fd()));
         let out = cmd.output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        eprintln!("[{mode:?}] {argv:?} -> {:?} {stdout} {}", out.status.code(), String::from_utf8_lossy(&out.stderr));
-        assert_eq!(out.status.code(), Some(1), "the probe ran and reported a refusal (not a setup error): {stdout}");
+        eprintln!(
+            "[{mode:?}] {argv:?} -> {:?} {stdout} {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "the probe ran and reported a refusal (not a setup error): {stdout}"
+        );
         assert!(stdout.starts_with("BLOCKED"), "{stdout}");
-        assert_eq!(std::fs::read_to_string(&t.canary).unwrap(), "original", "host canary unchanged");
-        assert_eq!(nix::unistd::gethostname().unwrap(), host_name, "host hostname unchanged");
+        assert_eq!(
+            std::fs::read_to_string(&t.canary).unwrap(),
+            "original",
+            "host canary unchanged"
+        );
+        assert_eq!(
+            nix::unistd::gethostname().unwrap(),
+            host_name,
+            "host hostname unchanged"
+        );
         assert_no_leftovers(&wsp);
     }
 }

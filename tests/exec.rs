@@ -12,26 +12,48 @@ use std::time::Duration;
 use support::*;
 
 fn field<'a>(text: &'a str, key: &str) -> &'a str {
-    text.lines().find_map(|l| l.strip_prefix(key)).map(str::trim).unwrap_or_else(|| panic!("{key} missing in {text}"))
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("{key} missing in {text}"))
 }
 
 #[test]
 fn runs_as_unprivileged_mapped_user_never_host_root() {
     for mode in modes() {
         let ws = workspace(mode);
-        let r = sh(mode, &ws, &[], "id -u; id -g; cat /proc/self/uid_map; cat /proc/self/gid_map");
+        let r = sh(
+            mode,
+            &ws,
+            &[],
+            "id -u; id -g; cat /proc/self/uid_map; cat /proc/self/gid_map",
+        );
         assert_eq!(r.code, 0);
-        let lines: Vec<Vec<&str>> = r.stdout.lines().map(|l| l.split_whitespace().collect()).collect();
+        let lines: Vec<Vec<&str>> = r
+            .stdout
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
         assert_eq!(lines[0], ["1000"]);
         assert_eq!(lines[1], ["1000"]);
-        assert_eq!(lines[2], ["1000", mode.sandbox_host_uid().to_string().as_str(), "1"], "one id mapped, to the caller or an unprivileged id");
-        assert_eq!(lines[3], ["1000", mode.sandbox_host_gid().to_string().as_str(), "1"]);
+        assert_eq!(
+            lines[2],
+            ["1000", mode.sandbox_host_uid().to_string().as_str(), "1"],
+            "one id mapped, to the caller or an unprivileged id"
+        );
+        assert_eq!(
+            lines[3],
+            ["1000", mode.sandbox_host_gid().to_string().as_str(), "1"]
+        );
         assert_ne!(mode.sandbox_host_uid(), 0);
         // The write lands on the host owned by that id.
         let r = sh(mode, &ws, &[], "echo hi > /workspace/owned");
         assert_eq!(r.code, 0);
         use std::os::unix::fs::MetadataExt;
-        assert_eq!(std::fs::metadata(ws.path().join("owned")).unwrap().uid(), mode.sandbox_host_uid());
+        assert_eq!(
+            std::fs::metadata(ws.path().join("owned")).unwrap().uid(),
+            mode.sandbox_host_uid()
+        );
     }
 }
 
@@ -45,7 +67,11 @@ fn every_capability_set_is_empty_with_no_new_privs_and_seccomp() {
             assert_eq!(field(&r.stdout, key), "0000000000000000", "{key}");
         }
         assert_eq!(field(&r.stdout, "NoNewPrivs:"), "1");
-        assert_eq!(field(&r.stdout, "Seccomp:"), "2", "a seccomp filter is installed");
+        assert_eq!(
+            field(&r.stdout, "Seccomp:"),
+            "2",
+            "a seccomp filter is installed"
+        );
     }
 }
 
@@ -64,7 +90,12 @@ fn hostname_is_sandbox_and_the_hosts_is_untouched() {
 fn network_namespace_has_only_lo_and_it_is_up() {
     for mode in modes() {
         let ws = workspace(mode);
-        let r = sh(mode, &ws, &[], "ls /sys/class/net; cat /sys/class/net/lo/flags");
+        let r = sh(
+            mode,
+            &ws,
+            &[],
+            "ls /sys/class/net; cat /sys/class/net/lo/flags",
+        );
         assert_eq!(r.code, 0);
         let lines: Vec<&str> = r.stdout.lines().collect();
         assert_eq!(lines[0], "lo", "only lo: {lines:?}");
@@ -89,7 +120,10 @@ fn pid_namespace_with_an_init_that_reaps_orphans() {
         let lines: Vec<&str> = r.stdout.lines().collect();
         assert_eq!(lines[0], "2");
         assert_eq!(lines[1], "0", "no zombies");
-        assert!(lines[2].parse::<u32>().unwrap() <= 4, "only the sandbox's processes are visible");
+        assert!(
+            lines[2].parse::<u32>().unwrap() <= 4,
+            "only the sandbox's processes are visible"
+        );
     }
 }
 
@@ -97,18 +131,25 @@ fn pid_namespace_with_an_init_that_reaps_orphans() {
 fn mounts_root_readonly_workspace_rw_tmp_sized_proc_sys_readonly() {
     for mode in modes() {
         let ws = workspace(mode);
-        let r = sh(mode, &ws, &["--tmpfs-size", "16m"], "cat /proc/self/mountinfo");
+        let r = sh(
+            mode,
+            &ws,
+            &["--tmpfs-size", "16m"],
+            "cat /proc/self/mountinfo",
+        );
         assert_eq!(r.code, 0);
         let opts = |mp: &str| -> String {
             r.stdout
                 .lines()
-                .filter(|l| l.split_whitespace().nth(4) == Some(mp))
-                .last()
+                .rfind(|l| l.split_whitespace().nth(4) == Some(mp))
                 .unwrap_or_else(|| panic!("{mp} not mounted:\n{}", r.stdout))
                 .to_string()
         };
         let per_mount = |line: &str| line.split_whitespace().nth(5).unwrap().to_string();
-        assert!(per_mount(&opts("/")).split(',').any(|o| o == "ro"), "root read-only");
+        assert!(
+            per_mount(&opts("/")).split(',').any(|o| o == "ro"),
+            "root read-only"
+        );
         for p in ["/usr", "/etc/ssl"] {
             let o = per_mount(&opts(p));
             for want in ["ro", "nosuid", "nodev"] {
@@ -116,14 +157,28 @@ fn mounts_root_readonly_workspace_rw_tmp_sized_proc_sys_readonly() {
             }
         }
         let w = per_mount(&opts("/workspace"));
-        assert!(w.split(',').any(|x| x == "rw") && w.contains("nosuid"), "/workspace rw nosuid: {w}");
+        assert!(
+            w.split(',').any(|x| x == "rw") && w.contains("nosuid"),
+            "/workspace rw nosuid: {w}"
+        );
         let tmp = opts("/tmp");
-        assert!(tmp.contains("tmpfs") && tmp.contains("size=16384k"), "/tmp sized tmpfs: {tmp}");
+        assert!(
+            tmp.contains("tmpfs") && tmp.contains("size=16384k"),
+            "/tmp sized tmpfs: {tmp}"
+        );
         assert!(per_mount(&opts("/proc/sys")).split(',').any(|x| x == "ro"));
         assert!(per_mount(&opts("/sys")).split(',').any(|x| x == "ro"));
         // Masked as Docker masks them.
-        let r = sh(mode, &ws, &[], "wc -c < /proc/keys; wc -c < /proc/timer_list; ls /sys/firmware | wc -l");
-        assert_eq!(r.stdout.split_whitespace().collect::<Vec<_>>(), ["0", "0", "0"]);
+        let r = sh(
+            mode,
+            &ws,
+            &[],
+            "wc -c < /proc/keys; wc -c < /proc/timer_list; ls /sys/firmware | wc -l",
+        );
+        assert_eq!(
+            r.stdout.split_whitespace().collect::<Vec<_>>(),
+            ["0", "0", "0"]
+        );
     }
 }
 
@@ -140,9 +195,16 @@ fn only_the_workspace_is_writable_and_tmp_is_ephemeral() {
         );
         assert_eq!(r.code, 0);
         assert!(!r.stdout.contains("WROTE"), "{}", r.stdout);
-        assert_eq!(std::fs::read_to_string(ws.path().join("out")).unwrap(), "data\n");
+        assert_eq!(
+            std::fs::read_to_string(ws.path().join("out")).unwrap(),
+            "data\n"
+        );
         let r = sh(mode, &ws, &[], "ls -A /tmp | wc -w; ls -A /dev/shm | wc -w");
-        assert_eq!(r.stdout.split_whitespace().collect::<Vec<_>>(), ["0", "0"], "a second sandbox starts with an empty /tmp and /dev/shm");
+        assert_eq!(
+            r.stdout.split_whitespace().collect::<Vec<_>>(),
+            ["0", "0"],
+            "a second sandbox starts with an empty /tmp and /dev/shm"
+        );
     }
 }
 
@@ -178,16 +240,31 @@ fn the_sandbox_dies_with_its_parent() {
         let marker = unique("992");
         let wsp = ws.path().to_str().unwrap().to_string();
         let script = format!("sleep {marker} & sleep {marker}");
-        let mut child = cagerun_cmd(mode, &["exec", "--workspace", &wsp, "--", "/bin/sh", "-c", &script]).spawn().unwrap();
+        let mut child = cagerun_cmd(
+            mode,
+            &["exec", "--workspace", &wsp, "--", "/bin/sh", "-c", &script],
+        )
+        .spawn()
+        .unwrap();
         std::thread::sleep(Duration::from_millis(500));
         // The probe is valid: the sandbox's processes exist before the kill.
-        let before = std::fs::read_dir("/proc").unwrap().flatten().filter(|e| {
-            std::fs::read(e.path().join("cmdline")).map(|c| String::from_utf8_lossy(&c).contains(&marker)).unwrap_or(false)
-        }).count();
+        let before = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read(e.path().join("cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(&marker))
+                    .unwrap_or(false)
+            })
+            .count();
         assert!(before >= 2, "sandbox processes running: {before}");
         // Kill cagerun itself (in root mode, the unshare wrapper's child).
         let pid = child.id() as i32;
-        let target = if mode == Mode::Root { first_child(pid).expect("cagerun under unshare") } else { pid };
+        let target = if mode == Mode::Root {
+            first_child(pid).expect("cagerun under unshare")
+        } else {
+            pid
+        };
         let _guard = leftover_lock();
         unsafe { libc::kill(target, libc::SIGKILL) };
         let _ = child.wait();
@@ -214,17 +291,37 @@ fn signals_are_forwarded_to_the_command() {
     for mode in modes() {
         let ws = workspace(mode);
         let wsp = ws.path().to_str().unwrap().to_string();
-        let mut child = cagerun_cmd(mode, &["exec", "--workspace", &wsp, "--", "/bin/sh", "-c", "trap 'echo got-term; exit 3' TERM; while :; do sleep 0.05; done"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = cagerun_cmd(
+            mode,
+            &[
+                "exec",
+                "--workspace",
+                &wsp,
+                "--",
+                "/bin/sh",
+                "-c",
+                "trap 'echo got-term; exit 3' TERM; while :; do sleep 0.05; done",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
         std::thread::sleep(Duration::from_millis(500));
         let pid = child.id() as i32;
-        let target = if mode == Mode::Root { first_child(pid).unwrap() } else { pid };
+        let target = if mode == Mode::Root {
+            first_child(pid).unwrap()
+        } else {
+            pid
+        };
         unsafe { libc::kill(target, libc::SIGTERM) };
         let status = child.wait().unwrap();
         let mut out = String::new();
-        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
         assert!(out.contains("got-term"), "{out}");
         assert_eq!(status.code(), Some(3));
     }
@@ -239,7 +336,17 @@ fn no_descriptor_beyond_stdio_is_inherited() {
         let leak = std::fs::File::open("/").unwrap();
         use std::os::fd::AsRawFd;
         let raw = leak.as_raw_fd();
-        let mut cmd = cagerun_cmd(mode, &["exec", "--workspace", &wsp, "--", "/workspace/cage-probe", "list-fds"]);
+        let mut cmd = cagerun_cmd(
+            mode,
+            &[
+                "exec",
+                "--workspace",
+                &wsp,
+                "--",
+                "/workspace/cage-probe",
+                "list-fds",
+            ],
+        );
         unsafe {
             cmd.pre_exec(move || {
                 if libc::dup2(raw, 7) < 0 {
@@ -249,7 +356,10 @@ fn no_descriptor_beyond_stdio_is_inherited() {
             });
         }
         let out = cmd.output().unwrap();
-        let fds: Vec<u32> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(|s| s.parse().unwrap()).collect();
+        let fds: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(|s| s.parse().unwrap())
+            .collect();
         // 0, 1, 2, and the one read_dir opened to list them.
         assert_eq!(fds.iter().filter(|fd| **fd >= 3).count(), 1, "{fds:?}");
     }
@@ -272,16 +382,35 @@ fn tty_flag_gives_a_private_pseudo_terminal() {
 fn pids_and_memory_limits_hold_through_the_reported_mechanism() {
     for mode in modes() {
         let ws = workspace(mode);
-        let r = sh(mode, &ws, &["--pids", "32", "-v"], "/workspace/cage-probe fork-bomb 100");
+        let r = sh(
+            mode,
+            &ws,
+            &["--pids", "32", "-v"],
+            "/workspace/cage-probe fork-bomb 100",
+        );
         assert_eq!(r.code, 1, "fork bomb stopped: {}", r.stdout);
         assert!(r.stdout.starts_with("BLOCKED"));
-        let r = sh(mode, &ws, &["--memory", "64m", "-v"], "/workspace/cage-probe alloc 256");
+        let r = sh(
+            mode,
+            &ws,
+            &["--memory", "64m", "-v"],
+            "/workspace/cage-probe alloc 256",
+        );
         assert_ne!(r.code, 0, "256 MiB must not fit in 64m: {}", r.stdout);
         assert!(!r.stdout.starts_with("WORKS"));
         // .ci/run delegates a cgroup subtree to the test user, so both modes use cgroups here.
-        assert!(r.stderr.contains("limits: cgroup"), "expected cgroup limits (run `cagerun setup-cgroups --user` as root): {}", r.stderr);
+        assert!(
+            r.stderr.contains("limits: cgroup"),
+            "expected cgroup limits (run `cagerun setup-cgroups --user` as root): {}",
+            r.stderr
+        );
         // And the probe is valid: with room it allocates.
-        let r = sh(mode, &ws, &["--memory", "512m"], "/workspace/cage-probe alloc 128");
+        let r = sh(
+            mode,
+            &ws,
+            &["--memory", "512m"],
+            "/workspace/cage-probe alloc 128",
+        );
         assert_eq!(r.code, 0, "{}", r.stdout);
         assert_no_leftovers("cage-probe alloc");
     }
@@ -295,13 +424,36 @@ fn environment_is_explicit_and_the_hosts_never_leaks() {
         std::fs::write(&envf, "# c\nFROM_FILE=1\nOVER=file\n").unwrap();
         let wsp = ws.path().to_str().unwrap().to_string();
         let ef = envf.to_str().unwrap().to_string();
-        let out = cagerun_cmd(mode, &["exec", "--workspace", &wsp, "--env-file", &ef, "-e", "OVER=flag", "-w", "/tmp", "--", "/bin/sh", "-c", "env; pwd"])
-            .env("CAGERUN_TEST_SECRET", "leak")
-            .output()
-            .unwrap();
+        let out = cagerun_cmd(
+            mode,
+            &[
+                "exec",
+                "--workspace",
+                &wsp,
+                "--env-file",
+                &ef,
+                "-e",
+                "OVER=flag",
+                "-w",
+                "/tmp",
+                "--",
+                "/bin/sh",
+                "-c",
+                "env; pwd",
+            ],
+        )
+        .env("CAGERUN_TEST_SECRET", "leak")
+        .output()
+        .unwrap();
         let s = String::from_utf8_lossy(&out.stdout);
-        assert!(s.contains("FROM_FILE=1") && s.contains("OVER=flag") && !s.contains("OVER=file"), "{s}");
-        assert!(!s.contains("CAGERUN_TEST_SECRET"), "host environment leaked: {s}");
+        assert!(
+            s.contains("FROM_FILE=1") && s.contains("OVER=flag") && !s.contains("OVER=file"),
+            "{s}"
+        );
+        assert!(
+            !s.contains("CAGERUN_TEST_SECRET"),
+            "host environment leaked: {s}"
+        );
         assert!(s.lines().any(|l| l == "/tmp"));
     }
 }
@@ -314,14 +466,35 @@ fn bad_input_is_one_line_and_exit_125() {
     let wsp = ws.path().to_str().unwrap().to_string();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["exec", "--"], "no command"),
-        (vec!["exec", "--workspace", "/nonexistent-cagerun", "--", "true"], "does not exist"),
-        (vec!["exec", "--workspace", file.to_str().unwrap(), "--", "true"], "not a directory"),
-        (vec!["exec", "--user", "ghost", "--", "true"], "unknown user"),
-        (vec!["exec", "--memory", "lots", "--", "true"], "invalid size"),
+        (
+            vec!["exec", "--workspace", "/nonexistent-cagerun", "--", "true"],
+            "does not exist",
+        ),
+        (
+            vec!["exec", "--workspace", file.to_str().unwrap(), "--", "true"],
+            "not a directory",
+        ),
+        (
+            vec!["exec", "--user", "ghost", "--", "true"],
+            "unknown user",
+        ),
+        (
+            vec!["exec", "--memory", "lots", "--", "true"],
+            "invalid size",
+        ),
         (vec!["exec", "--net", "host", "--", "true"], "only `none`"),
-        (vec!["exec", "--rootfs", "/nonexistent-cagerun", "--", "true"], "rootfs"),
-        (vec!["exec", "--workspace", &wsp, "--", "no-such-command-cagerun"], "command not found in the sandbox"),
-        (vec!["exec", "-w", "/nonexistent", "--", "true"], "working directory"),
+        (
+            vec!["exec", "--rootfs", "/nonexistent-cagerun", "--", "true"],
+            "rootfs",
+        ),
+        (
+            vec!["exec", "--workspace", &wsp, "--", "no-such-command-cagerun"],
+            "command not found in the sandbox",
+        ),
+        (
+            vec!["exec", "-w", "/nonexistent", "--", "true"],
+            "working directory",
+        ),
     ];
     for mode in modes() {
         for (args, want) in &cases {
@@ -338,14 +511,21 @@ fn a_directory_rootfs_is_bound_read_only() {
     for mode in modes() {
         // A tiny root: dash and the libraries it needs, copied from the host.
         let root = TempDir::new("rootfs", None);
-        for f in ["/usr/bin/dash", "/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2"] {
+        for f in [
+            "/usr/bin/dash",
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib64/ld-linux-x86-64.so.2",
+        ] {
             let dst = root.path().join(f.trim_start_matches('/'));
             std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
             std::fs::copy(f, &dst).unwrap();
         }
         let r = run(mode, &["exec", "--rootfs", root.path().to_str().unwrap(), "--", "/usr/bin/dash", "-c", "echo inside; (echo x > /usr/bin/x) 2>/dev/null || echo ro; test -e /etc/passwd || echo own-root"]);
         assert_eq!(r.code, 0);
-        assert_eq!(r.stdout.lines().collect::<Vec<_>>(), ["inside", "ro", "own-root"]);
+        assert_eq!(
+            r.stdout.lines().collect::<Vec<_>>(),
+            ["inside", "ro", "own-root"]
+        );
         assert!(!root.path().join("usr/bin/x").exists());
     }
 }
@@ -355,22 +535,45 @@ fn a_bundle_runs_through_the_same_engine_and_unknown_fields_are_refused() {
     for mode in modes() {
         let ws = workspace(mode);
         let wsp = ws.path().to_str().unwrap().to_string();
-        let r = run(mode, &["spec", "--workspace", &wsp, "--", "/bin/sh", "-c", "id -u; cat /proc/sys/kernel/hostname; grep Seccomp: /proc/self/status"]);
+        let r = run(
+            mode,
+            &[
+                "spec",
+                "--workspace",
+                &wsp,
+                "--",
+                "/bin/sh",
+                "-c",
+                "id -u; cat /proc/sys/kernel/hostname; grep Seccomp: /proc/self/status",
+            ],
+        );
         assert_eq!(r.code, 0, "{}", r.stderr);
         let bundle = TempDir::new("bundle", None);
         std::fs::write(bundle.path().join("config.json"), &r.stdout).unwrap();
         let b = bundle.path().to_str().unwrap().to_string();
         let from_bundle = run(mode, &["exec", "--bundle", &b]);
-        let from_flags = sh(mode, &ws, &[], "id -u; cat /proc/sys/kernel/hostname; grep Seccomp: /proc/self/status");
+        let from_flags = sh(
+            mode,
+            &ws,
+            &[],
+            "id -u; cat /proc/sys/kernel/hostname; grep Seccomp: /proc/self/status",
+        );
         assert_eq!(from_bundle.code, 0);
-        assert_eq!(from_bundle.stdout, from_flags.stdout, "both paths observe the same facts");
+        assert_eq!(
+            from_bundle.stdout, from_flags.stdout,
+            "both paths observe the same facts"
+        );
 
         let mut spec: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
         spec["linux"]["sysctl"] = serde_json::json!({"net.ipv4.ip_forward": "1"});
         std::fs::write(bundle.path().join("config.json"), spec.to_string()).unwrap();
         let refused = run(mode, &["exec", "--bundle", &b]);
         assert_eq!(refused.code, 125);
-        assert!(refused.stderr.contains("linux.sysctl"), "{}", refused.stderr);
+        assert!(
+            refused.stderr.contains("linux.sysctl"),
+            "{}",
+            refused.stderr
+        );
     }
 }
 
@@ -381,11 +584,22 @@ fn a_hundred_concurrent_sandboxes_all_succeed() {
         let wsp = ws.path().to_str().unwrap().to_string();
         let children: Vec<_> = (0..100)
             .map(|i| {
-                cagerun_cmd(mode, &["exec", "--workspace", &wsp, "--", "/bin/sh", "-c", &format!("echo {i} > /workspace/c{i}")])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap()
+                cagerun_cmd(
+                    mode,
+                    &[
+                        "exec",
+                        "--workspace",
+                        &wsp,
+                        "--",
+                        "/bin/sh",
+                        "-c",
+                        &format!("echo {i} > /workspace/c{i}"),
+                    ],
+                )
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
             })
             .collect();
         let failures: Vec<String> = children
@@ -395,8 +609,18 @@ fn a_hundred_concurrent_sandboxes_all_succeed() {
                 (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).into_owned())
             })
             .collect();
-        assert!(failures.is_empty(), "{} failures: {:?}", failures.len(), failures.first());
-        assert_eq!((0..100).filter(|i| ws.path().join(format!("c{i}")).exists()).count(), 100);
+        assert!(
+            failures.is_empty(),
+            "{} failures: {:?}",
+            failures.len(),
+            failures.first()
+        );
+        assert_eq!(
+            (0..100)
+                .filter(|i| ws.path().join(format!("c{i}")).exists())
+                .count(),
+            100
+        );
         assert_no_leftovers(&wsp);
     }
 }

@@ -41,14 +41,28 @@ pub fn is_root() -> bool {
 
 fn test_user() -> (u32, u32) {
     let name = std::env::var("CAGERUN_TEST_USER").unwrap_or_else(|_| "cagetest".into());
-    let out = Command::new("id").arg("-u").arg(&name).output().expect("run id");
-    let out_g = Command::new("id").arg("-g").arg(&name).output().expect("run id");
+    let out = Command::new("id")
+        .arg("-u")
+        .arg(&name)
+        .output()
+        .expect("run id");
+    let out_g = Command::new("id")
+        .arg("-g")
+        .arg(&name)
+        .output()
+        .expect("run id");
     assert!(
         out.status.success(),
         "test user {name:?} does not exist: the tests run every case as root and as this unprivileged user; \
          create it (`useradd -m {name}`) or run .ci/run, which does"
     );
-    let p = |o: Output| String::from_utf8(o.stdout).unwrap().trim().parse::<u32>().unwrap();
+    let p = |o: Output| {
+        String::from_utf8(o.stdout)
+            .unwrap()
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+    };
     (p(out), p(out_g))
 }
 
@@ -120,7 +134,10 @@ impl Drop for TempDir {
 
 /// A workspace the sandbox user can write, with the probe inside at /workspace/cage-probe.
 pub fn workspace(mode: Mode) -> TempDir {
-    let ws = TempDir::new("ws", Some((mode.sandbox_host_uid(), mode.sandbox_host_gid())));
+    let ws = TempDir::new(
+        "ws",
+        Some((mode.sandbox_host_uid(), mode.sandbox_host_gid())),
+    );
     let dst = ws.path().join("cage-probe");
     std::fs::copy(&bins().probe, &dst).unwrap();
     std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -132,7 +149,8 @@ pub fn cagerun_cmd(mode: Mode, args: &[&str]) -> Command {
     let mut cmd = match mode {
         Mode::Root => {
             let mut c = Command::new("unshare");
-            c.args(["-m", "-u", "--propagation", "private", "--"]).arg(&bins().cagerun);
+            c.args(["-m", "-u", "--propagation", "private", "--"])
+                .arg(&bins().cagerun);
             c
         }
         Mode::Rootless { uid, gid } => {
@@ -160,7 +178,12 @@ pub fn run(mode: Mode, args: &[&str]) -> Run {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     };
-    eprintln!("[{mode:?}] cagerun {args:?} -> {}\n  stdout: {}\n  stderr: {}", r.code, r.stdout.trim(), r.stderr.trim());
+    eprintln!(
+        "[{mode:?}] cagerun {args:?} -> {}\n  stdout: {}\n  stderr: {}",
+        r.code,
+        r.stdout.trim(),
+        r.stderr.trim()
+    );
     r
 }
 
@@ -197,11 +220,22 @@ pub fn assert_no_leftovers_locked(marker: &str) {
     let procs = leftover_processes(marker);
     assert!(procs.is_empty(), "processes left behind: {procs:?}");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(marker), "mounts left behind naming {marker}");
+    assert!(
+        !mounts.contains(marker),
+        "mounts left behind naming {marker}"
+    );
     let mut leaves = Vec::new();
-    for base in ["/sys/fs/cgroup/memory/cagerun", "/sys/fs/cgroup/pids/cagerun", "/sys/fs/cgroup/cagerun"] {
+    for base in [
+        "/sys/fs/cgroup/memory/cagerun",
+        "/sys/fs/cgroup/pids/cagerun",
+        "/sys/fs/cgroup/cagerun",
+    ] {
         for owner in std::fs::read_dir(base).into_iter().flatten().flatten() {
-            for leaf in std::fs::read_dir(owner.path()).into_iter().flatten().flatten() {
+            for leaf in std::fs::read_dir(owner.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 let name = leaf.file_name().to_string_lossy().into_owned();
                 if let Some(pid) = name.strip_prefix("sbx-") {
                     if !Path::new(&format!("/proc/{pid}")).exists() {
@@ -233,6 +267,9 @@ fn leftover_processes(marker: &str) -> Vec<String> {
 }
 
 pub fn unique(tag: &str) -> String {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("{tag}{}{}", std::process::id(), t % 1_000_000_000)
 }

@@ -23,7 +23,10 @@ pub enum Layout {
     /// Pure cgroup v2 at /sys/fs/cgroup.
     Unified,
     /// v1 controllers mounted per hierarchy (legacy or hybrid).
-    V1 { memory: PathBuf, pids: PathBuf },
+    V1 {
+        memory: PathBuf,
+        pids: PathBuf,
+    },
     None,
 }
 
@@ -47,7 +50,11 @@ pub struct Parent {
 }
 
 fn writable(dir: &Path) -> bool {
-    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK).is_ok()
+    nix::unistd::access(
+        dir,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .is_ok()
         && nix::unistd::access(&dir.join("cgroup.procs"), nix::unistd::AccessFlags::W_OK).is_ok()
 }
 
@@ -71,7 +78,11 @@ pub fn find_parent(uid: u32) -> Option<Parent> {
         Layout::None => None,
         Layout::Unified => {
             let dir = if let Some(p) = env {
-                if p.is_absolute() { p } else { Path::new(ROOT).join(p) }
+                if p.is_absolute() {
+                    p
+                } else {
+                    Path::new(ROOT).join(p)
+                }
             } else if uid == 0 {
                 let dir = Path::new(ROOT).join("cagerun");
                 if !dir.exists() {
@@ -94,7 +105,10 @@ pub fn find_parent(uid: u32) -> Option<Parent> {
                     cur = parent;
                 }
             };
-            (has_controllers(&dir) && writable(&dir)).then(|| Parent { layout: layout.clone(), dirs: vec![dir] })
+            (has_controllers(&dir) && writable(&dir)).then(|| Parent {
+                layout: layout.clone(),
+                dirs: vec![dir],
+            })
         }
         Layout::V1 { memory, pids } => {
             let rel = env.unwrap_or_else(|| PathBuf::from(format!("cagerun/{uid}")));
@@ -104,7 +118,10 @@ pub fn find_parent(uid: u32) -> Option<Parent> {
                     fs::create_dir_all(d).ok()?;
                 }
             }
-            dirs.iter().all(|d| writable(d)).then(|| Parent { layout: layout.clone(), dirs })
+            dirs.iter().all(|d| writable(d)).then(|| Parent {
+                layout: layout.clone(),
+                dirs,
+            })
         }
     }
 }
@@ -121,7 +138,11 @@ fn write_file(path: &Path, value: &str, what: &'static str) -> Result<()> {
         .write(true)
         .open(path)
         .and_then(|mut f| f.write_all(value.as_bytes()))
-        .map_err(|source| SandboxError::Cgroup { path: path.to_path_buf(), what, source })
+        .map_err(|source| SandboxError::Cgroup {
+            path: path.to_path_buf(),
+            what,
+            source,
+        })
 }
 
 impl Leaf {
@@ -129,13 +150,22 @@ impl Leaf {
         sweep(parent);
         let name = format!("sbx-{}", std::process::id());
         let dirs: Vec<PathBuf> = parent.dirs.iter().map(|d| d.join(&name)).collect();
-        let leaf = Leaf { layout: parent.layout.clone(), dirs: Vec::new() };
+        let leaf = Leaf {
+            layout: parent.layout.clone(),
+            dirs: Vec::new(),
+        };
         let mut leaf = leaf;
         for d in &dirs {
             match fs::create_dir(d) {
                 Ok(()) => leaf.dirs.push(d.clone()),
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => leaf.dirs.push(d.clone()),
-                Err(source) => return Err(SandboxError::Cgroup { path: d.clone(), what: "creating", source }),
+                Err(source) => {
+                    return Err(SandboxError::Cgroup {
+                        path: d.clone(),
+                        what: "creating",
+                        source,
+                    })
+                }
             }
         }
         match &leaf.layout {
@@ -154,14 +184,26 @@ impl Leaf {
             Layout::V1 { .. } => {
                 if let Some(m) = memory {
                     let d = &leaf.dirs[0];
-                    write_file(&d.join("memory.limit_in_bytes"), &m.to_string(), "setting memory.limit_in_bytes")?;
+                    write_file(
+                        &d.join("memory.limit_in_bytes"),
+                        &m.to_string(),
+                        "setting memory.limit_in_bytes",
+                    )?;
                     let memsw = d.join("memory.memsw.limit_in_bytes");
                     if memsw.exists() {
-                        write_file(&memsw, &m.to_string(), "setting memory.memsw.limit_in_bytes")?;
+                        write_file(
+                            &memsw,
+                            &m.to_string(),
+                            "setting memory.memsw.limit_in_bytes",
+                        )?;
                     }
                 }
                 if let Some(p) = pids {
-                    write_file(&leaf.dirs[1].join("pids.max"), &p.to_string(), "setting pids.max")?;
+                    write_file(
+                        &leaf.dirs[1].join("pids.max"),
+                        &p.to_string(),
+                        "setting pids.max",
+                    )?;
                 }
             }
             Layout::None => {}
@@ -186,9 +228,15 @@ impl Leaf {
         match &self.layout {
             Layout::Unified => read(self.dirs[0].join("memory.events"))
                 .lines()
-                .find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok()))
+                .find_map(|l| {
+                    l.strip_prefix("oom_kill ")
+                        .and_then(|v| v.trim().parse().ok())
+                })
                 .unwrap_or(0),
-            Layout::V1 { .. } => read(self.dirs[0].join("memory.failcnt")).trim().parse().unwrap_or(0),
+            Layout::V1 { .. } => read(self.dirs[0].join("memory.failcnt"))
+                .trim()
+                .parse()
+                .unwrap_or(0),
             Layout::None => 0,
         }
     }
@@ -202,7 +250,9 @@ impl Drop for Leaf {
                 match fs::remove_dir(d) {
                     Ok(()) => break,
                     Err(e) if e.kind() == ErrorKind::NotFound => break,
-                    Err(_) if attempt < 199 => std::thread::sleep(std::time::Duration::from_millis(1)),
+                    Err(_) if attempt < 199 => {
+                        std::thread::sleep(std::time::Duration::from_millis(1))
+                    }
                     Err(e) => tracing::warn!("leaving cgroup {} behind: {e}", d.display()),
                 }
             }
@@ -212,10 +262,16 @@ impl Drop for Leaf {
 
 /// Remove leaves whose cagerun process is gone (a run killed with SIGKILL cannot clean up).
 fn sweep(parent: &Parent) {
-    let Ok(entries) = fs::read_dir(&parent.dirs[0]) else { return };
+    let Ok(entries) = fs::read_dir(&parent.dirs[0]) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("sbx-")).and_then(|p| p.parse::<i32>().ok()) else {
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("sbx-"))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
             continue;
         };
         if pid as u32 != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {

@@ -11,11 +11,18 @@ pub enum SandboxError {
     #[error("seccomp: {0}")]
     Seccomp(String),
     #[error("cgroup {path}: {what}: {source}")]
-    Cgroup { path: PathBuf, what: &'static str, source: std::io::Error },
+    Cgroup {
+        path: PathBuf,
+        what: &'static str,
+        source: std::io::Error,
+    },
     #[error("{what}: {source}")]
     Os { what: String, source: nix::Error },
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     /// The sandbox could not be set up; the message comes from inside, already worded.
     #[error("{0}")]
     Setup(String),
@@ -23,10 +30,16 @@ pub enum SandboxError {
 
 impl SandboxError {
     pub fn os(what: impl Into<String>, source: nix::Error) -> Self {
-        SandboxError::Os { what: what.into(), source }
+        SandboxError::Os {
+            what: what.into(),
+            source,
+        }
     }
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        SandboxError::Io { what: what.into(), source }
+        SandboxError::Io {
+            what: what.into(),
+            source,
+        }
     }
 }
 

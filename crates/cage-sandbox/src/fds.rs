@@ -31,5 +31,12 @@ fn close_range(first: u32, last: u32) {
 /// Mark every descriptor >= 3 close-on-exec (the error pipe must stay open until exec).
 pub fn cloexec_from_3() {
     // SAFETY: flags only.
-    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
 }

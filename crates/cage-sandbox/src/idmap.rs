@@ -20,7 +20,9 @@ fn write(pid: i32, file: &str, text: &str) -> Result<()> {
 }
 
 fn render(maps: &[IdMap]) -> String {
-    maps.iter().map(|m| format!("{} {} {}\n", m.inside, m.outside, m.count)).collect()
+    maps.iter()
+        .map(|m| format!("{} {} {}\n", m.inside, m.outside, m.count))
+        .collect()
 }
 
 pub fn write_maps(pid: i32, uid_map: &[IdMap], gid_map: &[IdMap], privileged: bool) -> Result<()> {

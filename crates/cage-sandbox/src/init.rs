@@ -17,7 +17,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 use seccompiler::BpfProgram;
 
 use crate::error::{Result, SandboxError};
-use crate::plan::{CapSets, Plan};
+use crate::plan::Plan;
 use crate::{capabilities, fds, landlock, loopback, rlimits, rootfs};
 
 pub struct ChildFds {
@@ -36,7 +36,7 @@ pub struct ChildArgs<'a> {
     /// The caller is root on the host (may set groups; maps were written by a privileged parent).
     pub privileged: bool,
     /// rlimits that stand in for cgroup limits when no cgroup is delegated.
-    pub fallback_rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
+    pub fallback_rlimits: Vec<crate::rlimits::Rlimit>,
 }
 
 /// Sent over the error pipe: the parent prints it and exits 125.
@@ -63,23 +63,40 @@ pub fn child_main(args: ChildArgs) -> ! {
 fn prctl(option: libc::c_int, arg: libc::c_ulong, what: &str) -> Result<()> {
     // SAFETY: prctl with integer arguments.
     if unsafe { libc::prctl(option, arg, 0, 0, 0) } != 0 {
-        return Err(SandboxError::Setup(format!("{what}: {}", std::io::Error::last_os_error())));
+        return Err(SandboxError::Setup(format!(
+            "{what}: {}",
+            std::io::Error::last_os_error()
+        )));
     }
     Ok(())
 }
 
 fn parent_is_gone(err_fd: RawFd) -> bool {
-    let mut p = libc::pollfd { fd: err_fd, events: libc::POLLOUT, revents: 0 };
+    let mut p = libc::pollfd {
+        fd: err_fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
     // SAFETY: one pollfd on the stack.
     unsafe { libc::poll(&mut p, 1, 0) };
     p.revents & libc::POLLERR != 0
 }
 
 fn sandbox_main(args: ChildArgs) -> Result<i32> {
-    let ChildArgs { plan, seccomp, fds: f, privileged, fallback_rlimits } = args;
+    let ChildArgs {
+        plan,
+        seccomp,
+        fds: f,
+        privileged,
+        fallback_rlimits,
+    } = args;
 
     // 1. Die with the parent; keep no descriptor of the caller's but ours.
-    prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, "PR_SET_PDEATHSIG")?;
+    prctl(
+        libc::PR_SET_PDEATHSIG,
+        libc::SIGKILL as libc::c_ulong,
+        "PR_SET_PDEATHSIG",
+    )?;
     let mut keep = vec![f.sync_read, f.err_write];
     keep.extend(f.tty);
     fds::close_all_except(&keep);
@@ -101,7 +118,11 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
     // The sandbox identity: as root on the host, files made during setup must be
     //    owned by a mapped id. Capabilities in the new user namespace are kept for setup.
     set_identity(plan, privileged)?;
-    prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, "PR_SET_PDEATHSIG")?;
+    prctl(
+        libc::PR_SET_PDEATHSIG,
+        libc::SIGKILL as libc::c_ulong,
+        "PR_SET_PDEATHSIG",
+    )?;
     if parent_is_gone(f.err_write) {
         return Ok(125);
     }
@@ -112,7 +133,8 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
             .map_err(|e| SandboxError::Setup(format!("unsharing the cgroup namespace: {e}")))?;
     }
     if let (true, Some(name)) = (plan.namespaces.uts, &plan.hostname) {
-        nix::unistd::sethostname(name).map_err(|e| SandboxError::Setup(format!("sethostname: {e}")))?;
+        nix::unistd::sethostname(name)
+            .map_err(|e| SandboxError::Setup(format!("sethostname: {e}")))?;
     }
     if plan.namespaces.net {
         loopback::up()?;
@@ -120,7 +142,10 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
 
     // 5. The filesystem; afterwards nothing of the host is reachable but what was bound.
     let console = match f.tty {
-        Some(fd) => Some(std::fs::read_link(format!("/proc/self/fd/{fd}")).map_err(|e| SandboxError::Setup(format!("pty name: {e}")))?),
+        Some(fd) => Some(
+            std::fs::read_link(format!("/proc/self/fd/{fd}"))
+                .map_err(|e| SandboxError::Setup(format!("pty name: {e}")))?,
+        ),
         None => None,
     };
     rootfs::build(plan, &sources, console.as_deref())?;
@@ -135,7 +160,8 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
 
     // 6. The command.
     let all = SigSet::all();
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), None).map_err(|e| SandboxError::Setup(format!("sigprocmask: {e}")))?;
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), None)
+        .map_err(|e| SandboxError::Setup(format!("sigprocmask: {e}")))?;
     // SAFETY: single-threaded; the child only execs or exits.
     match unsafe { fork() }.map_err(|e| SandboxError::Setup(format!("fork: {e}")))? {
         ForkResult::Child => {
@@ -148,14 +174,16 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
             if let Some(t) = f.tty {
                 unsafe { libc::close(t) };
             }
-            // pid 1 keeps nothing it does not need.
-            capabilities::apply(&CapSets {
-                bounding: Default::default(),
-                effective: Default::default(),
-                inheritable: Default::default(),
-                permitted: Default::default(),
-                ambient: Default::default(),
-            })?;
+            // pid 1 keeps no capability (it never execs, so its bounding set is moot).
+            for set in [
+                caps::CapSet::Effective,
+                caps::CapSet::Permitted,
+                caps::CapSet::Inheritable,
+            ] {
+                caps::clear(None, set).map_err(|e| {
+                    SandboxError::Setup(format!("dropping pid 1's capabilities: {e}"))
+                })?;
+            }
             prctl(libc::PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS")?;
             prctl(libc::PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE")?;
             Ok(reap_and_forward(child))
@@ -168,7 +196,10 @@ fn setup_stdio(f: &ChildFds) -> Result<()> {
         for target in 0..3 {
             // SAFETY: dup2 of descriptors we own.
             if unsafe { libc::dup2(fd, target) } < 0 {
-                return Err(SandboxError::Setup(format!("dup2: {}", std::io::Error::last_os_error())));
+                return Err(SandboxError::Setup(format!(
+                    "dup2: {}",
+                    std::io::Error::last_os_error()
+                )));
             }
         }
         Ok(())
@@ -176,7 +207,8 @@ fn setup_stdio(f: &ChildFds) -> Result<()> {
     if let Some(tty) = f.tty {
         dup_to_std(tty)?;
     } else if !f.interactive {
-        let null = std::fs::File::open("/dev/null").map_err(|e| SandboxError::Setup(format!("/dev/null: {e}")))?;
+        let null = std::fs::File::open("/dev/null")
+            .map_err(|e| SandboxError::Setup(format!("/dev/null: {e}")))?;
         use std::os::fd::IntoRawFd;
         let fd = null.into_raw_fd();
         unsafe {
@@ -199,8 +231,12 @@ fn open_sources(plan: &Plan) -> Result<rootfs::SourceFds> {
         if map.contains_key(&path) {
             continue;
         }
-        let fd = nix::fcntl::open(&path, nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-            .map_err(|e| SandboxError::Setup(format!("bind source {}: {e}", path.display())))?;
+        let fd = nix::fcntl::open(
+            &path,
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| SandboxError::Setup(format!("bind source {}: {e}", path.display())))?;
         map.insert(path, fd);
     }
     Ok(map)
@@ -210,15 +246,23 @@ fn set_identity(plan: &Plan, privileged: bool) -> Result<()> {
     let fail = |what: &str, e: nix::Error| SandboxError::Setup(format!("{what}: {e}"));
     prctl(libc::PR_SET_KEEPCAPS, 1, "PR_SET_KEEPCAPS")?;
     if privileged {
-        let groups: Vec<nix::unistd::Gid> = plan.additional_gids.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
+        let groups: Vec<nix::unistd::Gid> = plan
+            .additional_gids
+            .iter()
+            .map(|g| nix::unistd::Gid::from_raw(*g))
+            .collect();
         nix::unistd::setgroups(&groups).map_err(|e| fail("setgroups", e))?;
     } else if !plan.additional_gids.is_empty() {
-        return Err(SandboxError::Unsupported { field: "process.user.additionalGids when rootless".into() });
+        return Err(SandboxError::Unsupported {
+            field: "process.user.additionalGids when rootless".into(),
+        });
     }
     let gid = nix::unistd::Gid::from_raw(plan.gid);
     let uid = nix::unistd::Uid::from_raw(plan.uid);
-    nix::unistd::setresgid(gid, gid, gid).map_err(|e| fail(&format!("setresgid({}): is the gid mapped?", plan.gid), e))?;
-    nix::unistd::setresuid(uid, uid, uid).map_err(|e| fail(&format!("setresuid({}): is the uid mapped?", plan.uid), e))?;
+    nix::unistd::setresgid(gid, gid, gid)
+        .map_err(|e| fail(&format!("setresgid({}): is the gid mapped?", plan.gid), e))?;
+    nix::unistd::setresuid(uid, uid, uid)
+        .map_err(|e| fail(&format!("setresuid({}): is the uid mapped?", plan.uid), e))?;
     Ok(())
 }
 
@@ -241,7 +285,11 @@ fn reap_and_forward(command: Pid) -> i32 {
     }
 }
 
-fn exec_command(plan: &Plan, seccomp: &[BpfProgram], f: &ChildFds) -> Result<std::convert::Infallible> {
+fn exec_command(
+    plan: &Plan,
+    seccomp: &[BpfProgram],
+    f: &ChildFds,
+) -> Result<std::convert::Infallible> {
     // Signals: the command starts with default dispositions (std ignores SIGPIPE) and an
     // empty mask.
     for sig in Signal::iterator() {
@@ -250,25 +298,36 @@ fn exec_command(plan: &Plan, seccomp: &[BpfProgram], f: &ChildFds) -> Result<std
             unsafe { libc::signal(sig as libc::c_int, libc::SIG_DFL) };
         }
     }
-    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).map_err(|e| SandboxError::Setup(format!("sigprocmask: {e}")))?;
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(|e| SandboxError::Setup(format!("sigprocmask: {e}")))?;
 
     // A new session: no controlling terminal of the caller's, so TIOCSTI has no target.
     nix::unistd::setsid().map_err(|e| SandboxError::Setup(format!("setsid: {e}")))?;
     if f.tty.is_some() {
         // Re-open the terminal through the sandbox's /dev/console, then make it ours.
-        let console = nix::fcntl::open("/dev/console", nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY, nix::sys::stat::Mode::empty())
-            .map_err(|e| SandboxError::Setup(format!("opening /dev/console: {e}")))?;
+        let console = nix::fcntl::open(
+            "/dev/console",
+            nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| SandboxError::Setup(format!("opening /dev/console: {e}")))?;
         for target in 0..3 {
             unsafe { libc::dup2(console, target) };
         }
         unsafe { libc::close(console) };
         // SAFETY: make the pty replica (fd 0) our controlling terminal.
         if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
-            return Err(SandboxError::Setup(format!("TIOCSCTTY: {}", std::io::Error::last_os_error())));
+            return Err(SandboxError::Setup(format!(
+                "TIOCSCTTY: {}",
+                std::io::Error::last_os_error()
+            )));
         }
     }
     nix::unistd::chdir(&plan.cwd).map_err(|e| {
-        SandboxError::Setup(format!("working directory {} is not usable in the sandbox: {e}", plan.cwd.display()))
+        SandboxError::Setup(format!(
+            "working directory {} is not usable in the sandbox: {e}",
+            plan.cwd.display()
+        ))
     })?;
 
     capabilities::apply(&plan.caps)?;
@@ -277,13 +336,20 @@ fn exec_command(plan: &Plan, seccomp: &[BpfProgram], f: &ChildFds) -> Result<std
         landlock::restrict(&plan.writable_destinations())?;
     }
     let program = resolve_command(plan)?;
-    let argv: Vec<CString> = plan.args.iter().map(|a| cstring(a)).collect::<Result<_>>()?;
+    let argv: Vec<CString> = plan
+        .args
+        .iter()
+        .map(|a| cstring(a))
+        .collect::<Result<_>>()?;
     let envp: Vec<CString> = plan.env.iter().map(|e| cstring(e)).collect::<Result<_>>()?;
     fds::cloexec_from_3();
 
     crate::seccomp::install(seccomp)?;
     let e = nix::unistd::execve(&program, &argv, &envp).unwrap_err();
-    Err(SandboxError::Setup(format!("cannot execute {}: {e}", program.to_string_lossy())))
+    Err(SandboxError::Setup(format!(
+        "cannot execute {}: {e}",
+        program.to_string_lossy()
+    )))
 }
 
 fn cstring(s: &str) -> Result<CString> {
@@ -296,7 +362,9 @@ fn resolve_command(plan: &Plan) -> Result<CString> {
     if name.contains('/') {
         let p = Path::new(name);
         if !p.exists() {
-            return Err(SandboxError::Setup(format!("command not found in the sandbox: {name}")));
+            return Err(SandboxError::Setup(format!(
+                "command not found in the sandbox: {name}"
+            )));
         }
         return cstring(name);
     }
@@ -307,7 +375,8 @@ fn resolve_command(plan: &Plan) -> Result<CString> {
         .unwrap_or("/usr/local/bin:/usr/bin:/bin");
     for dir in path.split(':').filter(|d| !d.is_empty()) {
         let candidate = PathBuf::from(dir).join(name);
-        let c = CString::new(candidate.as_os_str().as_bytes()).map_err(|_| SandboxError::InvalidSpec("NUL in PATH".into()))?;
+        let c = CString::new(candidate.as_os_str().as_bytes())
+            .map_err(|_| SandboxError::InvalidSpec("NUL in PATH".into()))?;
         // SAFETY: access(2) on a valid C string.
         if candidate.is_file() && unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0 {
             return Ok(c);

@@ -6,18 +6,33 @@
 use std::path::{Path, PathBuf};
 
 use landlock::{
-    path_beneath_rules, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+    path_beneath_rules, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
+    Scope, ABI,
 };
 
 use crate::error::{Result, SandboxError};
 
-pub const DEVICE_FILES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/tty", "/dev/random", "/dev/urandom", "/dev/ptmx"];
+pub const DEVICE_FILES: &[&str] = &[
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/tty",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/ptmx",
+];
 
 /// Returns whether the kernel enforced the ruleset fully, partly or not at all.
 pub fn restrict(writable: &[PathBuf]) -> Result<RulesetStatus> {
     let abi = ABI::V6;
     let fail = |e: landlock::RulesetError| SandboxError::Setup(format!("landlock: {e}"));
-    let existing = |paths: Vec<&Path>| paths.into_iter().filter(|p| p.exists()).map(Path::to_path_buf).collect::<Vec<_>>();
+    let existing = |paths: Vec<&Path>| {
+        paths
+            .into_iter()
+            .filter(|p| p.exists())
+            .map(Path::to_path_buf)
+            .collect::<Vec<_>>()
+    };
     let devices = existing(DEVICE_FILES.iter().map(Path::new).collect());
     let writable = existing(writable.iter().map(PathBuf::as_path).collect());
     let status = Ruleset::default()

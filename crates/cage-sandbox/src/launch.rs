@@ -80,7 +80,9 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Decide how memory and pids limits are enforced and prepare the cgroup leaf if any.
-fn prepare_limits(plan: &Plan) -> Result<(Option<Leaf>, Vec<(libc::__rlimit_resource_t, u64, u64)>, LimitMechanism)> {
+fn prepare_limits(
+    plan: &Plan,
+) -> Result<(Option<Leaf>, Vec<crate::rlimits::Rlimit>, LimitMechanism)> {
     if plan.memory_limit.is_none() && plan.pids_limit.is_none() {
         return Ok((None, Vec::new(), LimitMechanism::None));
     }
@@ -113,12 +115,24 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
         LimitMechanism::Rlimits => tracing::info!("limits: rlimits (RLIMIT_DATA, RLIMIT_NPROC): no delegated cgroup found; see `cagerun setup-cgroups`"),
         LimitMechanism::None => {}
     }
-    let terminal = if plan.terminal { Some(pty::open()?) } else { None };
+    let terminal = if plan.terminal {
+        Some(pty::open()?)
+    } else {
+        None
+    };
     if let (Some(t), true) = (&terminal, privileged) {
         // The sandbox user re-opens the replica as /dev/console: it must own it.
-        let owner = |m: &[crate::plan::IdMap], id: u32| m.iter().find(|m| id >= m.inside && id - m.inside < m.count).map(|m| m.outside + (id - m.inside));
-        if let (Some(uid), Some(gid)) = (owner(&plan.uid_map, plan.uid), owner(&plan.gid_map, plan.gid)) {
-            nix::unistd::fchown(t.replica.as_raw_fd(), Some(uid.into()), Some(gid.into())).map_err(|e| SandboxError::os("chown of the pty", e))?;
+        let owner = |m: &[crate::plan::IdMap], id: u32| {
+            m.iter()
+                .find(|m| id >= m.inside && id - m.inside < m.count)
+                .map(|m| m.outside + (id - m.inside))
+        };
+        if let (Some(uid), Some(gid)) = (
+            owner(&plan.uid_map, plan.uid),
+            owner(&plan.gid_map, plan.gid),
+        ) {
+            nix::unistd::fchown(t.replica.as_raw_fd(), Some(uid.into()), Some(gid.into()))
+                .map_err(|e| SandboxError::os("chown of the pty", e))?;
         }
     }
     let (sync_r, sync_w) = pipe()?;
@@ -144,7 +158,13 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
         ..Default::default()
     };
     // SAFETY: clone3 without CLONE_VM behaves like fork; this process is single-threaded.
-    let rc = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
     if rc < 0 {
         let e = std::io::Error::last_os_error();
         restore_mask();
@@ -184,7 +204,11 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
     };
     let released = idmap::write_maps(pid.as_raw(), &plan.uid_map, &plan.gid_map, privileged)
         .and_then(|_| leaf.as_ref().map_or(Ok(()), |l| l.add(pid.as_raw())))
-        .and_then(|_| nix::unistd::write(&sync_w, b"g").map(drop).map_err(|e| SandboxError::os("releasing the sandbox", e)));
+        .and_then(|_| {
+            nix::unistd::write(&sync_w, b"g")
+                .map(drop)
+                .map_err(|e| SandboxError::os("releasing the sandbox", e))
+        });
     drop(sync_w);
     if let Err(e) = released {
         kill_and_reap();
@@ -197,7 +221,9 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
     if !message.is_empty() {
         kill_and_reap();
         restore_mask();
-        return Err(SandboxError::Setup(String::from_utf8_lossy(&message).into_owned()));
+        return Err(SandboxError::Setup(
+            String::from_utf8_lossy(&message).into_owned(),
+        ));
     }
     drop(err_r);
 
@@ -235,8 +261,15 @@ fn write_all(fd: RawFd, mut data: &[u8]) {
     }
 }
 
-fn supervise(pid: Pid, pidfd: &OwnedFd, primary: Option<&OwnedFd>, forwarded: &SigSet, opts: &RunOptions) -> Result<Outcome> {
-    let sigfd = SignalFd::with_flags(forwarded, SfdFlags::SFD_CLOEXEC).map_err(|e| SandboxError::os("signalfd", e))?;
+fn supervise(
+    pid: Pid,
+    pidfd: &OwnedFd,
+    primary: Option<&OwnedFd>,
+    forwarded: &SigSet,
+    opts: &RunOptions,
+) -> Result<Outcome> {
+    let sigfd = SignalFd::with_flags(forwarded, SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| SandboxError::os("signalfd", e))?;
     let deadline = opts.timeout.map(|t| Instant::now() + t);
     let _raw = match (primary, opts.interactive) {
         (Some(_), true) => pty::RawMode::enter(),
@@ -258,13 +291,29 @@ fn supervise(pid: Pid, pidfd: &OwnedFd, primary: Option<&OwnedFd>, forwarded: &S
             }
         };
         let mut fds = vec![
-            libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: sigfd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sigfd.as_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         if let Some(p) = primary {
-            fds.push(libc::pollfd { fd: p.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            fds.push(libc::pollfd {
+                fd: p.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
             if stdin_open {
-                fds.push(libc::pollfd { fd: 0, events: libc::POLLIN, revents: 0 });
+                fds.push(libc::pollfd {
+                    fd: 0,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
             }
         }
         // SAFETY: poll over a live vector.
@@ -319,7 +368,11 @@ fn supervise(pid: Pid, pidfd: &OwnedFd, primary: Option<&OwnedFd>, forwarded: &S
 fn drain(primary: &OwnedFd) {
     let mut buf = [0u8; 16384];
     loop {
-        let mut p = libc::pollfd { fd: primary.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut p = libc::pollfd {
+            fd: primary.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one pollfd.
         if unsafe { libc::poll(&mut p, 1, 0) } <= 0 || p.revents & libc::POLLIN == 0 {
             return;

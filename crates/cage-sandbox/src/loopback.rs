@@ -7,7 +7,10 @@ pub fn up() -> Result<()> {
     unsafe {
         let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
         if sock < 0 {
-            return Err(SandboxError::Setup(format!("loopback: socket: {}", std::io::Error::last_os_error())));
+            return Err(SandboxError::Setup(format!(
+                "loopback: socket: {}",
+                std::io::Error::last_os_error()
+            )));
         }
         let mut req: libc::ifreq = std::mem::zeroed();
         for (i, b) in b"lo\0".iter().enumerate() {
@@ -18,7 +21,9 @@ pub fn up() -> Result<()> {
         let e = std::io::Error::last_os_error();
         libc::close(sock);
         if rc != 0 {
-            return Err(SandboxError::Setup(format!("loopback: bringing lo up: {e}")));
+            return Err(SandboxError::Setup(format!(
+                "loopback: bringing lo up: {e}"
+            )));
         }
     }
     Ok(())

@@ -8,7 +8,10 @@ use crate::error::{Result, SandboxError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MountKind {
     /// Bind a host path (absolute, resolved by the plan). `recursive` = rbind.
-    Bind { source: std::path::PathBuf, recursive: bool },
+    Bind {
+        source: std::path::PathBuf,
+        recursive: bool,
+    },
     /// A fresh kernel filesystem: proc, sysfs, tmpfs, devpts, mqueue.
     Fs { fstype: String, source: String },
 }
@@ -55,7 +58,9 @@ pub fn parse_options(options: &[String], is_bind: bool) -> Result<(MsFlags, bool
             "strictatime" => flags |= MsFlags::MS_STRICTATIME,
             "private" | "rprivate" | "slave" | "rslave" => {}
             other if is_bind => {
-                return Err(SandboxError::Unsupported { field: format!("bind mount option {other:?}") })
+                return Err(SandboxError::Unsupported {
+                    field: format!("bind mount option {other:?}"),
+                })
             }
             other => data.push(other.to_string()),
         }
@@ -73,7 +78,10 @@ mod tests {
 
     #[test]
     fn flags_and_data_are_split() {
-        let opts: Vec<String> = ["nosuid", "ro", "mode=755", "size=64k"].iter().map(|s| s.to_string()).collect();
+        let opts: Vec<String> = ["nosuid", "ro", "mode=755", "size=64k"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let (f, r, d) = parse_options(&opts, false).unwrap();
         assert!(f.contains(MsFlags::MS_RDONLY | MsFlags::MS_NOSUID));
         assert!(!r);

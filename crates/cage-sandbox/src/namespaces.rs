@@ -43,7 +43,9 @@ pub fn from_spec(list: &[oci_spec::runtime::LinuxNamespace]) -> Result<Namespace
             .iter()
             .find(|(t, _)| *t == ns.typ())
             .map(|(_, f)| *f)
-            .ok_or_else(|| SandboxError::Unsupported { field: format!("namespace type {:?}", ns.typ()) })?;
+            .ok_or_else(|| SandboxError::Unsupported {
+                field: format!("namespace type {:?}", ns.typ()),
+            })?;
         match ns.typ() {
             LinuxNamespaceType::Cgroup => set.cgroup = true,
             t => {
@@ -59,7 +61,9 @@ pub fn from_spec(list: &[oci_spec::runtime::LinuxNamespace]) -> Result<Namespace
     // This engine builds a fresh root and a pid 1 of its own; both need these namespaces.
     for (needed, name) in [(set.user, "user"), (set.mount, "mount"), (set.pid, "pid")] {
         if !needed {
-            return Err(SandboxError::Unsupported { field: format!("running without a {name} namespace") });
+            return Err(SandboxError::Unsupported {
+                field: format!("running without a {name} namespace"),
+            });
         }
     }
     Ok(set)

@@ -11,6 +11,7 @@ use crate::mounts::{is_supported_fs, parse_options, MountKind, MountStep};
 use crate::namespaces::{self, NamespaceSet};
 
 const FILE_ANNOTATION_PREFIX: &str = "run.cagerun.file:";
+const SYMLINK_ANNOTATION_PREFIX: &str = "run.cagerun.symlink:";
 
 #[derive(Debug, Clone, Copy)]
 pub struct IdMap {
@@ -42,6 +43,8 @@ pub struct Plan {
     pub readonly_paths: Vec<PathBuf>,
     /// Files written into the fresh root before it is sealed.
     pub files: Vec<(PathBuf, String)>,
+    /// Symlinks made in the fresh root before the mounts: (link, target).
+    pub symlinks: Vec<(PathBuf, PathBuf)>,
     pub args: Vec<String>,
     pub env: Vec<String>,
     pub cwd: PathBuf,
@@ -51,7 +54,7 @@ pub struct Plan {
     pub umask: Option<u32>,
     pub caps: CapSets,
     pub no_new_privileges: bool,
-    pub rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
+    pub rlimits: Vec<crate::rlimits::Rlimit>,
     pub terminal: bool,
     pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
     pub memory_limit: Option<u64>,
@@ -59,7 +62,9 @@ pub struct Plan {
 }
 
 fn unsupported(field: &str) -> SandboxError {
-    SandboxError::Unsupported { field: field.to_string() }
+    SandboxError::Unsupported {
+        field: field.to_string(),
+    }
 }
 
 fn check_none<T>(value: &Option<T>, field: &str) -> Result<()> {
@@ -73,7 +78,9 @@ fn caps_of(set: &Option<HashSet<oci_spec::runtime::Capability>>) -> Result<HashS
     let mut out = HashSet::new();
     for c in set.iter().flatten() {
         let name = format!("CAP_{}", c.to_string().trim_start_matches("CAP_"));
-        let cap: Capability = name.parse().map_err(|_| unsupported(&format!("capability {name}")))?;
+        let cap: Capability = name
+            .parse()
+            .map_err(|_| unsupported(&format!("capability {name}")))?;
         out.insert(cap);
     }
     Ok(out)
@@ -108,7 +115,10 @@ impl Plan {
         check_none(spec.solaris(), "solaris")?;
         check_none(spec.windows(), "windows")?;
         check_none(spec.vm(), "vm")?;
-        let linux = spec.linux().as_ref().ok_or_else(|| unsupported("a spec without a linux section"))?;
+        let linux = spec
+            .linux()
+            .as_ref()
+            .ok_or_else(|| unsupported("a spec without a linux section"))?;
         check_none(linux.sysctl(), "linux.sysctl")?;
         check_none(linux.cgroups_path(), "linux.cgroupsPath")?;
         check_none(linux.rootfs_propagation(), "linux.rootfsPropagation")?;
@@ -119,20 +129,28 @@ impl Plan {
         check_none(linux.net_devices(), "linux.netDevices")?;
         check_none(linux.memory_policy(), "linux.memoryPolicy")?;
         if linux.devices().as_ref().is_some_and(|d| !d.is_empty()) {
-            return Err(unsupported("linux.devices (only the default /dev nodes are provided)"));
+            return Err(unsupported(
+                "linux.devices (only the default /dev nodes are provided)",
+            ));
         }
 
         let namespaces = namespaces::from_spec(linux.namespaces().as_deref().unwrap_or(&[]))?;
         let to_map = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| -> Vec<IdMap> {
             m.iter()
                 .flatten()
-                .map(|m| IdMap { inside: m.container_id(), outside: m.host_id(), count: m.size() })
+                .map(|m| IdMap {
+                    inside: m.container_id(),
+                    outside: m.host_id(),
+                    count: m.size(),
+                })
                 .collect()
         };
         let uid_map = to_map(linux.uid_mappings());
         let gid_map = to_map(linux.gid_mappings());
         if uid_map.is_empty() || gid_map.is_empty() {
-            return Err(SandboxError::InvalidSpec("a user namespace needs linux.uidMappings and linux.gidMappings".into()));
+            return Err(SandboxError::InvalidSpec(
+                "a user namespace needs linux.uidMappings and linux.gidMappings".into(),
+            ));
         }
 
         let (memory_limit, pids_limit) = match linux.resources() {
@@ -154,7 +172,10 @@ impl Plan {
                         check_none(&m.kernel(), "linux.resources.memory.kernel")?;
                         check_none(&m.kernel_tcp(), "linux.resources.memory.kernelTCP")?;
                         check_none(&m.swappiness(), "linux.resources.memory.swappiness")?;
-                        check_none(&m.disable_oom_killer(), "linux.resources.memory.disableOOMKiller")?;
+                        check_none(
+                            &m.disable_oom_killer(),
+                            "linux.resources.memory.disableOOMKiller",
+                        )?;
                         if let (Some(limit), Some(swap)) = (m.limit(), m.swap()) {
                             if swap != limit {
                                 return Err(unsupported("linux.resources.memory.swap other than equal to limit (no swap)"));
@@ -163,12 +184,20 @@ impl Plan {
                         m.limit().filter(|l| *l > 0).map(|l| l as u64)
                     }
                 };
-                let pids = r.pids().as_ref().map(|p| p.limit()).filter(|l| *l > 0).map(|l| l as u64);
+                let pids = r
+                    .pids()
+                    .as_ref()
+                    .map(|p| p.limit())
+                    .filter(|l| *l > 0)
+                    .map(|l| l as u64);
                 (memory, pids)
             }
         };
 
-        let process = spec.process().as_ref().ok_or_else(|| unsupported("a spec without a process"))?;
+        let process = spec
+            .process()
+            .as_ref()
+            .ok_or_else(|| unsupported("a spec without a process"))?;
         check_none(process.apparmor_profile(), "process.apparmorProfile")?;
         check_none(process.selinux_label(), "process.selinuxLabel")?;
         check_none(&process.oom_score_adj(), "process.oomScoreAdj")?;
@@ -182,7 +211,10 @@ impl Plan {
         }
         let cwd = process.cwd().clone();
         if !cwd.is_absolute() {
-            return Err(SandboxError::InvalidSpec(format!("process.cwd {} is not absolute", cwd.display())));
+            return Err(SandboxError::InvalidSpec(format!(
+                "process.cwd {} is not absolute",
+                cwd.display()
+            )));
         }
         let c = process.capabilities().clone().unwrap_or_default();
         let caps = CapSets {
@@ -202,11 +234,19 @@ impl Plan {
         let root = match spec.root() {
             None => None,
             Some(r) => {
-                let p = if r.path().is_absolute() { r.path().clone() } else { base.join(r.path()) };
+                let p = if r.path().is_absolute() {
+                    r.path().clone()
+                } else {
+                    base.join(r.path())
+                };
                 Some(p)
             }
         };
-        let root_readonly = spec.root().as_ref().map(|r| r.readonly().unwrap_or(false)).unwrap_or(true);
+        let root_readonly = spec
+            .root()
+            .as_ref()
+            .map(|r| r.readonly().unwrap_or(false))
+            .unwrap_or(true);
 
         let mut mounts = Vec::new();
         for m in spec.mounts().iter().flatten() {
@@ -214,41 +254,85 @@ impl Plan {
                 return Err(unsupported("idmapped mounts (mounts[].uidMappings)"));
             }
             let dest = m.destination();
-            if !dest.is_absolute() || dest.components().any(|c| c == std::path::Component::ParentDir) {
-                return Err(SandboxError::InvalidSpec(format!("mount destination {} must be absolute without '..'", dest.display())));
+            if !dest.is_absolute()
+                || dest
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err(SandboxError::InvalidSpec(format!(
+                    "mount destination {} must be absolute without '..'",
+                    dest.display()
+                )));
             }
             let options = m.options().clone().unwrap_or_default();
-            let is_bind = m.typ().as_deref() == Some("bind") || options.iter().any(|o| o == "bind" || o == "rbind");
+            let is_bind = m.typ().as_deref() == Some("bind")
+                || options.iter().any(|o| o == "bind" || o == "rbind");
             let (flags, recursive, data) = parse_options(&options, is_bind)?;
             let kind = if is_bind {
-                let src = m.source().clone().ok_or_else(|| SandboxError::InvalidSpec(format!("bind mount {} has no source", dest.display())))?;
-                let src = if src.is_absolute() { src } else { base.join(src) };
-                MountKind::Bind { source: src, recursive }
+                let src = m.source().clone().ok_or_else(|| {
+                    SandboxError::InvalidSpec(format!(
+                        "bind mount {} has no source",
+                        dest.display()
+                    ))
+                })?;
+                let src = if src.is_absolute() {
+                    src
+                } else {
+                    base.join(src)
+                };
+                MountKind::Bind {
+                    source: src,
+                    recursive,
+                }
             } else {
                 let fstype = m.typ().clone().unwrap_or_default();
                 if !is_supported_fs(&fstype) {
-                    return Err(unsupported(&format!("mount type {fstype:?} at {}", dest.display())));
+                    return Err(unsupported(&format!(
+                        "mount type {fstype:?} at {}",
+                        dest.display()
+                    )));
                 }
-                let source = m.source().as_ref().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| fstype.clone());
+                let source = m
+                    .source()
+                    .as_ref()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| fstype.clone());
                 MountKind::Fs { fstype, source }
             };
-            mounts.push(MountStep { destination: dest.clone(), kind, flags, data });
+            mounts.push(MountStep {
+                destination: dest.clone(),
+                kind,
+                flags,
+                data,
+            });
         }
 
         let mut files = Vec::new();
+        let mut symlinks = Vec::new();
         for (k, v) in spec.annotations().iter().flatten() {
             if let Some(path) = k.strip_prefix(FILE_ANNOTATION_PREFIX) {
                 if root.is_some() {
-                    return Err(unsupported("run.cagerun.file annotations with a root.path (they need a fresh root)"));
+                    return Err(unsupported(
+                        "run.cagerun.file annotations with a root.path (they need a fresh root)",
+                    ));
                 }
                 files.push((PathBuf::from(path), v.clone()));
+            } else if let Some(link) = k.strip_prefix(SYMLINK_ANNOTATION_PREFIX) {
+                if root.is_some() {
+                    return Err(unsupported(
+                        "run.cagerun.symlink annotations with a root.path (they need a fresh root)",
+                    ));
+                }
+                symlinks.push((PathBuf::from(link), PathBuf::from(v)));
             } else if k.starts_with("run.cagerun.") {
                 return Err(unsupported(&format!("annotation {k}")));
             }
         }
         files.sort();
+        symlinks.sort();
 
-        let to_paths = |v: &Option<Vec<String>>| v.iter().flatten().map(PathBuf::from).collect::<Vec<_>>();
+        let to_paths =
+            |v: &Option<Vec<String>>| v.iter().flatten().map(PathBuf::from).collect::<Vec<_>>();
         Ok(Plan {
             namespaces,
             uid_map,
@@ -260,6 +344,7 @@ impl Plan {
             masked_paths: to_paths(linux.masked_paths()),
             readonly_paths: to_paths(linux.readonly_paths()),
             files,
+            symlinks,
             args,
             env: process.env().clone().unwrap_or_default(),
             cwd,
@@ -280,6 +365,10 @@ impl Plan {
     /// Where the sandbox may write, as its mounts say: Landlock grants write access beneath
     /// these and read access everywhere else.
     pub fn writable_destinations(&self) -> Vec<PathBuf> {
-        self.mounts.iter().filter(|m| !m.read_only()).map(|m| m.destination.clone()).collect()
+        self.mounts
+            .iter()
+            .filter(|m| !m.read_only())
+            .map(|m| m.destination.clone())
+            .collect()
     }
 }

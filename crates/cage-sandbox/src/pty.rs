@@ -17,7 +17,10 @@ pub struct Pty {
 pub fn open() -> Result<Pty> {
     let size = window_size(libc::STDIN_FILENO);
     let p = openpty(size.as_ref(), None).map_err(|e| SandboxError::os("openpty", e))?;
-    Ok(Pty { primary: p.master, replica: p.slave })
+    Ok(Pty {
+        primary: p.master,
+        replica: p.slave,
+    })
 }
 
 pub fn window_size(fd: i32) -> Option<Winsize> {

@@ -61,7 +61,9 @@ fn outside(src: &Path, fds: &SourceFds) -> PathBuf {
 
 /// Mount flags the kernel locks on a mount we do not own; a remount must repeat them.
 fn locked_flags(path: &Path) -> MsFlags {
-    let Ok(st) = statvfs(path) else { return MsFlags::empty() };
+    let Ok(st) = statvfs(path) else {
+        return MsFlags::empty();
+    };
     let f = st.flags();
     let mut out = MsFlags::empty();
     for (st_flag, ms_flag) in [
@@ -81,19 +83,42 @@ fn locked_flags(path: &Path) -> MsFlags {
 }
 
 fn bind(src: &Path, dst: &Path, flags: MsFlags, recursive: bool) -> Result<()> {
-    let rec = if recursive { MsFlags::MS_REC } else { MsFlags::empty() };
-    mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND | rec, None::<&str>)
-        .map_err(os(format!("binding {} at {}", src.display(), dst.display())))?;
+    let rec = if recursive {
+        MsFlags::MS_REC
+    } else {
+        MsFlags::empty()
+    };
+    mount(
+        Some(src),
+        dst,
+        None::<&str>,
+        MsFlags::MS_BIND | rec,
+        None::<&str>,
+    )
+    .map_err(os(format!(
+        "binding {} at {}",
+        src.display(),
+        dst.display()
+    )))?;
     let flags = flags | locked_flags(dst);
-    mount(None::<&str>, dst, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags, None::<&str>)
-        .map_err(os(format!("setting flags on {}", dst.display())))
+    mount(
+        None::<&str>,
+        dst,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+        None::<&str>,
+    )
+    .map_err(os(format!("setting flags on {}", dst.display())))
 }
 
 /// Create `dest` (and parents) under /newroot without following a symlink anywhere on the
 /// way: a hostile image must not steer a mount out of the new root.
 fn ensure_mountpoint(dest: &Path, is_dir: bool) -> Result<PathBuf> {
     let mut cur = PathBuf::from(NEW);
-    let comps: Vec<Component> = dest.components().filter(|c| matches!(c, Component::Normal(_))).collect();
+    let comps: Vec<Component> = dest
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect();
     for (i, c) in comps.iter().enumerate() {
         cur.push(c);
         let last = i + 1 == comps.len();
@@ -108,7 +133,13 @@ fn ensure_mountpoint(dest: &Path, is_dir: bool) -> Result<PathBuf> {
             Ok(_) => {}
             Err(_) => {
                 let made = if last && !is_dir {
-                    fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o644).open(&cur).map(drop)
+                    fs::OpenOptions::new()
+                        .create(true)
+                        .truncate(false)
+                        .write(true)
+                        .mode(0o644)
+                        .open(&cur)
+                        .map(drop)
                 } else {
                     fs::create_dir(&cur)
                 };
@@ -128,15 +159,25 @@ fn mount_step(m: &MountStep, fds: &SourceFds) -> Result<()> {
     match &m.kind {
         MountKind::Bind { source, recursive } => {
             let src = outside(source, fds);
-            let meta = fs::metadata(&src).map_err(io(format!("bind source {}", source.display())))?;
+            let meta =
+                fs::metadata(&src).map_err(io(format!("bind source {}", source.display())))?;
             let dst = ensure_mountpoint(&m.destination, meta.is_dir())?;
             bind(&src, &dst, m.flags, *recursive)
         }
         MountKind::Fs { fstype, source } => {
             let dst = ensure_mountpoint(&m.destination, true)?;
             let data = (!m.data.is_empty()).then_some(m.data.as_str());
-            mount(Some(source.as_str()), &dst, Some(fstype.as_str()), m.flags, data)
-                .map_err(os(format!("mounting {fstype} at {}", m.destination.display())))?;
+            mount(
+                Some(source.as_str()),
+                &dst,
+                Some(fstype.as_str()),
+                m.flags,
+                data,
+            )
+            .map_err(os(format!(
+                "mounting {fstype} at {}",
+                m.destination.display()
+            )))?;
             if fstype == "tmpfs" && m.destination == Path::new("/dev") {
                 default_devices(&dst)?;
             }
@@ -165,8 +206,13 @@ fn default_devices(dev: &Path) -> Result<()> {
 /// are themselves mount destinations become plain mount points instead.
 fn populate_from_dir(root: &Path, plan: &Plan, fds: &SourceFds) -> Result<()> {
     let src_root = outside(root, fds);
-    let entries = fs::read_dir(&src_root).map_err(io(format!("reading rootfs {}", root.display())))?;
-    let ro = if plan.root_readonly { MsFlags::MS_RDONLY } else { MsFlags::empty() };
+    let entries =
+        fs::read_dir(&src_root).map_err(io(format!("reading rootfs {}", root.display())))?;
+    let ro = if plan.root_readonly {
+        MsFlags::MS_RDONLY
+    } else {
+        MsFlags::empty()
+    };
     for e in entries {
         let e = e.map_err(io(format!("reading rootfs {}", root.display())))?;
         let name = e.file_name();
@@ -181,10 +227,20 @@ fn populate_from_dir(root: &Path, plan: &Plan, fds: &SourceFds) -> Result<()> {
             symlink(target, &dst).map_err(io(format!("symlink {}", top.display())))?;
         } else if ft.is_dir() {
             fs::create_dir(&dst).map_err(io(format!("mount point {}", top.display())))?;
-            bind(&src_root.join(&name), &dst, ro | MsFlags::MS_NOSUID | MsFlags::MS_NODEV, false)?;
+            bind(
+                &src_root.join(&name),
+                &dst,
+                ro | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                false,
+            )?;
         } else if ft.is_file() {
             fs::File::create(&dst).map_err(io(format!("mount point {}", top.display())))?;
-            bind(&src_root.join(&name), &dst, ro | MsFlags::MS_NOSUID | MsFlags::MS_NODEV, false)?;
+            bind(
+                &src_root.join(&name),
+                &dst,
+                ro | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                false,
+            )?;
         }
     }
     Ok(())
@@ -192,13 +248,27 @@ fn populate_from_dir(root: &Path, plan: &Plan, fds: &SourceFds) -> Result<()> {
 
 fn mask(path: &Path) -> Result<()> {
     let p = inside(path);
-    let Ok(meta) = fs::symlink_metadata(&p) else { return Ok(()) };
+    let Ok(meta) = fs::symlink_metadata(&p) else {
+        return Ok(());
+    };
     if meta.is_dir() {
-        mount(Some("tmpfs"), &p, Some("tmpfs"), MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("size=4k,mode=000"))
-            .map_err(os(format!("masking {}", path.display())))
+        mount(
+            Some("tmpfs"),
+            &p,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("size=4k,mode=000"),
+        )
+        .map_err(os(format!("masking {}", path.display())))
     } else {
-        mount(Some(Path::new(OLD).join("dev/null").as_path()), &p, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(os(format!("masking {}", path.display())))
+        mount(
+            Some(Path::new(OLD).join("dev/null").as_path()),
+            &p,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(os(format!("masking {}", path.display())))
     }
 }
 
@@ -207,17 +277,34 @@ fn make_readonly(path: &Path) -> Result<()> {
     if fs::symlink_metadata(&p).is_err() {
         return Ok(());
     }
-    bind(&p, &p, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, true)
+    bind(
+        &p,
+        &p,
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        true,
+    )
 }
 
 /// The whole filesystem sequence, top to bottom. Ends inside the new root.
 /// `console`: the host path of the pty replica (`-t`), bound at /dev/console: a node in the
 /// sandbox's own tree, so `ttyname` finds it.
 pub fn build(plan: &Plan, fds: &SourceFds, console: Option<&Path>) -> Result<()> {
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(os("making mounts private"))?;
-    mount(Some("tmpfs"), STAGING, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0700,size=64k"))
-        .map_err(os("mounting the staging tmpfs"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(os("making mounts private"))?;
+    mount(
+        Some("tmpfs"),
+        STAGING,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0700,size=64k"),
+    )
+    .map_err(os("mounting the staging tmpfs"))?;
     chdir(STAGING).map_err(os("entering the staging root"))?;
     for d in ["newroot", "oldroot"] {
         fs::create_dir(d).map_err(io(format!("creating {d}")))?;
@@ -225,17 +312,31 @@ pub fn build(plan: &Plan, fds: &SourceFds, console: Option<&Path>) -> Result<()>
     pivot_root(".", "oldroot").map_err(os("pivot_root into the staging root"))?;
     chdir("/").map_err(os("chdir /"))?;
 
-    mount(Some("tmpfs"), NEW, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755,size=1m"))
-        .map_err(os("mounting the new root"))?;
+    mount(
+        Some("tmpfs"),
+        NEW,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755,size=1m"),
+    )
+    .map_err(os("mounting the new root"))?;
     if let Some(root) = &plan.root {
         populate_from_dir(root, plan, fds)?;
+    }
+    for (link, target) in &plan.symlinks {
+        symlink(target, inside(link)).map_err(io(format!("symlink {}", link.display())))?;
     }
     for m in &plan.mounts {
         mount_step(m, fds)?;
     }
     if let Some(pty) = console {
         let dst = ensure_mountpoint(Path::new("/dev/console"), false)?;
-        bind(&outside(pty, fds), &dst, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, false)?;
+        bind(
+            &outside(pty, fds),
+            &dst,
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            false,
+        )?;
     }
     for (path, text) in &plan.files {
         let p = inside(path);
@@ -251,8 +352,14 @@ pub fn build(plan: &Plan, fds: &SourceFds, console: Option<&Path>) -> Result<()>
         make_readonly(p)?;
     }
     if plan.root_readonly {
-        mount(None::<&str>, NEW, None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV, None::<&str>)
-            .map_err(os("sealing the new root read-only"))?;
+        mount(
+            None::<&str>,
+            NEW,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            None::<&str>,
+        )
+        .map_err(os("sealing the new root read-only"))?;
     }
 
     umount2(OLD, MntFlags::MNT_DETACH).map_err(os("detaching the host root"))?;

@@ -21,17 +21,27 @@ fn err(msg: impl Into<String>) -> SandboxError {
     SandboxError::Seccomp(msg.into())
 }
 
-fn action(a: LinuxSeccompAction, errno: Option<u32>, default_errno: Option<u32>) -> Result<SeccompAction> {
+fn action(
+    a: LinuxSeccompAction,
+    errno: Option<u32>,
+    default_errno: Option<u32>,
+) -> Result<SeccompAction> {
     Ok(match a {
         LinuxSeccompAction::ScmpActAllow => SeccompAction::Allow,
         LinuxSeccompAction::ScmpActErrno => {
             SeccompAction::Errno(errno.or(default_errno).unwrap_or(libc::EPERM as u32))
         }
-        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => SeccompAction::KillThread,
+        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
+            SeccompAction::KillThread
+        }
         LinuxSeccompAction::ScmpActKillProcess => SeccompAction::KillProcess,
         LinuxSeccompAction::ScmpActTrap => SeccompAction::Trap,
         LinuxSeccompAction::ScmpActLog => SeccompAction::Log,
-        other => return Err(SandboxError::Unsupported { field: format!("seccomp action {other:?}") }),
+        other => {
+            return Err(SandboxError::Unsupported {
+                field: format!("seccomp action {other:?}"),
+            })
+        }
     })
 }
 
@@ -52,7 +62,10 @@ fn condition(arg: &oci_spec::runtime::LinuxSeccompArg) -> Result<SeccompConditio
         LinuxSeccompOperator::ScmpCmpGt => (SeccompCmpOp::Gt, arg.value()),
         LinuxSeccompOperator::ScmpCmpGe => (SeccompCmpOp::Ge, arg.value()),
         // libseccomp semantics: value is the mask, valueTwo the expected masked value.
-        LinuxSeccompOperator::ScmpCmpMaskedEq => (SeccompCmpOp::MaskedEq(arg.value()), arg.value_two().unwrap_or(0)),
+        LinuxSeccompOperator::ScmpCmpMaskedEq => (
+            SeccompCmpOp::MaskedEq(arg.value()),
+            arg.value_two().unwrap_or(0),
+        ),
     };
     SeccompCondition::new(index, SeccompCmpArgLen::Qword, op, value).map_err(|e| err(e.to_string()))
 }
@@ -60,28 +73,47 @@ fn condition(arg: &oci_spec::runtime::LinuxSeccompArg) -> Result<SeccompConditio
 /// Compile a profile into the programs to install, in order.
 pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<BpfProgram>> {
     if profile.flags().as_ref().is_some_and(|f| !f.is_empty()) {
-        return Err(SandboxError::Unsupported { field: "linux.seccomp.flags".into() });
+        return Err(SandboxError::Unsupported {
+            field: "linux.seccomp.flags".into(),
+        });
     }
     if profile.listener_path().is_some() {
-        return Err(SandboxError::Unsupported { field: "linux.seccomp.listenerPath".into() });
+        return Err(SandboxError::Unsupported {
+            field: "linux.seccomp.listenerPath".into(),
+        });
     }
     let (target, arch) = native_target();
     if let Some(archs) = profile.architectures() {
         if !archs.is_empty() && !archs.contains(&arch) {
-            return Err(err(format!("the profile's architectures {archs:?} do not include this machine's ({arch:?})")));
+            return Err(err(format!(
+                "the profile's architectures {archs:?} do not include this machine's ({arch:?})"
+            )));
         }
     }
     let default = action(profile.default_action(), profile.default_errno_ret(), None)?;
 
     // action → syscall number → rules (rules OR, conditions within a rule AND).
     #[allow(clippy::type_complexity)]
-    let mut groups: Vec<(SeccompAction, BTreeMap<i64, Vec<SeccompRule>>, BTreeSet<i64>)> = Vec::new();
+    let mut groups: Vec<(
+        SeccompAction,
+        BTreeMap<i64, Vec<SeccompRule>>,
+        BTreeSet<i64>,
+    )> = Vec::new();
     for entry in profile.syscalls().iter().flatten() {
-        let act = action(entry.action(), entry.errno_ret(), profile.default_errno_ret())?;
+        let act = action(
+            entry.action(),
+            entry.errno_ret(),
+            profile.default_errno_ret(),
+        )?;
         if act == default {
             continue;
         }
-        let conditions = entry.args().iter().flatten().map(condition).collect::<Result<Vec<_>>>()?;
+        let conditions = entry
+            .args()
+            .iter()
+            .flatten()
+            .map(condition)
+            .collect::<Result<Vec<_>>>()?;
         let idx = match groups.iter().position(|(a, _, _)| *a == act) {
             Some(i) => i,
             None => {
@@ -93,7 +125,9 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<BpfProgram>> {
             let nr = match lookup(name) {
                 Lookup::Number(nr) => nr,
                 Lookup::AbsentHere => continue,
-                Lookup::Unknown => return Err(err(format!("unknown syscall name {name:?} in the profile"))),
+                Lookup::Unknown => {
+                    return Err(err(format!("unknown syscall name {name:?} in the profile")))
+                }
             };
             // seccompiler: an empty rule list matches the call unconditionally.
             let (_, by_nr, unconditional) = &mut groups[idx];
@@ -116,7 +150,12 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<BpfProgram>> {
                 allowed.extend(rules.clone());
             }
         }
-        programs.push(build(allowed, default.clone(), SeccompAction::Allow, target)?);
+        programs.push(build(
+            allowed,
+            default.clone(),
+            SeccompAction::Allow,
+            target,
+        )?);
     }
     for (act, rules, _) in groups {
         if act == SeccompAction::Allow || rules.is_empty() {
@@ -136,8 +175,11 @@ fn build(
     matched: SeccompAction,
     target: TargetArch,
 ) -> Result<BpfProgram> {
-    let filter = SeccompFilter::new(rules, mismatch, matched, target).map_err(|e| err(e.to_string()))?;
-    filter.try_into().map_err(|e: seccompiler::BackendError| err(e.to_string()))
+    let filter =
+        SeccompFilter::new(rules, mismatch, matched, target).map_err(|e| err(e.to_string()))?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| err(e.to_string()))
 }
 
 /// The x32 ABI reaches the same kernel entry points with `nr | 0x40000000` under the x86_64
@@ -151,9 +193,24 @@ fn deny_x32(program: &mut BpfProgram) {
         const BPF_JMP_JGE_K: u16 = 0x35;
         const BPF_RET_K: u16 = 0x06;
         let prologue = [
-            sock_filter { code: BPF_LD_W_ABS, jt: 0, jf: 0, k: 0 }, // seccomp_data.nr
-            sock_filter { code: BPF_JMP_JGE_K, jt: 0, jf: 1, k: X32_SYSCALL_BIT },
-            sock_filter { code: BPF_RET_K, jt: 0, jf: 0, k: libc::SECCOMP_RET_ERRNO | libc::EPERM as u32 },
+            sock_filter {
+                code: BPF_LD_W_ABS,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            }, // seccomp_data.nr
+            sock_filter {
+                code: BPF_JMP_JGE_K,
+                jt: 0,
+                jf: 1,
+                k: X32_SYSCALL_BIT,
+            },
+            sock_filter {
+                code: BPF_RET_K,
+                jt: 0,
+                jf: 0,
+                k: libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+            },
         ];
         program.splice(0..0, prologue);
     }

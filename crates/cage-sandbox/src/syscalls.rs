@@ -679,7 +679,15 @@ const NATIVE: &[(&str, i64)] = &[
 /// Names that exist on some supported architecture (union of both tables).
 const ANY_ARCH: &[&str] = &[
     // 32-bit x86 and retired calls that profiles (Docker's among them) name.
-    "create_module", "get_kernel_syms", "query_module", "umount", "vm86", "vm86old", "stime", "ipc", "socketcall",
+    "create_module",
+    "get_kernel_syms",
+    "query_module",
+    "umount",
+    "vm86",
+    "vm86old",
+    "stime",
+    "ipc",
+    "socketcall",
     "_sysctl",
     "accept",
     "accept4",

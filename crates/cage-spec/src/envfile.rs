@@ -7,7 +7,9 @@ use crate::SpecError;
 pub fn parse_env_arg(input: &str) -> Result<(String, String), SpecError> {
     match input.split_once('=') {
         Some((k, v)) if valid_key(k) => Ok((k.to_string(), v.to_string())),
-        _ => Err(SpecError::InvalidEnv { input: input.to_string() }),
+        _ => Err(SpecError::InvalidEnv {
+            input: input.to_string(),
+        }),
     }
 }
 
@@ -69,7 +71,11 @@ mod tests {
         let got = parse_env_file("f", text, |k| (k == "HOMEISH").then(|| "h".to_string())).unwrap();
         assert_eq!(
             got,
-            vec![("A".into(), "1".into()), ("HOMEISH".into(), "h".into()), ("C".into(), "x y".into())]
+            vec![
+                ("A".into(), "1".into()),
+                ("HOMEISH".into(), "h".into()),
+                ("C".into(), "x y".into())
+            ]
         );
     }
 }

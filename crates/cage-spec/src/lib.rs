@@ -19,3 +19,7 @@ pub use sandbox::{render_sandbox, HostIds, IdPair, NetMode, RootfsSource, Sandbo
 /// Annotation prefix for files the engine writes into a fresh (tmpfs) root before sealing it
 /// read-only, e.g. `run.cagerun.file:/etc/passwd`. Value: the file's contents.
 pub const FILE_ANNOTATION_PREFIX: &str = "run.cagerun.file:";
+
+/// Annotation prefix for symlinks the engine makes in a fresh root, e.g.
+/// `run.cagerun.symlink:/bin` = `usr/bin` (merged-/usr hosts: a link, not another mount).
+pub const SYMLINK_ANNOTATION_PREFIX: &str = "run.cagerun.symlink:";

@@ -11,7 +11,9 @@ pub fn resolve_user(input: &str, passwd: &str, group: &str) -> Result<IdPair, Sp
         None => (input, None),
     };
     if user.is_empty() || grp == Some("") {
-        return Err(SpecError::InvalidUser { input: input.to_string() });
+        return Err(SpecError::InvalidUser {
+            input: input.to_string(),
+        });
     }
     let (uid, primary_gid) = match user.parse::<u32>() {
         Ok(uid) => (uid, None),
@@ -20,8 +22,12 @@ pub fn resolve_user(input: &str, passwd: &str, group: &str) -> Result<IdPair, Sp
                 .lines()
                 .map(|l| l.split(':').collect::<Vec<_>>())
                 .find(|f| f.len() >= 4 && f[0] == user)
-                .ok_or_else(|| SpecError::UnknownUser { name: user.to_string() })?;
-            let uid = entry[2].parse().map_err(|_| SpecError::UnknownUser { name: user.to_string() })?;
+                .ok_or_else(|| SpecError::UnknownUser {
+                    name: user.to_string(),
+                })?;
+            let uid = entry[2].parse().map_err(|_| SpecError::UnknownUser {
+                name: user.to_string(),
+            })?;
             (uid, entry[3].parse::<u32>().ok())
         }
     };
@@ -34,7 +40,9 @@ pub fn resolve_user(input: &str, passwd: &str, group: &str) -> Result<IdPair, Sp
                 .map(|l| l.split(':').collect::<Vec<_>>())
                 .find(|f| f.len() >= 3 && f[0] == g)
                 .and_then(|f| f[2].parse().ok())
-                .ok_or_else(|| SpecError::UnknownGroup { name: g.to_string() })?,
+                .ok_or_else(|| SpecError::UnknownGroup {
+                    name: g.to_string(),
+                })?,
         },
     };
     Ok(IdPair { uid, gid })
@@ -73,17 +81,39 @@ mod tests {
 
     #[test]
     fn numeric_and_named() {
-        assert_eq!(resolve_user("1000", "", "").unwrap(), IdPair { uid: 1000, gid: 1000 });
-        assert_eq!(resolve_user("1000:5", "", "").unwrap(), IdPair { uid: 1000, gid: 5 });
-        assert_eq!(resolve_user("node", PASSWD, GROUP).unwrap(), IdPair { uid: 1000, gid: 1001 });
-        assert_eq!(resolve_user("node:staff", PASSWD, GROUP).unwrap(), IdPair { uid: 1000, gid: 50 });
+        assert_eq!(
+            resolve_user("1000", "", "").unwrap(),
+            IdPair {
+                uid: 1000,
+                gid: 1000
+            }
+        );
+        assert_eq!(
+            resolve_user("1000:5", "", "").unwrap(),
+            IdPair { uid: 1000, gid: 5 }
+        );
+        assert_eq!(
+            resolve_user("node", PASSWD, GROUP).unwrap(),
+            IdPair {
+                uid: 1000,
+                gid: 1001
+            }
+        );
+        assert_eq!(
+            resolve_user("node:staff", PASSWD, GROUP).unwrap(),
+            IdPair { uid: 1000, gid: 50 }
+        );
     }
 
     #[test]
     fn unknown_names_are_named_in_the_error() {
-        let e = resolve_user("ghost", PASSWD, GROUP).unwrap_err().to_string();
+        let e = resolve_user("ghost", PASSWD, GROUP)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("ghost"), "{e}");
-        let e = resolve_user("1000:ghosts", PASSWD, GROUP).unwrap_err().to_string();
+        let e = resolve_user("1000:ghosts", PASSWD, GROUP)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("ghosts"), "{e}");
         assert!(resolve_user(":1", PASSWD, GROUP).is_err());
         assert!(resolve_user("1:", PASSWD, GROUP).is_err());

@@ -15,11 +15,14 @@ use oci_spec::runtime::{
 };
 
 use crate::passwd::{synthesized_group, synthesized_hosts, synthesized_passwd};
-use crate::{seccomp, SpecError, FILE_ANNOTATION_PREFIX};
+use crate::{seccomp, SpecError, FILE_ANNOTATION_PREFIX, SYMLINK_ANNOTATION_PREFIX};
 
 pub const HOSTNAME: &str = "sandbox";
 pub const WORKSPACE_DEST: &str = "/workspace";
-pub const DEFAULT_USER: IdPair = IdPair { uid: 1000, gid: 1000 };
+pub const DEFAULT_USER: IdPair = IdPair {
+    uid: 1000,
+    gid: 1000,
+};
 pub const DEFAULT_MEMORY: u64 = 1 << 30;
 pub const DEFAULT_PIDS: i64 = 256;
 pub const DEFAULT_TMPFS_SIZE: u64 = 128 << 20;
@@ -32,26 +35,52 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// Host directories and files that make up a `--rootfs host` root, bound read-only.
 /// `/bin`, `/lib*`, `/sbin` are symlinks into /usr on merged-/usr hosts; binding them binds
 /// their targets. Only what exists on the host is asked for (the caller filters).
+/// Each is a mount (two syscalls), so the list is what programs need, not what /etc has:
+/// the loader cache, TLS roots, alternatives links, time zone, name-service order, the
+/// protocol and service tables.
 pub const HOST_ROOTFS_BINDS: &[&str] = &[
-    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
-    "/etc/alternatives", "/etc/ssl", "/etc/ca-certificates", "/etc/ld.so.cache",
-    "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/nsswitch.conf",
-    "/etc/protocols", "/etc/services", "/etc/mime.types", "/etc/profile", "/etc/profile.d",
-    "/etc/bash.bashrc", "/etc/inputrc", "/etc/terminfo", "/etc/magic", "/etc/os-release",
-    "/etc/debian_version", "/etc/python3", "/etc/perl",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc/alternatives",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/etc/nsswitch.conf",
+    "/etc/protocols",
+    "/etc/services",
 ];
 
 /// Paths masked like Docker masks them: files hidden behind /dev/null, dirs behind an empty
 /// read-only tmpfs.
 pub const MASKED_PATHS: &[&str] = &[
-    "/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys",
-    "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
-    "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
 ];
 
 /// Paths re-bound read-only inside an otherwise read-write /proc.
-pub const READONLY_PATHS: &[&str] =
-    &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+pub const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdPair {
@@ -68,8 +97,13 @@ pub struct HostIds {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RootfsSource {
-    /// Assembled from read-only binds of the host's system directories ([`HOST_ROOTFS_BINDS`]).
-    Host { existing_binds: Vec<PathBuf> },
+    /// Assembled from read-only binds of the host's system directories ([`HOST_ROOTFS_BINDS`])
+    /// that exist; those that are relative symlinks on the host (`/bin -> usr/bin`) are
+    /// recreated as symlinks instead of bound.
+    Host {
+        existing_binds: Vec<PathBuf>,
+        symlinks: Vec<(PathBuf, PathBuf)>,
+    },
     /// An unpacked image tree, bound read-only.
     Dir(PathBuf),
 }
@@ -130,28 +164,47 @@ pub fn render_sandbox(req: &SandboxRequest, host: HostIds) -> Result<Spec, SpecE
         return Err(SpecError::MissingCommand);
     }
     let cwd = req.cwd.clone().unwrap_or_else(|| {
-        if req.workspace.is_some() { WORKSPACE_DEST.to_string() } else { "/".to_string() }
+        if req.workspace.is_some() {
+            WORKSPACE_DEST.to_string()
+        } else {
+            "/".to_string()
+        }
     });
     if !cwd.starts_with('/') {
         return Err(SpecError::RelativeCwd(cwd));
     }
     let memory = req.memory.unwrap_or(DEFAULT_MEMORY);
     if memory < MIN_MEMORY {
-        return Err(SpecError::TooSmall { what: "--memory", value: memory, min: MIN_MEMORY });
+        return Err(SpecError::TooSmall {
+            what: "--memory",
+            value: memory,
+            min: MIN_MEMORY,
+        });
     }
     let pids = req.pids.unwrap_or(DEFAULT_PIDS);
     if pids < 1 {
-        return Err(SpecError::TooSmall { what: "--pids", value: pids.max(0) as u64, min: 1 });
+        return Err(SpecError::TooSmall {
+            what: "--pids",
+            value: pids.max(0) as u64,
+            min: 1,
+        });
     }
     let tmpfs_size = req.tmpfs_size.unwrap_or(DEFAULT_TMPFS_SIZE);
     if tmpfs_size < MIN_TMPFS_SIZE {
-        return Err(SpecError::TooSmall { what: "--tmpfs-size", value: tmpfs_size, min: MIN_TMPFS_SIZE });
+        return Err(SpecError::TooSmall {
+            what: "--tmpfs-size",
+            value: tmpfs_size,
+            min: MIN_TMPFS_SIZE,
+        });
     }
     let host_side = if host.uid == 0 {
         if req.user.uid == 0 || req.user.gid == 0 {
             return Err(SpecError::HostRootUser);
         }
-        HostIds { uid: req.user.uid, gid: req.user.gid }
+        HostIds {
+            uid: req.user.uid,
+            gid: req.user.gid,
+        }
     } else {
         host
     };
@@ -159,7 +212,16 @@ pub fn render_sandbox(req: &SandboxRequest, host: HostIds) -> Result<Spec, SpecE
     let mut annotations = HashMap::new();
     let mut mounts = Vec::new();
     let root = match &req.rootfs {
-        RootfsSource::Host { existing_binds } => {
+        RootfsSource::Host {
+            existing_binds,
+            symlinks,
+        } => {
+            for (link, target) in symlinks {
+                annotations.insert(
+                    format!("{SYMLINK_ANNOTATION_PREFIX}{}", link.display()),
+                    target.to_string_lossy().into_owned(),
+                );
+            }
             for path in existing_binds {
                 let p = path.to_string_lossy();
                 mounts.push(mount(&p, "bind", &p, &["bind", "ro", "nosuid", "nodev"])?);
@@ -177,24 +239,64 @@ pub fn render_sandbox(req: &SandboxRequest, host: HostIds) -> Result<Spec, SpecE
         }
         RootfsSource::Dir(dir) => Some(RootBuilder::default().path(dir).readonly(true).build()?),
     };
-    mounts.push(mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?);
-    mounts.push(mount("/dev", "tmpfs", "tmpfs", &["nosuid", "noexec", "strictatime", "mode=755", "size=64k"])?);
+    mounts.push(mount(
+        "/proc",
+        "proc",
+        "proc",
+        &["nosuid", "noexec", "nodev"],
+    )?);
+    mounts.push(mount(
+        "/dev",
+        "tmpfs",
+        "tmpfs",
+        &["nosuid", "noexec", "strictatime", "mode=755", "size=64k"],
+    )?);
     mounts.push(mount(
         "/dev/pts",
         "devpts",
         "devpts",
-        &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+        &[
+            "nosuid",
+            "noexec",
+            "newinstance",
+            "ptmxmode=0666",
+            "mode=0620",
+        ],
     )?);
     let shm = format!("size={SHM_SIZE}");
-    mounts.push(mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", &shm])?);
-    mounts.push(mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?);
+    mounts.push(mount(
+        "/dev/shm",
+        "tmpfs",
+        "shm",
+        &["nosuid", "noexec", "nodev", "mode=1777", &shm],
+    )?);
+    mounts.push(mount(
+        "/sys",
+        "sysfs",
+        "sysfs",
+        &["nosuid", "noexec", "nodev", "ro"],
+    )?);
     let tmp = format!("size={tmpfs_size}");
-    mounts.push(mount("/tmp", "tmpfs", "tmpfs", &["nosuid", "nodev", "mode=1777", &tmp])?);
+    mounts.push(mount(
+        "/tmp",
+        "tmpfs",
+        "tmpfs",
+        &["nosuid", "nodev", "mode=1777", &tmp],
+    )?);
     if let Some(ws) = &req.workspace {
-        mounts.push(mount(WORKSPACE_DEST, "bind", &ws.to_string_lossy(), &["bind", "rw", "nosuid", "nodev"])?);
+        mounts.push(mount(
+            WORKSPACE_DEST,
+            "bind",
+            &ws.to_string_lossy(),
+            &["bind", "rw", "nosuid", "nodev"],
+        )?);
     }
 
-    let mut env: Vec<String> = vec![format!("PATH={DEFAULT_PATH}"), "HOME=/tmp".into(), format!("HOSTNAME={HOSTNAME}")];
+    let mut env: Vec<String> = vec![
+        format!("PATH={DEFAULT_PATH}"),
+        "HOME=/tmp".into(),
+        format!("HOSTNAME={HOSTNAME}"),
+    ];
     if req.terminal {
         env.push("TERM=xterm".into());
     }
@@ -212,7 +314,11 @@ pub fn render_sandbox(req: &SandboxRequest, host: HostIds) -> Result<Spec, SpecE
         .ambient(no_caps)
         .build()?;
     let rlimits = vec![
-        PosixRlimitBuilder::default().typ(PosixRlimitType::RlimitCore).hard(0u64).soft(0u64).build()?,
+        PosixRlimitBuilder::default()
+            .typ(PosixRlimitType::RlimitCore)
+            .hard(0u64)
+            .soft(0u64)
+            .build()?,
         PosixRlimitBuilder::default()
             .typ(PosixRlimitType::RlimitNofile)
             .hard(NOFILE_LIMIT)
@@ -221,7 +327,12 @@ pub fn render_sandbox(req: &SandboxRequest, host: HostIds) -> Result<Spec, SpecE
     ];
     let process = ProcessBuilder::default()
         .terminal(req.terminal)
-        .user(UserBuilder::default().uid(req.user.uid).gid(req.user.gid).build()?)
+        .user(
+            UserBuilder::default()
+                .uid(req.user.uid)
+                .gid(req.user.gid)
+                .build()?,
+        )
         .args(req.args.clone())
         .env(env)
         .cwd(cwd)
@@ -244,7 +355,12 @@ pub fn render_sandbox(req: &SandboxRequest, host: HostIds) -> Result<Spec, SpecE
     .collect::<Result<Vec<_>, _>>()?;
     let memory_limit = i64::try_from(memory).unwrap_or(i64::MAX);
     let resources = LinuxResourcesBuilder::default()
-        .memory(LinuxMemoryBuilder::default().limit(memory_limit).swap(memory_limit).build()?)
+        .memory(
+            LinuxMemoryBuilder::default()
+                .limit(memory_limit)
+                .swap(memory_limit)
+                .build()?,
+        )
         .pids(LinuxPidsBuilder::default().limit(pids).build()?)
         .build()?;
     let linux = LinuxBuilder::default()
@@ -261,8 +377,18 @@ pub fn render_sandbox(req: &SandboxRequest, host: HostIds) -> Result<Spec, SpecE
         .namespaces(namespaces)
         .resources(resources)
         .seccomp(seccomp::sandbox_profile()?)
-        .masked_paths(MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .readonly_paths(READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .masked_paths(
+            MASKED_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .readonly_paths(
+            READONLY_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
         .build()?;
 
     let mut spec = SpecBuilder::default()
@@ -284,7 +410,10 @@ mod tests {
     fn host_req() -> SandboxRequest {
         let mut r = SandboxRequest::new(
             vec!["true".into()],
-            RootfsSource::Host { existing_binds: vec!["/usr".into()] },
+            RootfsSource::Host {
+                existing_binds: vec!["/usr".into()],
+                symlinks: vec![("/bin".into(), "usr/bin".into())],
+            },
         );
         r.workspace = Some("/home/u/ws".into());
         r
@@ -303,31 +432,73 @@ mod tests {
     #[test]
     fn as_root_the_sandbox_user_is_an_unprivileged_host_id() {
         let spec = render_sandbox(&host_req(), HostIds { uid: 0, gid: 0 }).unwrap();
-        let m = &spec.linux().as_ref().unwrap().uid_mappings().as_ref().unwrap()[0];
+        let m = &spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .uid_mappings()
+            .as_ref()
+            .unwrap()[0];
         assert_eq!((m.container_id(), m.host_id()), (1000, 1000));
         let mut r = host_req();
         r.user = IdPair { uid: 0, gid: 0 };
-        assert!(matches!(render_sandbox(&r, HostIds { uid: 0, gid: 0 }), Err(SpecError::HostRootUser)));
+        assert!(matches!(
+            render_sandbox(&r, HostIds { uid: 0, gid: 0 }),
+            Err(SpecError::HostRootUser)
+        ));
         // Rootless, inside-root is only the caller.
-        assert!(render_sandbox(&r, HostIds { uid: 1000, gid: 1000 }).is_ok());
+        assert!(render_sandbox(
+            &r,
+            HostIds {
+                uid: 1000,
+                gid: 1000
+            }
+        )
+        .is_ok());
     }
 
     #[test]
     fn hardened_defaults() {
-        let spec = render_sandbox(&host_req(), HostIds { uid: 1000, gid: 1000 }).unwrap();
+        let spec = render_sandbox(
+            &host_req(),
+            HostIds {
+                uid: 1000,
+                gid: 1000,
+            },
+        )
+        .unwrap();
         let p = spec.process().as_ref().unwrap();
         assert_eq!(p.no_new_privileges(), Some(true));
         let caps = p.capabilities().as_ref().unwrap();
-        for set in [caps.bounding(), caps.effective(), caps.permitted(), caps.inheritable(), caps.ambient()] {
+        for set in [
+            caps.bounding(),
+            caps.effective(),
+            caps.permitted(),
+            caps.inheritable(),
+            caps.ambient(),
+        ] {
             assert!(set.as_ref().unwrap().is_empty());
         }
-        let ns = spec.linux().as_ref().unwrap().namespaces().as_ref().unwrap();
+        let ns = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap();
         assert_eq!(ns.len(), 7);
-        let ws = spec.mounts().as_ref().unwrap().iter().find(|m| m.destination().to_str() == Some("/workspace")).unwrap();
+        let ws = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination().to_str() == Some("/workspace"))
+            .unwrap();
         assert!(ws.options().as_ref().unwrap().contains(&"rw".to_string()));
         for m in spec.mounts().as_ref().unwrap() {
             let o = m.options().as_ref().unwrap();
-            if m.typ().as_deref() == Some("bind") && m.destination().to_str() != Some("/workspace") {
+            if m.typ().as_deref() == Some("bind") && m.destination().to_str() != Some("/workspace")
+            {
                 assert!(o.contains(&"ro".to_string()), "{m:?} must be read-only");
             }
             assert!(o.contains(&"nosuid".to_string()), "{m:?} must be nosuid");
@@ -339,7 +510,10 @@ mod tests {
     fn bad_requests_are_refused() {
         let mut r = host_req();
         r.args.clear();
-        assert!(matches!(render_sandbox(&r, HostIds { uid: 1, gid: 1 }), Err(SpecError::MissingCommand)));
+        assert!(matches!(
+            render_sandbox(&r, HostIds { uid: 1, gid: 1 }),
+            Err(SpecError::MissingCommand)
+        ));
         let mut r = host_req();
         r.cwd = Some("rel".into());
         assert!(render_sandbox(&r, HostIds { uid: 1, gid: 1 }).is_err());

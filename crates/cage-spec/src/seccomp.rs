@@ -15,17 +15,70 @@ use crate::SpecError;
 /// Syscalls that no sandboxed tool needs and that widen the kernel's attack surface or reach
 /// outside the sandbox (mounts, namespaces, tracing, keys, BPF, modules, clocks, reboot).
 pub const DENIED_SYSCALLS: &[&str] = &[
-    "acct", "add_key", "bpf", "chroot", "clock_adjtime", "clock_settime", "create_module",
-    "delete_module", "fanotify_init", "finit_module", "fsconfig", "fsmount", "fsopen", "fspick",
-    "get_kernel_syms", "init_module", "io_uring_enter", "io_uring_register", "io_uring_setup",
-    "ioperm", "iopl", "kcmp", "kexec_file_load", "kexec_load", "keyctl", "lookup_dcookie",
-    "mbind", "migrate_pages", "mount", "mount_setattr", "move_mount", "move_pages",
-    "name_to_handle_at", "nfsservctl", "open_by_handle_at", "open_tree", "perf_event_open",
-    "pidfd_getfd", "pivot_root", "process_madvise", "process_vm_readv", "process_vm_writev",
-    "ptrace", "query_module", "quotactl", "quotactl_fd", "reboot", "request_key",
-    "set_mempolicy", "setdomainname", "sethostname", "setns", "settimeofday", "swapoff",
-    "swapon", "syslog", "sysfs", "_sysctl", "umount2", "unshare", "uselib", "userfaultfd",
-    "ustat", "vhangup",
+    "acct",
+    "add_key",
+    "bpf",
+    "chroot",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "fanotify_init",
+    "finit_module",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
+    "fspick",
+    "get_kernel_syms",
+    "init_module",
+    "io_uring_enter",
+    "io_uring_register",
+    "io_uring_setup",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mbind",
+    "migrate_pages",
+    "mount",
+    "mount_setattr",
+    "move_mount",
+    "move_pages",
+    "name_to_handle_at",
+    "nfsservctl",
+    "open_by_handle_at",
+    "open_tree",
+    "perf_event_open",
+    "pidfd_getfd",
+    "pivot_root",
+    "process_madvise",
+    "process_vm_readv",
+    "process_vm_writev",
+    "ptrace",
+    "query_module",
+    "quotactl",
+    "quotactl_fd",
+    "reboot",
+    "request_key",
+    "set_mempolicy",
+    "setdomainname",
+    "sethostname",
+    "setns",
+    "settimeofday",
+    "swapoff",
+    "swapon",
+    "syslog",
+    "sysfs",
+    "_sysctl",
+    "umount2",
+    "unshare",
+    "uselib",
+    "userfaultfd",
+    "ustat",
+    "vhangup",
 ];
 
 /// Namespace flags that `clone` must not carry (`unshare` and `setns` are denied outright).
@@ -94,9 +147,17 @@ pub fn sandbox_profile() -> Result<LinuxSeccomp, SpecError> {
         syscalls.push(deny(&["clone"], EPERM, vec![masked_eq(0, *flag, *flag)?])?);
     }
     for request in [TIOCSTI, TIOCLINUX] {
-        syscalls.push(deny(&["ioctl"], EPERM, vec![masked_eq(1, INT_MASK, request)?])?);
+        syscalls.push(deny(
+            &["ioctl"],
+            EPERM,
+            vec![masked_eq(1, INT_MASK, request)?],
+        )?);
     }
-    syscalls.push(deny(&["socket"], EPERM, vec![masked_eq(0, INT_MASK, AF_PACKET)?])?);
+    syscalls.push(deny(
+        &["socket"],
+        EPERM,
+        vec![masked_eq(0, INT_MASK, AF_PACKET)?],
+    )?);
     syscalls.push(deny(
         &["socket"],
         EPERM,
@@ -106,7 +167,10 @@ pub fn sandbox_profile() -> Result<LinuxSeccomp, SpecError> {
         syscalls.push(deny(
             &["socket"],
             EPERM,
-            vec![masked_eq(0, INT_MASK, family)?, masked_eq(1, SOCK_TYPE_MASK, SOCK_RAW)?],
+            vec![
+                masked_eq(0, INT_MASK, family)?,
+                masked_eq(1, SOCK_TYPE_MASK, SOCK_RAW)?,
+            ],
         )?);
     }
     let personality_args = PERSONALITY_ALLOWED
@@ -143,8 +207,20 @@ mod tests {
             .filter(|s| s.args().is_none())
             .flat_map(|s| s.names())
             .collect();
-        for name in ["mount", "unshare", "setns", "ptrace", "bpf", "keyctl", "pivot_root", "userfaultfd"] {
-            assert!(unconditional.iter().any(|n| *n == name), "{name} must be denied");
+        for name in [
+            "mount",
+            "unshare",
+            "setns",
+            "ptrace",
+            "bpf",
+            "keyctl",
+            "pivot_root",
+            "userfaultfd",
+        ] {
+            assert!(
+                unconditional.iter().any(|n| *n == name),
+                "{name} must be denied"
+            );
         }
         let clone3 = calls.iter().find(|s| s.names() == &["clone3"]).unwrap();
         assert_eq!(clone3.errno_ret(), Some(ENOSYS));
@@ -153,7 +229,13 @@ mod tests {
     #[test]
     fn ioctl_is_compared_through_a_32_bit_mask() {
         let p = sandbox_profile().unwrap();
-        let ioctl = p.syscalls().as_ref().unwrap().iter().find(|s| s.names() == &["ioctl"]).unwrap();
+        let ioctl = p
+            .syscalls()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|s| s.names() == &["ioctl"])
+            .unwrap();
         let arg = &ioctl.args().as_ref().unwrap()[0];
         assert_eq!(arg.op(), LinuxSeccompOperator::ScmpCmpMaskedEq);
         assert_eq!(arg.value(), INT_MASK);

@@ -3,9 +3,14 @@
 use crate::SpecError;
 
 pub fn parse_size(input: &str) -> Result<u64, SpecError> {
-    let invalid = || SpecError::InvalidSize { input: input.to_string() };
+    let invalid = || SpecError::InvalidSize {
+        input: input.to_string(),
+    };
     let s = input.trim().to_ascii_lowercase();
-    let s = s.strip_suffix("ib").or_else(|| s.strip_suffix('b')).unwrap_or(&s);
+    let s = s
+        .strip_suffix("ib")
+        .or_else(|| s.strip_suffix('b'))
+        .unwrap_or(&s);
     let (digits, shift) = match s.chars().last() {
         Some('k') => (&s[..s.len() - 1], 10),
         Some('m') => (&s[..s.len() - 1], 20),

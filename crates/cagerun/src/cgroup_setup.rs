@@ -28,7 +28,8 @@ pub fn run(args: SetupArgs) -> Result<()> {
         Layout::V1 { memory, pids } => {
             for ctrl in [memory, pids] {
                 let dir = ctrl.join("cagerun").join(user.uid.to_string());
-                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
                 for p in [dir.clone(), dir.join("cgroup.procs"), dir.join("tasks")] {
                     chown(&p, user.uid, user.gid)?;
                 }
@@ -44,10 +45,14 @@ pub fn run(args: SetupArgs) -> Result<()> {
             );
             Ok(())
         }
-        Layout::None => bail!("no memory and pids cgroup controllers are mounted under {}", cgroups::ROOT),
+        Layout::None => bail!(
+            "no memory and pids cgroup controllers are mounted under {}",
+            cgroups::ROOT
+        ),
     }
 }
 
 fn chown(path: &Path, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> Result<()> {
-    nix::unistd::chown(path, Some(uid), Some(gid)).with_context(|| format!("chown {}", path.display()))
+    nix::unistd::chown(path, Some(uid), Some(gid))
+        .with_context(|| format!("chown {}", path.display()))
 }

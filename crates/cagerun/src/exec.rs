@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use cage_sandbox::{Plan, RunOptions};
-use cage_spec::sandbox::{HOST_ROOTFS_BINDS, DEFAULT_USER};
+use cage_spec::sandbox::{DEFAULT_USER, HOST_ROOTFS_BINDS};
 use cage_spec::{envfile, passwd, render_sandbox, HostIds, RootfsSource, SandboxRequest};
 use clap::Args;
 
@@ -61,12 +61,19 @@ pub struct ExecArgs {
 }
 
 fn host_ids() -> HostIds {
-    HostIds { uid: nix::unistd::geteuid().as_raw(), gid: nix::unistd::getegid().as_raw() }
+    HostIds {
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+    }
 }
 
 fn workspace_dir(path: &Path) -> Result<PathBuf> {
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("workspace {} does not exist; create it or pass another --workspace", path.display()))?;
+    let meta = std::fs::metadata(path).with_context(|| {
+        format!(
+            "workspace {} does not exist; create it or pass another --workspace",
+            path.display()
+        )
+    })?;
     if !meta.is_dir() {
         bail!("workspace {} is not a directory", path.display());
     }
@@ -75,15 +82,34 @@ fn workspace_dir(path: &Path) -> Result<PathBuf> {
 
 fn rootfs_source(arg: &str) -> Result<RootfsSource> {
     if arg == "host" {
-        let existing_binds = HOST_ROOTFS_BINDS
+        let mut existing_binds = Vec::new();
+        let mut symlinks = Vec::new();
+        for p in HOST_ROOTFS_BINDS
             .iter()
             .map(PathBuf::from)
             .filter(|p| p.exists())
-            .collect();
-        return Ok(RootfsSource::Host { existing_binds });
+        {
+            // A top-level relative link into a bound dir (merged /usr) stays a link.
+            match std::fs::read_link(&p) {
+                Ok(t)
+                    if t.is_relative()
+                        && p.parent() == Some(Path::new("/"))
+                        && t.starts_with("usr") =>
+                {
+                    symlinks.push((p, t))
+                }
+                _ => existing_binds.push(p),
+            }
+        }
+        return Ok(RootfsSource::Host {
+            existing_binds,
+            symlinks,
+        });
     }
     let dir = Path::new(arg);
-    let meta = std::fs::metadata(dir).with_context(|| format!("rootfs {arg} does not exist; pass `host` or an unpacked image directory"))?;
+    let meta = std::fs::metadata(dir).with_context(|| {
+        format!("rootfs {arg} does not exist; pass `host` or an unpacked image directory")
+    })?;
     if !meta.is_dir() {
         bail!("rootfs {arg} is not a directory");
     }
@@ -99,7 +125,9 @@ pub fn run(args: ExecArgs) -> Result<i32> {
         bail!("--net {}: only `none` is available for sandboxes (internet mode comes with the gateway's `cagerun internet on`)", args.net);
     }
     let timeout = match args.timeout {
-        Some(t) if !(t > 0.0 && t.is_finite()) => bail!("--timeout {t}: give a positive number of seconds"),
+        Some(t) if !(t > 0.0 && t.is_finite()) => {
+            bail!("--timeout {t}: give a positive number of seconds")
+        }
         Some(t) => Some(Duration::from_secs_f64(t)),
         None => None,
     };
@@ -116,11 +144,22 @@ pub fn run(args: ExecArgs) -> Result<i32> {
         None => (render_from_flags(&args)?, PathBuf::from("/")),
     };
     let plan = Plan::from_spec(&spec, &base)?;
-    tracing::info!("sandbox: {} mounts, uid {} → host {}", plan.mounts.len(), plan.uid, plan.uid_map[0].outside);
-    let opts = RunOptions { interactive: args.interactive, timeout };
+    tracing::info!(
+        "sandbox: {} mounts, uid {} → host {}",
+        plan.mounts.len(),
+        plan.uid,
+        plan.uid_map[0].outside
+    );
+    let opts = RunOptions {
+        interactive: args.interactive,
+        timeout,
+    };
     let outcome = cage_sandbox::run(&plan, &opts)?;
     if outcome == cage_sandbox::Outcome::TimedOut {
-        eprintln!("cagerun: timed out after {}s; killed the sandbox", args.timeout.unwrap_or_default());
+        eprintln!(
+            "cagerun: timed out after {}s; killed the sandbox",
+            args.timeout.unwrap_or_default()
+        );
     }
     Ok(outcome.code())
 }
@@ -142,21 +181,40 @@ fn render_from_flags(args: &ExecArgs) -> Result<oci_spec::runtime::Spec> {
     }
     if let Some(user) = &args.user {
         let (pw, gr) = match &rootfs {
-            RootfsSource::Dir(d) => (read_optional(&d.join("etc/passwd")), read_optional(&d.join("etc/group"))),
-            RootfsSource::Host { .. } => (passwd::synthesized_passwd(DEFAULT_USER), passwd::synthesized_group(DEFAULT_USER)),
+            RootfsSource::Dir(d) => (
+                read_optional(&d.join("etc/passwd")),
+                read_optional(&d.join("etc/group")),
+            ),
+            RootfsSource::Host { .. } => (
+                passwd::synthesized_passwd(DEFAULT_USER),
+                passwd::synthesized_group(DEFAULT_USER),
+            ),
         };
         req.user = passwd::resolve_user(user, &pw, &gr)?;
     }
     for file in &args.env_file {
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading --env-file {}", file.display()))?;
-        req.env.extend(envfile::parse_env_file(&file.display().to_string(), &text, |k| std::env::var(k).ok())?);
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading --env-file {}", file.display()))?;
+        req.env.extend(envfile::parse_env_file(
+            &file.display().to_string(),
+            &text,
+            |k| std::env::var(k).ok(),
+        )?);
     }
     for e in &args.env {
         req.env.push(envfile::parse_env_arg(e)?);
     }
     req.cwd = args.workdir.clone();
-    req.memory = args.memory.as_deref().map(cage_spec::size::parse_size).transpose()?;
-    req.tmpfs_size = args.tmpfs_size.as_deref().map(cage_spec::size::parse_size).transpose()?;
+    req.memory = args
+        .memory
+        .as_deref()
+        .map(cage_spec::size::parse_size)
+        .transpose()?;
+    req.tmpfs_size = args
+        .tmpfs_size
+        .as_deref()
+        .map(cage_spec::size::parse_size)
+        .transpose()?;
     req.pids = args.pids;
     req.terminal = args.tty;
     Ok(render_sandbox(&req, host_ids())?)
