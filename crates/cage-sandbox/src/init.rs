@@ -71,6 +71,16 @@ fn prctl(option: libc::c_int, arg: libc::c_ulong, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// One byte from the parent releases the next step; anything else means the parent failed
+/// or died, and reports for itself.
+fn wait_for_parent(sync_read: RawFd) {
+    let mut go = [0u8; 1];
+    // SAFETY: read into a stack buffer.
+    if unsafe { libc::read(sync_read, go.as_mut_ptr().cast(), 1) } != 1 {
+        unsafe { libc::_exit(125) };
+    }
+}
+
 fn parent_is_gone(err_fd: RawFd) -> bool {
     let mut p = libc::pollfd {
         fd: err_fd,
@@ -102,21 +112,13 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
     fds::close_all_except(&keep);
     setup_stdio(&f)?;
 
-    // 2. Wait until the parent has written our id maps and put us in our cgroup.
-    let mut go = [0u8; 1];
-    // SAFETY: read into a stack buffer.
-    if unsafe { libc::read(f.sync_read, go.as_mut_ptr().cast(), 1) } != 1 {
-        // SAFETY: the parent failed or died before releasing us: nothing to report to.
-        unsafe { libc::_exit(125) };
-    }
-    unsafe { libc::close(f.sync_read) };
+    // 2. Wait until the parent has written our id maps.
+    wait_for_parent(f.sync_read);
 
     // 3. Bind sources are opened with the caller's own host identity, then the sandbox
     //    identity is taken: as root on the host, files made during setup must be owned by a
     //    mapped id. Capabilities in the new user namespace are kept for setup.
     let sources = open_sources(plan)?;
-    // The sandbox identity: as root on the host, files made during setup must be
-    //    owned by a mapped id. Capabilities in the new user namespace are kept for setup.
     set_identity(plan, privileged)?;
     prctl(
         libc::PR_SET_PDEATHSIG,
@@ -128,10 +130,6 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
     }
 
     // 4. Namespaces that are set up from inside.
-    if plan.namespaces.cgroup {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
-            .map_err(|e| SandboxError::Setup(format!("unsharing the cgroup namespace: {e}")))?;
-    }
     if let (true, Some(name)) = (plan.namespaces.uts, &plan.hostname) {
         nix::unistd::sethostname(name)
             .map_err(|e| SandboxError::Setup(format!("sethostname: {e}")))?;
@@ -152,13 +150,22 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
     for fd in sources.values() {
         unsafe { libc::close(*fd) };
     }
+
+    // 6. Meanwhile the parent made our cgroup and moved us in: wait for that, then make it
+    //    the root of our cgroup namespace. Limits apply from here on, before the command.
+    wait_for_parent(f.sync_read);
+    unsafe { libc::close(f.sync_read) };
+    if plan.namespaces.cgroup {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+            .map_err(|e| SandboxError::Setup(format!("unsharing the cgroup namespace: {e}")))?;
+    }
     rlimits::apply(&plan.rlimits)?;
     rlimits::apply(&fallback_rlimits)?;
     if let Some(mask) = plan.umask {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
     }
 
-    // 6. The command.
+    // 7. The command.
     let all = SigSet::all();
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), None)
         .map_err(|e| SandboxError::Setup(format!("sigprocmask: {e}")))?;

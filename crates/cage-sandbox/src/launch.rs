@@ -79,17 +79,21 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SandboxError::os("pipe", e))
 }
 
-/// Decide how memory and pids limits are enforced and prepare the cgroup leaf if any.
+/// Decide how memory and pids limits are enforced: a delegated cgroup parent (the leaf is
+/// made after clone, while the child builds its root) or rlimits.
 fn prepare_limits(
     plan: &Plan,
-) -> Result<(Option<Leaf>, Vec<crate::rlimits::Rlimit>, LimitMechanism)> {
+) -> (
+    Option<cgroups::Parent>,
+    Vec<crate::rlimits::Rlimit>,
+    LimitMechanism,
+) {
     if plan.memory_limit.is_none() && plan.pids_limit.is_none() {
-        return Ok((None, Vec::new(), LimitMechanism::None));
+        return (None, Vec::new(), LimitMechanism::None);
     }
     if let Some(parent) = cgroups::find_parent(nix::unistd::geteuid().as_raw()) {
-        let leaf = Leaf::create(&parent, plan.memory_limit, plan.pids_limit)?;
-        let dirs = leaf.dirs().to_vec();
-        return Ok((Some(leaf), Vec::new(), LimitMechanism::Cgroup(dirs)));
+        let dirs = parent.dirs.clone();
+        return (Some(parent), Vec::new(), LimitMechanism::Cgroup(dirs));
     }
     // No delegated cgroup: per-process data size and a process count in the sandbox's
     // user namespace (RLIMIT_NPROC counts per user namespace since Linux 5.14).
@@ -100,7 +104,7 @@ fn prepare_limits(
     if let Some(p) = plan.pids_limit {
         rl.push((libc::RLIMIT_NPROC, p, p));
     }
-    Ok((None, rl, LimitMechanism::Rlimits))
+    (None, rl, LimitMechanism::Rlimits)
 }
 
 pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
@@ -109,7 +113,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
         None => Vec::new(),
     };
     let privileged = nix::unistd::geteuid().is_root();
-    let (leaf, fallback_rlimits, mechanism) = prepare_limits(plan)?;
+    let (cgroup_parent, fallback_rlimits, mechanism) = prepare_limits(plan);
     match &mechanism {
         LimitMechanism::Cgroup(dirs) => tracing::info!("limits: cgroup {}", dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")),
         LimitMechanism::Rlimits => tracing::info!("limits: rlimits (RLIMIT_DATA, RLIMIT_NPROC): no delegated cgroup found; see `cagerun setup-cgroups`"),
@@ -202,13 +206,26 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
         let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
         let _ = waitpid(pid, None);
     };
+    let release = || {
+        nix::unistd::write(&sync_w, b"g")
+            .map(drop)
+            .map_err(|e| SandboxError::os("releasing the sandbox", e))
+    };
+    // Maps first (the child needs them to do anything), then the cgroup leaf while the child
+    // builds its root, then the second release.
+    let mut leaf = None;
     let released = idmap::write_maps(pid.as_raw(), &plan.uid_map, &plan.gid_map, privileged)
-        .and_then(|_| leaf.as_ref().map_or(Ok(()), |l| l.add(pid.as_raw())))
-        .and_then(|_| {
-            nix::unistd::write(&sync_w, b"g")
-                .map(drop)
-                .map_err(|e| SandboxError::os("releasing the sandbox", e))
-        });
+        .and_then(|_| release())
+        .and_then(|_| match &cgroup_parent {
+            Some(parent) => {
+                let l = Leaf::create(parent, plan.memory_limit, plan.pids_limit)?;
+                let added = l.add(pid.as_raw());
+                leaf = Some(l);
+                added
+            }
+            None => Ok(()),
+        })
+        .and_then(|_| release());
     drop(sync_w);
     if let Err(e) = released {
         kill_and_reap();

@@ -1,11 +1,13 @@
 //! The sandbox's root filesystem, built in the child's private mount namespace.
 //!
-//! Like bubblewrap: a staging tmpfs becomes the root with the host's root kept at /oldroot,
-//! a fresh tmpfs at /newroot is filled with read-only binds (the host's system dirs, or
-//! each top-level entry of an image tree), kernel filesystems and the workspace, then sealed
-//! read-only; /oldroot is detached and we pivot into /newroot. Nothing propagates back to
-//! the host (everything is made private first).
+//! Everything is made private first, so nothing propagates back to the host. A fresh tmpfs
+//! is mounted over /tmp (in this private namespace only) and filled with read-only binds
+//! (the host's system dirs, or each top-level entry of an image tree), kernel filesystems
+//! and the workspace, then sealed read-only; we pivot into it and detach the host's root.
+//! Bind sources were opened beforehand (O_PATH) and are mounted through /proc/self/fd, so
+//! the tmpfs over /tmp does not hide a workspace that lives there.
 
+use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::{symlink, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -18,9 +20,8 @@ use crate::error::{Result, SandboxError};
 use crate::mounts::{MountKind, MountStep};
 use crate::plan::Plan;
 
-const STAGING: &str = "/tmp";
-const OLD: &str = "/oldroot";
-const NEW: &str = "/newroot";
+/// Where the new root is built before the pivot.
+const NEW: &str = "/tmp";
 
 /// Character devices every OCI container gets, bound from the host (no mknod in a user ns).
 const DEFAULT_DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
@@ -42,7 +43,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
     move |e| SandboxError::Setup(format!("{what}: {e}"))
 }
 
-/// `/newroot` + an absolute in-sandbox path.
+/// The new root + an absolute in-sandbox path.
 fn inside(dest: &Path) -> PathBuf {
     Path::new(NEW).join(dest.strip_prefix("/").unwrap_or(dest))
 }
@@ -54,8 +55,8 @@ pub type SourceFds = std::collections::HashMap<PathBuf, std::os::fd::RawFd>;
 
 fn outside(src: &Path, fds: &SourceFds) -> PathBuf {
     match fds.get(src) {
-        Some(fd) => Path::new(OLD).join(format!("proc/self/fd/{fd}")),
-        None => Path::new(OLD).join(src.strip_prefix("/").unwrap_or(src)),
+        Some(fd) => PathBuf::from(format!("/proc/self/fd/{fd}")),
+        None => src.to_path_buf(),
     }
 }
 
@@ -111,9 +112,11 @@ fn bind(src: &Path, dst: &Path, flags: MsFlags, recursive: bool) -> Result<()> {
     .map_err(os(format!("setting flags on {}", dst.display())))
 }
 
-/// Create `dest` (and parents) under /newroot without following a symlink anywhere on the
+/// Create `dest` (and parents) under the new root without following a symlink anywhere on the
 /// way: a hostile image must not steer a mount out of the new root.
-fn ensure_mountpoint(dest: &Path, is_dir: bool) -> Result<PathBuf> {
+/// `seen`: directories of the new root already checked or made during this build, so a
+/// path's prefix is looked at once.
+fn ensure_mountpoint(dest: &Path, is_dir: bool, seen: &mut HashSet<PathBuf>) -> Result<PathBuf> {
     let mut cur = PathBuf::from(NEW);
     let comps: Vec<Component> = dest
         .components()
@@ -122,6 +125,9 @@ fn ensure_mountpoint(dest: &Path, is_dir: bool) -> Result<PathBuf> {
     for (i, c) in comps.iter().enumerate() {
         cur.push(c);
         let last = i + 1 == comps.len();
+        if seen.contains(&cur) {
+            continue;
+        }
         match fs::symlink_metadata(&cur) {
             Ok(m) if m.file_type().is_symlink() => {
                 return Err(SandboxError::Setup(format!(
@@ -151,21 +157,40 @@ fn ensure_mountpoint(dest: &Path, is_dir: bool) -> Result<PathBuf> {
                 })?;
             }
         }
+        if !last || is_dir {
+            seen.insert(cur.clone());
+        }
     }
     Ok(cur)
 }
 
-fn mount_step(m: &MountStep, fds: &SourceFds) -> Result<()> {
+/// Whether a bind source is a directory: from its descriptor when we hold one.
+fn source_is_dir(source: &Path, fds: &SourceFds) -> Result<bool> {
+    let mode = match fds.get(source) {
+        Some(fd) => {
+            nix::sys::stat::fstat(*fd)
+                .map_err(os(format!("bind source {}", source.display())))?
+                .st_mode
+        }
+        None => {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(source)
+                .map_err(io(format!("bind source {}", source.display())))?
+                .mode()
+        }
+    };
+    Ok(mode & libc::S_IFMT == libc::S_IFDIR)
+}
+
+fn mount_step(m: &MountStep, fds: &SourceFds, seen: &mut HashSet<PathBuf>) -> Result<()> {
     match &m.kind {
         MountKind::Bind { source, recursive } => {
             let src = outside(source, fds);
-            let meta =
-                fs::metadata(&src).map_err(io(format!("bind source {}", source.display())))?;
-            let dst = ensure_mountpoint(&m.destination, meta.is_dir())?;
+            let dst = ensure_mountpoint(&m.destination, source_is_dir(source, fds)?, seen)?;
             bind(&src, &dst, m.flags, *recursive)
         }
         MountKind::Fs { fstype, source } => {
-            let dst = ensure_mountpoint(&m.destination, true)?;
+            let dst = ensure_mountpoint(&m.destination, true, seen)?;
             let data = (!m.data.is_empty()).then_some(m.data.as_str());
             mount(
                 Some(source.as_str()),
@@ -188,13 +213,21 @@ fn mount_step(m: &MountStep, fds: &SourceFds) -> Result<()> {
 
 fn default_devices(dev: &Path) -> Result<()> {
     for name in DEFAULT_DEVICES {
-        let host = Path::new(OLD).join("dev").join(name);
+        let host = Path::new("/dev").join(name);
         if !host.exists() {
             continue;
         }
         let dst = dev.join(name);
         fs::File::create(&dst).map_err(io(format!("creating /dev/{name}")))?;
-        bind(&host, &dst, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, false)?;
+        // The node keeps the host /dev mount's flags (nosuid); a remount would add nothing.
+        mount(
+            Some(&host),
+            &dst,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(os(format!("binding /dev/{name}")))?;
     }
     for (name, target) in DEV_SYMLINKS {
         symlink(target, dev.join(name)).map_err(io(format!("creating /dev/{name}")))?;
@@ -262,7 +295,7 @@ fn mask(path: &Path) -> Result<()> {
         .map_err(os(format!("masking {}", path.display())))
     } else {
         mount(
-            Some(Path::new(OLD).join("dev/null").as_path()),
+            Some("/dev/null"),
             &p,
             None::<&str>,
             MsFlags::MS_BIND,
@@ -299,27 +332,13 @@ pub fn build(plan: &Plan, fds: &SourceFds, console: Option<&Path>) -> Result<()>
     .map_err(os("making mounts private"))?;
     mount(
         Some("tmpfs"),
-        STAGING,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=0700,size=64k"),
-    )
-    .map_err(os("mounting the staging tmpfs"))?;
-    chdir(STAGING).map_err(os("entering the staging root"))?;
-    for d in ["newroot", "oldroot"] {
-        fs::create_dir(d).map_err(io(format!("creating {d}")))?;
-    }
-    pivot_root(".", "oldroot").map_err(os("pivot_root into the staging root"))?;
-    chdir("/").map_err(os("chdir /"))?;
-
-    mount(
-        Some("tmpfs"),
         NEW,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=0755,size=1m"),
     )
     .map_err(os("mounting the new root"))?;
+    let mut seen = HashSet::new();
     if let Some(root) = &plan.root {
         populate_from_dir(root, plan, fds)?;
     }
@@ -327,10 +346,10 @@ pub fn build(plan: &Plan, fds: &SourceFds, console: Option<&Path>) -> Result<()>
         symlink(target, inside(link)).map_err(io(format!("symlink {}", link.display())))?;
     }
     for m in &plan.mounts {
-        mount_step(m, fds)?;
+        mount_step(m, fds, &mut seen)?;
     }
     if let Some(pty) = console {
-        let dst = ensure_mountpoint(Path::new("/dev/console"), false)?;
+        let dst = ensure_mountpoint(Path::new("/dev/console"), false, &mut seen)?;
         bind(
             &outside(pty, fds),
             &dst,
@@ -362,10 +381,10 @@ pub fn build(plan: &Plan, fds: &SourceFds, console: Option<&Path>) -> Result<()>
         .map_err(os("sealing the new root read-only"))?;
     }
 
-    umount2(OLD, MntFlags::MNT_DETACH).map_err(os("detaching the host root"))?;
+    // pivot_root(".", "."): the host's root ends up stacked over ours; detach it.
     chdir(NEW).map_err(os("entering the new root"))?;
     pivot_root(".", ".").map_err(os("pivot_root into the new root"))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(os("detaching the staging root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(os("detaching the host root"))?;
     chdir("/").map_err(os("chdir /"))?;
     Ok(())
 }

@@ -48,6 +48,18 @@ pub fn resolve_user(input: &str, passwd: &str, group: &str) -> Result<IdPair, Sp
     Ok(IdPair { uid, gid })
 }
 
+/// An /etc/passwd entry by name or uid: (name, uid, gid). cagerun is linked statically,
+/// so it reads the file instead of asking NSS.
+pub fn lookup_account(passwd: &str, name_or_uid: &str) -> Option<(String, u32, u32)> {
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.len() < 4 || (f[0] != name_or_uid && f[2] != name_or_uid) {
+            return None;
+        }
+        Some((f[0].to_string(), f[2].parse().ok()?, f[3].parse().ok()?))
+    })
+}
+
 /// The /etc/passwd of a host-assembled root: root, the sandbox user, nobody. Nothing of the
 /// host's user list leaks in.
 pub fn synthesized_passwd(user: IdPair) -> String {
@@ -103,6 +115,19 @@ mod tests {
             resolve_user("node:staff", PASSWD, GROUP).unwrap(),
             IdPair { uid: 1000, gid: 50 }
         );
+    }
+
+    #[test]
+    fn accounts_by_name_or_uid() {
+        assert_eq!(
+            lookup_account(PASSWD, "node"),
+            Some(("node".into(), 1000, 1001))
+        );
+        assert_eq!(
+            lookup_account(PASSWD, "1000"),
+            Some(("node".into(), 1000, 1001))
+        );
+        assert_eq!(lookup_account(PASSWD, "ghost"), None);
     }
 
     #[test]

@@ -19,21 +19,23 @@ pub fn run(args: SetupArgs) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("setup-cgroups needs root: run it once with sudo");
     }
-    let user = match args.user.parse::<u32>() {
-        Ok(uid) => nix::unistd::User::from_uid(uid.into())?,
-        Err(_) => nix::unistd::User::from_name(&args.user)?,
-    }
-    .with_context(|| format!("no such user {:?}", args.user))?;
+    let passwd = std::fs::read_to_string("/etc/passwd").context("reading /etc/passwd")?;
+    let (name, uid, gid) = cage_spec::passwd::lookup_account(&passwd, &args.user)
+        .with_context(|| format!("no such user {:?} in /etc/passwd", args.user))?;
+    let (uid, gid) = (
+        nix::unistd::Uid::from_raw(uid),
+        nix::unistd::Gid::from_raw(gid),
+    );
     match cgroups::detect() {
         Layout::V1 { memory, pids } => {
             for ctrl in [memory, pids] {
-                let dir = ctrl.join("cagerun").join(user.uid.to_string());
+                let dir = ctrl.join("cagerun").join(uid.to_string());
                 std::fs::create_dir_all(&dir)
                     .with_context(|| format!("creating {}", dir.display()))?;
                 for p in [dir.clone(), dir.join("cgroup.procs"), dir.join("tasks")] {
-                    chown(&p, user.uid, user.gid)?;
+                    chown(&p, uid, gid)?;
                 }
-                println!("delegated {} to {}", dir.display(), user.name);
+                println!("delegated {} to {name}", dir.display());
             }
             Ok(())
         }
@@ -41,7 +43,7 @@ pub fn run(args: SetupArgs) -> Result<()> {
             println!(
                 "cgroup v2: nothing to do here. Rootless sandboxes use the subtree systemd delegates to {} (user@{}.service); \
                  run cagerun inside it, e.g. `systemd-run --user --scope -p Delegate=yes cagerun exec ...`, or set CAGERUN_CGROUP_PARENT",
-                user.name, user.uid
+                name, uid
             );
             Ok(())
         }
