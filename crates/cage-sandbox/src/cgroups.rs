@@ -253,7 +253,10 @@ impl Drop for Leaf {
                     Err(_) if attempt < 199 => {
                         std::thread::sleep(std::time::Duration::from_millis(1))
                     }
-                    Err(e) => tracing::warn!("leaving cgroup {} behind: {e}", d.display()),
+                    Err(e) => eprintln!(
+                        "cagerun: warning: leaving cgroup {} behind: {e}",
+                        d.display()
+                    ),
                 }
             }
         }

@@ -11,9 +11,10 @@ use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, ForkResult, Pid};
+use nix::unistd::Pid;
 use seccompiler::BpfProgram;
 
 use crate::error::{Result, SandboxError};
@@ -112,13 +113,21 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
     fds::close_all_except(&keep);
     setup_stdio(&f)?;
 
-    // 2. Wait until the parent has written our id maps.
+    // 2. What needs no id map, while the parent writes them: bind sources are opened with
+    //    the caller's own host identity; we already hold every capability in the new
+    //    namespaces, so the hostname and lo can be set.
+    let sources = open_sources(plan)?;
+    if let (true, Some(name)) = (plan.namespaces.uts, &plan.hostname) {
+        nix::unistd::sethostname(name)
+            .map_err(|e| SandboxError::Setup(format!("sethostname: {e}")))?;
+    }
+    if plan.namespaces.net {
+        loopback::up()?;
+    }
     wait_for_parent(f.sync_read);
 
-    // 3. Bind sources are opened with the caller's own host identity, then the sandbox
-    //    identity is taken: as root on the host, files made during setup must be owned by a
-    //    mapped id. Capabilities in the new user namespace are kept for setup.
-    let sources = open_sources(plan)?;
+    // 3. The sandbox identity: as root on the host, files made during setup must be owned by
+    //    a mapped id. Capabilities in the new user namespace are kept for setup.
     set_identity(plan, privileged)?;
     prctl(
         libc::PR_SET_PDEATHSIG,
@@ -129,16 +138,7 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
         return Ok(125);
     }
 
-    // 4. Namespaces that are set up from inside.
-    if let (true, Some(name)) = (plan.namespaces.uts, &plan.hostname) {
-        nix::unistd::sethostname(name)
-            .map_err(|e| SandboxError::Setup(format!("sethostname: {e}")))?;
-    }
-    if plan.namespaces.net {
-        loopback::up()?;
-    }
-
-    // 5. The filesystem; afterwards nothing of the host is reachable but what was bound.
+    // 4. The filesystem; afterwards nothing of the host is reachable but what was bound.
     let console = match f.tty {
         Some(fd) => Some(
             std::fs::read_link(format!("/proc/self/fd/{fd}"))
@@ -151,7 +151,7 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
         unsafe { libc::close(*fd) };
     }
 
-    // 6. Meanwhile the parent made our cgroup and moved us in: wait for that, then make it
+    // 5. Meanwhile the parent made our cgroup and moved us in: wait for that, then make it
     //    the root of our cgroup namespace. Limits apply from here on, before the command.
     wait_for_parent(f.sync_read);
     unsafe { libc::close(f.sync_read) };
@@ -165,37 +165,47 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
     }
 
-    // 7. The command.
+    // 6. The command.
     let all = SigSet::all();
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), None)
         .map_err(|e| SandboxError::Setup(format!("sigprocmask: {e}")))?;
-    // SAFETY: single-threaded; the child only execs or exits.
-    match unsafe { fork() }.map_err(|e| SandboxError::Setup(format!("fork: {e}")))? {
-        ForkResult::Child => {
-            let e = exec_command(plan, seccomp, &f).unwrap_err();
-            report(f.err_write, &e.to_string());
-            unsafe { libc::_exit(125) }
-        }
-        ForkResult::Parent { child } => {
-            unsafe { libc::close(f.err_write) };
-            if let Some(t) = f.tty {
-                unsafe { libc::close(t) };
-            }
-            // pid 1 keeps no capability (it never execs, so its bounding set is moot).
-            for set in [
-                caps::CapSet::Effective,
-                caps::CapSet::Permitted,
-                caps::CapSet::Inheritable,
-            ] {
-                caps::clear(None, set).map_err(|e| {
-                    SandboxError::Setup(format!("dropping pid 1's capabilities: {e}"))
-                })?;
-            }
-            prctl(libc::PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS")?;
-            prctl(libc::PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE")?;
-            Ok(reap_and_forward(child))
-        }
+    // The command shares pid 1's memory until it execs, as posix_spawn does: no page tables
+    // to copy and no copy-on-write faults on either side, and pid 1 sleeps meanwhile. The
+    // child only borrows from pid 1 (never drops what pid 1 owns) and ends in execve or _exit.
+    let mut stack = vec![0u8; 256 << 10];
+    let err_write = f.err_write;
+    let spawn = Box::new(|| -> isize {
+        let e = exec_command(plan, seccomp, &f).unwrap_err();
+        report(err_write, &e.to_string());
+        // SAFETY: leave without unwinding into pid 1's frames.
+        unsafe { libc::_exit(125) }
+    });
+    // SAFETY: CLONE_VM|CLONE_VFORK with a stack of its own; pid 1 resumes after execve/_exit.
+    let child = unsafe {
+        nix::sched::clone(
+            spawn,
+            &mut stack,
+            CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK,
+            Some(libc::SIGCHLD),
+        )
     }
+    .map_err(|e| SandboxError::Setup(format!("starting the command: {e}")))?;
+    unsafe { libc::close(f.err_write) };
+    if let Some(t) = f.tty {
+        unsafe { libc::close(t) };
+    }
+    // pid 1 keeps no capability (it never execs, so its bounding set is moot).
+    for set in [
+        caps::CapSet::Effective,
+        caps::CapSet::Permitted,
+        caps::CapSet::Inheritable,
+    ] {
+        caps::clear(None, set)
+            .map_err(|e| SandboxError::Setup(format!("dropping pid 1's capabilities: {e}")))?;
+    }
+    prctl(libc::PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS")?;
+    prctl(libc::PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE")?;
+    Ok(reap_and_forward(child))
 }
 
 fn setup_stdio(f: &ChildFds) -> Result<()> {

@@ -22,6 +22,15 @@ pub const DEVICE_FILES: &[&str] = &[
     "/dev/ptmx",
 ];
 
+/// The paths of `paths` that no other path of the list contains.
+fn outermost(paths: &[PathBuf]) -> Vec<PathBuf> {
+    paths
+        .iter()
+        .filter(|p| !paths.iter().any(|q| q != *p && p.starts_with(q)))
+        .cloned()
+        .collect()
+}
+
 /// Returns whether the kernel enforced the ruleset fully, partly or not at all.
 pub fn restrict(writable: &[PathBuf]) -> Result<RulesetStatus> {
     let abi = ABI::V6;
@@ -33,7 +42,16 @@ pub fn restrict(writable: &[PathBuf]) -> Result<RulesetStatus> {
             .map(Path::to_path_buf)
             .collect::<Vec<_>>()
     };
-    let devices = existing(DEVICE_FILES.iter().map(Path::new).collect());
+    // A rule covers everything beneath it: nested paths would only cost a rule each.
+    let writable = outermost(writable);
+    let beneath_writable = |p: &Path| writable.iter().any(|w| p.starts_with(w));
+    let devices = existing(
+        DEVICE_FILES
+            .iter()
+            .map(Path::new)
+            .filter(|p| !beneath_writable(p))
+            .collect(),
+    );
     let writable = existing(writable.iter().map(PathBuf::as_path).collect());
     let status = Ruleset::default()
         .handle_access(AccessFs::from_all(abi))
@@ -51,4 +69,30 @@ pub fn restrict(writable: &[PathBuf]) -> Result<RulesetStatus> {
         .restrict_self()
         .map_err(fail)?;
     Ok(status.ruleset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_paths_collapse_into_the_outer_rule() {
+        let paths: Vec<PathBuf> = [
+            "/dev",
+            "/dev/shm",
+            "/dev/pts",
+            "/tmp",
+            "/workspace",
+            "/workspacex",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        let got = outermost(&paths);
+        let want: Vec<PathBuf> = ["/dev", "/tmp", "/workspace", "/workspacex"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(got, want);
+    }
 }

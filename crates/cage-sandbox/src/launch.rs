@@ -233,20 +233,18 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
         return Err(e);
     }
 
-    // Until exec, the error pipe says whether setup failed.
+    // The error pipe is read once the sandbox has ended, not at exec: one wake-up less on
+    // the way (a setup error ends the sandbox with 125 right away, and its message waits in
+    // the pipe).
+    let outcome = supervise(pid, &pidfd, primary.as_ref(), &forwarded, opts);
+    restore_mask();
+    drop(leaf);
     let message = read_to_end(&err_r);
     if !message.is_empty() {
-        kill_and_reap();
-        restore_mask();
         return Err(SandboxError::Setup(
             String::from_utf8_lossy(&message).into_owned(),
         ));
     }
-    drop(err_r);
-
-    let outcome = supervise(pid, &pidfd, primary.as_ref(), &forwarded, opts);
-    restore_mask();
-    drop(leaf);
     outcome
 }
 

@@ -101,6 +101,61 @@ fn bind(src: &Path, dst: &Path, flags: MsFlags, recursive: bool) -> Result<()> {
         src.display(),
         dst.display()
     )))?;
+    set_flags(dst, flags, recursive)
+}
+
+/// Add flags to a mount (and, recursive, to the mounts below it). mount_setattr only sets
+/// what is asked, so flags the kernel locked stay as they are; kernels before 5.12 get a
+/// remount that repeats the locked flags.
+fn set_flags(dst: &Path, flags: MsFlags, recursive: bool) -> Result<()> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let mut set = 0u64;
+    for (ms, attr) in [
+        (MsFlags::MS_RDONLY, 0x1u64),
+        (MsFlags::MS_NOSUID, 0x2),
+        (MsFlags::MS_NODEV, 0x4),
+        (MsFlags::MS_NOEXEC, 0x8),
+    ] {
+        if flags.contains(ms) {
+            set |= attr;
+        }
+    }
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let path = std::ffi::CString::new(dst.as_os_str().as_encoded_bytes())
+        .map_err(|_| SandboxError::Setup(format!("NUL in {}", dst.display())))?;
+    let at_recursive = if recursive { 0x8000 } else { 0 };
+    // SAFETY: mount_setattr reads a properly sized struct.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            at_recursive,
+            &attr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    if std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS) {
+        return Err(SandboxError::Setup(format!(
+            "setting flags on {}: {}",
+            dst.display(),
+            std::io::Error::last_os_error()
+        )));
+    }
     let flags = flags | locked_flags(dst);
     mount(
         None::<&str>,
@@ -279,29 +334,30 @@ fn populate_from_dir(root: &Path, plan: &Plan, fds: &SourceFds) -> Result<()> {
     Ok(())
 }
 
+/// Files are hidden behind /dev/null, directories behind an empty read-only tmpfs; a path
+/// this kernel does not have is skipped. The bind is tried first: its error says which.
 fn mask(path: &Path) -> Result<()> {
     let p = inside(path);
-    let Ok(meta) = fs::symlink_metadata(&p) else {
-        return Ok(());
-    };
-    if meta.is_dir() {
-        mount(
+    match mount(
+        Some("/dev/null"),
+        &p,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    ) {
+        Ok(()) | Err(nix::Error::ENOENT) => Ok(()),
+        Err(nix::Error::ENOTDIR) | Err(nix::Error::EISDIR) => mount(
             Some("tmpfs"),
             &p,
             Some("tmpfs"),
             MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
             Some("size=4k,mode=000"),
         )
-        .map_err(os(format!("masking {}", path.display())))
-    } else {
-        mount(
-            Some("/dev/null"),
-            &p,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(os(format!("masking {}", path.display())))
+        .map_err(os(format!("masking {}", path.display()))),
+        Err(e) => Err(SandboxError::Setup(format!(
+            "masking {}: {e}",
+            path.display()
+        ))),
     }
 }
 

@@ -188,13 +188,13 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<BpfProgram>> {
         programs.push(allow_all(target)?);
     }
     if let Some(first) = programs.first_mut() {
-        prepend_early_answers(first, &early);
+        prepend_early_answers(first, &early)?;
     }
     Ok(programs)
 }
 
-/// Classic BPF jumps are 8-bit: every compare must reach its answer.
-const MAX_EARLY: usize = 200;
+/// Classic BPF conditional jumps are 8-bit: every compare must reach its answer.
+const MAX_EARLY: usize = 96;
 
 fn build(
     rules: BTreeMap<i64, Vec<SeccompRule>>,
@@ -242,71 +242,146 @@ fn allow_all(_target: TargetArch) -> Result<BpfProgram> {
 }
 
 /// Instructions put in front of the first program: the architecture check, the x32 guard,
-/// then one compare per early-answered call jumping to a shared answer.
+/// then a binary search over the early-answered calls.
 ///
 /// The x32 ABI reaches the same kernel entry points with `nr | 0x40000000` under the x86_64
 /// audit arch, so a filter keyed on plain numbers would not see them: refuse them all.
-fn prepend_early_answers(program: &mut BpfProgram, early: &[(i64, SeccompAction)]) {
-    use seccompiler::sock_filter;
-    const LD_W_ABS: u16 = 0x20;
-    const JGE_K: u16 = 0x35;
-    const JEQ_K: u16 = 0x15;
-    const JA: u16 = 0x05;
-    const RET_K: u16 = 0x06;
-    let stmt = |code, k| sock_filter {
-        code,
-        jt: 0,
-        jf: 0,
-        k,
-    };
-    let mut p = vec![
-        stmt(LD_W_ABS, 4), // seccomp_data.arch
-        sock_filter {
-            code: JEQ_K,
-            jt: 1,
-            jf: 0,
-            k: AUDIT_ARCH,
-        },
-        stmt(RET_K, libc::SECCOMP_RET_KILL_PROCESS),
-        stmt(LD_W_ABS, 0), // seccomp_data.nr
-    ];
+///
+/// A search tree, not a chain: at install the kernel runs the filter once per syscall number
+/// to find the calls it can always allow (the seccomp action cache), so the depth of the
+/// path to "allow" is what install time and every later syscall pay.
+fn prepend_early_answers(program: &mut BpfProgram, early: &[(i64, SeccompAction)]) -> Result<()> {
+    let mut asm = Asm::default();
+    asm.stmt(LD_W_ABS, 4); // seccomp_data.arch
+    let arch_ok = asm.label();
+    asm.jump(JEQ_K, AUDIT_ARCH, Tgt::Label(arch_ok), Tgt::Next);
+    asm.stmt(RET_K, libc::SECCOMP_RET_KILL_PROCESS);
+    asm.bind(arch_ok);
+    asm.stmt(LD_W_ABS, 0); // seccomp_data.nr
     if cfg!(target_arch = "x86_64") {
         const X32_SYSCALL_BIT: u32 = 0x4000_0000;
-        p.push(sock_filter {
-            code: JGE_K,
-            jt: 0,
-            jf: 1,
-            k: X32_SYSCALL_BIT,
-        });
-        p.push(stmt(RET_K, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32));
+        let native = asm.label();
+        asm.jump(JGE_K, X32_SYSCALL_BIT, Tgt::Next, Tgt::Label(native));
+        asm.stmt(RET_K, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32);
+        asm.bind(native);
     }
-    let mut answers: Vec<u32> = Vec::new();
-    for (_, act) in early {
+    let rest = asm.label();
+    let mut answers: Vec<(u32, usize)> = Vec::new();
+    let mut items: Vec<(u32, usize)> = Vec::new();
+    for (nr, act) in early {
         let a = u32::from(act.clone());
-        if !answers.contains(&a) {
-            answers.push(a);
+        let label = match answers.iter().find(|(x, _)| *x == a) {
+            Some((_, l)) => *l,
+            None => {
+                let l = asm.label();
+                answers.push((a, l));
+                l
+            }
+        };
+        items.push((*nr as u32, label));
+    }
+    items.sort_unstable();
+    items.dedup_by_key(|(nr, _)| *nr);
+    emit_search(&mut asm, &items, rest);
+    for (a, l) in &answers {
+        asm.bind(*l);
+        asm.stmt(RET_K, *a);
+    }
+    asm.bind(rest);
+    let prologue = asm.finish()?;
+    program.splice(0..0, prologue);
+    Ok(())
+}
+
+fn emit_search(asm: &mut Asm, items: &[(u32, usize)], miss: usize) {
+    if items.len() <= 3 {
+        for (nr, answer) in items {
+            asm.jump(JEQ_K, *nr, Tgt::Label(*answer), Tgt::Next);
         }
+        asm.ja(miss);
+        return;
     }
-    let n = early.len();
-    for (i, (nr, act)) in early.iter().enumerate() {
-        let r = answers
-            .iter()
-            .position(|a| *a == u32::from(act.clone()))
-            .unwrap();
-        // From compare i: skip the remaining compares and the `ja`, then r answers.
-        let jt = (n - 1 - i) + 1 + r;
-        p.push(sock_filter {
-            code: JEQ_K,
-            jt: jt as u8,
-            jf: 0,
-            k: *nr as u32,
-        });
+    let mid = items.len() / 2;
+    let upper = asm.label();
+    asm.jump(JGE_K, items[mid].0, Tgt::Label(upper), Tgt::Next);
+    emit_search(asm, &items[..mid], miss);
+    asm.bind(upper);
+    emit_search(asm, &items[mid..], miss);
+}
+
+const LD_W_ABS: u16 = 0x20;
+const JGE_K: u16 = 0x35;
+const JEQ_K: u16 = 0x15;
+const JA: u16 = 0x05;
+const RET_K: u16 = 0x06;
+
+#[derive(Clone, Copy)]
+enum Tgt {
+    Next,
+    Label(usize),
+}
+
+/// A few lines of classic BPF with forward labels.
+#[derive(Default)]
+struct Asm {
+    code: Vec<(u16, u32, Tgt, Tgt)>,
+    labels: Vec<Option<usize>>,
+}
+
+impl Asm {
+    fn label(&mut self) -> usize {
+        self.labels.push(None);
+        self.labels.len() - 1
     }
-    if n > 0 {
-        p.push(stmt(JA, answers.len() as u32));
-        p.extend(answers.iter().map(|a| stmt(RET_K, *a)));
+    fn bind(&mut self, label: usize) {
+        self.labels[label] = Some(self.code.len());
     }
-    program.splice(0..0, p);
+    fn stmt(&mut self, code: u16, k: u32) {
+        self.code.push((code, k, Tgt::Next, Tgt::Next));
+    }
+    fn jump(&mut self, code: u16, k: u32, jt: Tgt, jf: Tgt) {
+        self.code.push((code, k, jt, jf));
+    }
+    fn ja(&mut self, label: usize) {
+        self.code.push((JA, 0, Tgt::Label(label), Tgt::Next));
+    }
+    fn finish(self) -> Result<BpfProgram> {
+        let off = |at: usize, t: Tgt| -> Result<u32> {
+            match t {
+                Tgt::Next => Ok(0),
+                Tgt::Label(l) => {
+                    let to = self.labels[l].ok_or_else(|| err("unbound label"))?;
+                    to.checked_sub(at + 1)
+                        .map(|o| o as u32)
+                        .ok_or_else(|| err("backward jump"))
+                }
+            }
+        };
+        let mut out = Vec::with_capacity(self.code.len());
+        for (i, (code, k, jt, jf)) in self.code.iter().enumerate() {
+            let ins = if *code == JA {
+                seccompiler::sock_filter {
+                    code: *code,
+                    jt: 0,
+                    jf: 0,
+                    k: off(i, *jt)?,
+                }
+            } else {
+                let (t, f) = (off(i, *jt)?, off(i, *jf)?);
+                if t > 255 || f > 255 {
+                    return Err(err("filter prologue jump out of range"));
+                }
+                seccompiler::sock_filter {
+                    code: *code,
+                    jt: t as u8,
+                    jf: f as u8,
+                    k: *k,
+                }
+            };
+            out.push(ins);
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -84,12 +84,9 @@ fn rootfs_source(arg: &str) -> Result<RootfsSource> {
     if arg == "host" {
         let mut existing_binds = Vec::new();
         let mut symlinks = Vec::new();
-        for p in HOST_ROOTFS_BINDS
-            .iter()
-            .map(PathBuf::from)
-            .filter(|p| p.exists())
-        {
-            // A top-level relative link into a bound dir (merged /usr) stays a link.
+        for p in HOST_ROOTFS_BINDS.iter().map(PathBuf::from) {
+            // One readlink answers both questions: does it exist, is it a link. A top-level
+            // relative link into /usr (merged /usr) stays a link; others are bound.
             match std::fs::read_link(&p) {
                 Ok(t)
                     if t.is_relative()
@@ -98,7 +95,10 @@ fn rootfs_source(arg: &str) -> Result<RootfsSource> {
                 {
                     symlinks.push((p, t))
                 }
-                _ => existing_binds.push(p),
+                Ok(_) if p.exists() => existing_binds.push(p),
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => existing_binds.push(p),
+                Err(_) => {}
             }
         }
         return Ok(RootfsSource::Host {
