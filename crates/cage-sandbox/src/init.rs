@@ -24,6 +24,9 @@ use crate::{capabilities, fds, landlock, loopback, rlimits, rootfs};
 pub struct ChildFds {
     pub sync_read: RawFd,
     pub err_write: RawFd,
+    /// pid 1 writes the command's exit code here before it exits, so the parent wakes while
+    /// the namespaces are still being torn down.
+    pub status_write: RawFd,
     /// The pty replica (`-t`): becomes 0, 1, 2 and the controlling terminal.
     pub tty: Option<RawFd>,
     /// Keep the caller's stdin (`-i`); otherwise stdin is /dev/null.
@@ -108,7 +111,7 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
         libc::SIGKILL as libc::c_ulong,
         "PR_SET_PDEATHSIG",
     )?;
-    let mut keep = vec![f.sync_read, f.err_write];
+    let mut keep = vec![f.sync_read, f.err_write, f.status_write];
     keep.extend(f.tty);
     fds::close_all_except(&keep);
     setup_stdio(&f)?;
@@ -205,7 +208,11 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
     }
     prctl(libc::PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS")?;
     prctl(libc::PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE")?;
-    Ok(reap_and_forward(child))
+    let code = reap_and_forward(child);
+    let bytes = code.to_ne_bytes();
+    // SAFETY: a write of a live buffer.
+    unsafe { libc::write(f.status_write, bytes.as_ptr().cast(), bytes.len()) };
+    Ok(code)
 }
 
 fn setup_stdio(f: &ChildFds) -> Result<()> {

@@ -141,6 +141,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
     }
     let (sync_r, sync_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
+    let (status_r, status_w) = pipe()?;
 
     // Signals we forward are queued for the signalfd from here on; the child resets its mask.
     let mut forwarded = SigSet::empty();
@@ -188,6 +189,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
             fds: ChildFds {
                 sync_read: sync_r.as_raw_fd(),
                 err_write: err_w.as_raw_fd(),
+                status_write: status_w.as_raw_fd(),
                 tty: terminal.as_ref().map(|t| t.replica.as_raw_fd()),
                 interactive: opts.interactive,
             },
@@ -200,6 +202,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     drop(sync_r);
     drop(err_w);
+    drop(status_w);
     let primary = terminal.map(|t| t.primary);
 
     let kill_and_reap = || {
@@ -236,7 +239,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
     // The error pipe is read once the sandbox has ended, not at exec: one wake-up less on
     // the way (a setup error ends the sandbox with 125 right away, and its message waits in
     // the pipe).
-    let outcome = supervise(pid, &pidfd, primary.as_ref(), &forwarded, opts);
+    let outcome = supervise(pid, &pidfd, &status_r, primary.as_ref(), &forwarded, opts);
     restore_mask();
     drop(leaf);
     let message = read_to_end(&err_r);
@@ -279,6 +282,7 @@ fn write_all(fd: RawFd, mut data: &[u8]) {
 fn supervise(
     pid: Pid,
     pidfd: &OwnedFd,
+    status: &OwnedFd,
     primary: Option<&OwnedFd>,
     forwarded: &SigSet,
     opts: &RunOptions,
@@ -316,6 +320,11 @@ fn supervise(
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                fd: status.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         if let Some(p) = primary {
             fds.push(libc::pollfd {
@@ -350,12 +359,12 @@ fn supervise(
             }
         }
         if let Some(p) = primary {
-            if fds[2].revents & libc::POLLIN != 0 {
+            if fds[3].revents & libc::POLLIN != 0 {
                 if let Ok(n) = nix::unistd::read(p.as_raw_fd(), &mut buf) {
                     write_all(1, &buf[..n]);
                 }
             }
-            if stdin_open && fds.len() > 3 && fds[3].revents & (libc::POLLIN | libc::POLLHUP) != 0 {
+            if stdin_open && fds.len() > 4 && fds[4].revents & (libc::POLLIN | libc::POLLHUP) != 0 {
                 match nix::unistd::read(0, &mut buf) {
                     Ok(0) | Err(_) => {
                         stdin_open = false;
@@ -363,6 +372,17 @@ fn supervise(
                     }
                     Ok(n) => write_all(p.as_raw_fd(), &buf[..n]),
                 }
+            }
+        }
+        if fds[2].revents & libc::POLLIN != 0 {
+            // pid 1 reported the command's code and is on its way out: collect it.
+            let mut code = [0u8; 4];
+            if nix::unistd::read(status.as_raw_fd(), &mut code) == Ok(4) {
+                let _ = waitpid(pid, None);
+                if let Some(p) = primary {
+                    drain(p);
+                }
+                return Ok(Outcome::Exited(i32::from_ne_bytes(code)));
             }
         }
         if fds[0].revents & libc::POLLIN != 0 {

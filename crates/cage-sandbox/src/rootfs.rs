@@ -424,7 +424,16 @@ pub fn build(plan: &Plan, fds: &SourceFds, console: Option<&Path>) -> Result<()>
         mask(p)?;
     }
     for p in &plan.readonly_paths {
-        make_readonly(p)?;
+        // Beneath a mount that is read-only already, there is nothing to do.
+        let covered = plan
+            .mounts
+            .iter()
+            .rev()
+            .find(|m| p.starts_with(&m.destination))
+            .is_some_and(|m| m.read_only());
+        if !covered {
+            make_readonly(p)?;
+        }
     }
     if plan.root_readonly {
         mount(

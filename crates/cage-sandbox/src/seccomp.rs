@@ -181,6 +181,14 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<BpfProgram>> {
         .collect();
     // The largest group first: it carries the prologue.
     conditional.sort_by_key(|(_, r, _)| std::cmp::Reverse(r.len()));
+    // With a default of Allow, the prologue's search also routes the first program's
+    // conditional calls to it and answers every other call Allow at once.
+    let first_calls: Option<Vec<i64>> = (default == SeccompAction::Allow).then(|| {
+        conditional
+            .first()
+            .map(|(_, r, _)| r.keys().copied().collect())
+            .unwrap_or_default()
+    });
     for (act, rules, _) in conditional {
         programs.push(build(rules, SeccompAction::Allow, act, target)?);
     }
@@ -188,7 +196,7 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<BpfProgram>> {
         programs.push(allow_all(target)?);
     }
     if let Some(first) = programs.first_mut() {
-        prepend_early_answers(first, &early)?;
+        prepend_early_answers(first, &early, first_calls.as_deref())?;
     }
     Ok(programs)
 }
@@ -250,7 +258,15 @@ fn allow_all(_target: TargetArch) -> Result<BpfProgram> {
 /// A search tree, not a chain: at install the kernel runs the filter once per syscall number
 /// to find the calls it can always allow (the seccomp action cache), so the depth of the
 /// path to "allow" is what install time and every later syscall pay.
-fn prepend_early_answers(program: &mut BpfProgram, early: &[(i64, SeccompAction)]) -> Result<()> {
+///
+/// `dispatch`: the calls the program itself filters, when every other call is allowed: the
+/// search sends those to the program and answers the rest Allow right there, so the kernel's
+/// walk for an unfiltered call is a dozen steps, not the program's whole chain.
+fn prepend_early_answers(
+    program: &mut BpfProgram,
+    early: &[(i64, SeccompAction)],
+    dispatch: Option<&[i64]>,
+) -> Result<()> {
     let mut asm = Asm::default();
     asm.stmt(LD_W_ABS, 4); // seccomp_data.arch
     let arch_ok = asm.label();
@@ -280,9 +296,18 @@ fn prepend_early_answers(program: &mut BpfProgram, early: &[(i64, SeccompAction)
         };
         items.push((*nr as u32, label));
     }
+    let miss = match dispatch {
+        Some(calls) => {
+            items.extend(calls.iter().map(|nr| (*nr as u32, rest)));
+            let allow = asm.label();
+            answers.push((libc::SECCOMP_RET_ALLOW, allow));
+            allow
+        }
+        None => rest,
+    };
     items.sort_unstable();
     items.dedup_by_key(|(nr, _)| *nr);
-    emit_search(&mut asm, &items, rest);
+    emit_search(&mut asm, &items, miss);
     for (a, l) in &answers {
         asm.bind(*l);
         asm.stmt(RET_K, *a);

@@ -239,11 +239,14 @@ pub fn render_sandbox(req: &SandboxRequest, host: HostIds) -> Result<Spec, SpecE
         }
         RootfsSource::Dir(dir) => Some(RootBuilder::default().path(dir).readonly(true).build()?),
     };
+    // /proc read-only as a whole (Docker leaves it writable and re-binds five paths
+    // read-only): a command may not write /proc/self/oom_score_adj and friends either, and
+    // the read-only paths below come for free.
     mounts.push(mount(
         "/proc",
         "proc",
         "proc",
-        &["nosuid", "noexec", "nodev"],
+        &["nosuid", "noexec", "nodev", "ro"],
     )?);
     mounts.push(mount(
         "/dev",
