@@ -19,7 +19,7 @@ use seccompiler::BpfProgram;
 
 use crate::error::{Result, SandboxError};
 use crate::plan::Plan;
-use crate::{capabilities, fds, landlock, loopback, rlimits, rootfs};
+use crate::{capabilities, fds, landlock, rlimits, rootfs};
 
 pub struct ChildFds {
     pub sync_read: RawFd,
@@ -27,6 +27,8 @@ pub struct ChildFds {
     /// pid 1 writes the command's exit code here before it exits, so the parent wakes while
     /// the namespaces are still being torn down.
     pub status_write: RawFd,
+    /// Where the network namespace arrives (see [`crate::netns`]), when the plan has one.
+    pub net_receiver: Option<RawFd>,
     /// The pty replica (`-t`): becomes 0, 1, 2 and the controlling terminal.
     pub tty: Option<RawFd>,
     /// Keep the caller's stdin (`-i`); otherwise stdin is /dev/null.
@@ -112,20 +114,18 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
         "PR_SET_PDEATHSIG",
     )?;
     let mut keep = vec![f.sync_read, f.err_write, f.status_write];
+    keep.extend(f.net_receiver);
     keep.extend(f.tty);
     fds::close_all_except(&keep);
     setup_stdio(&f)?;
 
     // 2. What needs no id map, while the parent writes them: bind sources are opened with
     //    the caller's own host identity; we already hold every capability in the new
-    //    namespaces, so the hostname and lo can be set.
+    //    namespaces, so the hostname can be set.
     let sources = open_sources(plan)?;
     if let (true, Some(name)) = (plan.namespaces.uts, &plan.hostname) {
         nix::unistd::sethostname(name)
             .map_err(|e| SandboxError::Setup(format!("sethostname: {e}")))?;
-    }
-    if plan.namespaces.net {
-        loopback::up()?;
     }
     wait_for_parent(f.sync_read);
 
@@ -149,7 +149,16 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
         ),
         None => None,
     };
-    rootfs::build(plan, &sources, console.as_deref())?;
+    let mut net_receiver = f.net_receiver;
+    let mut join_net = || -> Result<()> {
+        if let Some(fd) = net_receiver.take() {
+            crate::netns::join(fd)?;
+            unsafe { libc::close(fd) };
+        }
+        Ok(())
+    };
+    rootfs::build(plan, &sources, console.as_deref(), &mut join_net)?;
+    join_net()?;
     for fd in sources.values() {
         unsafe { libc::close(*fd) };
     }

@@ -155,9 +155,16 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
         let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
     };
 
+    // The network namespace is made beside the sandbox (see netns.rs), not by clone3.
+    let net_channel = if plan.namespaces.net {
+        Some(crate::netns::channel()?)
+    } else {
+        None
+    };
     let mut pidfd: RawFd = -1;
     let args = CloneArgs {
-        flags: plan.namespaces.clone_flags | libc::CLONE_PIDFD as u64,
+        flags: (plan.namespaces.clone_flags & !(libc::CLONE_NEWNET as u64))
+            | libc::CLONE_PIDFD as u64,
         pidfd: &mut pidfd as *mut RawFd as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..Default::default()
@@ -190,6 +197,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
                 sync_read: sync_r.as_raw_fd(),
                 err_write: err_w.as_raw_fd(),
                 status_write: status_w.as_raw_fd(),
+                net_receiver: net_channel.as_ref().map(|(_, r)| r.as_raw_fd()),
                 tty: terminal.as_ref().map(|t| t.replica.as_raw_fd()),
                 interactive: opts.interactive,
             },
@@ -203,6 +211,27 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
     drop(sync_r);
     drop(err_w);
     drop(status_w);
+    // First thing, so the slow part runs beside everything else: the network namespace
+    // helper (it joins the user namespace, which needs no id map yet).
+    let net_maker = match net_channel {
+        Some((sender, receiver)) => {
+            drop(receiver);
+            let maker = crate::netns::spawn_maker(pid, &sender);
+            // The helper answers the sandbox directly; without our copy of its end, a helper
+            // that dies without answering becomes an error the sandbox reports.
+            drop(sender);
+            match maker {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                    let _ = waitpid(pid, None);
+                    restore_mask();
+                    return Err(e);
+                }
+            }
+        }
+        None => None,
+    };
     let primary = terminal.map(|t| t.primary);
 
     let kill_and_reap = || {
@@ -230,6 +259,9 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
         })
         .and_then(|_| release());
     drop(sync_w);
+    if let Some(maker) = net_maker {
+        let _ = waitpid(maker, None);
+    }
     if let Err(e) = released {
         kill_and_reap();
         restore_mask();

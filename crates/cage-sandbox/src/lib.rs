@@ -20,6 +20,7 @@ pub mod launch;
 pub mod loopback;
 pub mod mounts;
 pub mod namespaces;
+pub mod netns;
 pub mod plan;
 pub mod pty;
 pub mod rlimits;

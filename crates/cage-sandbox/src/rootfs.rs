@@ -380,7 +380,15 @@ fn make_readonly(path: &Path) -> Result<()> {
 /// The whole filesystem sequence, top to bottom. Ends inside the new root.
 /// `console`: the host path of the pty replica (`-t`), bound at /dev/console: a node in the
 /// sandbox's own tree, so `ttyname` finds it.
-pub fn build(plan: &Plan, fds: &SourceFds, console: Option<&Path>) -> Result<()> {
+///
+/// `join_net` is called before the first sysfs mount: sysfs shows the network devices of
+/// the mounting process's network namespace, which must be the sandbox's.
+pub fn build(
+    plan: &Plan,
+    fds: &SourceFds,
+    console: Option<&Path>,
+    join_net: &mut dyn FnMut() -> Result<()>,
+) -> Result<()> {
     mount(
         None::<&str>,
         "/",
@@ -405,6 +413,9 @@ pub fn build(plan: &Plan, fds: &SourceFds, console: Option<&Path>) -> Result<()>
         symlink(target, inside(link)).map_err(io(format!("symlink {}", link.display())))?;
     }
     for m in &plan.mounts {
+        if matches!(&m.kind, MountKind::Fs { fstype, .. } if fstype == "sysfs") {
+            join_net()?;
+        }
         mount_step(m, fds, &mut seen)?;
     }
     if let Some(pty) = console {

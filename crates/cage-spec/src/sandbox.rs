@@ -273,12 +273,7 @@ pub fn render_sandbox(req: &SandboxRequest, host: HostIds) -> Result<Spec, SpecE
         "shm",
         &["nosuid", "noexec", "nodev", "mode=1777", &shm],
     )?);
-    mounts.push(mount(
-        "/sys",
-        "sysfs",
-        "sysfs",
-        &["nosuid", "noexec", "nodev", "ro"],
-    )?);
+
     let tmp = format!("size={tmpfs_size}");
     mounts.push(mount(
         "/tmp",
@@ -294,6 +289,14 @@ pub fn render_sandbox(req: &SandboxRequest, host: HostIds) -> Result<Spec, SpecE
             &["bind", "rw", "nosuid", "nodev"],
         )?);
     }
+    // Last: sysfs shows the mounting namespace's network devices, and the engine joins the
+    // sandbox's network namespace (made beside it) as late as it can.
+    mounts.push(mount(
+        "/sys",
+        "sysfs",
+        "sysfs",
+        &["nosuid", "noexec", "nodev", "ro"],
+    )?);
 
     let mut env: Vec<String> = vec![
         format!("PATH={DEFAULT_PATH}"),
