@@ -421,3 +421,197 @@ pub fn install(programs: &[BpfProgram]) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The compiled sandbox profile, run by a small classic-BPF interpreter over every
+    //! syscall number: the hand-written prologue and seccompiler's part together must answer
+    //! exactly what the profile says.
+
+    use super::*;
+
+    const AUDIT_ARCH_SELF: u32 = AUDIT_ARCH;
+
+    struct Data {
+        nr: u32,
+        arch: u32,
+        args: [u64; 6],
+    }
+
+    fn word(d: &Data, off: u32) -> u32 {
+        match off {
+            0 => d.nr,
+            4 => d.arch,
+            8..=63 if (off - 16) % 8 == 0 || (off - 16) % 8 == 4 => {
+                let i = ((off - 16) / 8) as usize;
+                let v = d.args[i];
+                if (off - 16) % 8 == 0 {
+                    v as u32
+                } else {
+                    (v >> 32) as u32
+                }
+            }
+            _ => panic!("load at offset {off}"),
+        }
+    }
+
+    /// Runs one program; returns the SECCOMP_RET value.
+    fn run(p: &BpfProgram, d: &Data) -> u32 {
+        let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
+        let mut mem = [0u32; 16];
+        loop {
+            let i = &p[pc];
+            pc += 1;
+            match i.code {
+                0x20 => a = word(d, i.k),      // ld w abs
+                0x00 => a = i.k,               // ld imm
+                0x60 => a = mem[i.k as usize], // ld mem
+                0x61 => x = mem[i.k as usize], // ldx mem
+                0x02 => mem[i.k as usize] = a, // st
+                0x03 => mem[i.k as usize] = x, // stx
+                0x54 => a &= i.k,              // and k
+                0x44 => a |= i.k,              // or k
+                0x07 => x = a,                 // tax
+                0x87 => a = x,                 // txa
+                0x05 => pc += i.k as usize,    // ja
+                0x15 | 0x25 | 0x35 | 0x45 => {
+                    let taken = match i.code {
+                        0x15 => a == i.k,
+                        0x25 => a > i.k,
+                        0x35 => a >= i.k,
+                        _ => a & i.k != 0,
+                    };
+                    pc += if taken { i.jt } else { i.jf } as usize;
+                }
+                0x06 => return i.k, // ret k
+                0x16 => return a,   // ret a
+                other => panic!("opcode {other:#x} at {}", pc - 1),
+            }
+        }
+    }
+
+    /// Stacked filters: the most restrictive answer wins (lowest action value).
+    fn answer(programs: &[BpfProgram], d: &Data) -> u32 {
+        programs
+            .iter()
+            .map(|p| run(p, d))
+            // Signed: KILL_PROCESS (0x80000000) is the most restrictive.
+            .min_by_key(|r| (r & libc::SECCOMP_RET_ACTION_FULL) as i32)
+            .unwrap()
+    }
+
+    fn call(nr: i64, args: [u64; 6]) -> Data {
+        Data {
+            nr: nr as u32,
+            arch: AUDIT_ARCH_SELF,
+            args,
+        }
+    }
+
+    const ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
+    const DENY: u32 = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+    const NOSYS: u32 = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+
+    fn programs() -> Vec<BpfProgram> {
+        compile(&cage_spec::seccomp::sandbox_profile().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn every_syscall_number_gets_the_profiles_answer() {
+        let progs = programs();
+        let denied: Vec<i64> = cage_spec::seccomp::DENIED_SYSCALLS
+            .iter()
+            .filter_map(|n| match lookup(n) {
+                Lookup::Number(nr) => Some(nr),
+                _ => None,
+            })
+            .collect();
+        let conditional = [
+            libc::SYS_clone,
+            libc::SYS_ioctl,
+            libc::SYS_socket,
+            libc::SYS_personality,
+        ];
+        for nr in 0..500i64 {
+            if conditional.contains(&nr) {
+                continue;
+            }
+            let want = if denied.contains(&nr) {
+                DENY
+            } else if nr == libc::SYS_clone3 {
+                NOSYS
+            } else {
+                ALLOW
+            };
+            assert_eq!(answer(&progs, &call(nr, [0; 6])), want, "syscall {nr}");
+        }
+    }
+
+    #[test]
+    fn x32_and_foreign_architectures_are_refused() {
+        let progs = programs();
+        assert_eq!(
+            answer(&progs, &call(0x4000_0000 | libc::SYS_getpid, [0; 6])),
+            DENY
+        );
+        let foreign = Data {
+            nr: libc::SYS_getpid as u32,
+            arch: 0x4000_0003,
+            args: [0; 6],
+        };
+        assert_eq!(answer(&progs, &foreign), libc::SECCOMP_RET_KILL_PROCESS);
+    }
+
+    #[test]
+    fn argument_rules_look_at_the_arguments() {
+        let progs = programs();
+        let clone = |flags: u64| answer(&progs, &call(libc::SYS_clone, [flags, 0, 0, 0, 0, 0]));
+        assert_eq!(clone(libc::SIGCHLD as u64), ALLOW);
+        assert_eq!(clone(0x3d0f00), ALLOW, "glibc's pthread_create flags");
+        for ns in [
+            libc::CLONE_NEWUSER,
+            libc::CLONE_NEWNS,
+            libc::CLONE_NEWNET,
+            libc::CLONE_NEWPID,
+        ] {
+            assert_eq!(clone(ns as u64 | libc::SIGCHLD as u64), DENY);
+        }
+        let ioctl = |req: u64| answer(&progs, &call(libc::SYS_ioctl, [0, req, 0, 0, 0, 0]));
+        assert_eq!(ioctl(libc::TIOCSTI), DENY);
+        assert_eq!(
+            ioctl(1 << 32 | libc::TIOCSTI),
+            DENY,
+            "high bits must not hide TIOCSTI"
+        );
+        assert_eq!(ioctl(libc::TIOCGWINSZ), ALLOW);
+        let socket =
+            |d: u64, t: u64, p: u64| answer(&progs, &call(libc::SYS_socket, [d, t, p, 0, 0, 0]));
+        assert_eq!(
+            socket(libc::AF_INET as u64, libc::SOCK_STREAM as u64, 0),
+            ALLOW
+        );
+        assert_eq!(
+            socket(libc::AF_UNIX as u64, libc::SOCK_STREAM as u64, 0),
+            ALLOW
+        );
+        assert_eq!(
+            socket(libc::AF_PACKET as u64, libc::SOCK_RAW as u64, 0),
+            DENY
+        );
+        assert_eq!(socket(libc::AF_INET as u64, libc::SOCK_RAW as u64, 1), DENY);
+        assert_eq!(
+            socket(libc::AF_NETLINK as u64, libc::SOCK_RAW as u64, 0),
+            ALLOW,
+            "NETLINK_ROUTE"
+        );
+        assert_eq!(
+            socket(libc::AF_NETLINK as u64, libc::SOCK_RAW as u64, 9),
+            DENY,
+            "NETLINK_AUDIT"
+        );
+        let personality = |p: u64| answer(&progs, &call(libc::SYS_personality, [p, 0, 0, 0, 0, 0]));
+        assert_eq!(personality(0), ALLOW);
+        assert_eq!(personality(0xffff_ffff), ALLOW);
+        assert_eq!(personality(0x0040_0000), DENY, "READ_IMPLIES_EXEC");
+    }
+}
