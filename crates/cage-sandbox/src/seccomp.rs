@@ -442,10 +442,10 @@ mod tests {
         match off {
             0 => d.nr,
             4 => d.arch,
-            8..=63 if (off - 16) % 8 == 0 || (off - 16) % 8 == 4 => {
-                let i = ((off - 16) / 8) as usize;
-                let v = d.args[i];
-                if (off - 16) % 8 == 0 {
+            // seccomp_data.args[i] at 16 + 8i, low word first (little endian).
+            16..=63 if off.is_multiple_of(4) => {
+                let v = d.args[((off - 16) / 8) as usize];
+                if (off - 16).is_multiple_of(8) {
                     v as u32
                 } else {
                     (v >> 32) as u32
