@@ -625,3 +625,14 @@ fn a_hundred_concurrent_sandboxes_all_succeed() {
         assert_no_leftovers(&wsp);
     }
 }
+
+#[test]
+fn doctor_checks_the_mechanisms_sandboxes_need() {
+    for mode in modes() {
+        let r = run(mode, &["doctor"]);
+        assert_eq!(r.code, 0, "{}", r.stdout);
+        for line in ["ok    user namespaces", "ok    seccomp", "ok    landlock"] {
+            assert!(r.stdout.contains(line), "{line}: {}", r.stdout);
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! throwaway sandbox for every command an agent runs.
 
 mod cgroup_setup;
+mod doctor;
 mod exec;
 
 use std::process::ExitCode;
@@ -32,6 +33,9 @@ enum Command {
     Exec(exec::ExecArgs),
     /// Print the OCI runtime spec `exec` would run with these flags (a bundle's config.json).
     Spec(exec::ExecArgs),
+    /// What on this host helps or stops sandboxes (user namespaces, seccomp, Landlock,
+    /// cgroup delegation), with the fix for each problem.
+    Doctor,
     /// (root) Delegate a cgroup v1 subtree to a user, so their sandboxes get memory and pids
     /// limits through cgroups instead of rlimits. Once per boot.
     SetupCgroups(cgroup_setup::SetupArgs),
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         Command::Exec(args) => exec::run(args),
         Command::Spec(args) => exec::print_spec(args).map(|()| 0),
         Command::SetupCgroups(args) => cgroup_setup::run(args).map(|()| 0),
+        Command::Doctor => doctor::run(),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

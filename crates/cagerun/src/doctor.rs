@@ -1,0 +1,145 @@
+//! `cagerun doctor`: what on this host helps or stops sandboxes, each check by trying the
+//! mechanism itself where it can, with the fix next to each problem.
+
+use anyhow::Result;
+use cage_sandbox::cgroups;
+
+struct Report {
+    failed: bool,
+}
+
+impl Report {
+    fn ok(&self, what: &str, detail: impl AsRef<str>) {
+        println!("ok    {what}: {}", detail.as_ref());
+    }
+    fn warn(&self, what: &str, detail: impl AsRef<str>) {
+        println!("warn  {what}: {}", detail.as_ref());
+    }
+    fn fail(&mut self, what: &str, detail: impl AsRef<str>) {
+        self.failed = true;
+        println!("FAIL  {what}: {}", detail.as_ref());
+    }
+}
+
+fn read(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// Try to create a user namespace in a throwaway child.
+fn userns_works() -> Result<(), String> {
+    // SAFETY: the child only calls unshare and _exit.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error().to_string()),
+        0 => {
+            let rc = unsafe {
+                libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWNET)
+            };
+            unsafe {
+                libc::_exit(if rc == 0 {
+                    0
+                } else {
+                    std::io::Error::last_os_error().raw_os_error().unwrap_or(1)
+                })
+            }
+        }
+        pid => {
+            let mut status = 0;
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            match libc::WEXITSTATUS(status) {
+                0 => Ok(()),
+                e => Err(std::io::Error::from_raw_os_error(e).to_string()),
+            }
+        }
+    }
+}
+
+pub fn run() -> Result<i32> {
+    let mut r = Report { failed: false };
+    let uid = nix::unistd::geteuid().as_raw();
+    let uts = nix::sys::utsname::uname()?;
+    r.ok("kernel", uts.release().to_string_lossy());
+    r.ok(
+        "mode",
+        if uid == 0 {
+            "root (the sandbox user maps to an unprivileged host id)".into()
+        } else {
+            format!("rootless (uid {uid})")
+        },
+    );
+
+    match userns_works() {
+        Ok(()) => r.ok(
+            "user namespaces",
+            "a user, mount and network namespace can be created",
+        ),
+        Err(e) => {
+            let hint = match read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() {
+                Some("0") => "sysctl -w kernel.unprivileged_userns_clone=1",
+                _ => "check user.max_user_namespaces (sysctl) and AppArmor's apparmor_restrict_unprivileged_userns",
+            };
+            r.fail("user namespaces", format!("{e}; fix: {hint}"));
+        }
+    }
+
+    // SAFETY: a query.
+    let seccomp = unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) };
+    if seccomp >= 0 {
+        r.ok("seccomp", "filters are available");
+    } else {
+        r.fail(
+            "seccomp",
+            "the kernel has no seccomp filter support (CONFIG_SECCOMP_FILTER)",
+        );
+    }
+
+    // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) asks the ABI.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32,
+        )
+    };
+    if abi > 0 {
+        r.ok(
+            "landlock",
+            format!("ABI {abi}: a second fence on file writes"),
+        );
+    } else {
+        r.warn("landlock", "not available: sandboxes rely on read-only mounts alone (enable the landlock LSM for a second layer)");
+    }
+
+    match cgroups::detect() {
+        cgroups::Layout::None => r.warn(
+            "cgroups",
+            "no memory and pids controllers: limits fall back to rlimits",
+        ),
+        layout => {
+            let kind = if layout == cgroups::Layout::Unified {
+                "v2"
+            } else {
+                "v1/hybrid"
+            };
+            match cgroups::find_parent(uid) {
+                Some(p) => r.ok("limits", format!("cgroup {kind}: {}", p.dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "))),
+                None if kind == "v2" => r.warn(
+                    "limits",
+                    "cgroup v2 without a delegated subtree: rlimits; run under `systemd-run --user --scope -p Delegate=yes` or set CAGERUN_CGROUP_PARENT",
+                ),
+                None => r.warn("limits", format!("cgroup {kind} not delegated to uid {uid}: rlimits; fix: sudo cagerun setup-cgroups --user {uid}")),
+            }
+        }
+    }
+
+    let legacy = read("/proc/sys/dev/tty/legacy_tiocsti");
+    if legacy.as_deref() == Some("1") {
+        r.ok(
+            "TIOCSTI",
+            "allowed by this kernel; sandboxes block it with seccomp and a new session",
+        );
+    }
+    Ok(if r.failed { 1 } else { 0 })
+}
