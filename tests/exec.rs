@@ -636,3 +636,30 @@ fn doctor_checks_the_mechanisms_sandboxes_need() {
         }
     }
 }
+
+#[test]
+fn stdin_is_attached_only_with_dash_i() {
+    use std::io::Write;
+    for mode in modes() {
+        let ws = workspace(mode);
+        let wsp = ws.path().to_str().unwrap().to_string();
+        for (flag, want) in [(Some("-i"), "from-host\n"), (None, "")] {
+            let mut args = vec!["exec", "--workspace", wsp.as_str()];
+            args.extend(flag);
+            args.extend(["--", "/bin/cat"]);
+            let mut child = cagerun_cmd(mode, &args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(b"from-host\n")
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), want, "{flag:?}");
+        }
+    }
+}
