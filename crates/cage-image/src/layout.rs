@@ -1,0 +1,210 @@
+//! OCI image layouts on disk (`oci:DIR[:tag]`, as `umoci` and `skopeo` write them), and
+//! turning an imported image into a root filesystem.
+
+use std::fs::{self, File};
+use std::io::{Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest, MediaType};
+
+use crate::digest::Digest;
+use crate::error::{io, ImageError, Result};
+use crate::store::Store;
+use crate::unpack::{apply_layer, UnpackOptions};
+
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub manifest: Digest,
+    pub config_digest: Digest,
+    pub config: ImageConfiguration,
+    pub layers: Vec<Digest>,
+}
+
+fn format(msg: impl Into<String>) -> ImageError {
+    ImageError::Format(msg.into())
+}
+
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+fn digest_of(d: &oci_spec::image::Descriptor) -> Result<Digest> {
+    Digest::parse(d.digest().as_ref())
+}
+
+/// Copy one blob of the layout into the store, verified.
+fn ingest_from_layout(store: &Store, dir: &Path, d: &Digest, size: u64) -> Result<()> {
+    let path = dir.join("blobs/sha256").join(d.hex());
+    store.ingest(d, Some(size), |offset| {
+        let mut f = File::open(&path).map_err(io(&path, "opening the layout blob"))?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(io(&path, "seeking in the layout blob"))?;
+        Ok(Box::new(f))
+    })?;
+    Ok(())
+}
+
+/// Import `oci:DIR[:tag]` into the store: every blob copied and verified.
+pub fn import_oci_layout(store: &Store, dir: &Path, tag: Option<&str>) -> Result<Image> {
+    if !dir.join("oci-layout").is_file() {
+        return Err(format(format!(
+            "{} is not an OCI image layout (no oci-layout file)",
+            dir.display()
+        )));
+    }
+    let index = ImageIndex::from_file(dir.join("index.json"))
+        .map_err(|e| format(format!("{}/index.json: {e}", dir.display())))?;
+    let candidates: Vec<_> = index
+        .manifests()
+        .iter()
+        .filter(|m| match tag {
+            Some(t) => {
+                m.annotations()
+                    .as_ref()
+                    .and_then(|a| a.get(REF_NAME))
+                    .map(String::as_str)
+                    == Some(t)
+            }
+            None => true,
+        })
+        .collect();
+    let mut desc = match candidates.as_slice() {
+        [one] => (*one).clone(),
+        [] => {
+            return Err(format(format!(
+                "{}: no image tagged {:?}",
+                dir.display(),
+                tag.unwrap_or("")
+            )))
+        }
+        _ => {
+            let tags: Vec<String> = index
+                .manifests()
+                .iter()
+                .filter_map(|m| {
+                    m.annotations()
+                        .as_ref()
+                        .and_then(|a| a.get(REF_NAME))
+                        .cloned()
+                })
+                .collect();
+            return Err(format(format!(
+                "{} holds several images; name one with oci:DIR:TAG (tags: {})",
+                dir.display(),
+                tags.join(", ")
+            )));
+        }
+    };
+    // A nested index (a multi-platform image): pick this machine's platform.
+    while *desc.media_type() == MediaType::ImageIndex {
+        let d = digest_of(&desc)?;
+        ingest_from_layout(store, dir, &d, desc.size())?;
+        let nested = ImageIndex::from_reader(&store.read_verified(&d)?[..])
+            .map_err(|e| format(format!("index {d}: {e}")))?;
+        desc = nested
+            .manifests()
+            .iter()
+            .find(|m| {
+                m.platform().as_ref().is_some_and(|p| {
+                    p.os().to_string() == "linux" && p.architecture().to_string() == host_arch()
+                })
+            })
+            .cloned()
+            .ok_or_else(|| {
+                format(format!(
+                    "image index {d} has no linux/{} image",
+                    host_arch()
+                ))
+            })?;
+    }
+    let manifest_digest = digest_of(&desc)?;
+    ingest_from_layout(store, dir, &manifest_digest, desc.size())?;
+    let manifest = ImageManifest::from_reader(&store.read_verified(&manifest_digest)?[..])
+        .map_err(|e| format(format!("manifest {manifest_digest}: {e}")))?;
+    let config_digest = digest_of(manifest.config())?;
+    ingest_from_layout(store, dir, &config_digest, manifest.config().size())?;
+    let config = ImageConfiguration::from_reader(&store.read_verified(&config_digest)?[..])
+        .map_err(|e| format(format!("config {config_digest}: {e}")))?;
+    let mut layers = Vec::new();
+    for l in manifest.layers() {
+        let d = digest_of(l)?;
+        ingest_from_layout(store, dir, &d, l.size())?;
+        layers.push(d);
+    }
+    if layers.len() != config.rootfs().diff_ids().len() {
+        return Err(format(format!(
+            "manifest {manifest_digest} has {} layers but its config lists {} diff_ids",
+            layers.len(),
+            config.rootfs().diff_ids().len()
+        )));
+    }
+    Ok(Image {
+        manifest: manifest_digest,
+        config_digest,
+        config,
+        layers,
+    })
+}
+
+/// Unpack `image` into `target` (which must not exist yet). Built in a sibling temp dir and
+/// renamed into place at the end, so a failure leaves nothing at `target`.
+pub fn unpack_image(
+    store: &Store,
+    image: &Image,
+    target: &Path,
+    opts: &UnpackOptions,
+) -> Result<PathBuf> {
+    if target.exists() {
+        return Err(format(format!(
+            "{} already exists; remove it or pick another name",
+            target.display()
+        )));
+    }
+    let parent = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(io(parent, "creating the rootfs directory"))?;
+    let name = target
+        .file_name()
+        .ok_or_else(|| format("the rootfs target has no name"))?;
+    let tmp = parent.join(format!(
+        ".{}.partial-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    fs::create_dir(&tmp).map_err(io(&tmp, "creating the unpack directory"))?;
+    let result = (|| {
+        for d in &image.layers {
+            apply_layer(&tmp, store.open_verified(d)?, opts)?;
+        }
+        fs::rename(&tmp, target).map_err(io(target, "moving the rootfs into place"))
+    })();
+    if let Err(e) = result {
+        let _ = make_writable_and_remove(&tmp);
+        return Err(e);
+    }
+    Ok(target.to_path_buf())
+}
+
+/// Remove a tree we unpacked, even where the image made directories read-only.
+pub fn make_writable_and_remove(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        if meta.is_dir() {
+            let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
+            for e in fs::read_dir(path)?.flatten() {
+                make_writable_and_remove(&e.path())?;
+            }
+            return fs::remove_dir(path);
+        }
+        return fs::remove_file(path);
+    }
+    Ok(())
+}

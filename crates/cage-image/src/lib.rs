@@ -1,0 +1,19 @@
+//! OCI images for cagerun, without Docker and without root.
+//!
+//! - [`digest`]: `sha256:<hex>` digests and verification while reading.
+//! - [`store`]: a content-addressed blob store; nothing enters it unverified, partial
+//!   downloads resume.
+//! - [`layout`]: OCI image layouts on disk (`oci:DIR[:tag]`): index → manifest → config and
+//!   layers.
+//! - [`unpack`]: applying layers to a root filesystem as an unprivileged user, with
+//!   whiteouts, and with no way for an entry to write outside the target.
+
+pub mod compression;
+pub mod digest;
+pub mod error;
+pub mod layout;
+pub mod store;
+pub mod unpack;
+
+pub use digest::Digest;
+pub use error::ImageError;

@@ -1,0 +1,176 @@
+//! The content-addressed blob store: `blobs/sha256/<hex>`, written only after the content
+//! hashed to its name. Downloads land in `ingest/<hex>.partial` first; an interrupted one
+//! resumes from where it stopped (the bytes already there are hashed again, not trusted).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::digest::{Digest, Hashing};
+use crate::error::{io, ImageError, Result};
+
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// `$XDG_DATA_HOME/cagerun`, else `~/.local/share/cagerun`.
+    pub fn default_root() -> PathBuf {
+        if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+            return PathBuf::from(d).join("cagerun");
+        }
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        home.join(".local/share/cagerun")
+    }
+
+    pub fn open(root: &Path) -> Result<Store> {
+        for d in ["blobs/sha256", "ingest"] {
+            fs::create_dir_all(root.join(d)).map_err(io(root.join(d), "creating the store"))?;
+        }
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(d.hex())
+    }
+
+    pub fn has(&self, d: &Digest) -> bool {
+        self.blob_path(d).is_file()
+    }
+
+    fn partial_path(&self, d: &Digest) -> PathBuf {
+        self.root
+            .join("ingest")
+            .join(format!("{}.partial", d.hex()))
+    }
+
+    /// Bytes of `d` already downloaded (to resume from).
+    pub fn partial_len(&self, d: &Digest) -> u64 {
+        fs::metadata(self.partial_path(d))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    /// Add a blob. `fetch(offset)` gives the content from `offset` on (a resumed download
+    /// asks for the rest). Verified against `d` (and `size` when known) before it becomes
+    /// visible; a mismatch discards what was written.
+    pub fn ingest(
+        &self,
+        d: &Digest,
+        size: Option<u64>,
+        fetch: impl FnOnce(u64) -> Result<Box<dyn Read>>,
+    ) -> Result<PathBuf> {
+        let blob = self.blob_path(d);
+        if blob.is_file() {
+            return Ok(blob);
+        }
+        let partial = self.partial_path(d);
+        let mut seen = Vec::new();
+        if let Ok(mut f) = File::open(&partial) {
+            f.read_to_end(&mut seen)
+                .map_err(io(&partial, "reading the partial download"))?;
+        }
+        if size.is_some_and(|s| seen.len() as u64 > s) {
+            seen.clear();
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(!seen.is_empty())
+            .truncate(seen.is_empty())
+            .open(&partial)
+            .map_err(io(&partial, "writing the download"))?;
+        let mut out = Hashing::resume(file, &seen);
+        let mut source = fetch(seen.len() as u64)?;
+        std::io::copy(&mut source, &mut out).map_err(io(&partial, "downloading"))?;
+        let (file, actual, count) = out.finish();
+        file.sync_all()
+            .map_err(io(&partial, "syncing the download"))?;
+        drop(file);
+        if let Some(expected) = size {
+            if count != expected {
+                let _ = fs::remove_file(&partial);
+                return Err(ImageError::SizeMismatch {
+                    digest: d.to_string(),
+                    expected,
+                    actual: count,
+                });
+            }
+        }
+        if &actual != d {
+            let _ = fs::remove_file(&partial);
+            return Err(ImageError::DigestMismatch {
+                expected: d.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        fs::rename(&partial, &blob).map_err(io(&blob, "storing the blob"))?;
+        Ok(blob)
+    }
+
+    /// Add a blob held in memory (manifests, configs).
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<Digest> {
+        let d = Digest::of(bytes);
+        let data = bytes.to_vec();
+        self.ingest(&d, Some(bytes.len() as u64), move |_| {
+            Ok(Box::new(std::io::Cursor::new(data)))
+        })?;
+        Ok(d)
+    }
+
+    /// Read a blob, checking again that it still hashes to its name.
+    pub fn read_verified(&self, d: &Digest) -> Result<Vec<u8>> {
+        let path = self.blob_path(d);
+        let bytes = fs::read(&path).map_err(io(&path, "reading the blob"))?;
+        let actual = Digest::of(&bytes);
+        if &actual != d {
+            return Err(ImageError::DigestMismatch {
+                expected: d.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// A reader over a blob that fails at the end if the content does not match.
+    pub fn open_verified(&self, d: &Digest) -> Result<VerifiedReader> {
+        let path = self.blob_path(d);
+        let f = File::open(&path).map_err(io(&path, "opening the blob"))?;
+        Ok(VerifiedReader {
+            inner: Some(Hashing::new(f)),
+            expected: d.clone(),
+        })
+    }
+}
+
+pub struct VerifiedReader {
+    inner: Option<Hashing<File>>,
+    expected: Digest,
+}
+
+impl Read for VerifiedReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Ok(0);
+        };
+        let n = inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            let (_, actual, _) = self.inner.take().unwrap().finish();
+            if actual != self.expected {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("blob {} was modified: it hashes to {actual}", self.expected),
+                ));
+            }
+        }
+        Ok(n)
+    }
+}

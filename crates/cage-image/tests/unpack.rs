@@ -1,0 +1,334 @@
+//! Layer unpacking against crafted tars: the ordinary cases, whiteouts, and attacks that
+//! must be refused without writing anything outside the target.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use cage_image::store::Store;
+use cage_image::unpack::{apply_layer, UnpackOptions};
+use cage_image::{Digest, ImageError};
+
+#[derive(Clone, Copy)]
+enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Hardlink,
+    Fifo,
+    Char,
+}
+
+/// One raw tar entry: the name goes in unchecked, as an attacker would write it.
+fn entry(out: &mut Vec<u8>, name: &[u8], kind: Kind, data: &[u8], link: &[u8], mode: u32) {
+    let mut h = tar::Header::new_gnu();
+    {
+        let g = h.as_gnu_mut().unwrap();
+        g.name[..name.len()].copy_from_slice(name);
+        g.linkname[..link.len()].copy_from_slice(link);
+    }
+    h.set_entry_type(match kind {
+        Kind::File => tar::EntryType::Regular,
+        Kind::Dir => tar::EntryType::Directory,
+        Kind::Symlink => tar::EntryType::Symlink,
+        Kind::Hardlink => tar::EntryType::Link,
+        Kind::Fifo => tar::EntryType::Fifo,
+        Kind::Char => tar::EntryType::Char,
+    });
+    h.set_mode(mode);
+    h.set_size(data.len() as u64);
+    h.set_mtime(1_700_000_000);
+    h.set_cksum();
+    out.extend_from_slice(h.as_bytes());
+    out.extend_from_slice(data);
+    out.extend(std::iter::repeat_n(0u8, (512 - data.len() % 512) % 512));
+}
+
+fn finish(mut out: Vec<u8>) -> Vec<u8> {
+    out.extend([0u8; 1024]);
+    out
+}
+
+fn apply(root: &Path, tar: &[u8]) -> Result<cage_image::unpack::UnpackReport, ImageError> {
+    apply_layer(root, tar, &UnpackOptions::default())
+}
+
+/// root inside a parent we can inspect for escapes.
+fn sandbox() -> (tempfile::TempDir, std::path::PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    fs::create_dir(&root).unwrap();
+    (t, root)
+}
+
+#[test]
+fn files_dirs_links_and_modes() {
+    let (_t, root) = sandbox();
+    let mut l = Vec::new();
+    entry(&mut l, b"a/", Kind::Dir, b"", b"", 0o755);
+    entry(&mut l, b"a/f", Kind::File, b"hello", b"", 0o4755);
+    entry(&mut l, b"a/l", Kind::Symlink, b"", b"f", 0o777);
+    entry(&mut l, b"a/h", Kind::Hardlink, b"", b"a/f", 0o644);
+    entry(&mut l, b"p", Kind::Fifo, b"", b"", 0o644);
+    entry(&mut l, b"dev/null", Kind::Char, b"", b"", 0o666);
+    entry(&mut l, b"ro/", Kind::Dir, b"", b"", 0o555);
+    entry(&mut l, b"ro/inside", Kind::File, b"x", b"", 0o644);
+    let r = apply(&root, &finish(l)).unwrap();
+    assert_eq!(fs::read_to_string(root.join("a/f")).unwrap(), "hello");
+    let m = fs::metadata(root.join("a/f")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o755, "setuid dropped");
+    assert_eq!(m.mtime(), 1_700_000_000);
+    assert_eq!(fs::read_link(root.join("a/l")).unwrap(), Path::new("f"));
+    assert_eq!(
+        fs::metadata(root.join("a/h")).unwrap().ino(),
+        m.ino(),
+        "hardlink"
+    );
+    use std::os::unix::fs::FileTypeExt;
+    assert!(fs::symlink_metadata(root.join("p"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert!(!root.join("dev/null").exists(), "device nodes skipped");
+    assert_eq!(r.skipped_devices, 1);
+    assert_eq!(
+        fs::metadata(root.join("ro")).unwrap().mode() & 0o777,
+        0o555,
+        "dir mode applied last"
+    );
+    assert_eq!(fs::read_to_string(root.join("ro/inside")).unwrap(), "x");
+    cage_image::layout::make_writable_and_remove(&root).unwrap();
+}
+
+#[test]
+fn whiteouts_hide_lower_layers() {
+    let (_t, root) = sandbox();
+    let mut l1 = Vec::new();
+    entry(&mut l1, b"a/b", Kind::File, b"1", b"", 0o644);
+    entry(&mut l1, b"a/c", Kind::File, b"1", b"", 0o644);
+    entry(&mut l1, b"d/x/y", Kind::File, b"1", b"", 0o644);
+    apply(&root, &finish(l1)).unwrap();
+    let mut l2 = Vec::new();
+    entry(&mut l2, b"a/.wh.b", Kind::File, b"", b"", 0o644);
+    entry(&mut l2, b"d/new", Kind::File, b"2", b"", 0o644);
+    entry(&mut l2, b"d/.wh..wh..opq", Kind::File, b"", b"", 0o644);
+    let r = apply(&root, &finish(l2)).unwrap();
+    assert!(!root.join("a/b").exists());
+    assert!(root.join("a/c").exists());
+    assert!(!root.join("d/x").exists(), "opaque dir cleared");
+    assert_eq!(
+        fs::read_to_string(root.join("d/new")).unwrap(),
+        "2",
+        "this layer's own entries survive"
+    );
+    assert_eq!(r.whiteouts, 2);
+}
+
+fn assert_refused(tar: Vec<u8>, why: &str) {
+    let (t, root) = sandbox();
+    let err = apply(&root, &finish(tar)).unwrap_err().to_string();
+    assert!(err.contains(why), "{err}");
+    let outside: Vec<_> = fs::read_dir(t.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        outside,
+        vec![std::ffi::OsString::from("root")],
+        "nothing written beside the target"
+    );
+}
+
+#[test]
+fn traversal_is_refused() {
+    let mut l = Vec::new();
+    entry(&mut l, b"../escape", Kind::File, b"x", b"", 0o644);
+    assert_refused(l, "path traversal");
+    let mut l = Vec::new();
+    entry(&mut l, b"a/../../escape", Kind::File, b"x", b"", 0o644);
+    assert_refused(l, "path traversal");
+}
+
+#[test]
+fn absolute_paths_are_refused() {
+    let name = format!("/tmp/cagerun-abs-escape-{}", std::process::id());
+    let mut l = Vec::new();
+    entry(&mut l, name.as_bytes(), Kind::File, b"x", b"", 0o644);
+    assert_refused(l, "absolute path");
+    assert!(!Path::new(&name).exists());
+}
+
+#[test]
+fn hardlinks_out_of_the_image_are_refused() {
+    let mut l = Vec::new();
+    entry(
+        &mut l,
+        b"hl",
+        Kind::Hardlink,
+        b"",
+        b"../../../../etc/passwd",
+        0o644,
+    );
+    assert_refused(l, "hardlink out of the image");
+    let mut l = Vec::new();
+    entry(&mut l, b"hl", Kind::Hardlink, b"", b"/etc/passwd", 0o644);
+    assert_refused(l, "hardlink to an absolute path");
+}
+
+#[test]
+fn a_planted_symlink_cannot_carry_writes_outside() {
+    let (t, root) = sandbox();
+    let outside = t.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    // Probe validity: outside the unpacker, writing through such a link does escape.
+    std::os::unix::fs::symlink(&outside, t.path().join("probe-link")).unwrap();
+    fs::write(t.path().join("probe-link/probe"), "x").unwrap();
+    assert!(outside.join("probe").exists());
+    fs::remove_file(outside.join("probe")).unwrap();
+
+    let mut l1 = Vec::new();
+    entry(
+        &mut l1,
+        b"abs",
+        Kind::Symlink,
+        b"",
+        outside.to_str().unwrap().as_bytes(),
+        0o777,
+    );
+    entry(
+        &mut l1,
+        b"rel",
+        Kind::Symlink,
+        b"",
+        b"../../../../../../../..",
+        0o777,
+    );
+    entry(&mut l1, b"usr/lib/", Kind::Dir, b"", b"", 0o755);
+    entry(&mut l1, b"lib", Kind::Symlink, b"", b"/usr/lib", 0o777);
+    apply(&root, &finish(l1)).unwrap();
+    // Through a link that leads out: refused, nothing outside.
+    for name in [&b"abs/pwned"[..], b"abs/sub/deep"] {
+        let mut l2 = Vec::new();
+        entry(&mut l2, name, Kind::File, b"x", b"", 0o644);
+        let err = apply(&root, &finish(l2)).unwrap_err().to_string();
+        assert!(
+            err.contains("symlink that leads outside the image"),
+            "{err}"
+        );
+    }
+    // Links that resolve inside the image are followed there, as for a process rooted in it.
+    let mut l3 = Vec::new();
+    entry(&mut l3, b"rel/pwned-too", Kind::File, b"x", b"", 0o644);
+    entry(&mut l3, b"lib/libx.so", Kind::File, b"x", b"", 0o644);
+    apply(&root, &finish(l3)).unwrap();
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing written outside"
+    );
+    assert!(
+        root.join("pwned-too").exists(),
+        "../ stops at the image's root"
+    );
+    assert!(
+        root.join("usr/lib/libx.so").exists(),
+        "an absolute link resolves inside the image"
+    );
+    cage_image::layout::make_writable_and_remove(&root).unwrap();
+}
+
+#[test]
+fn a_layer_shorter_than_its_headers_claim_fails() {
+    let (_t, root) = sandbox();
+    let mut h = tar::Header::new_gnu();
+    h.as_gnu_mut().unwrap().name[..4].copy_from_slice(b"huge");
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(1 << 40);
+    h.set_mode(0o644);
+    h.set_cksum();
+    let mut l = h.as_bytes().to_vec();
+    l.extend_from_slice(&[7u8; 4096]);
+    assert!(apply(&root, &l).is_err());
+    let limited = apply_layer(
+        &root,
+        &finish({
+            let mut l = Vec::new();
+            entry(&mut l, b"big", Kind::File, &[1u8; 4096], b"", 0o644);
+            l
+        })[..],
+        &UnpackOptions {
+            max_bytes: Some(1000),
+        },
+    );
+    assert!(matches!(limited, Err(ImageError::TooLarge { .. })));
+}
+
+#[test]
+fn gzip_and_zstd_layers_unpack_the_same() {
+    let mut l = Vec::new();
+    entry(
+        &mut l,
+        b"etc/os-release",
+        Kind::File,
+        b"ID=cage\n",
+        b"",
+        0o644,
+    );
+    let plain = finish(l);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&plain).unwrap();
+    let gz = gz.finish().unwrap();
+    let zst =
+        ruzstd::encoding::compress_to_vec(&plain[..], ruzstd::encoding::CompressionLevel::Fastest);
+    for layer in [plain.clone(), gz, zst] {
+        let (_t, root) = sandbox();
+        apply(&root, &layer).unwrap();
+        assert_eq!(
+            fs::read_to_string(root.join("etc/os-release")).unwrap(),
+            "ID=cage\n"
+        );
+    }
+}
+
+#[test]
+fn the_store_keeps_only_verified_blobs_and_resumes() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::open(t.path()).unwrap();
+    let data: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    let d = Digest::of(&data);
+    // A wrong digest: refused, nothing kept.
+    let wrong = Digest::of(b"something else");
+    let bytes = data.clone();
+    let err = store
+        .ingest(&wrong, None, move |_| {
+            Ok(Box::new(std::io::Cursor::new(bytes)))
+        })
+        .unwrap_err();
+    assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
+    assert!(!store.has(&wrong));
+    assert_eq!(store.partial_len(&wrong), 0);
+    // An interrupted download: the first half is there; the rest is asked for from its offset.
+    let half = data.len() / 2;
+    fs::write(
+        t.path().join("ingest").join(format!("{}.partial", d.hex())),
+        &data[..half],
+    )
+    .unwrap();
+    let rest = data[half..].to_vec();
+    let asked = std::cell::Cell::new(u64::MAX);
+    store
+        .ingest(&d, Some(data.len() as u64), |offset| {
+            asked.set(offset);
+            Ok(Box::new(std::io::Cursor::new(rest)))
+        })
+        .unwrap();
+    assert_eq!(asked.get(), half as u64);
+    assert_eq!(store.read_verified(&d).unwrap(), data);
+    // A blob changed on disk afterwards is caught when read.
+    let mut perms = fs::metadata(store.blob_path(&d)).unwrap().permissions();
+    perms.set_mode(0o644);
+    fs::write(store.blob_path(&d), b"tampered").unwrap();
+    assert!(store.read_verified(&d).is_err());
+}
