@@ -4,6 +4,7 @@
 mod cgroup_setup;
 mod doctor;
 mod exec;
+mod image;
 
 use std::process::ExitCode;
 
@@ -33,6 +34,17 @@ enum Command {
     Exec(exec::ExecArgs),
     /// Print the OCI runtime spec `exec` would run with these flags (a bundle's config.json).
     Spec(exec::ExecArgs),
+    /// Images: import from disk (air-gapped hosts).
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// List the images in the store (name, digest, size, age).
+    Images(image::StoreArg),
+    /// Remove an image from the store and delete the blobs no other image uses.
+    Rmi {
+        name: String,
+        #[command(flatten)]
+        store: image::StoreArg,
+    },
     /// What on this host helps or stops sandboxes (user namespaces, seccomp, Landlock,
     /// cgroup delegation), with the fix for each problem.
     Doctor,
@@ -62,6 +74,9 @@ fn main() -> ExitCode {
         Command::Spec(args) => exec::print_spec(args).map(|()| 0),
         Command::SetupCgroups(args) => cgroup_setup::run(args).map(|()| 0),
         Command::Doctor => doctor::run(),
+        Command::Image(cmd) => image::run(cmd).map(|()| 0),
+        Command::Images(store) => image::list(store).map(|()| 0),
+        Command::Rmi { name, store } => image::remove(&name, store).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

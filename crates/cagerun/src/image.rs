@@ -1,0 +1,145 @@
+//! `cagerun image import`, `cagerun images`, `cagerun rmi`: images in the store, root
+//! filesystems under the cage's `rootfs/`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use cage_image::layout::{import_oci_layout, unpack_image};
+use cage_image::records::{self, ImageRecord};
+use cage_image::store::Store;
+use cage_image::unpack::UnpackOptions;
+use clap::{Args, Subcommand};
+
+#[derive(Args, Debug)]
+pub struct StoreArg {
+    /// The image store (default: $XDG_DATA_HOME/cagerun, else ~/.local/share/cagerun).
+    #[arg(long, value_name = "DIR", global = true)]
+    store: Option<PathBuf>,
+}
+
+impl StoreArg {
+    fn open(&self) -> Result<Store> {
+        let root = self.store.clone().unwrap_or_else(Store::default_root);
+        Ok(Store::open(&root)?)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Import an image from disk (air-gapped hosts) and unpack it to ROOTFS_DIR/NAME.
+    Import {
+        /// `oci:DIR[:TAG]`, an OCI image layout (what umoci and skopeo write).
+        source: String,
+        /// The image's name in the store and its directory under --rootfs-dir.
+        #[arg(long)]
+        name: String,
+        /// Where root filesystems go (the cage's rootfs/).
+        #[arg(long, value_name = "DIR", default_value = "rootfs")]
+        rootfs_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+}
+
+/// `oci:DIR[:TAG]` → (DIR, TAG). A last `:` part that contains no `/` is the tag.
+fn parse_oci(source: &str) -> Result<(PathBuf, Option<String>)> {
+    let Some(rest) = source.strip_prefix("oci:") else {
+        if source.starts_with("docker-archive:") {
+            bail!("docker-archive sources are not supported yet; convert with `skopeo copy docker-archive:F oci:DIR:TAG` and import oci:DIR:TAG");
+        }
+        bail!("unknown image source {source:?}: use oci:DIR[:TAG]");
+    };
+    match rest.rsplit_once(':') {
+        Some((dir, tag)) if !tag.contains('/') && !tag.is_empty() => {
+            Ok((PathBuf::from(dir), Some(tag.to_string())))
+        }
+        _ => Ok((PathBuf::from(rest), None)),
+    }
+}
+
+pub fn run(cmd: ImageCommand) -> Result<()> {
+    match cmd {
+        ImageCommand::Import {
+            source,
+            name,
+            rootfs_dir,
+            store,
+        } => {
+            records::validate_name(&name)?;
+            let store = store.open()?;
+            let (dir, tag) = parse_oci(&source)?;
+            let image = import_oci_layout(&store, &dir, tag.as_deref())
+                .with_context(|| format!("importing {source}"))?;
+            let target = rootfs_dir.join(&name);
+            unpack_image(&store, &image, &target, &UnpackOptions::default())
+                .with_context(|| format!("unpacking {source} into {}", target.display()))?;
+            let rec = ImageRecord::new(&store, &name, &source, &image)?;
+            records::save(&store, &rec)?;
+            println!(
+                "{name}: {} ({} layers, {}) → {}",
+                rec.manifest,
+                rec.layers.len(),
+                human(rec.size),
+                target.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+pub fn list(store: StoreArg) -> Result<()> {
+    let store = store.open()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    println!(
+        "{:<24} {:<19} {:>10} {:>12}",
+        "NAME", "DIGEST", "SIZE", "CREATED"
+    );
+    for r in records::list(&store)? {
+        let short = r
+            .manifest
+            .trim_start_matches("sha256:")
+            .get(..12)
+            .unwrap_or("")
+            .to_string();
+        println!(
+            "{:<24} sha256:{short} {:>10} {:>12}",
+            r.name,
+            human(r.size),
+            age(now.saturating_sub(r.created))
+        );
+    }
+    Ok(())
+}
+
+pub fn remove(name: &str, store: StoreArg) -> Result<()> {
+    let store = store.open()?;
+    let freed = records::remove(&store, name)?;
+    println!("removed {name}; freed {} of unused blobs (root filesystems under rootfs/ are the cage's: remove them yourself)", human(freed));
+    Ok(())
+}
+
+fn human(bytes: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < units.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
+}
+
+fn age(secs: u64) -> String {
+    match secs {
+        0..=59 => format!("{secs}s ago"),
+        60..=3599 => format!("{}m ago", secs / 60),
+        3600..=86399 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
+    }
+}

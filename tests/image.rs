@@ -1,0 +1,263 @@
+//! Images from disk: an OCI layout made by the real `umoci` is imported by cagerun (as root
+//! and rootless), unpacked, compared with `umoci unpack` of the same image, and run with
+//! `cagerun exec --rootfs`.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::*;
+
+fn sh(script: &str, dir: &Path) {
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("sh");
+    assert!(
+        out.status.success(),
+        "{script}\n{}{}\n(.ci/run installs umoci, skopeo and busybox-static)",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A two-layer image: busybox and files, then a whiteout, a hardlink, a symlink and a
+/// setuid bit that must not survive.
+fn build_layout(dir: &Path) -> PathBuf {
+    sh(
+        r#"
+        umoci init --layout L
+        umoci new --image L:base
+        umoci unpack --rootless --image L:base B >/dev/null
+        mkdir -p B/rootfs/bin B/rootfs/etc B/rootfs/data B/rootfs/workspace B/rootfs/tmp B/rootfs/proc B/rootfs/dev B/rootfs/sys
+        cp /bin/busybox B/rootfs/bin/busybox
+        ln -s busybox B/rootfs/bin/sh
+        echo hello > B/rootfs/hello
+        echo gone > B/rootfs/data/gone
+        echo keep > B/rootfs/data/keep
+        umoci repack --image L:base B
+        rm B/rootfs/data/gone
+        ln B/rootfs/hello B/rootfs/hello-hard
+        ln -s /hello B/rootfs/hello-sym
+        echo suid > B/rootfs/suid && chmod 4755 B/rootfs/suid
+        umoci repack --image L:base B
+        chmod -R a+rX L
+        "#,
+        dir,
+    );
+    dir.join("L")
+}
+
+/// (type, size, link target, permission bits) by path: what a tree looks like.
+fn tree(root: &Path) -> BTreeMap<String, (char, u64, String, u32)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let (kind, link) = if m.is_symlink() {
+                (
+                    'l',
+                    std::fs::read_link(&p)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                )
+            } else if m.is_dir() {
+                stack.push(p.clone());
+                ('d', String::new())
+            } else {
+                ('f', String::new())
+            };
+            let size = if kind == 'f' { m.len() } else { 0 };
+            out.insert(rel, (kind, size, link, m.mode() & 0o777));
+        }
+    }
+    out
+}
+
+#[test]
+fn an_oci_layout_imports_unpacks_like_umoci_and_runs() {
+    let work = TempDir::new("image", None);
+    let layout = build_layout(work.path());
+    let reference = work.path().join("U");
+    sh(
+        &format!(
+            "umoci unpack --rootless --image {}:base {} >/dev/null",
+            layout.display(),
+            reference.display()
+        ),
+        work.path(),
+    );
+
+    for mode in modes() {
+        let owner = Some((mode.sandbox_host_uid(), mode.sandbox_host_gid()));
+        let (uid, gid) = match mode {
+            Mode::Root => (0, 0),
+            Mode::Rootless { uid, gid } => (uid, gid),
+        };
+        let mine = TempDir::new("image-store", Some((uid, gid)));
+        let _ = owner;
+        let store = mine.path().join("store");
+        let rootfs_dir = mine.path().join("rootfs");
+        std::fs::create_dir(&store).unwrap();
+        std::fs::create_dir(&rootfs_dir).unwrap();
+        if is_root() {
+            for d in [&store, &rootfs_dir] {
+                std::os::unix::fs::chown(d, Some(uid), Some(gid)).unwrap();
+            }
+        }
+        let src = format!("oci:{}:base", layout.display());
+        let (s, r) = (store.to_str().unwrap(), rootfs_dir.to_str().unwrap());
+        let imp = run(
+            mode,
+            &[
+                "image",
+                "import",
+                &src,
+                "--name",
+                "busy",
+                "--store",
+                s,
+                "--rootfs-dir",
+                r,
+            ],
+        );
+        assert_eq!(imp.code, 0, "{}", imp.stderr);
+        let ours = rootfs_dir.join("busy");
+
+        // Same tree as umoci's, except that setuid/setgid bits are dropped.
+        let mut want = tree(&reference.join("rootfs"));
+        want.get_mut("suid").unwrap().3 &= 0o777;
+        assert_eq!(tree(&ours), want);
+        assert!(!ours.join("data/gone").exists(), "whiteout applied");
+        assert_eq!(
+            std::fs::metadata(ours.join("hello")).unwrap().ino(),
+            std::fs::metadata(ours.join("hello-hard")).unwrap().ino()
+        );
+        assert_eq!(
+            std::fs::metadata(ours.join("suid"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7000,
+            0
+        );
+
+        // It runs.
+        let out = run(
+            mode,
+            &[
+                "exec",
+                "--rootfs",
+                ours.to_str().unwrap(),
+                "--",
+                "/bin/sh",
+                "-c",
+                "cat /hello /hello-sym; ls /data",
+            ],
+        );
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(out.stdout, "hello\nhello\nkeep\n");
+
+        // Listed, then removed with its blobs.
+        let list = run(mode, &["images", "--store", s]);
+        assert!(list.stdout.contains("busy"), "{}", list.stdout);
+        let again = run(
+            mode,
+            &[
+                "image",
+                "import",
+                &src,
+                "--name",
+                "busy",
+                "--store",
+                s,
+                "--rootfs-dir",
+                r,
+            ],
+        );
+        assert_eq!(
+            again.code, 125,
+            "importing over an existing rootfs is refused"
+        );
+        assert!(again.stderr.contains("already exists"), "{}", again.stderr);
+        let rmi = run(mode, &["rmi", "busy", "--store", s]);
+        assert_eq!(rmi.code, 0, "{}", rmi.stderr);
+        assert_eq!(
+            std::fs::read_dir(store.join("blobs/sha256"))
+                .unwrap()
+                .count(),
+            0,
+            "unused blobs collected"
+        );
+        let _ = cage_cleanup(&ours);
+    }
+}
+
+#[test]
+fn a_tampered_blob_is_refused_and_nothing_is_unpacked() {
+    let work = TempDir::new("image-bad", None);
+    let layout = build_layout(work.path());
+    // Flip a byte in the biggest layer blob.
+    let blobs = layout.join("blobs/sha256");
+    let biggest = std::fs::read_dir(&blobs)
+        .unwrap()
+        .flatten()
+        .max_by_key(|e| e.metadata().unwrap().len())
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&biggest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&biggest, bytes).unwrap();
+    for mode in modes() {
+        let (uid, gid) = match mode {
+            Mode::Root => (0, 0),
+            Mode::Rootless { uid, gid } => (uid, gid),
+        };
+        let mine = TempDir::new("image-bad-store", Some((uid, gid)));
+        let src = format!("oci:{}:base", layout.display());
+        let s = mine.path().join("store");
+        let r = mine.path().join("rootfs");
+        let r_ = run(
+            mode,
+            &[
+                "image",
+                "import",
+                &src,
+                "--name",
+                "busy",
+                "--store",
+                s.to_str().unwrap(),
+                "--rootfs-dir",
+                r.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(r_.code, 125);
+        assert!(r_.stderr.contains("digest mismatch"), "{}", r_.stderr);
+        assert!(!r.join("busy").exists(), "no partial rootfs");
+        let kept: Vec<_> = std::fs::read_dir(s.join("blobs/sha256"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            !kept
+                .iter()
+                .any(|n| biggest.file_name() == Some(n.as_os_str())),
+            "the bad blob is not in the store"
+        );
+    }
+}
+
+fn cage_cleanup(p: &Path) -> std::io::Result<()> {
+    let _ = Command::new("chmod").args(["-R", "u+rwX"]).arg(p).status();
+    std::fs::remove_dir_all(p)
+}
