@@ -261,3 +261,177 @@ fn cage_cleanup(p: &Path) -> std::io::Result<()> {
     let _ = Command::new("chmod").args(["-R", "u+rwX"]).arg(p).status();
     std::fs::remove_dir_all(p)
 }
+
+/// A real registry (Debian's docker-registry) on 127.0.0.1, stopped (by pid) on drop.
+struct Registry {
+    child: std::process::Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let dir = TempDir::new("registry", None);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}/data\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry (Debian package docker-registry; .ci/run installs it)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Registry {
+                    child,
+                    port,
+                    _dir: dir,
+                };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("docker-registry did not listen on 127.0.0.1:{port}");
+    }
+
+    fn push(&self, layout: &Path, name: &str) -> String {
+        let dest = format!("127.0.0.1:{}/{name}", self.port);
+        sh(
+            &format!(
+                "skopeo copy -q --dest-tls-verify=false oci:{}:base docker://{dest}",
+                layout.display()
+            ),
+            layout.parent().unwrap(),
+        );
+        dest
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn pull_from_a_real_registry_resumes_and_recovers() {
+    let work = TempDir::new("pull", None);
+    let layout = build_layout(work.path());
+    let reference = work.path().join("U");
+    sh(
+        &format!(
+            "umoci unpack --rootless --image {}:base {} >/dev/null",
+            layout.display(),
+            reference.display()
+        ),
+        work.path(),
+    );
+    let mut want = tree(&reference.join("rootfs"));
+    want.get_mut("suid").unwrap().3 &= 0o777;
+    let registry = Registry::start();
+    let image = registry.push(&layout, "busy:1");
+
+    for mode in modes() {
+        let (uid, gid) = match mode {
+            Mode::Root => (0, 0),
+            Mode::Rootless { uid, gid } => (uid, gid),
+        };
+        let mine = TempDir::new("pull-store", Some((uid, gid)));
+        let s = mine.path().join("store");
+        let r = mine.path().join("rootfs");
+        let (ss, rs) = (s.to_str().unwrap(), r.to_str().unwrap());
+        let p = run(mode, &["pull", &image, "--store", ss, "--rootfs-dir", rs]);
+        assert_eq!(p.code, 0, "{}", p.stderr);
+        assert_eq!(tree(&r.join("busy")), want, "pulled like umoci unpacks");
+        let out = run(
+            mode,
+            &[
+                "exec",
+                "--rootfs",
+                r.join("busy").to_str().unwrap(),
+                "--",
+                "/bin/sh",
+                "-c",
+                "cat /hello",
+            ],
+        );
+        assert_eq!(out.stdout, "hello\n");
+
+        // An interrupted pull left half of the biggest blob: the next pull resumes there.
+        let blobs = s.join("blobs/sha256");
+        let big = std::fs::read_dir(&blobs)
+            .unwrap()
+            .flatten()
+            .max_by_key(|e| e.metadata().unwrap().len())
+            .unwrap()
+            .path();
+        let bytes = std::fs::read(&big).unwrap();
+        let partial = s.join("ingest").join(format!(
+            "{}.partial",
+            big.file_name().unwrap().to_string_lossy()
+        ));
+        std::fs::write(&partial, &bytes[..bytes.len() / 2]).unwrap();
+        std::os::unix::fs::chown(&partial, Some(uid), Some(gid)).ok();
+        std::fs::remove_file(&big).unwrap();
+        let p = run(
+            mode,
+            &[
+                "pull",
+                &image,
+                "--name",
+                "busy2",
+                "--store",
+                ss,
+                "--rootfs-dir",
+                rs,
+            ],
+        );
+        assert_eq!(p.code, 0, "{}", p.stderr);
+        assert!(p.stderr.contains("resuming at"), "{}", p.stderr);
+        assert_eq!(
+            std::fs::read(&big).unwrap(),
+            bytes,
+            "the resumed blob is whole"
+        );
+        assert_eq!(tree(&r.join("busy2")), want);
+
+        // A partial that is garbage is found out, dropped, and the blob fetched whole.
+        std::fs::write(&partial, b"not the blob").unwrap();
+        std::os::unix::fs::chown(&partial, Some(uid), Some(gid)).ok();
+        std::fs::remove_file(&big).unwrap();
+        let p = run(
+            mode,
+            &[
+                "pull",
+                &image,
+                "--name",
+                "busy3",
+                "--store",
+                ss,
+                "--rootfs-dir",
+                rs,
+            ],
+        );
+        assert_eq!(p.code, 0, "{}", p.stderr);
+        assert_eq!(std::fs::read(&big).unwrap(), bytes);
+        assert!(!partial.exists());
+        for n in ["busy", "busy2", "busy3"] {
+            let _ = cage_cleanup(&r.join(n));
+        }
+    }
+}

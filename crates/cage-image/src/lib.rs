@@ -13,6 +13,7 @@ pub mod digest;
 pub mod error;
 pub mod layout;
 pub mod records;
+pub mod registry;
 pub mod store;
 pub mod unpack;
 

@@ -59,19 +59,9 @@ impl Store {
             .unwrap_or(0)
     }
 
-    /// Add a blob. `fetch(offset)` gives the content from `offset` on (a resumed download
-    /// asks for the rest). Verified against `d` (and `size` when known) before it becomes
-    /// visible; a mismatch discards what was written.
-    pub fn ingest(
-        &self,
-        d: &Digest,
-        size: Option<u64>,
-        fetch: impl FnOnce(u64) -> Result<Box<dyn Read>>,
-    ) -> Result<PathBuf> {
-        let blob = self.blob_path(d);
-        if blob.is_file() {
-            return Ok(blob);
-        }
+    /// Start (or resume) writing blob `d`: what an interrupted download left is hashed
+    /// again, not trusted, and the download continues at [`Ingest::offset`].
+    pub fn begin(&self, d: &Digest, size: Option<u64>) -> Result<Ingest> {
         let partial = self.partial_path(d);
         let mut seen = Vec::new();
         if let Ok(mut f) = File::open(&partial) {
@@ -88,32 +78,32 @@ impl Store {
             .truncate(seen.is_empty())
             .open(&partial)
             .map_err(io(&partial, "writing the download"))?;
-        let mut out = Hashing::resume(file, &seen);
-        let mut source = fetch(seen.len() as u64)?;
-        std::io::copy(&mut source, &mut out).map_err(io(&partial, "downloading"))?;
-        let (file, actual, count) = out.finish();
-        file.sync_all()
-            .map_err(io(&partial, "syncing the download"))?;
-        drop(file);
-        if let Some(expected) = size {
-            if count != expected {
-                let _ = fs::remove_file(&partial);
-                return Err(ImageError::SizeMismatch {
-                    digest: d.to_string(),
-                    expected,
-                    actual: count,
-                });
-            }
+        Ok(Ingest {
+            out: Hashing::resume(file, &seen),
+            offset: seen.len() as u64,
+            partial,
+            blob: self.blob_path(d),
+            digest: d.clone(),
+            size,
+        })
+    }
+
+    /// Add a blob. `fetch(offset)` gives the content from `offset` on (a resumed download
+    /// asks for the rest). Verified against `d` (and `size` when known) before it becomes
+    /// visible; a mismatch discards what was written.
+    pub fn ingest(
+        &self,
+        d: &Digest,
+        size: Option<u64>,
+        fetch: impl FnOnce(u64) -> Result<Box<dyn Read>>,
+    ) -> Result<PathBuf> {
+        if self.has(d) {
+            return Ok(self.blob_path(d));
         }
-        if &actual != d {
-            let _ = fs::remove_file(&partial);
-            return Err(ImageError::DigestMismatch {
-                expected: d.to_string(),
-                actual: actual.to_string(),
-            });
-        }
-        fs::rename(&partial, &blob).map_err(io(&blob, "storing the blob"))?;
-        Ok(blob)
+        let mut ingest = self.begin(d, size)?;
+        let mut source = fetch(ingest.offset())?;
+        std::io::copy(&mut source, &mut ingest.out).map_err(io(&ingest.partial, "downloading"))?;
+        ingest.finish()
     }
 
     /// Add a blob held in memory (manifests, configs).
@@ -148,6 +138,69 @@ impl Store {
             inner: Some(Hashing::new(f)),
             expected: d.clone(),
         })
+    }
+}
+
+/// A blob being written (see [`Store::begin`]).
+pub struct Ingest {
+    out: Hashing<File>,
+    offset: u64,
+    partial: PathBuf,
+    blob: PathBuf,
+    digest: Digest,
+    size: Option<u64>,
+}
+
+impl Ingest {
+    /// Bytes already there from an earlier, interrupted download.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    pub fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        use std::io::Write;
+        self.out
+            .write_all(chunk)
+            .map_err(io(&self.partial, "writing the download"))
+    }
+
+    /// The server ignored our range request and sends the whole blob again.
+    pub fn restart(&mut self) -> Result<()> {
+        let file = OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&self.partial)
+            .map_err(io(&self.partial, "restarting the download"))?;
+        self.out = Hashing::new(file);
+        self.offset = 0;
+        Ok(())
+    }
+
+    /// Verify, then make the blob visible. A mismatch deletes the partial download.
+    pub fn finish(self) -> Result<PathBuf> {
+        let (file, actual, count) = self.out.finish();
+        file.sync_all()
+            .map_err(io(&self.partial, "syncing the download"))?;
+        drop(file);
+        if let Some(expected) = self.size {
+            if count != expected {
+                let _ = fs::remove_file(&self.partial);
+                return Err(ImageError::SizeMismatch {
+                    digest: self.digest.to_string(),
+                    expected,
+                    actual: count,
+                });
+            }
+        }
+        if actual != self.digest {
+            let _ = fs::remove_file(&self.partial);
+            return Err(ImageError::DigestMismatch {
+                expected: self.digest.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        fs::rename(&self.partial, &self.blob).map_err(io(&self.blob, "storing the blob"))?;
+        Ok(self.blob)
     }
 }
 

@@ -87,6 +87,118 @@ pub fn run(cmd: ImageCommand) -> Result<()> {
     }
 }
 
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// e.g. docker.io/ollama/ollama:0.12.3, ghcr.io/org/img:tag, localhost:5000/x:tag
+    image: String,
+    /// The name in the store and under --rootfs-dir (default: the repository's last part).
+    #[arg(long)]
+    name: Option<String>,
+    /// Speak plain HTTP to this registry (host[:port]); this machine's own registries
+    /// (localhost, 127.0.0.0/8) always are.
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    insecure: Vec<String>,
+    /// Where root filesystems go (the cage's rootfs/).
+    #[arg(long, value_name = "DIR", default_value = "rootfs")]
+    rootfs_dir: PathBuf,
+    #[command(flatten)]
+    store: StoreArg,
+}
+
+/// Progress bars on a terminal, a line per blob otherwise.
+struct Progress {
+    multi: indicatif::MultiProgress,
+    bars: std::sync::Mutex<std::collections::HashMap<String, indicatif::ProgressBar>>,
+    tty: bool,
+}
+
+impl cage_image::registry::PullProgress for Progress {
+    fn blob_started(&self, d: &cage_image::Digest, size: u64, resumed_at: u64) {
+        let short = d.hex()[..12].to_string();
+        if !self.tty {
+            if resumed_at == size {
+                eprintln!("{short}: already in the store");
+            } else if resumed_at > 0 {
+                eprintln!(
+                    "{short}: resuming at {} of {}",
+                    human(resumed_at),
+                    human(size)
+                );
+            } else {
+                eprintln!("{short}: downloading {}", human(size));
+            }
+            return;
+        }
+        let bar = self.multi.add(indicatif::ProgressBar::new(size));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(short);
+        bar.set_position(resumed_at);
+        self.bars.lock().unwrap().insert(d.to_string(), bar);
+    }
+    fn blob_advanced(&self, d: &cage_image::Digest, bytes: u64) {
+        if let Some(b) = self.bars.lock().unwrap().get(&d.to_string()) {
+            b.inc(bytes);
+        }
+    }
+    fn blob_done(&self, d: &cage_image::Digest) {
+        match self.bars.lock().unwrap().remove(&d.to_string()) {
+            Some(b) => b.finish(),
+            None if !self.tty => eprintln!("{}: done", &d.hex()[..12]),
+            None => {}
+        }
+    }
+}
+
+pub fn pull(args: PullArgs) -> Result<()> {
+    let store = args.store.open()?;
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => {
+            let repo = args.image.split(['@']).next().unwrap_or(&args.image);
+            let last = repo.rsplit('/').next().unwrap_or(repo);
+            let last = last.split(':').next().unwrap_or(last);
+            last.to_ascii_lowercase()
+        }
+    };
+    records::validate_name(&name)?;
+    let target = args.rootfs_dir.join(&name);
+    if target.exists() {
+        bail!(
+            "{} already exists; remove it or pull with another --name",
+            target.display()
+        );
+    }
+    let progress = std::sync::Arc::new(Progress {
+        multi: indicatif::MultiProgress::new(),
+        bars: Default::default(),
+        tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    });
+    let opts = cage_image::registry::PullOptions {
+        insecure_registries: args.insecure.clone(),
+        ..Default::default()
+    };
+    let (canonical, image) = cage_image::registry::pull(&store, &args.image, &opts, progress)
+        .with_context(|| format!("pulling {}", args.image))?;
+    unpack_image(&store, &image, &target, &UnpackOptions::default())
+        .with_context(|| format!("unpacking {canonical} into {}", target.display()))?;
+    let rec = ImageRecord::new(&store, &name, &canonical, &image)?;
+    records::save(&store, &rec)?;
+    println!(
+        "{name}: {canonical} {} ({} layers, {}) → {}",
+        rec.manifest,
+        rec.layers.len(),
+        human(rec.size),
+        target.display()
+    );
+    Ok(())
+}
+
 pub fn list(store: StoreArg) -> Result<()> {
     let store = store.open()?;
     let now = std::time::SystemTime::now()

@@ -34,6 +34,8 @@ enum Command {
     Exec(exec::ExecArgs),
     /// Print the OCI runtime spec `exec` would run with these flags (a bundle's config.json).
     Spec(exec::ExecArgs),
+    /// Pull an image from a registry into the store and unpack it to ROOTFS_DIR/NAME.
+    Pull(image::PullArgs),
     /// Images: import from disk (air-gapped hosts).
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
         Command::SetupCgroups(args) => cgroup_setup::run(args).map(|()| 0),
         Command::Doctor => doctor::run(),
         Command::Image(cmd) => image::run(cmd).map(|()| 0),
+        Command::Pull(args) => image::pull(args).map(|()| 0),
         Command::Images(store) => image::list(store).map(|()| 0),
         Command::Rmi { name, store } => image::remove(&name, store).map(|()| 0),
     };
