@@ -435,3 +435,101 @@ fn pull_from_a_real_registry_resumes_and_recovers() {
         }
     }
 }
+
+/// The same bundle through runc (a real OCI runtime) and through cagerun's engine: the
+/// process must see the same identity, privileges, hostname, network and filesystem.
+#[test]
+fn a_bundle_runs_the_same_under_runc_and_cagerun() {
+    assert!(is_root(), "runc runs bundles as root on this host (crun refuses the hybrid cgroup layout): run the tests as root, as .ci/run does");
+    let work = TempDir::new("bundle", None);
+    let layout = build_layout(work.path());
+    let s = work.path().join("store");
+    let r = work.path().join("rootfs");
+    let b = work.path().join("bundle");
+    let src = format!("oci:{}:base", layout.display());
+    let imp = run(
+        Mode::Root,
+        &[
+            "image",
+            "import",
+            &src,
+            "--name",
+            "busy",
+            "--store",
+            s.to_str().unwrap(),
+            "--rootfs-dir",
+            r.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(imp.code, 0, "{}", imp.stderr);
+    let facts = "id -u; id -g; grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status; \
+                 hostname; ls /sys/class/net; (touch /x 2>/dev/null && echo root-writable) || echo root-read-only; \
+                 cat /hello; ls /data; wc -c < /proc/keys; (echo 1 > /proc/sys/kernel/hostname) 2>/dev/null || echo proc-sys-read-only";
+    let bun = run(
+        Mode::Root,
+        &[
+            "bundle",
+            "--image",
+            "busy",
+            "--store",
+            s.to_str().unwrap(),
+            "--rootfs-dir",
+            r.to_str().unwrap(),
+            "--out",
+            b.to_str().unwrap(),
+            "--",
+            "/bin/sh",
+            "-c",
+            facts,
+        ],
+    );
+    assert_eq!(bun.code, 0, "{}", bun.stderr);
+
+    let ours = run(Mode::Root, &["exec", "--bundle", b.to_str().unwrap()]);
+    assert_eq!(ours.code, 0, "{}", ours.stderr);
+
+    let id = unique("cagerun-test-");
+    let state = work.path().join("runc-state");
+    let out = Command::new("unshare")
+        .args([
+            "-m",
+            "-u",
+            "--propagation",
+            "private",
+            "--",
+            "runc",
+            "--root",
+        ])
+        .arg(&state)
+        .args(["run", "--bundle"])
+        .arg(&b)
+        .arg(&id)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("runc (Debian package runc; .ci/run installs it)");
+    let _ = Command::new("runc")
+        .arg("--root")
+        .arg(&state)
+        .args(["delete", "-f", &id])
+        .output();
+    assert!(
+        out.status.success(),
+        "runc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        ours.stdout, theirs,
+        "cagerun and runc show the process the same sandbox"
+    );
+    assert!(ours.stdout.contains("root-read-only") && ours.stdout.contains("proc-sys-read-only"));
+    for ctrl in [
+        "memory", "pids", "cpu", "devices", "freezer", "blkio", "cpuset", "systemd",
+    ] {
+        assert!(
+            !Path::new("/sys/fs/cgroup").join(ctrl).join(&id).exists(),
+            "runc left its {ctrl} cgroup"
+        );
+    }
+    let _ = cage_cleanup(&r.join("busy"));
+}

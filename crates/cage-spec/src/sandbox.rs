@@ -398,7 +398,8 @@ pub fn render_sandbox(req: &SandboxRequest, host: HostIds) -> Result<Spec, SpecE
         .build()?;
 
     let mut spec = SpecBuilder::default()
-        .version("1.2.0")
+        // The oldest version with every field used here: runtimes from 2020 on accept it.
+        .version("1.0.2")
         .hostname(HOSTNAME)
         .mounts(mounts)
         .process(process)

@@ -18,7 +18,7 @@ pub struct StoreArg {
 }
 
 impl StoreArg {
-    fn open(&self) -> Result<Store> {
+    pub fn open(&self) -> Result<Store> {
         let root = self.store.clone().unwrap_or_else(Store::default_root);
         Ok(Store::open(&root)?)
     }

@@ -1,6 +1,7 @@
 //! cagerun: a rootless, daemonless runtime for the OpenClaw gateway, its model server, and a
 //! throwaway sandbox for every command an agent runs.
 
+mod bundle;
 mod cgroup_setup;
 mod doctor;
 mod exec;
@@ -36,6 +37,8 @@ enum Command {
     Spec(exec::ExecArgs),
     /// Pull an image from a registry into the store and unpack it to ROOTFS_DIR/NAME.
     Pull(image::PullArgs),
+    /// Write an OCI bundle (config.json + rootfs) for an image, with cagerun's policy.
+    Bundle(bundle::BundleArgs),
     /// Images: import from disk (air-gapped hosts).
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Command::Doctor => doctor::run(),
         Command::Image(cmd) => image::run(cmd).map(|()| 0),
         Command::Pull(args) => image::pull(args).map(|()| 0),
+        Command::Bundle(args) => bundle::run(args).map(|()| 0),
         Command::Images(store) => image::list(store).map(|()| 0),
         Command::Rmi { name, store } => image::remove(&name, store).map(|()| 0),
     };
