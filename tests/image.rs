@@ -533,3 +533,114 @@ fn a_bundle_runs_the_same_under_runc_and_cagerun() {
     }
     let _ = cage_cleanup(&r.join("busy"));
 }
+
+#[test]
+fn an_ollama_model_lands_byte_identical_in_ollamas_layout() {
+    let registry = Registry::start();
+    let work = TempDir::new("model", None);
+    // A tiny but well-formed GGUF (magic, version 3, no tensors, no metadata) and a tail.
+    let mut gguf = b"GGUF".to_vec();
+    gguf.extend(3u32.to_le_bytes());
+    gguf.extend(0u64.to_le_bytes());
+    gguf.extend(0u64.to_le_bytes());
+    gguf.extend((0..100_000u32).map(|i| (i % 251) as u8));
+    let model_file = work.path().join("tiny.gguf");
+    std::fs::write(&model_file, &gguf).unwrap();
+    let helper = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/support/push_model.py");
+    let host = format!("127.0.0.1:{}", registry.port);
+    let pushed = Command::new("python3")
+        .arg(&helper)
+        .args([&host, "me/tiny", "1"])
+        .arg(&model_file)
+        .output()
+        .unwrap();
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    let manifest = pushed.stdout;
+
+    for mode in modes() {
+        let (uid, gid) = match mode {
+            Mode::Root => (0, 0),
+            Mode::Rootless { uid, gid } => (uid, gid),
+        };
+        let mine = TempDir::new("models", Some((uid, gid)));
+        let m = mine.path().join("models");
+        let ms = m.to_str().unwrap();
+        let url = format!("http://{host}");
+        let p = run(
+            mode,
+            &[
+                "model",
+                "pull",
+                "me/tiny:1",
+                "--registry",
+                &url,
+                "--models",
+                ms,
+            ],
+        );
+        assert_eq!(p.code, 0, "{}", p.stderr);
+        let digest = {
+            use std::fmt::Write;
+            let d = sha256_hex(&gguf);
+            let mut s = String::new();
+            write!(s, "sha256-{d}").unwrap();
+            s
+        };
+        assert_eq!(
+            std::fs::read(m.join("blobs").join(&digest)).unwrap(),
+            gguf,
+            "the model blob is byte-identical"
+        );
+        assert_eq!(
+            std::fs::read(m.join(format!("manifests/{host}/me/tiny/1"))).unwrap(),
+            manifest,
+            "Ollama's manifest, as served"
+        );
+        let ls = run(mode, &["model", "ls", "--models", ms]);
+        assert!(
+            ls.stdout.contains(&format!("{host}/me/tiny:1")),
+            "{}",
+            ls.stdout
+        );
+        let rm = run(
+            mode,
+            &[
+                "model",
+                "rm",
+                "me/tiny:1",
+                "--registry",
+                &url,
+                "--models",
+                ms,
+            ],
+        );
+        assert_eq!(rm.code, 0, "{}", rm.stderr);
+        assert_eq!(
+            std::fs::read_dir(m.join("blobs")).unwrap().count(),
+            0,
+            "blobs collected"
+        );
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let out = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(bytes)?;
+            c.wait_with_output()
+        });
+    String::from_utf8(out.unwrap().stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}

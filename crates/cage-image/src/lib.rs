@@ -12,6 +12,7 @@ pub mod compression;
 pub mod digest;
 pub mod error;
 pub mod layout;
+pub mod models;
 pub mod records;
 pub mod registry;
 pub mod store;

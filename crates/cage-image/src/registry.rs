@@ -58,11 +58,11 @@ impl PullProgress for Quiet {
     fn blob_done(&self, _: &Digest) {}
 }
 
-fn registry_err(reference: &str, e: impl std::fmt::Display) -> ImageError {
+pub(crate) fn registry_err(reference: &str, e: impl std::fmt::Display) -> ImageError {
     ImageError::Format(format!("{reference}: {e}"))
 }
 
-fn is_local(registry: &str) -> bool {
+pub(crate) fn is_local(registry: &str) -> bool {
     let host = registry
         .rsplit_once(':')
         .map(|(h, p)| {
@@ -206,7 +206,7 @@ async fn pull_async(
     Ok((canonical, image))
 }
 
-async fn fetch_blob(
+pub(crate) async fn fetch_blob(
     client: &Client,
     at: &Reference,
     store: &Store,

@@ -11,6 +11,17 @@ use crate::error::{io, ImageError, Result};
 
 pub struct Store {
     root: PathBuf,
+    naming: Naming,
+}
+
+/// How blobs are named on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// `blobs/sha256/<hex>`, partial downloads in `ingest/<hex>.partial` (OCI layout style).
+    Oci,
+    /// `blobs/sha256-<hex>`, partial downloads beside them as `…-partial` (Ollama's models
+    /// directory, which a real Ollama reads as is).
+    Ollama,
 }
 
 impl Store {
@@ -26,11 +37,20 @@ impl Store {
     }
 
     pub fn open(root: &Path) -> Result<Store> {
-        for d in ["blobs/sha256", "ingest"] {
+        Store::open_with(root, Naming::Oci)
+    }
+
+    pub fn open_with(root: &Path, naming: Naming) -> Result<Store> {
+        let dirs: &[&str] = match naming {
+            Naming::Oci => &["blobs/sha256", "ingest"],
+            Naming::Ollama => &["blobs", "manifests"],
+        };
+        for d in dirs {
             fs::create_dir_all(root.join(d)).map_err(io(root.join(d), "creating the store"))?;
         }
         Ok(Store {
             root: root.to_path_buf(),
+            naming,
         })
     }
 
@@ -39,7 +59,10 @@ impl Store {
     }
 
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
-        self.root.join("blobs/sha256").join(d.hex())
+        match self.naming {
+            Naming::Oci => self.root.join("blobs/sha256").join(d.hex()),
+            Naming::Ollama => self.root.join("blobs").join(format!("sha256-{}", d.hex())),
+        }
     }
 
     pub fn has(&self, d: &Digest) -> bool {
@@ -47,9 +70,16 @@ impl Store {
     }
 
     fn partial_path(&self, d: &Digest) -> PathBuf {
-        self.root
-            .join("ingest")
-            .join(format!("{}.partial", d.hex()))
+        match self.naming {
+            Naming::Oci => self
+                .root
+                .join("ingest")
+                .join(format!("{}.partial", d.hex())),
+            Naming::Ollama => self
+                .root
+                .join("blobs")
+                .join(format!("sha256-{}-partial", d.hex())),
+        }
     }
 
     /// Bytes of `d` already downloaded (to resume from).

@@ -155,6 +155,15 @@ impl cage_image::registry::PullProgress for Progress {
     }
 }
 
+/// Bars on a terminal, a line per blob otherwise.
+pub fn progress() -> std::sync::Arc<dyn cage_image::registry::PullProgress> {
+    std::sync::Arc::new(Progress {
+        multi: indicatif::MultiProgress::new(),
+        bars: Default::default(),
+        tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    })
+}
+
 pub fn pull(args: PullArgs) -> Result<()> {
     let store = args.store.open()?;
     let name = match &args.name {
@@ -174,11 +183,7 @@ pub fn pull(args: PullArgs) -> Result<()> {
             target.display()
         );
     }
-    let progress = std::sync::Arc::new(Progress {
-        multi: indicatif::MultiProgress::new(),
-        bars: Default::default(),
-        tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-    });
+    let progress = progress();
     let opts = cage_image::registry::PullOptions {
         insecure_registries: args.insecure.clone(),
         ..Default::default()
@@ -232,7 +237,7 @@ pub fn remove(name: &str, store: StoreArg) -> Result<()> {
     Ok(())
 }
 
-fn human(bytes: u64) -> String {
+pub fn human(bytes: u64) -> String {
     let units = ["B", "kB", "MB", "GB", "TB"];
     let mut v = bytes as f64;
     let mut i = 0;

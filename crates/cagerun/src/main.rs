@@ -6,6 +6,7 @@ mod cgroup_setup;
 mod doctor;
 mod exec;
 mod image;
+mod model;
 
 use std::process::ExitCode;
 
@@ -37,6 +38,9 @@ enum Command {
     Spec(exec::ExecArgs),
     /// Pull an image from a registry into the store and unpack it to ROOTFS_DIR/NAME.
     Pull(image::PullArgs),
+    /// Ollama models: pull (Ollama's registry protocol), ls, rm — in Ollama's own layout.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
     /// Write an OCI bundle (config.json + rootfs) for an image, with cagerun's policy.
     Bundle(bundle::BundleArgs),
     /// Images: import from disk (air-gapped hosts).
@@ -82,6 +86,7 @@ fn main() -> ExitCode {
         Command::Image(cmd) => image::run(cmd).map(|()| 0),
         Command::Pull(args) => image::pull(args).map(|()| 0),
         Command::Bundle(args) => bundle::run(args).map(|()| 0),
+        Command::Model(cmd) => model::run(cmd).map(|()| 0),
         Command::Images(store) => image::list(store).map(|()| 0),
         Command::Rmi { name, store } => image::remove(&name, store).map(|()| 0),
     };
