@@ -644,3 +644,119 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .unwrap()
         .to_string()
 }
+
+#[test]
+fn a_pull_killed_half_way_resumes_and_the_store_stays_sound() {
+    let work = TempDir::new("kill", None);
+    // One big incompressible layer, so there is a moment when it is half downloaded.
+    sh(
+        r#"
+        umoci init --layout L
+        umoci new --image L:base
+        umoci unpack --rootless --image L:base B >/dev/null
+        mkdir -p B/rootfs/bin && cp /bin/busybox B/rootfs/bin/busybox
+        head -c 48000000 /dev/urandom > B/rootfs/noise
+        umoci repack --image L:base B
+        chmod -R a+rX L
+        "#,
+        work.path(),
+    );
+    let registry = Registry::start();
+    let image = registry.push(&work.path().join("L"), "noise:1");
+    for mode in modes() {
+        let (uid, gid) = match mode {
+            Mode::Root => (0, 0),
+            Mode::Rootless { uid, gid } => (uid, gid),
+        };
+        let mine = TempDir::new("kill-store", Some((uid, gid)));
+        let s = mine.path().join("store");
+        let r = mine.path().join("rootfs");
+        let (ss, rs) = (s.to_str().unwrap(), r.to_str().unwrap());
+        // Kill at growing delays until a pull is caught with part of a layer on disk.
+        let mut caught = false;
+        for delay_ms in [30u64, 60, 100, 150, 220, 320, 450, 650, 900] {
+            let mut child = cagerun_cmd(
+                mode,
+                &[
+                    "pull",
+                    &image,
+                    "--name",
+                    "n",
+                    "--store",
+                    ss,
+                    "--rootfs-dir",
+                    rs,
+                ],
+            )
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+            let pid = child.id() as i32;
+            let target = if mode == Mode::Root {
+                first_child(pid).unwrap_or(pid)
+            } else {
+                pid
+            };
+            unsafe { libc::kill(target, libc::SIGKILL) };
+            let _ = child.wait();
+            let partial = std::fs::read_dir(s.join("ingest"))
+                .map(|d| {
+                    d.flatten()
+                        .any(|e| e.metadata().map(|m| m.len() > 0).unwrap_or(false))
+                })
+                .unwrap_or(false);
+            if partial && !r.join("n").exists() {
+                caught = true;
+                break;
+            }
+            let _ = std::fs::remove_dir_all(&s);
+            let _ = cage_cleanup(&r.join("n"));
+        }
+        assert!(
+            caught,
+            "no kill landed while a layer was downloading (the probe needs a pull in flight)"
+        );
+        let p = run(
+            mode,
+            &[
+                "pull",
+                &image,
+                "--name",
+                "n",
+                "--store",
+                ss,
+                "--rootfs-dir",
+                rs,
+            ],
+        );
+        assert_eq!(p.code, 0, "{}", p.stderr);
+        assert!(p.stderr.contains("resuming at"), "{}", p.stderr);
+        // Every blob in the store hashes to its name.
+        for e in std::fs::read_dir(s.join("blobs/sha256")).unwrap().flatten() {
+            let hex = e.file_name().to_string_lossy().into_owned();
+            assert_eq!(
+                sha256_hex(&std::fs::read(e.path()).unwrap()),
+                hex,
+                "corrupt blob {hex}"
+            );
+        }
+        assert_eq!(
+            std::fs::metadata(r.join("n/noise")).unwrap().len(),
+            48_000_000
+        );
+        let _ = cage_cleanup(&r.join("n"));
+    }
+}
+
+fn first_child(pid: i32) -> Option<i32> {
+    for _ in 0..50 {
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+            if let Some(c) = s.split_whitespace().next() {
+                return c.parse().ok();
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    None
+}
