@@ -35,6 +35,10 @@ pub struct UnpackReport {
     pub bytes: u64,
     pub skipped_devices: u64,
     pub whiteouts: u64,
+    /// Extended attributes set (`user.*`) and skipped (other namespaces need privileges we
+    /// do not use; `security.capability` would be file capabilities, never wanted).
+    pub xattrs: u64,
+    pub skipped_xattrs: u64,
 }
 
 struct DirMode {
@@ -67,6 +71,7 @@ pub fn apply_layer(root: &Path, layer: impl Read, opts: &UnpackOptions) -> Resul
         report.entries += 1;
         let header = entry.header().clone();
         let kind = header.entry_type();
+        let xattrs = pax_xattrs(&mut entry);
         let parent_fd = ensure_parents(&root_fd, parents, &shown)?;
 
         if name.as_slice() == OPAQUE {
@@ -102,6 +107,13 @@ pub fn apply_layer(root: &Path, layer: impl Read, opts: &UnpackOptions) -> Resul
                 }
                 let mut path = parents.to_vec();
                 path.push(name.clone());
+                if !xattrs.is_empty() {
+                    if let Ok(fd) =
+                        open_in_root(&root_fd, &path, libc::O_RDONLY | libc::O_DIRECTORY)
+                    {
+                        apply_xattrs(fd.as_raw_fd(), &xattrs, &mut report);
+                    }
+                }
                 dir_modes.push(DirMode { path, mode, mtime });
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
@@ -141,6 +153,7 @@ pub fn apply_layer(root: &Path, layer: impl Read, opts: &UnpackOptions) -> Resul
                     )));
                 }
                 report.bytes += copied;
+                apply_xattrs(file.as_raw_fd(), &xattrs, &mut report);
                 nix::sys::stat::fchmod(
                     file.as_raw_fd(),
                     nix::sys::stat::Mode::from_bits_truncate(mode),
@@ -244,6 +257,36 @@ pub fn apply_layer(root: &Path, layer: impl Read, opts: &UnpackOptions) -> Resul
         unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) };
     }
     Ok(report)
+}
+
+/// `SCHILY.xattr.NAME` PAX records of the entry (how tar carries extended attributes).
+fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Vec<(CString, Vec<u8>)> {
+    let Ok(Some(exts)) = entry.pax_extensions() else {
+        return Vec::new();
+    };
+    exts.filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.key_bytes().strip_prefix(b"SCHILY.xattr.")?.to_vec();
+            Some((CString::new(name).ok()?, e.value_bytes().to_vec()))
+        })
+        .collect()
+}
+
+fn apply_xattrs(fd: RawFd, xattrs: &[(CString, Vec<u8>)], report: &mut UnpackReport) {
+    for (name, value) in xattrs {
+        if !name.as_bytes().starts_with(b"user.") {
+            report.skipped_xattrs += 1;
+            continue;
+        }
+        // SAFETY: fsetxattr on a descriptor we own, with a live buffer.
+        let rc =
+            unsafe { libc::fsetxattr(fd, name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+        if rc == 0 {
+            report.xattrs += 1;
+        } else {
+            report.skipped_xattrs += 1; // e.g. a filesystem without user xattrs
+        }
+    }
 }
 
 /// The entry's path as plain components; `..` anywhere or a leading `/` is an attack.

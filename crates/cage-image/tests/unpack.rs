@@ -332,3 +332,48 @@ fn the_store_keeps_only_verified_blobs_and_resumes() {
     fs::write(store.blob_path(&d), b"tampered").unwrap();
     assert!(store.read_verified(&d).is_err());
 }
+
+#[test]
+fn user_xattrs_are_kept_and_file_capabilities_are_not() {
+    let (_t, root) = sandbox();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([
+        ("SCHILY.xattr.user.origin", &b"cage"[..]),
+        (
+            "SCHILY.xattr.security.capability",
+            &[
+                1u8, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ][..],
+        ),
+    ])
+    .unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_path("ping").unwrap();
+    h.set_size(4);
+    h.set_mode(0o755);
+    h.set_cksum();
+    b.append(&h, &b"ping"[..]).unwrap();
+    let tar = b.into_inner().unwrap();
+    let r = apply(&root, &tar).unwrap();
+    let get = |name: &str| {
+        let path = std::ffi::CString::new(root.join("ping").to_str().unwrap()).unwrap();
+        let name = std::ffi::CString::new(name).unwrap();
+        let mut buf = [0u8; 64];
+        let n = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        (n >= 0).then(|| buf[..n as usize].to_vec())
+    };
+    assert_eq!(get("user.origin").as_deref(), Some(&b"cage"[..]));
+    assert_eq!(
+        get("security.capability"),
+        None,
+        "no file capabilities from an image"
+    );
+    assert_eq!((r.xattrs, r.skipped_xattrs), (1, 1));
+}
