@@ -760,3 +760,60 @@ fn first_child(pid: i32) -> Option<i32> {
     }
     None
 }
+
+#[test]
+fn a_docker_archive_imports_like_the_layout_it_came_from() {
+    let work = TempDir::new("archive", None);
+    let layout = build_layout(work.path());
+    let reference = work.path().join("U");
+    sh(
+        &format!(
+            "umoci unpack --rootless --image {}:base {} >/dev/null",
+            layout.display(),
+            reference.display()
+        ),
+        work.path(),
+    );
+    let mut want = tree(&reference.join("rootfs"));
+    want.get_mut("suid").unwrap().3 &= 0o777;
+    let archive = work.path().join("busy.tar");
+    sh(
+        &format!(
+            "skopeo copy -q oci:{}:base docker-archive:{}:busy:1 && chmod a+r {}",
+            layout.display(),
+            archive.display(),
+            archive.display()
+        ),
+        work.path(),
+    );
+    for mode in modes() {
+        let (uid, gid) = match mode {
+            Mode::Root => (0, 0),
+            Mode::Rootless { uid, gid } => (uid, gid),
+        };
+        let mine = TempDir::new("archive-store", Some((uid, gid)));
+        let s = mine.path().join("store");
+        let r = mine.path().join("rootfs");
+        let src = format!("docker-archive:{}", archive.display());
+        let imp = run(
+            mode,
+            &[
+                "image",
+                "import",
+                &src,
+                "--name",
+                "busy",
+                "--store",
+                s.to_str().unwrap(),
+                "--rootfs-dir",
+                r.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(imp.code, 0, "{}", imp.stderr);
+        assert_eq!(tree(&r.join("busy")), want);
+        assert!(!s
+            .join(format!("ingest/archive-{}", std::process::id()))
+            .exists());
+        let _ = cage_cleanup(&r.join("busy"));
+    }
+}

@@ -8,6 +8,7 @@
 //! - [`unpack`]: applying layers to a root filesystem as an unprivileged user, with
 //!   whiteouts, and with no way for an entry to write outside the target.
 
+pub mod archive;
 pub mod compression;
 pub mod digest;
 pub mod error;

@@ -28,7 +28,8 @@ impl StoreArg {
 pub enum ImageCommand {
     /// Import an image from disk (air-gapped hosts) and unpack it to ROOTFS_DIR/NAME.
     Import {
-        /// `oci:DIR[:TAG]`, an OCI image layout (what umoci and skopeo write).
+        /// `oci:DIR[:TAG]` (an OCI image layout, as umoci and skopeo write) or
+        /// `docker-archive:FILE[:TAG]` (as `docker save` writes).
         source: String,
         /// The image's name in the store and its directory under --rootfs-dir.
         #[arg(long)]
@@ -41,20 +42,22 @@ pub enum ImageCommand {
     },
 }
 
-/// `oci:DIR[:TAG]` → (DIR, TAG). A last `:` part that contains no `/` is the tag.
-fn parse_oci(source: &str) -> Result<(PathBuf, Option<String>)> {
-    let Some(rest) = source.strip_prefix("oci:") else {
-        if source.starts_with("docker-archive:") {
-            bail!("docker-archive sources are not supported yet; convert with `skopeo copy docker-archive:F oci:DIR:TAG` and import oci:DIR:TAG");
-        }
-        bail!("unknown image source {source:?}: use oci:DIR[:TAG]");
+/// `oci:DIR[:TAG]` or `docker-archive:FILE[:TAG]` → (kind, path, tag). A last `:` part
+/// that contains no `/` is the tag.
+fn parse_source(source: &str) -> Result<(&'static str, PathBuf, Option<String>)> {
+    let (kind, rest) = if let Some(r) = source.strip_prefix("oci:") {
+        ("oci", r)
+    } else if let Some(r) = source.strip_prefix("docker-archive:") {
+        ("docker-archive", r)
+    } else {
+        bail!("unknown image source {source:?}: use oci:DIR[:TAG] or docker-archive:FILE[:TAG]");
     };
-    match rest.rsplit_once(':') {
-        Some((dir, tag)) if !tag.contains('/') && !tag.is_empty() => {
-            Ok((PathBuf::from(dir), Some(tag.to_string())))
+    Ok(match rest.rsplit_once(':') {
+        Some((path, tag)) if !tag.contains('/') && !tag.is_empty() => {
+            (kind, PathBuf::from(path), Some(tag.to_string()))
         }
-        _ => Ok((PathBuf::from(rest), None)),
-    }
+        _ => (kind, PathBuf::from(rest), None),
+    })
 }
 
 pub fn run(cmd: ImageCommand) -> Result<()> {
@@ -67,9 +70,12 @@ pub fn run(cmd: ImageCommand) -> Result<()> {
         } => {
             records::validate_name(&name)?;
             let store = store.open()?;
-            let (dir, tag) = parse_oci(&source)?;
-            let image = import_oci_layout(&store, &dir, tag.as_deref())
-                .with_context(|| format!("importing {source}"))?;
+            let (kind, path, tag) = parse_source(&source)?;
+            let image = match kind {
+                "oci" => import_oci_layout(&store, &path, tag.as_deref()),
+                _ => cage_image::archive::import_docker_archive(&store, &path, tag.as_deref()),
+            }
+            .with_context(|| format!("importing {source}"))?;
             let target = rootfs_dir.join(&name);
             unpack_image(&store, &image, &target, &UnpackOptions::default())
                 .with_context(|| format!("unpacking {source} into {}", target.display()))?;
