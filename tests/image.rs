@@ -99,13 +99,8 @@ fn an_oci_layout_imports_unpacks_like_umoci_and_runs() {
     );
 
     for mode in modes() {
-        let owner = Some((mode.sandbox_host_uid(), mode.sandbox_host_gid()));
-        let (uid, gid) = match mode {
-            Mode::Root => (0, 0),
-            Mode::Rootless { uid, gid } => (uid, gid),
-        };
+        let (uid, gid) = mode.caller_ids();
         let mine = TempDir::new("image-store", Some((uid, gid)));
-        let _ = owner;
         let store = mine.path().join("store");
         let rootfs_dir = mine.path().join("rootfs");
         std::fs::create_dir(&store).unwrap();
@@ -220,10 +215,7 @@ fn a_tampered_blob_is_refused_and_nothing_is_unpacked() {
     bytes[mid] ^= 0xff;
     std::fs::write(&biggest, bytes).unwrap();
     for mode in modes() {
-        let (uid, gid) = match mode {
-            Mode::Root => (0, 0),
-            Mode::Rootless { uid, gid } => (uid, gid),
-        };
+        let (uid, gid) = mode.caller_ids();
         let mine = TempDir::new("image-bad-store", Some((uid, gid)));
         let src = format!("oci:{}:base", layout.display());
         let s = mine.path().join("store");
@@ -347,10 +339,7 @@ fn pull_from_a_real_registry_resumes_and_recovers() {
     let image = registry.push(&layout, "busy:1");
 
     for mode in modes() {
-        let (uid, gid) = match mode {
-            Mode::Root => (0, 0),
-            Mode::Rootless { uid, gid } => (uid, gid),
-        };
+        let (uid, gid) = mode.caller_ids();
         let mine = TempDir::new("pull-store", Some((uid, gid)));
         let s = mine.path().join("store");
         let r = mine.path().join("rootfs");
@@ -562,10 +551,7 @@ fn an_ollama_model_lands_byte_identical_in_ollamas_layout() {
     let manifest = pushed.stdout;
 
     for mode in modes() {
-        let (uid, gid) = match mode {
-            Mode::Root => (0, 0),
-            Mode::Rootless { uid, gid } => (uid, gid),
-        };
+        let (uid, gid) = mode.caller_ids();
         let mine = TempDir::new("models", Some((uid, gid)));
         let m = mine.path().join("models");
         let ms = m.to_str().unwrap();
@@ -664,10 +650,7 @@ fn a_pull_killed_half_way_resumes_and_the_store_stays_sound() {
     let registry = Registry::start();
     let image = registry.push(&work.path().join("L"), "noise:1");
     for mode in modes() {
-        let (uid, gid) = match mode {
-            Mode::Root => (0, 0),
-            Mode::Rootless { uid, gid } => (uid, gid),
-        };
+        let (uid, gid) = mode.caller_ids();
         let mine = TempDir::new("kill-store", Some((uid, gid)));
         let s = mine.path().join("store");
         let r = mine.path().join("rootfs");
@@ -787,10 +770,7 @@ fn a_docker_archive_imports_like_the_layout_it_came_from() {
         work.path(),
     );
     for mode in modes() {
-        let (uid, gid) = match mode {
-            Mode::Root => (0, 0),
-            Mode::Rootless { uid, gid } => (uid, gid),
-        };
+        let (uid, gid) = mode.caller_ids();
         let mine = TempDir::new("archive-store", Some((uid, gid)));
         let s = mine.path().join("store");
         let r = mine.path().join("rootfs");

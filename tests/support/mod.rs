@@ -27,6 +27,13 @@ impl Mode {
             Mode::Rootless { uid, .. } => uid,
         }
     }
+    /// Who runs cagerun in this mode (root, or the test user).
+    pub fn caller_ids(self) -> (u32, u32) {
+        match self {
+            Mode::Root => (0, 0),
+            Mode::Rootless { uid, gid } => (uid, gid),
+        }
+    }
     pub fn sandbox_host_gid(self) -> u32 {
         match self {
             Mode::Root => 1000,

@@ -9,13 +9,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::Reference;
 
 use crate::digest::Digest;
 use crate::error::{io, ImageError, Result};
-use crate::registry::{fetch_blob, is_local, registry_err, PullProgress};
+use crate::registry::{block_on, client_for, fetch_blob, is_local, registry_err, PullProgress};
 use crate::store::{Naming, Store};
 
 pub const DEFAULT_REGISTRY: &str = "registry.ollama.ai";
@@ -131,12 +130,7 @@ pub fn pull_model(
     endpoint: Option<&str>,
     progress: Arc<dyn PullProgress>,
 ) -> Result<Digest> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| ImageError::Format(format!("starting the downloader: {e}")))?;
-    rt.block_on(async {
+    block_on(async {
         let (host, plain) = match endpoint {
             Some(u) if u.starts_with("http://") => (
                 u.trim_start_matches("http://")
@@ -157,15 +151,7 @@ pub fn pull_model(
                 "{host}: plain HTTP is only spoken to this machine's registries"
             )));
         }
-        let protocol = if plain {
-            ClientProtocol::HttpsExcept(vec![host.clone()])
-        } else {
-            ClientProtocol::Https
-        };
-        let client = Client::new(ClientConfig {
-            protocol,
-            ..Default::default()
-        });
+        let client = client_for(&host, plain);
         let at: Reference = format!("{host}/{}/{}:{}", model.namespace, model.model, model.tag)
             .parse()
             .map_err(|e| ImageError::Format(format!("{model}: {e}")))?;
@@ -192,7 +178,7 @@ pub fn pull_model(
         fs::write(&tmp, &bytes).map_err(io(&tmp, "writing the manifest"))?;
         fs::rename(&tmp, &path).map_err(io(&path, "writing the manifest"))?;
         Ok(digest)
-    })
+    })?
 }
 
 /// (name, total size of its blobs) for every model in `models`.

@@ -91,12 +91,30 @@ pub fn pull(
     opts: &PullOptions,
     progress: Arc<dyn PullProgress>,
 ) -> Result<(String, Image)> {
+    block_on(pull_async(store, reference, opts, progress))?
+}
+
+/// One pull on a single-threaded runtime: the rest of cagerun stays synchronous.
+pub(crate) fn block_on<F: std::future::Future>(future: F) -> Result<F::Output> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| ImageError::Format(format!("starting the downloader: {e}")))?;
-    rt.block_on(pull_async(store, reference, opts, progress))
+    Ok(rt.block_on(future))
+}
+
+/// A client for `registry` (host[:port]); plain HTTP only when `plain`.
+pub(crate) fn client_for(registry: &str, plain: bool) -> Client {
+    let protocol = if plain {
+        ClientProtocol::HttpsExcept(vec![registry.to_string()])
+    } else {
+        ClientProtocol::Https
+    };
+    Client::new(ClientConfig {
+        protocol,
+        ..Default::default()
+    })
 }
 
 async fn pull_async(
@@ -109,15 +127,10 @@ async fn pull_async(
         .parse()
         .map_err(|e| ImageError::Format(format!("invalid image reference {reference:?}: {e}")))?;
     let registry = image_ref.resolve_registry().to_string();
-    let protocol = if is_local(&registry) || opts.insecure_registries.contains(&registry) {
-        ClientProtocol::HttpsExcept(vec![registry.clone()])
-    } else {
-        ClientProtocol::Https
-    };
-    let client = Client::new(ClientConfig {
-        protocol,
-        ..Default::default()
-    });
+    let client = client_for(
+        &registry,
+        is_local(&registry) || opts.insecure_registries.contains(&registry),
+    );
     let auth = RegistryAuth::Anonymous;
     let canonical = image_ref.whole();
 
