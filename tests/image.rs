@@ -32,15 +32,17 @@ fn sh(script: &str, dir: &Path) {
 fn build_layout(dir: &Path) -> PathBuf {
     sh(
         r#"
+        R=--rootless; [ "$(id -u)" = 0 ] && R=
         umoci init --layout L
         umoci new --image L:base
-        umoci unpack --rootless --image L:base B >/dev/null
+        umoci unpack $R --image L:base B >/dev/null
         mkdir -p B/rootfs/bin B/rootfs/etc B/rootfs/data B/rootfs/workspace B/rootfs/tmp B/rootfs/proc B/rootfs/dev B/rootfs/sys
         cp /bin/busybox B/rootfs/bin/busybox
         ln -s busybox B/rootfs/bin/sh
         echo hello > B/rootfs/hello
         echo gone > B/rootfs/data/gone
         echo keep > B/rootfs/data/keep
+        if [ -z "$R" ]; then mkdir -p B/rootfs/home/app && echo mine > B/rootfs/home/app/f && chown -R 1000:1000 B/rootfs/home/app; fi
         umoci repack --image L:base B
         rm B/rootfs/data/gone
         ln B/rootfs/hello B/rootfs/hello-hard
@@ -250,6 +252,9 @@ fn a_tampered_blob_is_refused_and_nothing_is_unpacked() {
 }
 
 fn cage_cleanup(p: &Path) -> std::io::Result<()> {
+    if !p.exists() {
+        return Ok(());
+    }
     let _ = Command::new("chmod").args(["-R", "u+rwX"]).arg(p).status();
     std::fs::remove_dir_all(p)
 }
@@ -795,5 +800,98 @@ fn a_docker_archive_imports_like_the_layout_it_came_from() {
             .join(format!("ingest/archive-{}", std::process::id()))
             .exists());
         let _ = cage_cleanup(&r.join("busy"));
+    }
+}
+
+#[test]
+fn images_keep_their_ownership_through_the_mapping() {
+    assert!(
+        is_root(),
+        "the test image needs a file owned by uid 1000: build it as root, as .ci/run does"
+    );
+    let work = TempDir::new("owner", None);
+    let layout = build_layout(work.path());
+    for mode in modes() {
+        let (uid, gid) = mode.caller_ids();
+        let mine = TempDir::new("owner-store", Some((uid, gid)));
+        let s = mine.path().join("store");
+        let r = mine.path().join("rootfs");
+        let (ss, rs) = (s.to_str().unwrap(), r.to_str().unwrap());
+        let src = format!("oci:{}:base", layout.display());
+        let imp = run(
+            mode,
+            &[
+                "image",
+                "import",
+                &src,
+                "--name",
+                "own",
+                "--store",
+                ss,
+                "--rootfs-dir",
+                rs,
+            ],
+        );
+        assert_eq!(imp.code, 0, "{}", imp.stderr);
+        let owner = |p: &str| {
+            std::fs::symlink_metadata(r.join("own").join(p))
+                .unwrap()
+                .uid()
+        };
+        let inside = run(
+            mode,
+            &[
+                "exec",
+                "--rootfs",
+                r.join("own").to_str().unwrap(),
+                "--",
+                "/bin/busybox",
+                "stat",
+                "-c",
+                "%u",
+                "/home/app/f",
+                "/hello",
+            ],
+        );
+        assert_eq!(inside.code, 0, "{}", inside.stderr);
+        match mode {
+            Mode::Root => {
+                // Host ids are the image's; the sandbox maps only its user, so root's files
+                // show as the overflow id.
+                assert_eq!((owner("home/app/f"), owner("hello")), (1000, 0));
+                assert_eq!(inside.stdout, "1000\n65534\n");
+            }
+            Mode::Rootless { uid, .. } => {
+                let subuid = std::fs::read_to_string("/etc/subuid").unwrap();
+                let name = String::from_utf8(
+                    Command::new("id")
+                        .args(["-un", &uid.to_string()])
+                        .output()
+                        .unwrap()
+                        .stdout,
+                )
+                .unwrap();
+                let base: u32 = subuid
+                    .lines()
+                    .find(|l| l.starts_with(&format!("{}:", name.trim())))
+                    .expect(
+                        "the test user has subordinate ids (useradd gives them; .ci/run checks)",
+                    )
+                    .split(':')
+                    .nth(1)
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                // The image's user is the caller, the image's root a subordinate id ...
+                assert_eq!((owner("home/app/f"), owner("hello")), (uid, base));
+                // ... and inside, both are what the image said.
+                assert_eq!(inside.stdout, "1000\n0\n");
+                // The caller cannot delete such files alone; cagerun can.
+                let rm = run(mode, &["image", "rm-rootfs", "own", "--rootfs-dir", rs]);
+                assert_eq!(rm.code, 0, "{}", rm.stderr);
+                assert!(!r.join("own").exists());
+            }
+        }
+        let _ = cage_cleanup(&r.join("own"));
     }
 }

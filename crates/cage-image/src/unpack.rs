@@ -27,6 +27,9 @@ const OPAQUE: &[u8] = b".wh..wh..opq";
 pub struct UnpackOptions {
     /// Refuse a layer whose entries add up to more than this many bytes.
     pub max_bytes: Option<u64>,
+    /// Give entries the image's owners (ids 0..65535). Needs the power to chown: root, or
+    /// root of a user namespace that maps those ids (subordinate ranges).
+    pub chown: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,6 +42,8 @@ pub struct UnpackReport {
     /// do not use; `security.capability` would be file capabilities, never wanted).
     pub xattrs: u64,
     pub skipped_xattrs: u64,
+    /// Entries whose owner is outside 0..65535 and keep the unpacking user's.
+    pub unmapped_owners: u64,
 }
 
 struct DirMode {
@@ -56,6 +61,11 @@ pub fn apply_layer(root: &Path, layer: impl Read, opts: &UnpackOptions) -> Resul
     let mut dir_modes: Vec<DirMode> = Vec::new();
     // Paths this layer created: an opaque whiteout hides lower layers only.
     let mut this_layer: HashSet<Vec<Vec<u8>>> = HashSet::new();
+    if opts.chown {
+        // The image's root owns its `/`.
+        chown_at(root_fd.as_raw_fd(), c"", 0, 0, libc::AT_EMPTY_PATH)
+            .map_err(io(root, "giving the image's root its /"))?;
+    }
 
     for entry in archive.entries().map_err(ImageError::Archive)? {
         let mut entry = entry.map_err(ImageError::Archive)?;
@@ -236,6 +246,25 @@ pub fn apply_layer(root: &Path, layer: impl Read, opts: &UnpackOptions) -> Resul
                 continue;
             }
             _ => continue, // pax/GNU metadata entries are consumed by the tar reader
+        }
+        if opts.chown && kind != tar::EntryType::Link {
+            let (uid, gid) = (header.uid().unwrap_or(0), header.gid().unwrap_or(0));
+            if uid < 65536 && gid < 65536 {
+                chown_at(
+                    parent_fd.as_raw_fd(),
+                    &cname,
+                    uid as u32,
+                    gid as u32,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| ImageError::Entry {
+                    entry: shown.clone(),
+                    what: "setting the owner",
+                    source: e,
+                })?;
+            } else {
+                report.unmapped_owners += 1;
+            }
         }
         let mut path = parents.to_vec();
         path.push(name.clone());
@@ -559,6 +588,20 @@ fn clear_dir(
         what: "clearing the opaque directory",
         source: e,
     })
+}
+
+fn chown_at(
+    dir: RawFd,
+    name: &std::ffi::CStr,
+    uid: u32,
+    gid: u32,
+    flags: libc::c_int,
+) -> std::io::Result<()> {
+    // SAFETY: fchownat with a valid C string.
+    if unsafe { libc::fchownat(dir, name.as_ptr(), uid, gid, flags) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn ts(secs: i64) -> libc::timespec {

@@ -260,6 +260,7 @@ fn a_layer_shorter_than_its_headers_claim_fails() {
         })[..],
         &UnpackOptions {
             max_bytes: Some(1000),
+            ..Default::default()
         },
     );
     assert!(matches!(limited, Err(ImageError::TooLarge { .. })));
@@ -376,4 +377,48 @@ fn user_xattrs_are_kept_and_file_capabilities_are_not() {
         "no file capabilities from an image"
     );
     assert_eq!((r.xattrs, r.skipped_xattrs), (1, 1));
+}
+
+#[test]
+fn with_chown_entries_get_the_images_owners() {
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "chown to other ids needs root here (or a mapped namespace, which the cagerun tests cover)"
+    );
+    let (_t, root) = sandbox();
+    let mut l = Vec::new();
+    let mut h = tar::Header::new_gnu();
+    h.set_path("app/f").unwrap();
+    h.set_size(1);
+    h.set_mode(0o644);
+    h.set_uid(1000);
+    h.set_gid(1001);
+    h.set_cksum();
+    l.extend_from_slice(h.as_bytes());
+    l.extend_from_slice(b"x");
+    l.extend(std::iter::repeat_n(0u8, 511));
+    let mut big = tar::Header::new_gnu();
+    big.set_path("odd").unwrap();
+    big.set_size(0);
+    big.set_mode(0o644);
+    big.set_uid(70000);
+    big.set_cksum();
+    l.extend_from_slice(big.as_bytes());
+    let r = apply_layer(
+        &root,
+        &finish(l)[..],
+        &UnpackOptions {
+            chown: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let m = fs::metadata(root.join("app/f")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (1000, 1001));
+    assert_eq!(
+        fs::metadata(&root).unwrap().uid(),
+        0,
+        "the image's root owns /"
+    );
+    assert_eq!(r.unmapped_owners, 1, "ids beyond 65535 are not given");
 }

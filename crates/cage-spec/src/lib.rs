@@ -14,7 +14,10 @@ pub mod seccomp;
 pub mod size;
 
 pub use error::SpecError;
-pub use sandbox::{render_sandbox, HostIds, IdPair, NetMode, RootfsSource, SandboxRequest};
+pub use sandbox::{
+    keep_id_map, render_sandbox, HostIds, IdPair, NetMode, RootfsSource, SandboxRequest,
+    SubordinateIds,
+};
 
 /// Annotation prefix for files the engine writes into a fresh (tmpfs) root before sealing it
 /// read-only, e.g. `run.cagerun.file:/etc/passwd`. Value: the file's contents.

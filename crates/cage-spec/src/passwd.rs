@@ -60,6 +60,18 @@ pub fn lookup_account(passwd: &str, name_or_uid: &str) -> Option<(String, u32, u
     })
 }
 
+/// The first range of /etc/subuid (or /etc/subgid) text that belongs to `name` or `id`:
+/// (start, count).
+pub fn subordinate_range(text: &str, name: &str, id: u32) -> Option<(u32, u32)> {
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.trim().split(':').collect();
+        if f.len() != 3 || (f[0] != name && f[0].parse::<u32>().ok() != Some(id)) {
+            return None;
+        }
+        Some((f[1].parse().ok()?, f[2].parse().ok()?))
+    })
+}
+
 /// The /etc/passwd of a host-assembled root: root, the sandbox user, nobody. Nothing of the
 /// host's user list leaks in.
 pub fn synthesized_passwd(user: IdPair) -> String {
@@ -115,6 +127,17 @@ mod tests {
             resolve_user("node:staff", PASSWD, GROUP).unwrap(),
             IdPair { uid: 1000, gid: 50 }
         );
+    }
+
+    #[test]
+    fn subordinate_ranges_by_name_or_uid() {
+        let text = "alice:100000:65536\n1001:300000:65536\nbroken\n";
+        assert_eq!(
+            subordinate_range(text, "alice", 1000),
+            Some((100000, 65536))
+        );
+        assert_eq!(subordinate_range(text, "bob", 1001), Some((300000, 65536)));
+        assert_eq!(subordinate_range(text, "carol", 1002), None);
     }
 
     #[test]

@@ -95,6 +95,37 @@ pub struct HostIds {
     pub gid: u32,
 }
 
+/// A user's subordinate id ranges (/etc/subuid, /etc/subgid), used through newuidmap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubordinateIds {
+    pub uid_base: u32,
+    pub uid_count: u32,
+    pub gid_base: u32,
+    pub gid_count: u32,
+}
+
+/// Ids an image may use: 0..65535.
+pub const IMAGE_ID_SPAN: u32 = 65536;
+
+/// "keep-id": the sandbox user's id maps to the caller, every other id of an image
+/// (0..65535) to the caller's subordinate range in order — so a rootfs unpacked with its
+/// ownership shows it inside (root's files are root's), and the sandbox user's files are the
+/// caller's on the host. (inside, outside, count) lines.
+pub fn keep_id_map(id: u32, caller: u32, base: u32, count: u32) -> Option<Vec<(u32, u32, u32)>> {
+    if id >= IMAGE_ID_SPAN || count < IMAGE_ID_SPAN - 1 {
+        return None;
+    }
+    let mut lines = Vec::new();
+    if id > 0 {
+        lines.push((0, base, id));
+    }
+    lines.push((id, caller, 1));
+    if id < IMAGE_ID_SPAN - 1 {
+        lines.push((id + 1, base + id, IMAGE_ID_SPAN - 1 - id));
+    }
+    Some(lines)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RootfsSource {
     /// Assembled from read-only binds of the host's system directories ([`HOST_ROOTFS_BINDS`])
@@ -128,6 +159,9 @@ pub struct SandboxRequest {
     pub pids: Option<i64>,
     pub tmpfs_size: Option<u64>,
     pub terminal: bool,
+    /// Rootless, for a rootfs unpacked with its ownership: map the image's other ids
+    /// through these ranges ([`keep_id_map`]). None: the sandbox user is the only id.
+    pub subordinate: Option<SubordinateIds>,
 }
 
 impl SandboxRequest {
@@ -144,6 +178,7 @@ impl SandboxRequest {
             pids: None,
             tmpfs_size: None,
             terminal: false,
+            subordinate: None,
         }
     }
 }
@@ -369,17 +404,36 @@ pub fn render_sandbox(req: &SandboxRequest, host: HostIds) -> Result<Spec, SpecE
         )
         .pids(LinuxPidsBuilder::default().limit(pids).build()?)
         .build()?;
+    let id_lines = |id: u32, host_id: u32, sub: Option<(u32, u32)>| -> Vec<(u32, u32, u32)> {
+        sub.and_then(|(base, count)| keep_id_map(id, host_id, base, count))
+            .unwrap_or_else(|| vec![(id, host_id, 1)])
+    };
+    let sub = req.subordinate.filter(|_| host.uid != 0);
+    let to_mappings = |lines: Vec<(u32, u32, u32)>| {
+        lines
+            .into_iter()
+            .map(|(inside, outside, count)| {
+                LinuxIdMappingBuilder::default()
+                    .container_id(inside)
+                    .host_id(outside)
+                    .size(count)
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let uid_mappings = to_mappings(id_lines(
+        req.user.uid,
+        host_side.uid,
+        sub.map(|s| (s.uid_base, s.uid_count)),
+    ))?;
+    let gid_mappings = to_mappings(id_lines(
+        req.user.gid,
+        host_side.gid,
+        sub.map(|s| (s.gid_base, s.gid_count)),
+    ))?;
     let linux = LinuxBuilder::default()
-        .uid_mappings(vec![LinuxIdMappingBuilder::default()
-            .container_id(req.user.uid)
-            .host_id(host_side.uid)
-            .size(1u32)
-            .build()?])
-        .gid_mappings(vec![LinuxIdMappingBuilder::default()
-            .container_id(req.user.gid)
-            .host_id(host_side.gid)
-            .size(1u32)
-            .build()?])
+        .uid_mappings(uid_mappings)
+        .gid_mappings(gid_mappings)
         .namespaces(namespaces)
         .resources(resources)
         .seccomp(seccomp::sandbox_profile()?)
@@ -462,6 +516,57 @@ mod tests {
             }
         )
         .is_ok());
+    }
+
+    #[test]
+    fn keep_id_maps_the_user_to_the_caller_and_the_rest_to_the_range() {
+        assert_eq!(
+            keep_id_map(1000, 1001, 100000, 65536).unwrap(),
+            vec![(0, 100000, 1000), (1000, 1001, 1), (1001, 101000, 64535)]
+        );
+        assert_eq!(
+            keep_id_map(0, 1001, 100000, 65536).unwrap(),
+            vec![(0, 1001, 1), (1, 100000, 65535)]
+        );
+        assert!(
+            keep_id_map(1000, 1001, 100000, 1000).is_none(),
+            "a range too small for an image"
+        );
+        let mut r = host_req();
+        r.subordinate = Some(SubordinateIds {
+            uid_base: 100000,
+            uid_count: 65536,
+            gid_base: 200000,
+            gid_count: 65536,
+        });
+        let spec = render_sandbox(
+            &r,
+            HostIds {
+                uid: 1001,
+                gid: 1001,
+            },
+        )
+        .unwrap();
+        let maps = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .uid_mappings()
+            .clone()
+            .unwrap();
+        assert_eq!(maps.len(), 3);
+        // As root nothing changes: subordinate ranges are for rootless callers.
+        let spec = render_sandbox(&r, HostIds { uid: 0, gid: 0 }).unwrap();
+        assert_eq!(
+            spec.linux()
+                .as_ref()
+                .unwrap()
+                .uid_mappings()
+                .as_ref()
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -65,6 +65,7 @@ pub fn run(args: BundleArgs) -> Result<()> {
         );
     }
     let mut req = SandboxRequest::new(command, RootfsSource::Dir(rootfs.clone()));
+    req.subordinate = crate::exec::mapped_ownership(&RootfsSource::Dir(rootfs.clone()));
     for kv in defaults.env().clone().unwrap_or_default() {
         if let Some((k, v)) = kv.split_once('=') {
             req.env.push((k.to_string(), v.to_string()));

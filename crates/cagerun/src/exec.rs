@@ -173,9 +173,19 @@ pub fn print_spec(args: ExecArgs) -> Result<()> {
     Ok(())
 }
 
+/// Rootless, a rootfs unpacked with its image's ownership is run with the same mapping.
+pub fn mapped_ownership(rootfs: &RootfsSource) -> Option<cage_spec::SubordinateIds> {
+    let RootfsSource::Dir(dir) = rootfs else {
+        return None;
+    };
+    let sub = crate::ids::subordinate()?;
+    crate::ids::ownership_mapped(dir, &sub).then_some(sub)
+}
+
 fn render_from_flags(args: &ExecArgs) -> Result<oci_spec::runtime::Spec> {
     let rootfs = rootfs_source(&args.rootfs)?;
     let mut req = SandboxRequest::new(args.command.clone(), rootfs.clone());
+    req.subordinate = mapped_ownership(&rootfs);
     if let Some(ws) = &args.workspace {
         req.workspace = Some(workspace_dir(ws)?);
     }

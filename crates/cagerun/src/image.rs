@@ -26,6 +26,13 @@ impl StoreArg {
 
 #[derive(Subcommand, Debug)]
 pub enum ImageCommand {
+    /// Remove ROOTFS_DIR/NAME (as root of the mapped user namespace when the image kept its
+    /// ownership through subordinate ids, which the caller alone may not delete).
+    RmRootfs {
+        name: String,
+        #[arg(long, value_name = "DIR", default_value = "rootfs")]
+        rootfs_dir: PathBuf,
+    },
     /// Import an image from disk (air-gapped hosts) and unpack it to ROOTFS_DIR/NAME.
     Import {
         /// `oci:DIR[:TAG]` (an OCI image layout, as umoci and skopeo write) or
@@ -60,8 +67,66 @@ fn parse_source(source: &str) -> Result<(&'static str, PathBuf, Option<String>)>
     })
 }
 
+/// Unpack with the image's ownership where we can: as root directly, rootless as root of a
+/// user namespace over the caller's subordinate ids; otherwise every file is the caller's.
+fn unpack(
+    store: &Store,
+    image: &cage_image::layout::Image,
+    target: &std::path::Path,
+) -> Result<()> {
+    let root = nix::unistd::geteuid().is_root();
+    // The parent is the cage's, made by the caller (not by a mapped helper).
+    if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    match (root, crate::ids::subordinate()) {
+        (true, _) => unpack_image(
+            store,
+            image,
+            target,
+            &UnpackOptions {
+                chown: true,
+                ..Default::default()
+            },
+        )
+        .map(drop)?,
+        (false, Some(sub)) => crate::ids::as_mapped_root(&sub, || {
+            unpack_image(
+                store,
+                image,
+                target,
+                &UnpackOptions {
+                    chown: true,
+                    ..Default::default()
+                },
+            )?;
+            Ok(())
+        })?,
+        (false, None) => unpack_image(store, image, target, &UnpackOptions::default()).map(drop)?,
+    }
+    Ok(())
+}
+
 pub fn run(cmd: ImageCommand) -> Result<()> {
     match cmd {
+        ImageCommand::RmRootfs { name, rootfs_dir } => {
+            records::validate_name(&name)?;
+            let target = rootfs_dir.join(&name);
+            if !target.exists() {
+                bail!("{} does not exist", target.display());
+            }
+            let remove = || -> Result<()> {
+                cage_image::layout::make_writable_and_remove(&target)
+                    .with_context(|| format!("removing {}", target.display()))
+            };
+            match crate::ids::subordinate().filter(|s| crate::ids::ownership_mapped(&target, s)) {
+                Some(sub) => crate::ids::as_mapped_root(&sub, remove)?,
+                None => remove()?,
+            }
+            println!("removed {}", target.display());
+            Ok(())
+        }
         ImageCommand::Import {
             source,
             name,
@@ -77,7 +142,7 @@ pub fn run(cmd: ImageCommand) -> Result<()> {
             }
             .with_context(|| format!("importing {source}"))?;
             let target = rootfs_dir.join(&name);
-            unpack_image(&store, &image, &target, &UnpackOptions::default())
+            unpack(&store, &image, &target)
                 .with_context(|| format!("unpacking {source} into {}", target.display()))?;
             let rec = ImageRecord::new(&store, &name, &source, &image)?;
             records::save(&store, &rec)?;
@@ -196,7 +261,7 @@ pub fn pull(args: PullArgs) -> Result<()> {
     };
     let (canonical, image) = cage_image::registry::pull(&store, &args.image, &opts, progress)
         .with_context(|| format!("pulling {}", args.image))?;
-    unpack_image(&store, &image, &target, &UnpackOptions::default())
+    unpack(&store, &image, &target)
         .with_context(|| format!("unpacking {canonical} into {}", target.display()))?;
     let rec = ImageRecord::new(&store, &name, &canonical, &image)?;
     records::save(&store, &rec)?;

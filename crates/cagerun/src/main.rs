@@ -5,6 +5,7 @@ mod bundle;
 mod cgroup_setup;
 mod doctor;
 mod exec;
+mod ids;
 mod image;
 mod model;
 
