@@ -273,3 +273,17 @@ async fn download(
     progress.blob_done(d);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_get_docker_hubs_defaults() {
+        let r = |s: &str| s.parse::<Reference>().unwrap().whole();
+        assert_eq!(r("busybox"), "docker.io/library/busybox:latest");
+        assert_eq!(r("ollama/ollama:0.12.3"), "docker.io/ollama/ollama:0.12.3");
+        assert_eq!(r("localhost:5000/x:1"), "localhost:5000/x:1");
+        assert!(is_local("127.0.0.1:5000") && is_local("localhost") && !is_local("ghcr.io"));
+    }
+}
