@@ -306,12 +306,14 @@ impl Registry {
     }
 
     fn push(&self, layout: &Path, name: &str) -> String {
+        self.push_as(layout, name, "oci")
+    }
+
+    /// `format`: `oci` or `v2s2` (Docker's schema 2 media types).
+    fn push_as(&self, layout: &Path, name: &str, format: &str) -> String {
         let dest = format!("127.0.0.1:{}/{name}", self.port);
         sh(
-            &format!(
-                "skopeo copy -q --dest-tls-verify=false oci:{}:base docker://{dest}",
-                layout.display()
-            ),
+            &format!("skopeo copy -q --format {format} --dest-tls-verify=false oci:{}:base docker://{dest}", layout.display()),
             layout.parent().unwrap(),
         );
         dest
@@ -342,6 +344,7 @@ fn pull_from_a_real_registry_resumes_and_recovers() {
     want.get_mut("suid").unwrap().3 &= 0o777;
     let registry = Registry::start();
     let image = registry.push(&layout, "busy:1");
+    let docker_v2 = registry.push_as(&layout, "busy:v2s2", "v2s2");
 
     for mode in modes() {
         let (uid, gid) = mode.caller_ids();
@@ -365,6 +368,22 @@ fn pull_from_a_real_registry_resumes_and_recovers() {
             ],
         );
         assert_eq!(out.stdout, "hello\n");
+        // Docker's schema 2 media types pull the same tree.
+        let p = run(
+            mode,
+            &[
+                "pull",
+                &docker_v2,
+                "--name",
+                "busy-v2",
+                "--store",
+                ss,
+                "--rootfs-dir",
+                rs,
+            ],
+        );
+        assert_eq!(p.code, 0, "{}", p.stderr);
+        assert_eq!(tree(&r.join("busy-v2")), want);
 
         // An interrupted pull left half of the biggest blob: the next pull resumes there.
         let blobs = s.join("blobs/sha256");
@@ -424,7 +443,7 @@ fn pull_from_a_real_registry_resumes_and_recovers() {
         assert_eq!(p.code, 0, "{}", p.stderr);
         assert_eq!(std::fs::read(&big).unwrap(), bytes);
         assert!(!partial.exists());
-        for n in ["busy", "busy2", "busy3"] {
+        for n in ["busy", "busy2", "busy3", "busy-v2"] {
             let _ = cage_cleanup(&r.join(n));
         }
     }
