@@ -55,6 +55,12 @@ enum Command {
         #[command(flatten)]
         store: image::StoreArg,
     },
+    /// Check a cage's config/cage.toml (services, ports, dependencies) and say what is wrong.
+    Check {
+        /// The file (default: config/cage.toml).
+        #[arg(default_value = "config/cage.toml")]
+        file: std::path::PathBuf,
+    },
     /// What on this host helps or stops sandboxes (user namespaces, seccomp, Landlock,
     /// cgroup delegation), with the fix for each problem.
     Doctor,
@@ -84,6 +90,7 @@ fn main() -> ExitCode {
         Command::Spec(args) => exec::print_spec(args).map(|()| 0),
         Command::SetupCgroups(args) => cgroup_setup::run(args).map(|()| 0),
         Command::Doctor => doctor::run(),
+        Command::Check { file } => check(&file),
         Command::Image(cmd) => image::run(cmd).map(|()| 0),
         Command::Pull(args) => image::pull(args).map(|()| 0),
         Command::Bundle(args) => bundle::run(args).map(|()| 0),
@@ -98,4 +105,19 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_CAGERUN_ERROR)
         }
     }
+}
+
+fn check(file: &std::path::Path) -> anyhow::Result<i32> {
+    use anyhow::Context;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let cage = cage_spec::cage::parse_cage(&file.display().to_string(), &text)?;
+    let names: Vec<&str> = cage.services.iter().map(|s| s.name.as_str()).collect();
+    println!(
+        "{}: {} services, started in this order: {}",
+        file.display(),
+        names.len(),
+        names.join(", ")
+    );
+    Ok(0)
 }

@@ -1,0 +1,715 @@
+//! `config/cage.toml`: the services of a cage, validated into a [`Cage`] with errors that
+//! name the file, line and key and say what is allowed.
+//!
+//! Hardened defaults (read-only root, no capabilities, no_new_privs, the default seccomp
+//! profile, masked paths) are not settings here: a service can only name an opt-out.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::size::parse_size;
+
+/// One problem in the file, with its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CageError {
+    pub file: String,
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for CageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}:{}: {}", self.file, self.line, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}: {}: {}",
+                self.file, self.line, self.key, self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for CageError {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CageFile {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    services: BTreeMap<String, Spanned<ServiceFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceFile {
+    image: Option<String>,
+    rootfs: Option<String>,
+    #[serde(default)]
+    host: bool,
+    command: Option<Vec<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    env_file: Option<String>,
+    user: Option<String>,
+    workdir: Option<String>,
+    #[serde(default)]
+    mounts: Vec<MountFile>,
+    #[serde(default)]
+    tmpfs: Vec<TmpfsFile>,
+    #[serde(default)]
+    volumes: Vec<Spanned<String>>,
+    #[serde(default)]
+    ports: Vec<Spanned<String>>,
+    #[serde(default)]
+    allow_lan: bool,
+    #[serde(default)]
+    internet: bool,
+    #[serde(default)]
+    depends_on: Vec<Spanned<DependsFile>>,
+    healthcheck: Option<Spanned<HealthFile>>,
+    #[serde(default)]
+    restart: Option<Spanned<String>>,
+    resources: Option<Spanned<ResourcesFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MountFile {
+    src: String,
+    dst: String,
+    #[serde(default = "yes")]
+    ro: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TmpfsFile {
+    dst: String,
+    size: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum DependsFile {
+    Name(String),
+    Detailed {
+        service: String,
+        #[serde(default)]
+        healthy: bool,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthFile {
+    http: Option<String>,
+    command: Option<Vec<String>>,
+    interval: Option<String>,
+    timeout: Option<String>,
+    retries: Option<u32>,
+    start_period: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResourcesFile {
+    memory: Option<String>,
+    pids: Option<i64>,
+    cpus: Option<f64>,
+}
+
+/// Where a service's root filesystem comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceRoot {
+    Image(String),
+    Rootfs(String),
+    /// Read-only binds of the host's system directories (for natively installed binaries).
+    Host,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    pub host_addr: std::net::IpAddr,
+    pub host_port: u16,
+    pub container_port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restart {
+    No,
+    OnFailure,
+    Always,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthProbe {
+    /// `GET` of this path on this port inside the service's network namespace.
+    Http {
+        port: u16,
+        path: String,
+    },
+    Command(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Healthcheck {
+    pub probe: HealthProbe,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub retries: u32,
+    pub start_period_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dependency {
+    pub service: String,
+    pub healthy: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub root: ServiceRoot,
+    pub command: Option<Vec<String>>,
+    pub env: BTreeMap<String, String>,
+    pub env_file: Option<String>,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+    pub mounts: Vec<(String, String, bool)>,
+    pub tmpfs: Vec<(String, u64)>,
+    pub volumes: Vec<(String, String)>,
+    pub ports: Vec<Port>,
+    pub internet: bool,
+    pub depends_on: Vec<Dependency>,
+    pub healthcheck: Option<Healthcheck>,
+    pub restart: Restart,
+    pub memory: Option<u64>,
+    pub pids: Option<i64>,
+    pub cpus: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cage {
+    pub name: Option<String>,
+    /// In an order where every service comes after what it depends on.
+    pub services: Vec<Service>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
+}
+
+/// Milliseconds of `500ms`, `5s`, `2m`, `1h`.
+fn parse_duration(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3_600_000)
+    } else {
+        return None;
+    };
+    num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult))
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 63
+        && n.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// `[HOST_ADDR:]HOST_PORT:CONTAINER_PORT`; the host address defaults to 127.0.0.1.
+fn parse_port(s: &str) -> Result<(std::net::IpAddr, u16, u16), String> {
+    let parts: Vec<&str> = s.rsplitn(3, ':').collect();
+    let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0);
+    let (addr, hp, cp) = match parts.as_slice() {
+        [c, h] => ("127.0.0.1", *h, *c),
+        [c, h, a] => (a.trim_start_matches('[').trim_end_matches(']'), *h, *c),
+        _ => {
+            return Err(
+                "use \"[ADDRESS:]HOST_PORT:CONTAINER_PORT\", e.g. \"127.0.0.1:18789:18789\"".into(),
+            )
+        }
+    };
+    let addr: std::net::IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP address"))?;
+    match (port(hp), port(cp)) {
+        (Some(h), Some(c)) => Ok((addr, h, c)),
+        _ => Err("ports are numbers from 1 to 65535".into()),
+    }
+}
+
+/// Parse and validate. `file` is how errors name the file.
+pub fn parse_cage(file: &str, text: &str) -> Result<Cage, CageError> {
+    let err = |span: Option<Range<usize>>, key: &str, message: String| CageError {
+        file: file.to_string(),
+        line: span.map(|s| line_of(text, s.start)).unwrap_or(1),
+        key: key.to_string(),
+        message,
+    };
+    let parsed: CageFile = toml::from_str(text).map_err(|e| {
+        let msg = e.message().to_string();
+        let msg = if msg.starts_with("unknown field") {
+            format!("{msg} (a misspelt key? the allowed keys are listed)")
+        } else {
+            msg
+        };
+        err(e.span(), "", msg)
+    })?;
+    let names: Vec<String> = parsed.services.keys().cloned().collect();
+    let mut services = Vec::new();
+    for (name, spanned) in &parsed.services {
+        let span = Some(spanned.span());
+        let s = spanned.get_ref();
+        let key = |k: &str| format!("services.{name}.{k}");
+        if !valid_name(name) {
+            return Err(err(span.clone(), &format!("services.{name}"), "service names are lowercase letters, digits and '-', starting with a letter (they are host names)".into()));
+        }
+        let root = match (&s.image, &s.rootfs, s.host) {
+            (Some(i), None, false) => ServiceRoot::Image(i.clone()),
+            (None, Some(r), false) => ServiceRoot::Rootfs(r.clone()),
+            (None, None, true) => ServiceRoot::Host,
+            (None, None, false) => return Err(err(span.clone(), &format!("services.{name}"), "say where the service's files come from: image = \"...\", rootfs = \"DIR\" or host = true".into())),
+            _ => return Err(err(span.clone(), &format!("services.{name}"), "image, rootfs and host = true exclude each other: keep one".into())),
+        };
+        if matches!(root, ServiceRoot::Host) && s.command.as_ref().is_none_or(|c| c.is_empty()) {
+            return Err(err(
+                span.clone(),
+                &key("command"),
+                "a host = true service needs a command".into(),
+            ));
+        }
+        if let Some(w) = &s.workdir {
+            if !w.starts_with('/') {
+                return Err(err(
+                    span.clone(),
+                    &key("workdir"),
+                    format!("{w:?} is not absolute"),
+                ));
+            }
+        }
+        let mut ports = Vec::new();
+        for p in &s.ports {
+            let (addr, h, c) = parse_port(p.get_ref()).map_err(|m| {
+                err(
+                    Some(p.span()),
+                    &key("ports"),
+                    format!("{:?}: {m}", p.get_ref()),
+                )
+            })?;
+            if !addr.is_loopback() && !s.allow_lan {
+                return Err(err(
+                    Some(p.span()),
+                    &key("ports"),
+                    format!("{:?} publishes on {addr}, which other machines can reach: use 127.0.0.1, or set allow_lan = true on purpose", p.get_ref()),
+                ));
+            }
+            ports.push(Port {
+                host_addr: addr,
+                host_port: h,
+                container_port: c,
+            });
+        }
+        let mut volumes = Vec::new();
+        for v in &s.volumes {
+            match v.get_ref().split_once(':') {
+                Some((vol, dst)) if valid_name(vol) && dst.starts_with('/') => {
+                    volumes.push((vol.to_string(), dst.to_string()))
+                }
+                _ => {
+                    return Err(err(
+                        Some(v.span()),
+                        &key("volumes"),
+                        format!(
+                            "{:?}: use \"NAME:/path\" (NAME in lowercase letters, digits, '-')",
+                            v.get_ref()
+                        ),
+                    ))
+                }
+            }
+        }
+        let mut tmpfs = Vec::new();
+        for t in &s.tmpfs {
+            if !t.dst.starts_with('/') {
+                return Err(err(
+                    span.clone(),
+                    &key("tmpfs"),
+                    format!("{:?} is not absolute", t.dst),
+                ));
+            }
+            let size = match &t.size {
+                Some(sz) => {
+                    parse_size(sz).map_err(|e| err(span.clone(), &key("tmpfs"), e.to_string()))?
+                }
+                None => 64 << 20,
+            };
+            tmpfs.push((t.dst.clone(), size));
+        }
+        let mut mounts = Vec::new();
+        for m in &s.mounts {
+            if !m.dst.starts_with('/') {
+                return Err(err(
+                    span.clone(),
+                    &key("mounts"),
+                    format!("dst {:?} is not absolute", m.dst),
+                ));
+            }
+            mounts.push((m.src.clone(), m.dst.clone(), m.ro));
+        }
+        let mut depends_on = Vec::new();
+        for d in &s.depends_on {
+            let (svc, healthy) = match d.get_ref() {
+                DependsFile::Name(n) => (n.clone(), false),
+                DependsFile::Detailed { service, healthy } => (service.clone(), *healthy),
+            };
+            if !names.contains(&svc) {
+                return Err(err(
+                    Some(d.span()),
+                    &key("depends_on"),
+                    format!(
+                        "no service {svc:?} in this cage (services: {})",
+                        names.join(", ")
+                    ),
+                ));
+            }
+            depends_on.push(Dependency {
+                service: svc,
+                healthy,
+            });
+        }
+        let restart = match s.restart.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
+            None | Some(("no", _)) => Restart::No,
+            Some(("on-failure", _)) => Restart::OnFailure,
+            Some(("always", _)) => Restart::Always,
+            Some((other, sp)) => {
+                return Err(err(
+                    Some(sp),
+                    &key("restart"),
+                    format!("{other:?}: allowed are \"no\", \"on-failure\", \"always\""),
+                ))
+            }
+        };
+        let healthcheck = match &s.healthcheck {
+            None => None,
+            Some(h) => {
+                let hs = Some(h.span());
+                let hc = h.get_ref();
+                let probe = match (&hc.http, &hc.command) {
+                    (Some(url), None) => {
+                        let rest = url.strip_prefix(':').ok_or_else(|| {
+                            err(
+                                hs.clone(),
+                                &key("healthcheck.http"),
+                                format!("{url:?}: use \":PORT/path\", e.g. \":18789/healthz\""),
+                            )
+                        })?;
+                        let (port, path) = rest
+                            .split_once('/')
+                            .map(|(p, q)| (p, format!("/{q}")))
+                            .unwrap_or((rest, "/".into()));
+                        let port =
+                            port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                                err(
+                                    hs.clone(),
+                                    &key("healthcheck.http"),
+                                    format!("{url:?}: the port must be 1..65535"),
+                                )
+                            })?;
+                        HealthProbe::Http { port, path }
+                    }
+                    (None, Some(c)) if !c.is_empty() => HealthProbe::Command(c.clone()),
+                    _ => {
+                        return Err(err(
+                            hs,
+                            &key("healthcheck"),
+                            "give exactly one of http = \":PORT/path\" or command = [...]".into(),
+                        ))
+                    }
+                };
+                let dur = |v: &Option<String>, k: &str, default: u64| -> Result<u64, CageError> {
+                    match v {
+                        None => Ok(default),
+                        Some(d) => parse_duration(d).ok_or_else(|| {
+                            err(
+                                hs.clone(),
+                                &key(&format!("healthcheck.{k}")),
+                                format!("{d:?}: use a duration like \"500ms\", \"5s\", \"2m\""),
+                            )
+                        }),
+                    }
+                };
+                Some(Healthcheck {
+                    probe,
+                    interval_ms: dur(&hc.interval, "interval", 5_000)?,
+                    timeout_ms: dur(&hc.timeout, "timeout", 2_000)?,
+                    retries: hc.retries.unwrap_or(3),
+                    start_period_ms: dur(&hc.start_period, "start_period", 0)?,
+                })
+            }
+        };
+        let (memory, pids, cpus) = match &s.resources {
+            None => (None, None, None),
+            Some(r) => {
+                let rs = Some(r.span());
+                let rr = r.get_ref();
+                let memory = rr
+                    .memory
+                    .as_deref()
+                    .map(parse_size)
+                    .transpose()
+                    .map_err(|e| err(rs.clone(), &key("resources.memory"), e.to_string()))?;
+                if rr.pids.is_some_and(|p| p < 1) {
+                    return Err(err(rs, &key("resources.pids"), "at least 1".into()));
+                }
+                if rr.cpus.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
+                    return Err(err(
+                        rs,
+                        &key("resources.cpus"),
+                        "a positive number of CPUs, e.g. 1.5".into(),
+                    ));
+                }
+                (memory, rr.pids, rr.cpus)
+            }
+        };
+        services.push(Service {
+            name: name.clone(),
+            root,
+            command: s.command.clone(),
+            env: s.env.clone(),
+            env_file: s.env_file.clone(),
+            user: s.user.clone(),
+            workdir: s.workdir.clone(),
+            mounts,
+            tmpfs,
+            volumes,
+            ports,
+            internet: s.internet,
+            depends_on,
+            healthcheck,
+            restart,
+            memory,
+            pids,
+            cpus,
+        });
+    }
+    // Two services may not publish the same host port.
+    let mut seen: HashMap<(std::net::IpAddr, u16), &str> = HashMap::new();
+    for s in &services {
+        for p in &s.ports {
+            if let Some(other) = seen.insert((p.host_addr, p.host_port), &s.name) {
+                let span = parsed.services.get(&s.name).map(|x| x.span());
+                return Err(err(
+                    span.clone(),
+                    &format!("services.{}.ports", s.name),
+                    format!(
+                        "{}:{} is already published by {other}",
+                        p.host_addr, p.host_port
+                    ),
+                ));
+            }
+        }
+    }
+    let order = start_order(&services).map_err(|cycle| {
+        let span = parsed.services.get(&cycle[0]).map(|x| x.span());
+        err(
+            span.clone(),
+            &format!("services.{}.depends_on", cycle[0]),
+            format!("dependency cycle: {}", cycle.join(" -> ")),
+        )
+    })?;
+    let mut by_name: HashMap<String, Service> =
+        services.into_iter().map(|s| (s.name.clone(), s)).collect();
+    Ok(Cage {
+        name: parsed.name,
+        services: order
+            .into_iter()
+            .filter_map(|n| by_name.remove(&n))
+            .collect(),
+    })
+}
+
+/// Dependencies first; a cycle is returned as the names along it.
+fn start_order(services: &[Service]) -> Result<Vec<String>, Vec<String>> {
+    let deps: HashMap<&str, Vec<&str>> = services
+        .iter()
+        .map(|s| {
+            (
+                s.name.as_str(),
+                s.depends_on.iter().map(|d| d.service.as_str()).collect(),
+            )
+        })
+        .collect();
+    let mut state: HashMap<&str, u8> = HashMap::new(); // 1 = on the path, 2 = done
+    let mut order = Vec::new();
+    fn visit<'a>(
+        n: &'a str,
+        deps: &HashMap<&'a str, Vec<&'a str>>,
+        state: &mut HashMap<&'a str, u8>,
+        path: &mut Vec<&'a str>,
+        order: &mut Vec<String>,
+    ) -> Result<(), Vec<String>> {
+        match state.get(n) {
+            Some(2) => return Ok(()),
+            Some(1) => {
+                let start = path.iter().position(|p| *p == n).unwrap_or(0);
+                let mut cycle: Vec<String> = path[start..].iter().map(|s| s.to_string()).collect();
+                cycle.push(n.to_string());
+                return Err(cycle);
+            }
+            _ => {}
+        }
+        state.insert(n, 1);
+        path.push(n);
+        for d in deps.get(n).into_iter().flatten() {
+            visit(d, deps, state, path, order)?;
+        }
+        path.pop();
+        state.insert(n, 2);
+        order.push(n.to_string());
+        Ok(())
+    }
+    for s in services {
+        visit(&s.name, &deps, &mut state, &mut Vec::new(), &mut order)?;
+    }
+    Ok(order)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "clawbot"
+
+[services.ollama]
+image = "docker.io/ollama/ollama:0.12.3"
+volumes = ["models:/root/.ollama"]
+healthcheck = { http = ":11434/api/version", interval = "2s", retries = 10 }
+resources = { memory = "4g", pids = 512 }
+
+[services.gateway]
+host = true
+command = ["node", "openclaw.mjs", "gateway", "run"]
+ports = ["127.0.0.1:18789:18789"]
+depends_on = [{ service = "ollama", healthy = true }]
+restart = "on-failure"
+tmpfs = [{ dst = "/tmp", size = "256m" }]
+env = { OPENCLAW_CONFIG_READONLY = "1" }
+"#;
+
+    fn bad(text: &str) -> String {
+        parse_cage("config/cage.toml", text)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_good_cage_parses_in_dependency_order() {
+        let c = parse_cage("config/cage.toml", GOOD).unwrap();
+        let names: Vec<&str> = c.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["ollama", "gateway"]);
+        let gw = &c.services[1];
+        assert_eq!(
+            gw.ports[0],
+            Port {
+                host_addr: "127.0.0.1".parse().unwrap(),
+                host_port: 18789,
+                container_port: 18789
+            }
+        );
+        assert_eq!(gw.restart, Restart::OnFailure);
+        assert_eq!(gw.tmpfs, vec![("/tmp".to_string(), 256 << 20)]);
+        assert!(gw.depends_on[0].healthy);
+        let ol = &c.services[0];
+        assert_eq!(
+            ol.healthcheck.as_ref().unwrap().probe,
+            HealthProbe::Http {
+                port: 11434,
+                path: "/api/version".into()
+            }
+        );
+        assert_eq!(ol.memory, Some(4 << 30));
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_its_line() {
+        let e = bad("[services.a]\nhost = true\ncommand = [\"x\"]\nprivileged = true\n");
+        assert!(e.starts_with("config/cage.toml:4:"), "{e}");
+        assert!(e.contains("privileged"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_port_says_the_format() {
+        let e = bad("[services.a]\nhost = true\ncommand = [\"x\"]\nports = [\"18789\"]\n");
+        assert!(
+            e.contains("config/cage.toml:4: services.a.ports")
+                && e.contains("HOST_PORT:CONTAINER_PORT"),
+            "{e}"
+        );
+        let e =
+            bad("[services.a]\nhost = true\ncommand = [\"x\"]\nports = [\"127.0.0.1:99999:1\"]\n");
+        assert!(e.contains("1 to 65535"), "{e}");
+    }
+
+    #[test]
+    fn all_interfaces_need_allow_lan() {
+        let e = bad("[services.a]\nhost = true\ncommand = [\"x\"]\nports = [\"0.0.0.0:80:80\"]\n");
+        assert!(e.contains("allow_lan = true") && e.contains(":4:"), "{e}");
+        assert!(parse_cage("f", "[services.a]\nhost = true\ncommand = [\"x\"]\nallow_lan = true\nports = [\"0.0.0.0:80:80\"]\n").is_ok());
+    }
+
+    #[test]
+    fn a_service_needs_exactly_one_source() {
+        let e = bad("[services.a]\ncommand = [\"x\"]\n");
+        assert!(e.contains("image = ") && e.contains(":1:"), "{e}");
+        let e = bad("[services.a]\nimage = \"x\"\nhost = true\ncommand = [\"x\"]\n");
+        assert!(e.contains("exclude each other"), "{e}");
+    }
+
+    #[test]
+    fn dependencies_must_exist_and_not_cycle() {
+        let e = bad("[services.a]\nhost = true\ncommand = [\"x\"]\ndepends_on = [\"ghost\"]\n");
+        assert!(e.contains("no service \"ghost\""), "{e}");
+        let e = bad("[services.a]\nhost = true\ncommand = [\"x\"]\ndepends_on = [\"b\"]\n[services.b]\nhost = true\ncommand = [\"x\"]\ndepends_on = [\"a\"]\n");
+        assert!(e.contains("dependency cycle: a -> b -> a"), "{e}");
+    }
+
+    #[test]
+    fn the_same_host_port_twice_is_refused() {
+        let e = bad("[services.a]\nhost = true\ncommand = [\"x\"]\nports = [\"8080:80\"]\n[services.b]\nhost = true\ncommand = [\"x\"]\nports = [\"127.0.0.1:8080:81\"]\n");
+        assert!(e.contains("already published by a"), "{e}");
+    }
+
+    #[test]
+    fn restart_and_durations_say_what_is_allowed() {
+        let e = bad("[services.a]\nhost = true\ncommand = [\"x\"]\nrestart = \"sometimes\"\n");
+        assert!(
+            e.contains("\"no\", \"on-failure\", \"always\"") && e.contains(":4:"),
+            "{e}"
+        );
+        let e = bad("[services.a]\nhost = true\ncommand = [\"x\"]\nhealthcheck = { http = \":80/\", interval = \"soon\" }\n");
+        assert!(e.contains("duration"), "{e}");
+    }
+}
