@@ -443,7 +443,37 @@ fn pull_from_a_real_registry_resumes_and_recovers() {
         assert_eq!(p.code, 0, "{}", p.stderr);
         assert_eq!(std::fs::read(&big).unwrap(), bytes);
         assert!(!partial.exists());
-        for n in ["busy", "busy2", "busy3", "busy-v2"] {
+        // A partial that is already whole (killed between the last byte and the rename).
+        let small = std::fs::read_dir(&blobs)
+            .unwrap()
+            .flatten()
+            .min_by_key(|e| e.metadata().unwrap().len())
+            .unwrap()
+            .path();
+        let small_bytes = std::fs::read(&small).unwrap();
+        let small_partial = s.join("ingest").join(format!(
+            "{}.partial",
+            small.file_name().unwrap().to_string_lossy()
+        ));
+        std::fs::write(&small_partial, &small_bytes).unwrap();
+        std::os::unix::fs::chown(&small_partial, Some(uid), Some(gid)).ok();
+        std::fs::remove_file(&small).unwrap();
+        let p = run(
+            mode,
+            &[
+                "pull",
+                &image,
+                "--name",
+                "busy4",
+                "--store",
+                ss,
+                "--rootfs-dir",
+                rs,
+            ],
+        );
+        assert_eq!(p.code, 0, "{}", p.stderr);
+        assert_eq!(std::fs::read(&small).unwrap(), small_bytes);
+        for n in ["busy", "busy2", "busy3", "busy4", "busy-v2"] {
             let _ = cage_cleanup(&r.join(n));
         }
     }

@@ -234,8 +234,11 @@ pub(crate) async fn fetch_blob(
     }
     let resumed_from = store.partial_len(d);
     match download(client, at, store, d, size, progress).await {
-        // What an earlier pull left was bad (it is deleted now): fetch the whole blob once more.
-        Err(ImageError::DigestMismatch { .. }) if resumed_from > 0 => {
+        // What an earlier pull left was bad, or the registry answered the range with more
+        // than asked (the partial is deleted now): fetch the whole blob once more.
+        Err(ImageError::DigestMismatch { .. } | ImageError::SizeMismatch { .. })
+            if resumed_from > 0 =>
+        {
             download(client, at, store, d, size, progress).await
         }
         other => other,
@@ -251,6 +254,14 @@ async fn download(
     progress: &dyn PullProgress,
 ) -> Result<()> {
     let mut ingest = store.begin(d, Some(size))?;
+    if ingest.offset() == size {
+        // Everything arrived before an interruption: nothing to ask for (a range from the
+        // end is one some registries answer with the whole blob), only to verify.
+        progress.blob_started(d, size, size);
+        ingest.finish()?;
+        progress.blob_done(d);
+        return Ok(());
+    }
     let name = d.to_string();
     let response = client
         .pull_blob_stream_partial(at, name.as_str(), ingest.offset(), None)
