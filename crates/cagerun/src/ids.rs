@@ -87,10 +87,16 @@ pub fn as_mapped_root(sub: &SubordinateIds, work: impl FnOnce() -> Result<()>) -
     let (err_r, err_w) = nix::unistd::pipe()?;
     let uid = nix::unistd::geteuid().as_raw();
     let gid = nix::unistd::getegid().as_raw();
+    let parent = nix::unistd::getpid();
     // SAFETY: the child runs `work` and exits; it never returns into the caller's frames.
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Child => {
             drop((ready_r, go_w, err_r));
+            let die_with_parent = || {
+                // SAFETY: prctl with integer arguments.
+                unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+            };
+            die_with_parent();
             let result = (|| -> Result<()> {
                 nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER)
                     .context("unsharing a user namespace")?;
@@ -103,6 +109,12 @@ pub fn as_mapped_root(sub: &SubordinateIds, work: impl FnOnce() -> Result<()>) -
                     .context("becoming the namespace's root group")?;
                 nix::unistd::setresuid(0.into(), 0.into(), 0.into())
                     .context("becoming the namespace's root")?;
+                // A change of credentials clears the parent-death signal: set it again, so a
+                // killed cagerun does not leave its helper unpacking on its own.
+                die_with_parent();
+                if nix::unistd::getppid() != parent {
+                    bail!("cagerun ended");
+                }
                 work()
             })();
             let code = match result {
