@@ -112,7 +112,9 @@ fn setup_cmd(cmd: &mut Command, a: &Attack, leaked: Option<i32>) -> Option<std::
     if let Some(fd) = leaked {
         unsafe {
             cmd.pre_exec(move || {
+                // dup2 onto itself keeps FD_CLOEXEC: clear it explicitly.
                 libc::dup2(fd, 7);
+                libc::fcntl(7, libc::F_SETFD, 0);
                 Ok(())
             });
         }

@@ -350,12 +350,29 @@ fn no_descriptor_beyond_stdio_is_inherited() {
         );
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(raw, 7) < 0 {
+                // dup2 onto itself keeps FD_CLOEXEC: clear it explicitly.
+                if libc::dup2(raw, 7) < 0 || libc::fcntl(7, libc::F_SETFD, 0) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
             });
         }
+        // The probe is valid: run directly the same way, it sees the descriptor at 7.
+        let mut outside = std::process::Command::new(&bins().probe);
+        outside.arg("list-fds");
+        unsafe {
+            outside.pre_exec(move || {
+                if libc::dup2(raw, 7) < 0 || libc::fcntl(7, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let seen = String::from_utf8_lossy(&outside.output().unwrap().stdout).into_owned();
+        assert!(
+            seen.split_whitespace().any(|f| f == "7"),
+            "outside, fd 7 is inherited: {seen}"
+        );
         let out = cmd.output().unwrap();
         let fds: Vec<u32> = String::from_utf8_lossy(&out.stdout)
             .split_whitespace()
