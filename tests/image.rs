@@ -944,3 +944,100 @@ fn images_keep_their_ownership_through_the_mapping() {
         let _ = cage_cleanup(&r.join("own"));
     }
 }
+
+#[test]
+fn a_service_bundle_carries_the_services_settings() {
+    let work = TempDir::new("svc", None);
+    let layout = build_layout(work.path());
+    for mode in modes() {
+        let (uid, gid) = mode.caller_ids();
+        let cage = TempDir::new("cage", Some((uid, gid)));
+        let c = cage.path();
+        std::fs::create_dir_all(c.join("config")).unwrap();
+        std::fs::create_dir_all(c.join("host-data")).unwrap();
+        std::fs::write(c.join("host-data/readme"), "data\n").unwrap();
+        std::fs::write(
+            c.join("config/cage.toml"),
+            r#"
+[services.web]
+image = "example.org/busy:1"
+command = ["/bin/sh", "-c", "hostname; echo $GREETING; cat /data-ro/readme; (touch /data-ro/x 2>/dev/null && echo rw) || echo ro; touch /state/y && echo volume-writable; df -k /scratch | tail -1 | awk '{print $2}'"]
+env = { GREETING = "hello" }
+mounts = [{ src = "host-data", dst = "/data-ro" }]
+volumes = ["state:/state"]
+tmpfs = [{ dst = "/scratch", size = "8m" }]
+resources = { memory = "256m", pids = 64 }
+"#,
+        )
+        .unwrap();
+        for p in [
+            c.join("config"),
+            c.join("config/cage.toml"),
+            c.join("host-data"),
+            c.join("host-data/readme"),
+        ] {
+            std::os::unix::fs::chown(&p, Some(uid), Some(gid)).ok();
+        }
+        let (s, r, b) = (c.join("store"), c.join("rootfs"), c.join("bundles/web"));
+        let src = format!("oci:{}:base", layout.display());
+        let imp = run(
+            mode,
+            &[
+                "image",
+                "import",
+                &src,
+                "--name",
+                "busy",
+                "--store",
+                s.to_str().unwrap(),
+                "--rootfs-dir",
+                r.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(imp.code, 0, "{}", imp.stderr);
+        let cfg = c.join("config/cage.toml");
+        let bun = run(
+            mode,
+            &[
+                "bundle",
+                "--service",
+                "web",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--store",
+                s.to_str().unwrap(),
+                "--rootfs-dir",
+                r.to_str().unwrap(),
+                "--out",
+                b.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(bun.code, 0, "{}", bun.stderr);
+        let out = run(mode, &["exec", "--bundle", b.to_str().unwrap()]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(out.stdout, "web\nhello\ndata\nro\nvolume-writable\n8192\n");
+        assert!(
+            c.join(".cagerun/volumes/state/y").exists(),
+            "the volume persists in the cage"
+        );
+        let missing = run(
+            mode,
+            &[
+                "bundle",
+                "--service",
+                "nope",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--store",
+                s.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(missing.code, 125);
+        assert!(
+            missing.stderr.contains("no service \"nope\"") && missing.stderr.contains("web"),
+            "{}",
+            missing.stderr
+        );
+        let _ = cage_cleanup(&r.join("busy"));
+    }
+}

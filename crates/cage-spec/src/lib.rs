@@ -16,8 +16,8 @@ pub mod size;
 
 pub use error::SpecError;
 pub use sandbox::{
-    keep_id_map, render_sandbox, HostIds, IdPair, NetMode, RootfsSource, SandboxRequest,
-    SubordinateIds,
+    keep_id_map, render_sandbox, ExtraMount, HostIds, IdPair, NetMode, RootfsSource,
+    SandboxRequest, SubordinateIds,
 };
 
 /// Annotation prefix for files the engine writes into a fresh (tmpfs) root before sealing it

@@ -162,6 +162,27 @@ pub struct SandboxRequest {
     /// Rootless, for a rootfs unpacked with its ownership: map the image's other ids
     /// through these ranges ([`keep_id_map`]). None: the sandbox user is the only id.
     pub subordinate: Option<SubordinateIds>,
+    /// The host name inside (services are named after themselves); default `sandbox`.
+    pub hostname: Option<String>,
+    /// More mounts (a service's binds, volumes and tmpfs), after the workspace. A tmpfs at
+    /// /tmp sizes the default /tmp instead.
+    pub extra_mounts: Vec<ExtraMount>,
+    /// CPU time as a number of CPUs (a CFS quota); only some engines implement it.
+    pub cpus: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtraMount {
+    /// An absolute host path (resolved by the caller) at `dst`; read-only unless `ro` is false.
+    Bind {
+        src: PathBuf,
+        dst: String,
+        ro: bool,
+    },
+    Tmpfs {
+        dst: String,
+        size: u64,
+    },
 }
 
 impl SandboxRequest {
@@ -179,6 +200,9 @@ impl SandboxRequest {
             tmpfs_size: None,
             terminal: false,
             subordinate: None,
+            hostname: None,
+            extra_mounts: Vec::new(),
+            cpus: None,
         }
     }
 }
@@ -224,7 +248,13 @@ pub fn render_sandbox(req: &SandboxRequest, host: HostIds) -> Result<Spec, SpecE
             min: 1,
         });
     }
-    let tmpfs_size = req.tmpfs_size.unwrap_or(DEFAULT_TMPFS_SIZE);
+    let tmp_override = req.extra_mounts.iter().find_map(|m| match m {
+        ExtraMount::Tmpfs { dst, size } if dst.trim_end_matches('/') == "/tmp" => Some(*size),
+        _ => None,
+    });
+    let tmpfs_size = tmp_override
+        .or(req.tmpfs_size)
+        .unwrap_or(DEFAULT_TMPFS_SIZE);
     if tmpfs_size < MIN_TMPFS_SIZE {
         return Err(SpecError::TooSmall {
             what: "--tmpfs-size",
@@ -244,6 +274,7 @@ pub fn render_sandbox(req: &SandboxRequest, host: HostIds) -> Result<Spec, SpecE
         host
     };
 
+    let hostname = req.hostname.as_deref().unwrap_or(HOSTNAME);
     let mut annotations = HashMap::new();
     let mut mounts = Vec::new();
     let root = match &req.rootfs {
@@ -264,8 +295,8 @@ pub fn render_sandbox(req: &SandboxRequest, host: HostIds) -> Result<Spec, SpecE
             for (file, text) in [
                 ("/etc/passwd", synthesized_passwd(req.user)),
                 ("/etc/group", synthesized_group(req.user)),
-                ("/etc/hosts", synthesized_hosts(HOSTNAME)),
-                ("/etc/hostname", format!("{HOSTNAME}\n")),
+                ("/etc/hosts", synthesized_hosts(hostname)),
+                ("/etc/hostname", format!("{hostname}\n")),
             ] {
                 annotations.insert(format!("{FILE_ANNOTATION_PREFIX}{file}"), text);
             }
@@ -324,6 +355,29 @@ pub fn render_sandbox(req: &SandboxRequest, host: HostIds) -> Result<Spec, SpecE
             &["bind", "rw", "nosuid", "nodev"],
         )?);
     }
+    for m in &req.extra_mounts {
+        match m {
+            ExtraMount::Bind { src, dst, ro } => {
+                let access = if *ro { "ro" } else { "rw" };
+                mounts.push(mount(
+                    dst,
+                    "bind",
+                    &src.to_string_lossy(),
+                    &["bind", access, "nosuid", "nodev"],
+                )?);
+            }
+            ExtraMount::Tmpfs { dst, .. } if dst.trim_end_matches('/') == "/tmp" => {}
+            ExtraMount::Tmpfs { dst, size } => {
+                let size = format!("size={size}");
+                mounts.push(mount(
+                    dst,
+                    "tmpfs",
+                    "tmpfs",
+                    &["nosuid", "nodev", "mode=1777", &size],
+                )?);
+            }
+        }
+    }
     // Last: sysfs shows the mounting namespace's network devices, and the engine joins the
     // sandbox's network namespace (made beside it) as late as it can.
     mounts.push(mount(
@@ -336,7 +390,7 @@ pub fn render_sandbox(req: &SandboxRequest, host: HostIds) -> Result<Spec, SpecE
     let mut env: Vec<String> = vec![
         format!("PATH={DEFAULT_PATH}"),
         "HOME=/tmp".into(),
-        format!("HOSTNAME={HOSTNAME}"),
+        format!("HOSTNAME={hostname}"),
     ];
     if req.terminal {
         env.push("TERM=xterm".into());
@@ -402,8 +456,20 @@ pub fn render_sandbox(req: &SandboxRequest, host: HostIds) -> Result<Spec, SpecE
                 .swap(memory_limit)
                 .build()?,
         )
-        .pids(LinuxPidsBuilder::default().limit(pids).build()?)
-        .build()?;
+        .pids(LinuxPidsBuilder::default().limit(pids).build()?);
+    let resources = match req.cpus {
+        Some(cpus) => {
+            const PERIOD: u64 = 100_000;
+            resources.cpu(
+                oci_spec::runtime::LinuxCpuBuilder::default()
+                    .period(PERIOD)
+                    .quota((cpus * PERIOD as f64).round().max(1000.0) as i64)
+                    .build()?,
+            )
+        }
+        None => resources,
+    }
+    .build()?;
     let id_lines = |id: u32, host_id: u32, sub: Option<(u32, u32)>| -> Vec<(u32, u32, u32)> {
         sub.and_then(|(base, count)| keep_id_map(id, host_id, base, count))
             .unwrap_or_else(|| vec![(id, host_id, 1)])
@@ -454,7 +520,7 @@ pub fn render_sandbox(req: &SandboxRequest, host: HostIds) -> Result<Spec, SpecE
     let mut spec = SpecBuilder::default()
         // The oldest version with every field used here: runtimes from 2020 on accept it.
         .version("1.0.2")
-        .hostname(HOSTNAME)
+        .hostname(hostname)
         .mounts(mounts)
         .process(process)
         .linux(linux)

@@ -1,14 +1,18 @@
-//! `cagerun bundle`: an image in the store + cagerun's hardened policy → a standard OCI
-//! bundle (`config.json` whose root is the unpacked image), which any OCI runtime (runc, crun, youki) and both
-//! of cagerun's engines run. The policy is cage-spec's, the same as `cagerun exec`'s; the
-//! image config gives the process defaults (Entrypoint, Cmd, Env, WorkingDir, User).
+//! `cagerun bundle`: cagerun's hardened policy + an image (or a service of the cage's
+//! config/cage.toml) → a standard OCI bundle (`config.json` whose root is the unpacked
+//! image), which any OCI runtime (runc, crun, youki) and both of cagerun's engines run. The
+//! policy is cage-spec's, the same as `cagerun exec`'s; the image config gives the process
+//! defaults (Entrypoint, Cmd, Env, WorkingDir, User), the service overrides them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use cage_image::records;
+use cage_spec::cage::{Service, ServiceRoot};
 use cage_spec::sandbox::DEFAULT_USER;
-use cage_spec::{passwd, render_sandbox, HostIds, RootfsSource, SandboxRequest};
+use cage_spec::{
+    envfile, passwd, render_sandbox, ExtraMount, HostIds, RootfsSource, SandboxRequest,
+};
 use clap::Args;
 
 use crate::image::StoreArg;
@@ -17,68 +21,162 @@ use crate::image::StoreArg;
 #[command(trailing_var_arg = true)]
 pub struct BundleArgs {
     /// An image in the store (`cagerun images`).
+    #[arg(long, required_unless_present = "service", conflicts_with = "service")]
+    image: Option<String>,
+    /// A service of the cage's config (its image, command, env, mounts, volumes, tmpfs,
+    /// resources); the cage is the directory holding config/.
     #[arg(long)]
-    image: String,
-    /// Where the image's root filesystem is (ROOTFS_DIR/IMAGE).
+    service: Option<String>,
+    /// The cage config, with --service.
+    #[arg(long, value_name = "FILE", default_value = "config/cage.toml")]
+    config: PathBuf,
+    /// Where images' root filesystems are (ROOTFS_DIR/NAME).
     #[arg(long, value_name = "DIR", default_value = "rootfs")]
     rootfs_dir: PathBuf,
-    /// The bundle directory (default: bundles/IMAGE).
+    /// The bundle directory (default: bundles/NAME).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// UID[:GID] or NAME[:GROUP] (default: the image's user, or 1000 if that is root).
+    /// UID[:GID] or NAME[:GROUP] (default: the service's or image's user; 1000 for root).
     #[arg(long, short = 'u')]
     user: Option<String>,
     #[command(flatten)]
     store: StoreArg,
-    /// The command, instead of the image's Entrypoint and Cmd.
+    /// The command, instead of the service's or the image's.
     #[arg(value_name = "CMD")]
     command: Vec<String>,
 }
 
+/// What the image says about its process.
+#[derive(Default)]
+struct Defaults {
+    command: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: Option<String>,
+    user: Option<String>,
+}
+
+fn image_defaults(store: &cage_image::store::Store, name: &str) -> Result<Defaults> {
+    let rec = records::load(store, name)?;
+    let digest = cage_image::Digest::parse(&rec.config)?;
+    let config =
+        oci_spec::image::ImageConfiguration::from_reader(&store.read_verified(&digest)?[..])
+            .with_context(|| format!("reading the config of {name}"))?;
+    let c = config.config().clone().unwrap_or_default();
+    let mut command = c.entrypoint().clone().unwrap_or_default();
+    command.extend(c.cmd().clone().unwrap_or_default());
+    Ok(Defaults {
+        command,
+        env: c
+            .env()
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect(),
+        cwd: c.working_dir().clone().filter(|w| !w.is_empty()),
+        user: c.user().clone().filter(|u| !u.is_empty()),
+    })
+}
+
+/// The store name an image reference was pulled under by default (`pull` without --name).
+fn default_image_name(reference: &str) -> String {
+    let repo = reference.split('@').next().unwrap_or(reference);
+    let last = repo.rsplit('/').next().unwrap_or(repo);
+    last.split(':').next().unwrap_or(last).to_ascii_lowercase()
+}
+
 pub fn run(args: BundleArgs) -> Result<()> {
     let store = args.store.open()?;
-    let rec = records::load(&store, &args.image)?;
-    let config_digest = cage_image::Digest::parse(&rec.config)?;
-    let config =
-        oci_spec::image::ImageConfiguration::from_reader(&store.read_verified(&config_digest)?[..])
-            .with_context(|| format!("reading the config of {}", args.image))?;
-    let rootfs = args.rootfs_dir.join(&args.image);
-    let rootfs = std::fs::canonicalize(&rootfs).with_context(|| {
-        format!(
-            "{} is missing: pull or import the image first",
-            rootfs.display()
-        )
-    })?;
-    let defaults = config.config().clone().unwrap_or_default();
+    let (name, rootfs, defaults, service) = match (&args.image, &args.service) {
+        (Some(image), _) => {
+            let rootfs = args.rootfs_dir.join(image);
+            let rootfs = std::fs::canonicalize(&rootfs).with_context(|| {
+                format!(
+                    "{} is missing: pull or import the image first",
+                    rootfs.display()
+                )
+            })?;
+            (
+                image.clone(),
+                RootfsSource::Dir(rootfs),
+                image_defaults(&store, image)?,
+                None,
+            )
+        }
+        (None, Some(svc)) => {
+            let text = std::fs::read_to_string(&args.config)
+                .with_context(|| format!("reading {}", args.config.display()))?;
+            let cage = cage_spec::cage::parse_cage(&args.config.display().to_string(), &text)?;
+            let names: Vec<String> = cage.services.iter().map(|s| s.name.clone()).collect();
+            let service = cage
+                .services
+                .into_iter()
+                .find(|s| &s.name == svc)
+                .with_context(|| {
+                    format!(
+                        "no service {svc:?} in {} (services: {})",
+                        args.config.display(),
+                        names.join(", ")
+                    )
+                })?;
+            let (rootfs, defaults) = match &service.root {
+                ServiceRoot::Image(reference) => {
+                    let image = default_image_name(reference);
+                    let dir = args.rootfs_dir.join(&image);
+                    let dir = std::fs::canonicalize(&dir).with_context(|| {
+                        format!(
+                            "{} is missing: `cagerun pull {reference}` first",
+                            dir.display()
+                        )
+                    })?;
+                    (RootfsSource::Dir(dir), image_defaults(&store, &image)?)
+                }
+                ServiceRoot::Rootfs(dir) => {
+                    let dir = cage_dir(&args.config).join(dir);
+                    (
+                        RootfsSource::Dir(
+                            std::fs::canonicalize(&dir)
+                                .with_context(|| format!("rootfs {} is missing", dir.display()))?,
+                        ),
+                        Defaults::default(),
+                    )
+                }
+                ServiceRoot::Host => (crate::exec::rootfs_source("host")?, Defaults::default()),
+            };
+            (svc.clone(), rootfs, defaults, Some(service))
+        }
+        (None, None) => bail!("name an --image or a --service"),
+    };
 
-    let command = if args.command.is_empty() {
-        let mut c = defaults.entrypoint().clone().unwrap_or_default();
-        c.extend(defaults.cmd().clone().unwrap_or_default());
+    let command = if !args.command.is_empty() {
+        args.command.clone()
+    } else if let Some(c) = service.as_ref().and_then(|s| s.command.clone()) {
         c
     } else {
-        args.command.clone()
+        defaults.command.clone()
     };
     if command.is_empty() {
-        bail!(
-            "image {} has no Entrypoint or Cmd: give the command after `--`",
-            args.image
-        );
+        bail!("{name} has no command: give one after `--`");
     }
-    let mut req = SandboxRequest::new(command, RootfsSource::Dir(rootfs.clone()));
-    req.subordinate = crate::exec::mapped_ownership(&RootfsSource::Dir(rootfs.clone()));
-    for kv in defaults.env().clone().unwrap_or_default() {
-        if let Some((k, v)) = kv.split_once('=') {
-            req.env.push((k.to_string(), v.to_string()));
-        }
-    }
-    req.cwd = defaults.working_dir().clone().filter(|w| !w.is_empty());
-    let pw = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
-    let gr = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
+    let mut req = SandboxRequest::new(command, rootfs.clone());
+    req.env = defaults.env.clone();
+    req.cwd = defaults.cwd.clone();
+    let (pw, gr) = match &rootfs {
+        RootfsSource::Dir(d) => (
+            std::fs::read_to_string(d.join("etc/passwd")).unwrap_or_default(),
+            std::fs::read_to_string(d.join("etc/group")).unwrap_or_default(),
+        ),
+        RootfsSource::Host { .. } => (
+            passwd::synthesized_passwd(DEFAULT_USER),
+            passwd::synthesized_group(DEFAULT_USER),
+        ),
+    };
     let user = args
         .user
         .clone()
-        .or_else(|| defaults.user().clone())
-        .filter(|u| !u.is_empty());
+        .or_else(|| service.as_ref().and_then(|s| s.user.clone()))
+        .or(defaults.user.clone());
     req.user = match user {
         Some(u) => passwd::resolve_user(&u, &pw, &gr)?,
         None => DEFAULT_USER,
@@ -87,6 +185,10 @@ pub fn run(args: BundleArgs) -> Result<()> {
         // The image asks for root; a cage never runs it as root.
         req.user = DEFAULT_USER;
     }
+    if let Some(s) = &service {
+        apply_service(&mut req, s, &cage_dir(&args.config))?;
+    }
+    req.subordinate = crate::exec::mapped_ownership(&rootfs);
     let host = HostIds {
         uid: nix::unistd::geteuid().as_raw(),
         gid: nix::unistd::getegid().as_raw(),
@@ -102,7 +204,7 @@ pub fn run(args: BundleArgs) -> Result<()> {
     let out = args
         .out
         .clone()
-        .unwrap_or_else(|| PathBuf::from("bundles").join(&args.image));
+        .unwrap_or_else(|| PathBuf::from("bundles").join(&name));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     // root.path is the rootfs's absolute, resolved path (no `rootfs` symlink in the bundle:
     // runc refuses a symlinked root), so the rootfs stays where the image was unpacked.
@@ -110,6 +212,74 @@ pub fn run(args: BundleArgs) -> Result<()> {
     std::fs::write(&tmp, serde_json::to_vec_pretty(&spec)?)?;
     std::fs::rename(&tmp, out.join("config.json"))?;
     println!("{}", out.display());
+    Ok(())
+}
+
+/// The cage: the directory that holds config/ (paths in cage.toml are relative to it).
+fn cage_dir(config: &Path) -> PathBuf {
+    let config = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
+    config
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The service's own settings on top of the image's.
+fn apply_service(req: &mut SandboxRequest, s: &Service, cage: &Path) -> Result<()> {
+    req.hostname = Some(s.name.clone());
+    if let Some(w) = &s.workdir {
+        req.cwd = Some(w.clone());
+    }
+    if let Some(f) = &s.env_file {
+        let path = cage.join(f);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading env_file {}", path.display()))?;
+        req.env.extend(envfile::parse_env_file(
+            &path.display().to_string(),
+            &text,
+            |k| std::env::var(k).ok(),
+        )?);
+    }
+    req.env
+        .extend(s.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    for (src, dst, ro) in &s.mounts {
+        let src = std::fs::canonicalize(cage.join(src))
+            .with_context(|| format!("service {}: mount source {src} is missing", s.name))?;
+        req.extra_mounts.push(ExtraMount::Bind {
+            src,
+            dst: dst.clone(),
+            ro: *ro,
+        });
+    }
+    for (vol, dst) in &s.volumes {
+        let dir = cage.join(".cagerun/volumes").join(vol);
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("creating volume {}", dir.display()))?;
+            if nix::unistd::geteuid().is_root() {
+                // As root the sandbox user is the same id on the host: the volume is theirs.
+                nix::unistd::chown(&dir, Some(req.user.uid.into()), Some(req.user.gid.into()))
+                    .with_context(|| {
+                        format!("giving volume {} to the service user", dir.display())
+                    })?;
+            }
+        }
+        req.extra_mounts.push(ExtraMount::Bind {
+            src: std::fs::canonicalize(&dir)?,
+            dst: dst.clone(),
+            ro: false,
+        });
+    }
+    for (dst, size) in &s.tmpfs {
+        req.extra_mounts.push(ExtraMount::Tmpfs {
+            dst: dst.clone(),
+            size: *size,
+        });
+    }
+    req.memory = s.memory.or(req.memory);
+    req.pids = s.pids.or(req.pids);
+    req.cpus = s.cpus;
     Ok(())
 }
 

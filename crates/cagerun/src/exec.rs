@@ -80,7 +80,7 @@ fn workspace_dir(path: &Path) -> Result<PathBuf> {
     std::fs::canonicalize(path).with_context(|| format!("resolving workspace {}", path.display()))
 }
 
-fn rootfs_source(arg: &str) -> Result<RootfsSource> {
+pub fn rootfs_source(arg: &str) -> Result<RootfsSource> {
     if arg == "host" {
         let mut existing_binds = Vec::new();
         let mut symlinks = Vec::new();
