@@ -259,13 +259,9 @@ fn the_sandbox_dies_with_its_parent() {
             })
             .count();
         assert!(before >= 2, "sandbox processes running: {before}");
-        // Kill cagerun itself (in root mode, the unshare wrapper's child).
-        let pid = child.id() as i32;
-        let target = if mode == Mode::Root {
-            first_child(pid).expect("cagerun under unshare")
-        } else {
-            pid
-        };
+        // Kill cagerun itself (`unshare` without --fork execs it: same pid in both modes).
+        let target = child.id() as i32;
+        assert_eq!(comm(target), "cagerun");
         let _guard = leftover_lock();
         unsafe { libc::kill(target, libc::SIGKILL) };
         let _ = child.wait();
@@ -275,16 +271,11 @@ fn the_sandbox_dies_with_its_parent() {
     }
 }
 
-fn first_child(pid: i32) -> Option<i32> {
-    for _ in 0..100 {
-        if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
-            if let Some(c) = s.split_whitespace().next() {
-                return c.parse().ok();
-            }
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
+fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 #[test]
@@ -308,12 +299,8 @@ fn signals_are_forwarded_to_the_command() {
         .spawn()
         .unwrap();
         std::thread::sleep(Duration::from_millis(500));
-        let pid = child.id() as i32;
-        let target = if mode == Mode::Root {
-            first_child(pid).unwrap()
-        } else {
-            pid
-        };
+        let target = child.id() as i32;
+        assert_eq!(comm(target), "cagerun", "the signal goes to cagerun itself");
         unsafe { libc::kill(target, libc::SIGTERM) };
         let status = child.wait().unwrap();
         let mut out = String::new();
