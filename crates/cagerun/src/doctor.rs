@@ -134,6 +134,38 @@ pub fn run() -> Result<i32> {
         }
     }
 
+    if uid != 0 {
+        match crate::ids::subordinate() {
+            Some(sub) => r.ok("subordinate ids", format!("uids {}+{}, gids {}+{}: images keep their ownership", sub.uid_base, sub.uid_count, sub.gid_base, sub.gid_count)),
+            None => r.warn(
+                "subordinate ids",
+                format!("none usable (need newuidmap/newgidmap from package uidmap and ranges of 65536 in /etc/subuid, /etc/subgid): image files will all be yours; fix: sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $(id -un {uid})"),
+            ),
+        }
+    }
+    // Networking for services (issue 4): which uplinks and firewall tools this host has.
+    let on_path = |tool: &str| {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+            .unwrap_or(false)
+    };
+    let uplinks: Vec<&str> = ["pasta", "slirp4netns"]
+        .into_iter()
+        .filter(|t| on_path(t))
+        .collect();
+    if uplinks.is_empty() {
+        r.warn("uplink", "neither pasta (package passt) nor slirp4netns: services cannot reach the internet rootless");
+    } else {
+        r.ok("uplink", format!("available: {}", uplinks.join(", ")));
+    }
+    if on_path("nft") {
+        r.ok("nftables", "nft is available");
+    } else {
+        r.warn(
+            "nftables",
+            "nft is missing (package nftables): internet mode needs it",
+        );
+    }
     let legacy = read("/proc/sys/dev/tty/legacy_tiocsti");
     if legacy.as_deref() == Some("1") {
         r.ok(
