@@ -265,7 +265,9 @@ fn the_sandbox_dies_with_its_parent() {
         let _guard = leftover_lock();
         unsafe { libc::kill(target, libc::SIGKILL) };
         let _ = child.wait();
-        // A killed cagerun cannot remove its cgroup; the next run sweeps it.
+        // The sandbox dies with it ...
+        wait_until_gone(&marker);
+        // ... and a killed cagerun cannot remove its cgroup: the next run sweeps it.
         assert_eq!(sh(mode, &ws, &[], "true").code, 0);
         assert_no_leftovers_locked(&marker);
     }

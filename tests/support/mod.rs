@@ -217,6 +217,17 @@ pub fn assert_no_leftovers(marker: &str) {
     assert_no_leftovers_locked(marker);
 }
 
+/// Wait (up to 5 s) until no process carries `marker`; fail naming them otherwise.
+pub fn wait_until_gone(marker: &str) {
+    for _ in 0..250 {
+        if leftover_processes(marker).is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("still running: {:?}", leftover_processes(marker));
+}
+
 pub fn assert_no_leftovers_locked(marker: &str) {
     for _ in 0..50 {
         if leftover_processes(marker).is_empty() {

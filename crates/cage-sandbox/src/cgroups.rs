@@ -265,11 +265,14 @@ impl Drop for Leaf {
 
 /// Remove leaves whose cagerun process is gone (a run killed with SIGKILL cannot clean up).
 fn sweep(parent: &Parent) {
-    let Ok(entries) = fs::read_dir(&parent.dirs[0]) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
+    // Every hierarchy: a leaf removed from one but busy in another is found next time.
+    let mut names = std::collections::BTreeSet::new();
+    for d in &parent.dirs {
+        for e in fs::read_dir(d).into_iter().flatten().flatten() {
+            names.insert(e.file_name());
+        }
+    }
+    for name in names {
         let Some(pid) = name
             .to_str()
             .and_then(|n| n.strip_prefix("sbx-"))
@@ -279,6 +282,7 @@ fn sweep(parent: &Parent) {
         };
         if pid as u32 != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
             for d in &parent.dirs {
+                // Busy while the dead run's processes are still exiting: the next run retries.
                 let _ = fs::remove_dir(d.join(&name));
             }
         }
