@@ -131,6 +131,10 @@ impl Store {
             return Ok(self.blob_path(d));
         }
         let mut ingest = self.begin(d, size)?;
+        if size == Some(ingest.offset()) {
+            // Whole already (interrupted before the rename): only verify.
+            return ingest.finish();
+        }
         let mut source = fetch(ingest.offset())?;
         std::io::copy(&mut source, &mut ingest.out).map_err(io(&ingest.partial, "downloading"))?;
         ingest.finish()
@@ -140,8 +144,11 @@ impl Store {
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<Digest> {
         let d = Digest::of(bytes);
         let data = bytes.to_vec();
-        self.ingest(&d, Some(bytes.len() as u64), move |_| {
-            Ok(Box::new(std::io::Cursor::new(data)))
+        // From the offset asked: an interrupted write may have left part of it already.
+        self.ingest(&d, Some(bytes.len() as u64), move |offset| {
+            let mut c = std::io::Cursor::new(data);
+            c.set_position(offset);
+            Ok(Box::new(c))
         })?;
         Ok(d)
     }

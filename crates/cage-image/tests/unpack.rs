@@ -327,6 +327,22 @@ fn the_store_keeps_only_verified_blobs_and_resumes() {
         .unwrap();
     assert_eq!(asked.get(), half as u64);
     assert_eq!(store.read_verified(&d).unwrap(), data);
+    // Bytes kept in memory (manifests, configs) resume too: a whole or half partial of them
+    // is completed to exactly the blob, never appended to.
+    let small = b"{\"schemaVersion\": 2}".to_vec();
+    let sd = Digest::of(&small);
+    for cut in [small.len(), small.len() / 2] {
+        fs::write(
+            t.path()
+                .join("ingest")
+                .join(format!("{}.partial", sd.hex())),
+            &small[..cut],
+        )
+        .unwrap();
+        assert_eq!(store.put_bytes(&small).unwrap(), sd);
+        assert_eq!(store.read_verified(&sd).unwrap(), small);
+        fs::remove_file(store.blob_path(&sd)).unwrap();
+    }
     // A blob changed on disk afterwards is caught when read.
     let mut perms = fs::metadata(store.blob_path(&d)).unwrap().permissions();
     perms.set_mode(0o644);
