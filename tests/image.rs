@@ -709,9 +709,20 @@ fn a_pull_killed_half_way_resumes_and_the_store_stays_sound() {
         let s = mine.path().join("store");
         let r = mine.path().join("rootfs");
         let (ss, rs) = (s.to_str().unwrap(), r.to_str().unwrap());
-        // Kill at growing delays until a pull is caught with part of a layer on disk.
+        // Kill the pull the moment the big layer is partly on disk (watched, not guessed).
+        let big_partial = |s: &Path| {
+            std::fs::read_dir(s.join("ingest"))
+                .map(|d| {
+                    d.flatten().any(|e| {
+                        e.metadata()
+                            .map(|m| m.len() > 1_000_000 && m.len() < 40_000_000)
+                            .unwrap_or(false)
+                    })
+                })
+                .unwrap_or(false)
+        };
         let mut caught = false;
-        for delay_ms in [30u64, 60, 100, 150, 220, 320, 450, 650, 900] {
+        for _attempt in 0..5 {
             let mut child = cagerun_cmd(
                 mode,
                 &[
@@ -728,18 +739,18 @@ fn a_pull_killed_half_way_resumes_and_the_store_stays_sound() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(delay_ms));
             let pid = child.id() as i32;
+            let start = std::time::Instant::now();
+            while !big_partial(&s)
+                && start.elapsed() < std::time::Duration::from_secs(20)
+                && child.try_wait().unwrap().is_none()
+            {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
             // `unshare` without --fork execs cagerun: the same pid in both modes.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             let _ = child.wait();
-            let partial = std::fs::read_dir(s.join("ingest"))
-                .map(|d| {
-                    d.flatten()
-                        .any(|e| e.metadata().map(|m| m.len() > 0).unwrap_or(false))
-                })
-                .unwrap_or(false);
-            if partial && !r.join("n").exists() {
+            if big_partial(&s) && !r.join("n").exists() {
                 caught = true;
                 break;
             }
