@@ -79,13 +79,6 @@ fn image_defaults(store: &cage_image::store::Store, name: &str) -> Result<Defaul
     })
 }
 
-/// The store name an image reference was pulled under by default (`pull` without --name).
-fn default_image_name(reference: &str) -> String {
-    let repo = reference.split('@').next().unwrap_or(reference);
-    let last = repo.rsplit('/').next().unwrap_or(repo);
-    last.split(':').next().unwrap_or(last).to_ascii_lowercase()
-}
-
 pub fn run(args: BundleArgs) -> Result<()> {
     let store = args.store.open()?;
     let (name, rootfs, defaults, service) = match (&args.image, &args.service) {
@@ -122,7 +115,7 @@ pub fn run(args: BundleArgs) -> Result<()> {
                 })?;
             let (rootfs, defaults) = match &service.root {
                 ServiceRoot::Image(reference) => {
-                    let image = default_image_name(reference);
+                    let image = crate::image::default_name(reference);
                     let dir = args.rootfs_dir.join(&image);
                     let dir = std::fs::canonicalize(&dir).with_context(|| {
                         format!(

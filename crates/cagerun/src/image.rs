@@ -80,32 +80,43 @@ fn unpack(
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
+    let chowned = UnpackOptions {
+        chown: true,
+        ..Default::default()
+    };
     match (root, crate::ids::subordinate()) {
-        (true, _) => unpack_image(
-            store,
-            image,
-            target,
-            &UnpackOptions {
-                chown: true,
-                ..Default::default()
-            },
-        )
-        .map(drop)?,
+        (true, _) => unpack_image(store, image, target, &chowned).map(drop)?,
         (false, Some(sub)) => crate::ids::as_mapped_root(&sub, || {
-            unpack_image(
-                store,
-                image,
-                target,
-                &UnpackOptions {
-                    chown: true,
-                    ..Default::default()
-                },
-            )?;
+            unpack_image(store, image, target, &chowned)?;
             Ok(())
         })?,
         (false, None) => unpack_image(store, image, target, &UnpackOptions::default()).map(drop)?,
     }
     Ok(())
+}
+
+/// Unpack an image that is in the store into `target` and record it under `name`; `source`
+/// is what it came from (a canonical reference or an import source).
+fn unpack_and_record(
+    store: &Store,
+    name: &str,
+    source: &str,
+    image: &cage_image::layout::Image,
+    target: &std::path::Path,
+) -> Result<ImageRecord> {
+    unpack(store, image, target)
+        .with_context(|| format!("unpacking {source} into {}", target.display()))?;
+    let rec = ImageRecord::new(store, name, source, image)?;
+    records::save(store, &rec)?;
+    Ok(rec)
+}
+
+/// The store name of an image reference when `pull` gets no --name: the repository's last
+/// part, without tag or digest.
+pub fn default_name(reference: &str) -> String {
+    let repo = reference.split('@').next().unwrap_or(reference);
+    let last = repo.rsplit('/').next().unwrap_or(repo);
+    last.split(':').next().unwrap_or(last).to_ascii_lowercase()
 }
 
 pub fn run(cmd: ImageCommand) -> Result<()> {
@@ -142,10 +153,7 @@ pub fn run(cmd: ImageCommand) -> Result<()> {
             }
             .with_context(|| format!("importing {source}"))?;
             let target = rootfs_dir.join(&name);
-            unpack(&store, &image, &target)
-                .with_context(|| format!("unpacking {source} into {}", target.display()))?;
-            let rec = ImageRecord::new(&store, &name, &source, &image)?;
-            records::save(&store, &rec)?;
+            let rec = unpack_and_record(&store, &name, &source, &image, &target)?;
             println!(
                 "{name}: {} ({} layers, {}) → {}",
                 rec.manifest,
@@ -237,15 +245,10 @@ pub fn progress() -> std::sync::Arc<dyn cage_image::registry::PullProgress> {
 
 pub fn pull(args: PullArgs) -> Result<()> {
     let store = args.store.open()?;
-    let name = match &args.name {
-        Some(n) => n.clone(),
-        None => {
-            let repo = args.image.split(['@']).next().unwrap_or(&args.image);
-            let last = repo.rsplit('/').next().unwrap_or(repo);
-            let last = last.split(':').next().unwrap_or(last);
-            last.to_ascii_lowercase()
-        }
-    };
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| default_name(&args.image));
     records::validate_name(&name)?;
     let target = args.rootfs_dir.join(&name);
     if target.exists() {
@@ -261,10 +264,7 @@ pub fn pull(args: PullArgs) -> Result<()> {
     };
     let (canonical, image) = cage_image::registry::pull(&store, &args.image, &opts, progress)
         .with_context(|| format!("pulling {}", args.image))?;
-    unpack(&store, &image, &target)
-        .with_context(|| format!("unpacking {canonical} into {}", target.display()))?;
-    let rec = ImageRecord::new(&store, &name, &canonical, &image)?;
-    records::save(&store, &rec)?;
+    let rec = unpack_and_record(&store, &name, &canonical, &image, &target)?;
     println!(
         "{name}: {canonical} {} ({} layers, {}) → {}",
         rec.manifest,
