@@ -26,12 +26,22 @@ fn format(msg: impl Into<String>) -> ImageError {
     ImageError::Format(msg.into())
 }
 
-fn host_arch() -> &'static str {
+/// This machine's architecture as OCI platforms name it.
+pub(crate) fn host_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
         other => other,
     }
+}
+
+/// The entry of a multi-platform index that runs here (linux on this architecture).
+pub(crate) fn host_platform_entry(index: &ImageIndex) -> Option<&oci_spec::image::Descriptor> {
+    index.manifests().iter().find(|m| {
+        m.platform().as_ref().is_some_and(|p| {
+            p.os().to_string() == "linux" && p.architecture().to_string() == host_arch()
+        })
+    })
 }
 
 fn digest_of(d: &oci_spec::image::Descriptor) -> Result<Digest> {
@@ -107,21 +117,12 @@ pub fn import_oci_layout(store: &Store, dir: &Path, tag: Option<&str>) -> Result
         ingest_from_layout(store, dir, &d, desc.size())?;
         let nested = ImageIndex::from_reader(&store.read_verified(&d)?[..])
             .map_err(|e| format(format!("index {d}: {e}")))?;
-        desc = nested
-            .manifests()
-            .iter()
-            .find(|m| {
-                m.platform().as_ref().is_some_and(|p| {
-                    p.os().to_string() == "linux" && p.architecture().to_string() == host_arch()
-                })
-            })
-            .cloned()
-            .ok_or_else(|| {
-                format(format!(
-                    "image index {d} has no linux/{} image",
-                    host_arch()
-                ))
-            })?;
+        desc = host_platform_entry(&nested).cloned().ok_or_else(|| {
+            format(format!(
+                "image index {d} has no linux/{} image",
+                host_arch()
+            ))
+        })?;
     }
     let manifest_digest = digest_of(&desc)?;
     ingest_from_layout(store, dir, &manifest_digest, desc.size())?;

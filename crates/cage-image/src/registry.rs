@@ -16,7 +16,7 @@ use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 
 use crate::digest::Digest;
 use crate::error::{ImageError, Result};
-use crate::layout::Image;
+use crate::layout::{host_arch, host_platform_entry, Image};
 use crate::store::Store;
 
 const MANIFEST_TYPES: &[&str] = &[
@@ -74,14 +74,6 @@ pub(crate) fn is_local(registry: &str) -> bool {
         })
         .unwrap_or(registry);
     host == "localhost" || host.starts_with("127.") || host == "[::1]"
-}
-
-fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
 }
 
 /// Pull `reference` into the store; returns the canonical reference and the image.
@@ -154,20 +146,12 @@ async fn pull_async(
             break;
         }
         let index = ImageIndex::from_reader(&bytes[..]).map_err(|e| registry_err(&canonical, e))?;
-        let entry = index
-            .manifests()
-            .iter()
-            .find(|m| {
-                m.platform().as_ref().is_some_and(|p| {
-                    p.os().to_string() == "linux" && p.architecture().to_string() == host_arch()
-                })
-            })
-            .ok_or_else(|| {
-                registry_err(
-                    &canonical,
-                    format!("no linux/{} image in the index", host_arch()),
-                )
-            })?;
+        let entry = host_platform_entry(&index).ok_or_else(|| {
+            registry_err(
+                &canonical,
+                format!("no linux/{} image in the index", host_arch()),
+            )
+        })?;
         at = at.clone_with_digest(entry.digest().to_string());
         (bytes, digest) = client
             .pull_manifest_raw(&at, &auth, MANIFEST_TYPES)
