@@ -16,7 +16,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 
 use crate::error::{io, ImageError, Result};
 
@@ -620,9 +620,4 @@ fn set_mtime(dir: &OwnedFd, name: &CString, mtime: i64, nofollow: bool) {
     };
     // SAFETY: utimensat with a valid name and two timespecs.
     unsafe { libc::utimensat(dir.as_raw_fd(), name.as_ptr(), times.as_ptr(), flags) };
-}
-
-/// Where `comps` would land; for tests and reports.
-pub fn display_path(comps: &[Vec<u8>]) -> PathBuf {
-    comps.iter().map(|c| OsStr::from_bytes(c)).collect()
 }

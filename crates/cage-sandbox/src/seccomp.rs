@@ -193,7 +193,7 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<BpfProgram>> {
         programs.push(build(rules, SeccompAction::Allow, act, target)?);
     }
     if programs.is_empty() && default == SeccompAction::Allow && !early.is_empty() {
-        programs.push(allow_all(target)?);
+        programs.push(allow_all()?);
     }
     if let Some(first) = programs.first_mut() {
         prepend_early_answers(first, &early, first_calls.as_deref())?;
@@ -219,7 +219,7 @@ fn build(
 
 /// A program that only checks the architecture and allows: the carrier for early answers
 /// when a profile has nothing else to filter.
-fn allow_all(_target: TargetArch) -> Result<BpfProgram> {
+fn allow_all() -> Result<BpfProgram> {
     use seccompiler::sock_filter;
     Ok(vec![
         sock_filter {
