@@ -313,16 +313,13 @@ fn populate_from_dir(root: &Path, plan: &Plan, fds: &SourceFds) -> Result<()> {
         if ft.is_symlink() {
             let target = fs::read_link(src_root.join(&name)).map_err(io("rootfs symlink"))?;
             symlink(target, &dst).map_err(io(format!("symlink {}", top.display())))?;
-        } else if ft.is_dir() {
-            fs::create_dir(&dst).map_err(io(format!("mount point {}", top.display())))?;
-            bind(
-                &src_root.join(&name),
-                &dst,
-                ro | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                false,
-            )?;
-        } else if ft.is_file() {
-            fs::File::create(&dst).map_err(io(format!("mount point {}", top.display())))?;
+        } else if ft.is_dir() || ft.is_file() {
+            let mount_point = if ft.is_dir() {
+                fs::create_dir(&dst)
+            } else {
+                fs::File::create(&dst).map(drop)
+            };
+            mount_point.map_err(io(format!("mount point {}", top.display())))?;
             bind(
                 &src_root.join(&name),
                 &dst,
