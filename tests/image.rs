@@ -56,6 +56,30 @@ fn build_layout(dir: &Path) -> PathBuf {
     dir.join("L")
 }
 
+/// `cagerun image import SRC --name NAME --store STORE --rootfs-dir ROOTFS_DIR` as `mode`.
+fn import(
+    mode: Mode,
+    src: &str,
+    name: &str,
+    store: impl AsRef<Path>,
+    rootfs_dir: impl AsRef<Path>,
+) -> Run {
+    run(
+        mode,
+        &[
+            "image",
+            "import",
+            src,
+            "--name",
+            name,
+            "--store",
+            store.as_ref().to_str().unwrap(),
+            "--rootfs-dir",
+            rootfs_dir.as_ref().to_str().unwrap(),
+        ],
+    )
+}
+
 /// (type, size, link target, permission bits) by path: what a tree looks like.
 fn tree(root: &Path) -> BTreeMap<String, (char, u64, String, u32)> {
     let mut out = BTreeMap::new();
@@ -114,20 +138,7 @@ fn an_oci_layout_imports_unpacks_like_umoci_and_runs() {
         }
         let src = format!("oci:{}:base", layout.display());
         let (s, r) = (store.to_str().unwrap(), rootfs_dir.to_str().unwrap());
-        let imp = run(
-            mode,
-            &[
-                "image",
-                "import",
-                &src,
-                "--name",
-                "busy",
-                "--store",
-                s,
-                "--rootfs-dir",
-                r,
-            ],
-        );
+        let imp = import(mode, &src, "busy", s, r);
         assert_eq!(imp.code, 0, "{}", imp.stderr);
         let ours = rootfs_dir.join("busy");
 
@@ -168,20 +179,7 @@ fn an_oci_layout_imports_unpacks_like_umoci_and_runs() {
         // Listed, then removed with its blobs.
         let list = run(mode, &["images", "--store", s]);
         assert!(list.stdout.contains("busy"), "{}", list.stdout);
-        let again = run(
-            mode,
-            &[
-                "image",
-                "import",
-                &src,
-                "--name",
-                "busy",
-                "--store",
-                s,
-                "--rootfs-dir",
-                r,
-            ],
-        );
+        let again = import(mode, &src, "busy", s, r);
         assert_eq!(
             again.code, 125,
             "importing over an existing rootfs is refused"
@@ -222,20 +220,7 @@ fn a_tampered_blob_is_refused_and_nothing_is_unpacked() {
         let src = format!("oci:{}:base", layout.display());
         let s = mine.path().join("store");
         let r = mine.path().join("rootfs");
-        let r_ = run(
-            mode,
-            &[
-                "image",
-                "import",
-                &src,
-                "--name",
-                "busy",
-                "--store",
-                s.to_str().unwrap(),
-                "--rootfs-dir",
-                r.to_str().unwrap(),
-            ],
-        );
+        let r_ = import(mode, &src, "busy", &s, &r);
         assert_eq!(r_.code, 125);
         assert!(r_.stderr.contains("digest mismatch"), "{}", r_.stderr);
         assert!(!r.join("busy").exists(), "no partial rootfs");
@@ -490,20 +475,7 @@ fn a_bundle_runs_the_same_under_runc_and_cagerun() {
     let r = work.path().join("rootfs");
     let b = work.path().join("bundle");
     let src = format!("oci:{}:base", layout.display());
-    let imp = run(
-        Mode::Root,
-        &[
-            "image",
-            "import",
-            &src,
-            "--name",
-            "busy",
-            "--store",
-            s.to_str().unwrap(),
-            "--rootfs-dir",
-            r.to_str().unwrap(),
-        ],
-    );
+    let imp = import(Mode::Root, &src, "busy", &s, &r);
     assert_eq!(imp.code, 0, "{}", imp.stderr);
     let facts = "id -u; id -g; grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status; \
                  hostname; ls /sys/class/net; (touch /x 2>/dev/null && echo root-writable) || echo root-read-only; \
@@ -824,20 +796,7 @@ fn a_docker_archive_imports_like_the_layout_it_came_from() {
         let s = mine.path().join("store");
         let r = mine.path().join("rootfs");
         let src = format!("docker-archive:{}", archive.display());
-        let imp = run(
-            mode,
-            &[
-                "image",
-                "import",
-                &src,
-                "--name",
-                "busy",
-                "--store",
-                s.to_str().unwrap(),
-                "--rootfs-dir",
-                r.to_str().unwrap(),
-            ],
-        );
+        let imp = import(mode, &src, "busy", &s, &r);
         assert_eq!(imp.code, 0, "{}", imp.stderr);
         assert_eq!(tree(&r.join("busy")), want);
         assert!(!s
@@ -862,20 +821,7 @@ fn images_keep_their_ownership_through_the_mapping() {
         let r = mine.path().join("rootfs");
         let (ss, rs) = (s.to_str().unwrap(), r.to_str().unwrap());
         let src = format!("oci:{}:base", layout.display());
-        let imp = run(
-            mode,
-            &[
-                "image",
-                "import",
-                &src,
-                "--name",
-                "own",
-                "--store",
-                ss,
-                "--rootfs-dir",
-                rs,
-            ],
-        );
+        let imp = import(mode, &src, "own", ss, rs);
         assert_eq!(imp.code, 0, "{}", imp.stderr);
         let owner = |p: &str| {
             std::fs::symlink_metadata(r.join("own").join(p))
@@ -975,20 +921,7 @@ resources = { memory = "256m", pids = 64 }
         }
         let (s, r, b) = (c.join("store"), c.join("rootfs"), c.join("bundles/web"));
         let src = format!("oci:{}:base", layout.display());
-        let imp = run(
-            mode,
-            &[
-                "image",
-                "import",
-                &src,
-                "--name",
-                "busy",
-                "--store",
-                s.to_str().unwrap(),
-                "--rootfs-dir",
-                r.to_str().unwrap(),
-            ],
-        );
+        let imp = import(mode, &src, "busy", &s, &r);
         assert_eq!(imp.code, 0, "{}", imp.stderr);
         let cfg = c.join("config/cage.toml");
         let bun = run(
