@@ -299,7 +299,9 @@ fn set_identity(plan: &Plan, privileged: bool) -> Result<()> {
     Ok(())
 }
 
-fn reap_and_forward(command: Pid) -> i32 {
+/// Forward every signal to `command`, reap every child, return `command`'s exit code
+/// (128+signal when killed). The caller has blocked all signals.
+pub fn reap_and_forward(command: Pid) -> i32 {
     let all = SigSet::all();
     loop {
         let Ok(sig) = all.wait() else { continue };

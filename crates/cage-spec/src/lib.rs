@@ -12,6 +12,7 @@ pub mod error;
 pub mod passwd;
 pub mod sandbox;
 pub mod seccomp;
+pub mod service;
 pub mod size;
 
 pub use error::SpecError;

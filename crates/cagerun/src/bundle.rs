@@ -81,7 +81,7 @@ fn image_defaults(store: &cage_image::store::Store, name: &str) -> Result<Defaul
 
 pub fn run(args: BundleArgs) -> Result<()> {
     let store = args.store.open()?;
-    let (name, rootfs, defaults, service) = match (&args.image, &args.service) {
+    let (name, mut spec) = match (&args.image, &args.service) {
         (Some(image), _) => {
             let rootfs = args.rootfs_dir.join(image);
             let rootfs = std::fs::canonicalize(&rootfs).with_context(|| {
@@ -90,104 +90,35 @@ pub fn run(args: BundleArgs) -> Result<()> {
                     rootfs.display()
                 )
             })?;
+            let defaults = image_defaults(&store, image)?;
+            let source = Source {
+                name: image,
+                rootfs: RootfsSource::Dir(rootfs),
+                defaults,
+                service: None,
+                cage: Path::new("."),
+            };
             (
                 image.clone(),
-                RootfsSource::Dir(rootfs),
-                image_defaults(&store, image)?,
-                None,
+                source.render(&args.command, args.user.as_deref())?,
             )
         }
         (None, Some(svc)) => {
-            let text = std::fs::read_to_string(&args.config)
-                .with_context(|| format!("reading {}", args.config.display()))?;
-            let cage = cage_spec::cage::parse_cage(&args.config.display().to_string(), &text)?;
-            let names: Vec<String> = cage.services.iter().map(|s| s.name.clone()).collect();
-            let service = cage
-                .services
-                .into_iter()
-                .find(|s| &s.name == svc)
-                .with_context(|| {
-                    format!(
-                        "no service {svc:?} in {} (services: {})",
-                        args.config.display(),
-                        names.join(", ")
-                    )
-                })?;
-            let (rootfs, defaults) = match &service.root {
-                ServiceRoot::Image(reference) => {
-                    let image = crate::image::default_name(reference);
-                    let dir = args.rootfs_dir.join(&image);
-                    let dir = std::fs::canonicalize(&dir).with_context(|| {
-                        format!(
-                            "{} is missing: `cagerun pull {reference}` first",
-                            dir.display()
-                        )
-                    })?;
-                    (RootfsSource::Dir(dir), image_defaults(&store, &image)?)
-                }
-                ServiceRoot::Rootfs(dir) => {
-                    let dir = cage_dir(&args.config).join(dir);
-                    (
-                        RootfsSource::Dir(
-                            std::fs::canonicalize(&dir)
-                                .with_context(|| format!("rootfs {} is missing", dir.display()))?,
-                        ),
-                        Defaults::default(),
-                    )
-                }
-                ServiceRoot::Host => (crate::exec::rootfs_source("host")?, Defaults::default()),
-            };
-            (svc.clone(), rootfs, defaults, Some(service))
+            let cage = load_cage(&args.config)?;
+            let service = find_service(&cage, svc, &args.config)?;
+            let spec = render_service(
+                &args.config,
+                &args.rootfs_dir,
+                Some(&store),
+                service,
+                &args.command,
+                args.user.as_deref(),
+            )?;
+            (svc.clone(), spec)
         }
         (None, None) => bail!("name an --image or a --service"),
     };
-
-    let command = if !args.command.is_empty() {
-        args.command.clone()
-    } else if let Some(c) = service.as_ref().and_then(|s| s.command.clone()) {
-        c
-    } else {
-        defaults.command.clone()
-    };
-    if command.is_empty() {
-        bail!("{name} has no command: give one after `--`");
-    }
-    let mut req = SandboxRequest::new(command, rootfs.clone());
-    req.env = defaults.env.clone();
-    req.cwd = defaults.cwd.clone();
-    let (pw, gr) = match &rootfs {
-        RootfsSource::Dir(d) => (
-            std::fs::read_to_string(d.join("etc/passwd")).unwrap_or_default(),
-            std::fs::read_to_string(d.join("etc/group")).unwrap_or_default(),
-        ),
-        RootfsSource::Host { .. } => (
-            passwd::synthesized_passwd(DEFAULT_USER),
-            passwd::synthesized_group(DEFAULT_USER),
-        ),
-    };
-    let user = args
-        .user
-        .clone()
-        .or_else(|| service.as_ref().and_then(|s| s.user.clone()))
-        .or(defaults.user.clone());
-    req.user = match user {
-        Some(u) => passwd::resolve_user(&u, &pw, &gr)?,
-        None => DEFAULT_USER,
-    };
-    if req.user.uid == 0 && args.user.is_none() {
-        // The image asks for root; a cage never runs it as root.
-        req.user = DEFAULT_USER;
-    }
-    if let Some(s) = &service {
-        apply_service(&mut req, s, &cage_dir(&args.config))?;
-    }
-    req.subordinate = crate::exec::mapped_ownership(&rootfs);
-    let host = HostIds {
-        uid: nix::unistd::geteuid().as_raw(),
-        gid: nix::unistd::getegid().as_raw(),
-    };
-    let mut spec = render_sandbox(&req, host)?;
-    if host.uid == 0 && req.user.uid != 0 {
+    if nix::unistd::geteuid().is_root() && !root_user(&spec) {
         // runc and crun need the container's root mapped to something (they chown to it);
         // as root the bundle maps it to the host's nobody, which owns nothing that matters
         // and which nothing in the sandbox can become (no capabilities, no_new_privs).
@@ -198,18 +129,165 @@ pub fn run(args: BundleArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("bundles").join(&name));
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    // root.path is the rootfs's absolute, resolved path (no `rootfs` symlink in the bundle:
-    // runc refuses a symlinked root), so the rootfs stays where the image was unpacked.
-    let tmp = out.join(".config.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&spec)?)?;
-    std::fs::rename(&tmp, out.join("config.json"))?;
+    write_config(&out, &spec)?;
     println!("{}", out.display());
     Ok(())
 }
 
+fn root_user(spec: &oci_spec::runtime::Spec) -> bool {
+    spec.process().as_ref().is_some_and(|p| p.user().uid() == 0)
+}
+
+/// `config.json` in `dir`, written whole or not at all.
+pub fn write_config(dir: &Path, spec: &oci_spec::runtime::Spec) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // root.path is the rootfs's absolute, resolved path (no `rootfs` symlink in the bundle:
+    // runc refuses a symlinked root), so the rootfs stays where the image was unpacked.
+    let tmp = dir.join(".config.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(spec)?)?;
+    std::fs::rename(&tmp, dir.join("config.json"))?;
+    Ok(())
+}
+
+pub fn load_cage(config: &Path) -> Result<cage_spec::cage::Cage> {
+    let text =
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    Ok(cage_spec::cage::parse_cage(
+        &config.display().to_string(),
+        &text,
+    )?)
+}
+
+pub fn find_service<'a>(
+    cage: &'a cage_spec::cage::Cage,
+    name: &str,
+    config: &Path,
+) -> Result<&'a Service> {
+    cage.services
+        .iter()
+        .find(|s| s.name == name)
+        .with_context(|| {
+            let names: Vec<&str> = cage.services.iter().map(|s| s.name.as_str()).collect();
+            format!(
+                "no service {name:?} in {} (services: {})",
+                config.display(),
+                names.join(", ")
+            )
+        })
+}
+
+/// The hardened spec of one service of a cage (image or rootfs or host binds, plus the
+/// service's own settings); `command` and `user`, when given, override the service's.
+pub fn render_service(
+    config: &Path,
+    rootfs_dir: &Path,
+    store: Option<&cage_image::store::Store>,
+    service: &Service,
+    command: &[String],
+    user: Option<&str>,
+) -> Result<oci_spec::runtime::Spec> {
+    let cage = cage_dir(config);
+    let (rootfs, defaults) = match &service.root {
+        ServiceRoot::Image(reference) => {
+            let image = crate::image::default_name(reference);
+            let dir = rootfs_dir.join(&image);
+            let dir = std::fs::canonicalize(&dir).with_context(|| {
+                format!(
+                    "service {}: {} is missing: `cagerun pull {reference}` first",
+                    service.name,
+                    dir.display()
+                )
+            })?;
+            let store = store.context("no image store")?;
+            (RootfsSource::Dir(dir), image_defaults(store, &image)?)
+        }
+        ServiceRoot::Rootfs(dir) => {
+            let dir = cage.join(dir);
+            (
+                RootfsSource::Dir(std::fs::canonicalize(&dir).with_context(|| {
+                    format!(
+                        "service {}: rootfs {} is missing",
+                        service.name,
+                        dir.display()
+                    )
+                })?),
+                Defaults::default(),
+            )
+        }
+        ServiceRoot::Host => (crate::exec::rootfs_source("host")?, Defaults::default()),
+    };
+    Source {
+        name: &service.name,
+        rootfs,
+        defaults,
+        service: Some(service),
+        cage: &cage,
+    }
+    .render(command, user)
+}
+
+/// Everything a bundle is made of, before the policy renders it.
+struct Source<'a> {
+    name: &'a str,
+    rootfs: RootfsSource,
+    defaults: Defaults,
+    service: Option<&'a Service>,
+    cage: &'a Path,
+}
+
+impl Source<'_> {
+    fn render(&self, command: &[String], user: Option<&str>) -> Result<oci_spec::runtime::Spec> {
+        let (name, rootfs, defaults, service) =
+            (self.name, &self.rootfs, &self.defaults, self.service);
+        let command = if !command.is_empty() {
+            command.to_vec()
+        } else if let Some(c) = service.and_then(|s| s.command.clone()) {
+            c
+        } else {
+            defaults.command.clone()
+        };
+        if command.is_empty() {
+            bail!("{name} has no command: give one after `--`");
+        }
+        let mut req = SandboxRequest::new(command, rootfs.clone());
+        req.env = defaults.env.clone();
+        req.cwd = defaults.cwd.clone();
+        let (pw, gr) = match rootfs {
+            RootfsSource::Dir(d) => (
+                std::fs::read_to_string(d.join("etc/passwd")).unwrap_or_default(),
+                std::fs::read_to_string(d.join("etc/group")).unwrap_or_default(),
+            ),
+            RootfsSource::Host { .. } => (
+                passwd::synthesized_passwd(DEFAULT_USER),
+                passwd::synthesized_group(DEFAULT_USER),
+            ),
+        };
+        let chosen = user
+            .map(str::to_string)
+            .or_else(|| service.and_then(|s| s.user.clone()))
+            .or(defaults.user.clone());
+        req.user = match chosen {
+            Some(u) => passwd::resolve_user(&u, &pw, &gr)?,
+            None => DEFAULT_USER,
+        };
+        if req.user.uid == 0 && user.is_none() {
+            // The image asks for root; a cage never runs it as root.
+            req.user = DEFAULT_USER;
+        }
+        if let Some(s) = service {
+            apply_service(&mut req, s, self.cage)?;
+        }
+        req.subordinate = crate::exec::mapped_ownership(rootfs);
+        let host = HostIds {
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+        };
+        Ok(render_sandbox(&req, host)?)
+    }
+}
+
 /// The cage: the directory that holds config/ (paths in cage.toml are relative to it).
-fn cage_dir(config: &Path) -> PathBuf {
+pub fn cage_dir(config: &Path) -> PathBuf {
     let config = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
     config
         .parent()

@@ -1,5 +1,5 @@
 //! `cagerun setup-cgroups --user NAME`: root delegates `<controller>/cagerun/<uid>` in the
-//! cgroup v1 memory and pids hierarchies to a user. On pure cgroup v2 nothing is needed
+//! cgroup v1 hierarchies (every mounted controller) to a user. On pure cgroup v2 nothing is needed
 //! here: systemd delegates `user@UID.service` to each user.
 
 use std::path::Path;
@@ -27,11 +27,15 @@ pub fn run(args: SetupArgs) -> Result<()> {
         nix::unistd::Gid::from_raw(gid),
     );
     match cgroups::detect() {
-        Layout::V1 { memory, pids } => {
-            for ctrl in [memory, pids] {
-                let dir = ctrl.join("cagerun").join(uid.to_string());
+        Layout::V1 { .. } => {
+            // Every mounted controller: libcontainer (services) joins all of them.
+            for h in crate::services::cgroup::v1_hierarchies() {
+                let top = h.join("cagerun");
+                let dir = top.join(uid.to_string());
                 std::fs::create_dir_all(&dir)
                     .with_context(|| format!("creating {}", dir.display()))?;
+                crate::services::cgroup::fill_cpuset(&top)?;
+                crate::services::cgroup::fill_cpuset(&dir)?;
                 for p in [dir.clone(), dir.join("cgroup.procs"), dir.join("tasks")] {
                     chown(&p, uid, gid)?;
                 }

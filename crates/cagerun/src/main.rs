@@ -5,9 +5,14 @@ mod bundle;
 mod cgroup_setup;
 mod doctor;
 mod exec;
+mod holder;
 mod ids;
 mod image;
+mod init;
+mod ipc;
 mod model;
+mod monitor;
+mod services;
 
 use std::process::ExitCode;
 
@@ -67,6 +72,28 @@ enum Command {
     /// (root) Delegate a cgroup v1 subtree to a user, so their sandboxes get memory and pids
     /// limits through cgroups instead of rlimits. Once per boot.
     SetupCgroups(cgroup_setup::SetupArgs),
+    /// Start the cage's services (config/cage.toml) under a supervisor; foreground unless -d.
+    Up(services::UpArgs),
+    /// Stop the cage: SIGTERM, a grace period, SIGKILL; remove its network, cgroups and state.
+    Down(services::DownArgs),
+    /// The cage's services: state, pid, uptime, restarts, health, ports.
+    Ps(services::PsArgs),
+    /// What the cage's services wrote (stdout and stderr).
+    Logs(services::LogsArgs),
+    /// Restart one service of a running cage.
+    Restart(services::RestartArgs),
+    /// (internal) The cage's user and network namespace holder.
+    #[command(hide = true)]
+    Holder(holder::HolderArgs),
+    /// (internal) pid 1 of a service container: forwards signals, reaps orphans.
+    #[command(hide = true)]
+    Init {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// (internal) Runs one container with libcontainer and watches it.
+    #[command(hide = true)]
+    Monitor(monitor::MonitorArgs),
 }
 
 fn main() -> ExitCode {
@@ -97,6 +124,14 @@ fn main() -> ExitCode {
         Command::Model(cmd) => model::run(cmd).map(|()| 0),
         Command::Images(store) => image::list(store).map(|()| 0),
         Command::Rmi { name, store } => image::remove(&name, store).map(|()| 0),
+        Command::Up(args) => services::up(args),
+        Command::Down(args) => services::down(args),
+        Command::Ps(args) => services::ps(args),
+        Command::Logs(args) => services::logs(args),
+        Command::Restart(args) => services::restart(args),
+        Command::Holder(args) => holder::run(args).map(|()| 0),
+        Command::Monitor(args) => monitor::run(args),
+        Command::Init { command } => init::run(command),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

@@ -1,0 +1,16 @@
+//! The cage's private network: one router network namespace with a bridge, one network
+//! namespace per service with a veth into it, addresses from the cage's subnet, a hosts file
+//! naming the services. Everything lives in namespaces the cage owns; nothing touches the
+//! host's network.
+//!
+//! `netlink` talks rtnetlink in the calling thread's current namespace, `netns` creates and
+//! enters namespaces, `topology` decides names and addresses (no syscalls), `hosts` writes
+//! nothing but renders /etc/hosts.
+
+pub mod error;
+pub mod hosts;
+pub mod netlink;
+pub mod netns;
+pub mod topology;
+
+pub use error::{Error, Result};

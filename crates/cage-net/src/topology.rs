@@ -1,0 +1,67 @@
+//! Names and addresses: which subnet a cage uses, which address each service gets, what its
+//! interfaces are called. Pure decisions, no syscalls.
+
+use std::net::Ipv4Addr;
+
+use crate::error::{Error, Result};
+
+/// The bridge in the router namespace, and the address the router has on it.
+pub const BRIDGE: &str = "cage0";
+/// The service's side of its veth, inside its own namespace.
+pub const SERVICE_IFACE: &str = "eth0";
+pub const PREFIX: u8 = 24;
+
+/// A /24 in 10.89.0.0/16 (podman's default range for user networks is 10.89.x as well).
+/// `seed` spreads cages (a hash of the cage's directory); `taken` are the third octets
+/// running cages already use, so two cages side by side never share one.
+pub fn pick_subnet(seed: u64, taken: &[u8]) -> Option<u8> {
+    let start = (seed % 254) as u8 + 1;
+    (0..254u16)
+        .map(|i| ((start as u16 - 1 + i) % 254) as u8 + 1)
+        .find(|o| !taken.contains(o))
+}
+
+pub fn router_address(subnet: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 89, subnet, 1)
+}
+
+/// The address of the service in slot `slot` (0-based, in cage.toml order).
+pub fn service_address(subnet: u8, slot: usize) -> Result<Ipv4Addr> {
+    let host = slot + 2;
+    if host > 254 {
+        return Err(Error::SubnetFull);
+    }
+    Ok(Ipv4Addr::new(10, 89, subnet, host as u8))
+}
+
+/// The router-side veth name of slot `slot`: short (IFNAMSIZ is 16) and unique in the
+/// router namespace, which is the cage's own.
+pub fn router_veth(slot: usize) -> String {
+    format!("ve{slot}")
+}
+
+/// The name a fresh veth peer has before it moves and becomes [`SERVICE_IFACE`].
+pub fn peer_veth(slot: usize) -> String {
+    format!("vp{slot}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets_skip_taken_and_wrap() {
+        assert_eq!(pick_subnet(0, &[]), Some(1));
+        assert_eq!(pick_subnet(0, &[1, 2]), Some(3));
+        assert_eq!(pick_subnet(253, &[254]), Some(1));
+        let all: Vec<u8> = (1..=254).collect();
+        assert_eq!(pick_subnet(7, &all), None);
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(router_address(5), Ipv4Addr::new(10, 89, 5, 1));
+        assert_eq!(service_address(5, 0).unwrap(), Ipv4Addr::new(10, 89, 5, 2));
+        assert!(service_address(5, 253).is_err());
+    }
+}

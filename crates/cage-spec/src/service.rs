@@ -1,0 +1,149 @@
+//! A rendered sandbox [`Spec`] wired into a running cage, for the service engine
+//! (libcontainer). The policy stays what [`crate::render_sandbox`] decided; this only says
+//! *where*: the cage's user namespace instead of a private one (the monitor joins it before
+//! libcontainer runs, so the spec names none), the service's network namespace by path, the
+//! cgroup inside the cage's delegated subtree, the cage's /etc/hosts, and a real root
+//! directory where the sandbox engine would have assembled one from annotations.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    LinuxNamespaceBuilder, LinuxNamespaceType, MountBuilder, RootBuilder, Spec,
+};
+
+use crate::{SpecError, FILE_ANNOTATION_PREFIX, SYMLINK_ANNOTATION_PREFIX};
+
+pub struct Wiring {
+    /// A path that opens the service's network namespace (e.g. `/proc/PID/fd/N` of the holder).
+    pub netns: PathBuf,
+    /// Absolute cgroup path (relative to each hierarchy's root).
+    pub cgroups_path: PathBuf,
+    /// The cage's hosts file for this service, bound read-only at /etc/hosts.
+    pub hosts_file: PathBuf,
+    /// Where a host-binds root is materialized, when the spec has no root directory.
+    pub host_root_dir: PathBuf,
+    /// An init to run as pid 1 in front of the command: (host binary, path inside, its
+    /// arguments before the command). Bound read-only.
+    pub init: Option<(PathBuf, String, Vec<String>)>,
+}
+
+/// What the caller must create in [`Wiring::host_root_dir`] before the engine starts: the
+/// files and symlinks the sandbox engine would have made in its fresh root.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HostRoot {
+    pub files: Vec<(String, String)>,
+    pub symlinks: Vec<(String, String)>,
+    /// Mount points to create: the destination, and a bind's source (a file source needs a
+    /// file there, anything else a directory; the caller looks).
+    pub mountpoints: Vec<(String, Option<PathBuf>)>,
+}
+
+pub fn wire_service(
+    mut spec: Spec,
+    wiring: &Wiring,
+) -> Result<(Spec, Option<HostRoot>), SpecError> {
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let namespaces = linux
+        .namespaces()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|ns| ns.typ() != LinuxNamespaceType::User)
+        .map(|ns| {
+            if ns.typ() == LinuxNamespaceType::Network {
+                LinuxNamespaceBuilder::default()
+                    .typ(LinuxNamespaceType::Network)
+                    .path(wiring.netns.clone())
+                    .build()
+            } else {
+                Ok(ns)
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    linux.set_namespaces(Some(namespaces));
+    linux.set_uid_mappings(None);
+    linux.set_gid_mappings(None);
+    linux.set_cgroups_path(Some(wiring.cgroups_path.clone()));
+    if let Some(mut res) = linux.resources().clone() {
+        // The device cgroup is not what keeps devices out (no node exists but the minimal
+        // set, and mknod needs a capability nobody has); writing it needs host root on v1.
+        res.set_devices(None);
+        linux.set_resources(Some(res));
+    }
+    spec.set_linux(Some(linux));
+
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    mounts.retain(|m| m.destination() != Path::new("/etc/hosts"));
+    mounts.push(
+        MountBuilder::default()
+            .destination("/etc/hosts")
+            .typ("bind")
+            .source(wiring.hosts_file.clone())
+            .options(
+                ["bind", "ro", "nosuid", "nodev", "noexec"]
+                    .map(String::from)
+                    .to_vec(),
+            )
+            .build()?,
+    );
+
+    if let Some((binary, inside, init_args)) = &wiring.init {
+        mounts.push(
+            MountBuilder::default()
+                .destination(inside)
+                .typ("bind")
+                .source(binary.clone())
+                .options(["bind", "ro", "nosuid", "nodev"].map(String::from).to_vec())
+                .build()?,
+        );
+        if let Some(mut process) = spec.process().clone() {
+            let mut args = vec![inside.clone()];
+            args.extend(init_args.iter().cloned());
+            args.extend(process.args().clone().unwrap_or_default());
+            process.set_args(Some(args));
+            spec.set_process(Some(process));
+        }
+    }
+
+    let mut host_root = None;
+    if spec.root().is_none() {
+        let mut hr = HostRoot::default();
+        let mut annotations = spec.annotations().clone().unwrap_or_default();
+        annotations.retain(|k, v| {
+            if let Some(file) = k.strip_prefix(FILE_ANNOTATION_PREFIX) {
+                if file != "/etc/hosts" {
+                    hr.files.push((file.to_string(), v.clone()));
+                }
+                false
+            } else if let Some(link) = k.strip_prefix(SYMLINK_ANNOTATION_PREFIX) {
+                hr.symlinks.push((link.to_string(), v.clone()));
+                false
+            } else {
+                true
+            }
+        });
+        hr.files.push(("/etc/hosts".into(), String::new()));
+        hr.files.sort();
+        hr.symlinks.sort();
+        for m in &mounts {
+            let dst = m.destination().to_string_lossy().into_owned();
+            if !hr.files.iter().any(|(f, _)| *f == dst) {
+                let src = m
+                    .source()
+                    .clone()
+                    .filter(|_| m.typ().as_deref() == Some("bind"));
+                hr.mountpoints.push((dst, src));
+            }
+        }
+        spec.set_annotations(Some(annotations));
+        spec.set_root(Some(
+            RootBuilder::default()
+                .path(wiring.host_root_dir.clone())
+                .readonly(true)
+                .build()?,
+        ));
+        host_root = Some(hr);
+    }
+    spec.set_mounts(Some(mounts));
+    Ok((spec, host_root))
+}

@@ -1,0 +1,82 @@
+//! Messages between the supervisor and its single-threaded helpers: one short text message per
+//! SOCK_SEQPACKET datagram, optionally with one file descriptor (SCM_RIGHTS).
+
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
+
+pub fn pair() -> Result<(OwnedFd, OwnedFd)> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .context("creating a socket pair")
+}
+
+pub fn send(sock: &impl AsRawFd, text: &str, fd: Option<RawFd>) -> Result<()> {
+    let iov = [IoSlice::new(text.as_bytes())];
+    let fds;
+    let cmsgs: &[ControlMessage] = match fd {
+        Some(f) => {
+            fds = [f];
+            &[ControlMessage::ScmRights(&fds)]
+        }
+        None => &[],
+    };
+    sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
+        .context("sending to a helper")?;
+    Ok(())
+}
+
+/// The next message, or None when the peer is gone.
+pub fn recv(sock: &impl AsRawFd) -> Result<Option<(String, Option<OwnedFd>)>> {
+    let mut buf = [0u8; 4096];
+    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .context("receiving from a helper")?;
+    let mut fd = None;
+    for c in msg.cmsgs().context("reading control messages")? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for f in fds {
+                // SAFETY: the kernel just installed this descriptor for us.
+                let owned = unsafe { OwnedFd::from_raw_fd(f) };
+                if fd.is_none() {
+                    fd = Some(owned);
+                }
+            }
+        }
+    }
+    let n = msg.bytes;
+    if n == 0 && fd.is_none() {
+        return Ok(None);
+    }
+    let text = std::str::from_utf8(&buf[..n])
+        .map(str::to_string)
+        .unwrap_or_default();
+    Ok(Some((text, fd)))
+}
+
+/// Send a request and wait for its answer: `ok ...` (with an optional descriptor) or `err MSG`.
+pub fn call(sock: &impl AsRawFd, request: &str) -> Result<(String, Option<OwnedFd>)> {
+    send(sock, request, None)?;
+    match recv(sock)? {
+        Some((reply, fd)) => match reply.strip_prefix("ok") {
+            Some(rest) => Ok((rest.trim().to_string(), fd)),
+            None => bail!("{}", reply.strip_prefix("err ").unwrap_or(&reply)),
+        },
+        None => bail!("the network holder is gone"),
+    }
+}

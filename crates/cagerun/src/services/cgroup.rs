@@ -1,0 +1,202 @@
+//! The cage's cgroup: one directory per cage inside the subtree delegated to the user, in
+//! every hierarchy libcontainer joins (on cgroup v1 that is every mounted controller, so
+//! `setup-cgroups` delegates `cagerun/<uid>` in all of them), and one per service below it
+//! (libcontainer makes and removes those).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use cage_sandbox::cgroups::{self, Layout};
+
+pub struct CageCgroup {
+    /// The path libcontainer takes (`cgroupsPath`), relative to every hierarchy's root.
+    pub relative: PathBuf,
+    /// The directories made for the cage, one per hierarchy.
+    pub dirs: Vec<PathBuf>,
+}
+
+/// The v1 hierarchies mounted here (real directories; `cpu` → `cpu,cpuacct` links skipped).
+pub fn v1_hierarchies() -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(cgroups::ROOT) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p.file_name().unwrap_or_default().to_string_lossy();
+            n != "unified" && n != "systemd" && p.join("cgroup.procs").exists()
+        })
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// Copy a cpuset's cpus and mems from its parent: a new v1 cpuset is empty and takes no task.
+pub fn fill_cpuset(dir: &Path) -> Result<()> {
+    if !dir.join("cpuset.cpus").exists() {
+        return Ok(());
+    }
+    for f in ["cpuset.cpus", "cpuset.mems"] {
+        let cur = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        if cur.trim().is_empty() {
+            let parent = dir.parent().context("cpuset without a parent")?;
+            let v = std::fs::read_to_string(parent.join(f))?;
+            std::fs::write(dir.join(f), v.trim())
+                .with_context(|| format!("writing {}", dir.join(f).display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Make the cage's directories. `owner`: the host uid/gid that is root in the cage's user
+/// namespace, when it differs from the caller (as root) and must be able to write them.
+pub fn prepare(cage_id: &str, owner: Option<(u32, u32)>) -> Result<CageCgroup> {
+    let uid = nix::unistd::geteuid().as_raw();
+    let name = crate::services::user_name(uid);
+    match cgroups::detect() {
+        Layout::V1 { .. } => {
+            let rel = PathBuf::from(format!("cagerun/{uid}"));
+            let mut dirs = Vec::new();
+            for h in v1_hierarchies() {
+                let parent = h.join(&rel);
+                if !parent.is_dir() {
+                    if uid == 0 {
+                        std::fs::create_dir_all(&parent)
+                            .with_context(|| format!("creating {}", parent.display()))?;
+                        fill_cpuset(parent.parent().unwrap_or(&h))?;
+                        fill_cpuset(&parent)?;
+                    } else {
+                        bail!(
+                            "the cgroup v1 hierarchy {} has no {} delegated to you: run `sudo cagerun setup-cgroups --user {name}` once (per boot)",
+                            h.display(),
+                            rel.display()
+                        );
+                    }
+                }
+                let dir = parent.join(cage_id);
+                if let Err(e) = std::fs::create_dir(&dir) {
+                    if e.kind() != std::io::ErrorKind::AlreadyExists {
+                        return Err(e).with_context(|| format!("creating {} (run `sudo cagerun setup-cgroups --user {name}` again?)", dir.display()));
+                    }
+                }
+                fill_cpuset(&dir)?;
+                if let Some((u, g)) = owner {
+                    for p in [dir.clone(), dir.join("cgroup.procs"), dir.join("tasks")] {
+                        let _ = nix::unistd::chown(&p, Some(u.into()), Some(g.into()));
+                    }
+                }
+                dirs.push(dir);
+            }
+            Ok(CageCgroup {
+                relative: Path::new("/").join(rel).join(cage_id),
+                dirs,
+            })
+        }
+        Layout::Unified => {
+            let parent = cgroups::find_parent(uid).with_context(|| {
+                format!("no delegated cgroup v2 subtree with the memory and pids controllers: run cagerun under systemd's user delegation (`systemd-run --user --scope -p Delegate=yes cagerun up`), or set {}", cgroups::PARENT_ENV)
+            })?;
+            let dir = parent.dirs[0].join(cage_id);
+            if !dir.exists() {
+                std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            std::fs::write(dir.join("cgroup.subtree_control"), "+memory +pids")
+                .with_context(|| format!("enabling controllers in {}", dir.display()))?;
+            if let Some((u, g)) = owner {
+                for f in ["", "cgroup.procs", "cgroup.subtree_control"] {
+                    let _ = nix::unistd::chown(&dir.join(f), Some(u.into()), Some(g.into()));
+                }
+            }
+            let relative = Path::new("/").join(dir.strip_prefix(cgroups::ROOT)?);
+            Ok(CageCgroup {
+                relative,
+                dirs: vec![dir],
+            })
+        }
+        Layout::None => bail!(
+            "no cgroup controllers are mounted under {}: services need cgroups for their limits",
+            cgroups::ROOT
+        ),
+    }
+}
+
+/// Remove cgroup directories deepest first (service leftovers, then the cage's); each must
+/// be empty of processes by now.
+pub fn remove(dirs: &[PathBuf]) {
+    for d in dirs {
+        if let Ok(entries) = std::fs::read_dir(d) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove(&[e.path()]);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(d);
+    }
+}
+
+/// Make a service's cgroup under the cage's and write the spec's limits into it, before
+/// libcontainer moves the container in. libcontainer would write them itself, but with any
+/// resources it also writes the v1 device controller, which only host root may do; so the
+/// spec it gets carries none, and these are the spec's own values, written once here.
+pub fn prepare_service(
+    cage: &CageCgroup,
+    name: &str,
+    resources: Option<&oci_spec::runtime::LinuxResources>,
+    owner: Option<(u32, u32)>,
+) -> Result<Vec<PathBuf>> {
+    let mut dirs = Vec::new();
+    for d in &cage.dirs {
+        let dir = d.join(name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+        }
+        fill_cpuset(&dir)?;
+        if let Some((u, g)) = owner {
+            for f in ["", "cgroup.procs", "tasks"] {
+                let _ = nix::unistd::chown(&dir.join(f), Some(u.into()), Some(g.into()));
+            }
+        }
+        dirs.push(dir);
+    }
+    let Some(res) = resources else {
+        return Ok(dirs);
+    };
+    let write = |file: &str, value: String| -> Result<()> {
+        for dir in &dirs {
+            let p = dir.join(file);
+            if p.exists() {
+                std::fs::write(&p, &value)
+                    .with_context(|| format!("writing {value} to {}", p.display()))?;
+            }
+        }
+        Ok(())
+    };
+    let v2 = matches!(cgroups::detect(), Layout::Unified);
+    if let Some(limit) = res.memory().as_ref().and_then(|m| m.limit()) {
+        if v2 {
+            write("memory.max", limit.to_string())?;
+            write("memory.swap.max", "0".into())?;
+        } else {
+            write("memory.limit_in_bytes", limit.to_string())?;
+        }
+    }
+    if let Some(p) = res.pids().as_ref().map(|p| p.limit()) {
+        write("pids.max", p.to_string())?;
+    }
+    if let Some(cpu) = res.cpu() {
+        if let (Some(q), Some(p)) = (cpu.quota(), cpu.period()) {
+            if v2 {
+                write("cpu.max", format!("{q} {p}"))?;
+            } else {
+                write("cpu.cfs_period_us", p.to_string())?;
+                write("cpu.cfs_quota_us", q.to_string())?;
+            }
+        }
+    }
+    Ok(dirs)
+}

@@ -1,0 +1,107 @@
+//! The supervisor's side of the holder: spawn it, give its user namespace the cage's id
+//! maps, and ask it for service namespaces and sockets inside them.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use cage_sandbox::plan::IdMap;
+
+use crate::ipc;
+
+pub struct Holder {
+    pub child: Child,
+    sock: Mutex<OwnedFd>,
+}
+
+/// Put `fd` at descriptor 3 of a child about to exec (and nothing else beyond stdio).
+pub fn pass_fd_as_3(cmd: &mut Command, fd: &OwnedFd) {
+    pass_fds(cmd, &[fd.as_raw_fd()]);
+}
+
+/// Put `fds` at descriptors 3, 4, ... of a child about to exec.
+pub fn pass_fds(cmd: &mut Command, fds: &[i32]) {
+    let fds = fds.to_vec();
+    // SAFETY: dup/dup2 are async-signal-safe; nothing else runs between fork and exec. Each
+    // source is first moved above the target range so no dup2 overwrites a later source.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut high = Vec::new();
+            for &fd in &fds {
+                let h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 64);
+                if h < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                high.push(h);
+            }
+            for (i, h) in high.iter().enumerate() {
+                if libc::dup2(*h, crate::holder::CONTROL_FD + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+pub fn spawn(subnet: u8, uid_map: &[IdMap], gid_map: &[IdMap]) -> Result<Arc<Holder>> {
+    let (ours, theirs) = ipc::pair()?;
+    let mut cmd = Command::new(crate::services::self_exe()?);
+    cmd.args(["holder", "--subnet", &subnet.to_string()])
+        .stdin(Stdio::null());
+    pass_fd_as_3(&mut cmd, &theirs);
+    let child = cmd.spawn().context("starting the network holder")?;
+    drop(theirs);
+    let holder = Holder {
+        child,
+        sock: Mutex::new(ours),
+    };
+    let sock = holder.sock.lock().unwrap();
+    match ipc::recv(&*sock)? {
+        Some((m, _)) if m == "unshared" => {}
+        other => bail!("the network holder did not start: {other:?}"),
+    }
+    let privileged = nix::unistd::geteuid().is_root();
+    cage_sandbox::idmap::write_maps(holder.child.id() as i32, uid_map, gid_map, privileged)
+        .context(
+            "mapping the cage's user namespace (newuidmap/newgidmap and /etc/subuid, /etc/subgid)",
+        )?;
+    ipc::send(&*sock, "mapped", None)?;
+    match ipc::recv(&*sock)? {
+        Some((m, _)) if m == "ready" => {}
+        Some((m, _)) => bail!("the network holder failed: {m}"),
+        None => bail!("the network holder failed (see above)"),
+    }
+    drop(sock);
+    Ok(Arc::new(holder))
+}
+
+impl Holder {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn call(&self, req: &str) -> Result<(String, Option<OwnedFd>)> {
+        let sock = self.sock.lock().unwrap();
+        ipc::call(&*sock, req)
+    }
+
+    /// A service network namespace: the holder's name for it, and a descriptor of it (which
+    /// monitors pass to libcontainer as `/proc/self/fd/N`: opening another process's fd
+    /// link would need ptrace rights over the holder).
+    pub fn add_service(&self, slot: usize, addr: std::net::Ipv4Addr) -> Result<(i32, OwnedFd)> {
+        let (name, fd) = self.call(&format!("add {slot} {addr}"))?;
+        Ok((
+            name.parse().context("holder answered no name")?,
+            fd.context("holder passed no namespace")?,
+        ))
+    }
+
+    /// A socket connecting (non-blocking) to 127.0.0.1:port inside the namespace.
+    pub fn connect(&self, netns_fd: i32, port: u16) -> Result<OwnedFd> {
+        let (_, fd) = self.call(&format!("connect {netns_fd} {port}"))?;
+        fd.context("holder passed no socket")
+    }
+}

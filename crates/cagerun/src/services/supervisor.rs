@@ -1,0 +1,867 @@
+//! `cagerun up`: the cage's supervisor. Async (tokio) for what is many and slow — published
+//! ports, health probes, the control socket, restart timers — and never in a namespace
+//! itself: the holder owns the user and network namespaces, a monitor per container runs
+//! libcontainer. Everything it starts is recorded (pid + start time) in the runtime
+//! directory, so `down` can clean up after a supervisor that was killed.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use cage_net::topology;
+use cage_sandbox::plan::IdMap;
+use cage_spec::cage::{Cage, HealthProbe, Restart, Service};
+use cage_spec::service::{wire_service, HostRoot, Wiring};
+use tokio::sync::{mpsc, Notify};
+
+use super::cgroup::{self, CageCgroup};
+use super::holder_client::{self, Holder};
+use super::state::{CagePaths, Proc, Record};
+use super::{control, forward, health, Status};
+use crate::ipc;
+
+/// How long a stopped service gets between SIGTERM and SIGKILL.
+pub const STOP_GRACE_MS: u64 = 10_000;
+/// A service that ran this long before exiting restarts without backoff.
+const BACKOFF_RESET: Duration = Duration::from_secs(10);
+
+pub struct Supervisor {
+    pub paths: CagePaths,
+    pub status: Mutex<BTreeMap<String, Status>>,
+    pub stopping: AtomicBool,
+    pub stop: Notify,
+    record: Mutex<Record>,
+    services: BTreeMap<String, Arc<Svc>>,
+    order: Vec<String>,
+    holder: Arc<Holder>,
+    cgroup: CageCgroup,
+    /// The host ids of the cage's root, when they are not the caller's (as root).
+    owner: Option<(u32, u32)>,
+}
+
+struct Svc {
+    service: Service,
+    slot: usize,
+    bundle: PathBuf,
+    netns_fd: Arc<AtomicI32>,
+    netns: Mutex<Option<Arc<OwnedFd>>>,
+    monitor_ctl: Mutex<Option<Arc<OwnedFd>>>,
+    restart_now: AtomicBool,
+    wake: Notify,
+    resources: Mutex<Option<oci_spec::runtime::LinuxResources>>,
+}
+
+/// Maps of the cage's user namespace: the service user 1000 is the caller (as root: host
+/// 1000, as `cagerun exec` does), every other id 0..65535 a subordinate id.
+struct CageMaps {
+    uid: Vec<IdMap>,
+    gid: Vec<IdMap>,
+    /// The host ids of the cage's root.
+    root: (u32, u32),
+}
+
+fn cage_maps() -> Result<CageMaps> {
+    let uid = nix::unistd::geteuid().as_raw();
+    let gid = nix::unistd::getegid().as_raw();
+    let (caller_uid, caller_gid, sub) = if uid == 0 {
+        let range = |file: &str| {
+            std::fs::read_to_string(file)
+                .ok()
+                .and_then(|t| cage_spec::passwd::subordinate_range(&t, "root", 0))
+        };
+        match (range("/etc/subuid"), range("/etc/subgid")) {
+            (Some(u), Some(g)) => (1000, 1000, cage_spec::SubordinateIds { uid_base: u.0, uid_count: u.1, gid_base: g.0, gid_count: g.1 }),
+            _ => bail!("as root, services run under root's subordinate ids and root has none: `usermod --add-subuids 1000000-1065535 --add-subgids 1000000-1065535 root`"),
+        }
+    } else {
+        let sub = crate::ids::subordinate().with_context(|| {
+            format!("services need subordinate ids (65536 of them) and newuidmap/newgidmap: `sudo apt install uidmap && sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {}`", super::user_name(uid))
+        })?;
+        (uid, gid, sub)
+    };
+    let conv = |m: Vec<(u32, u32, u32)>| {
+        m.into_iter()
+            .map(|(inside, outside, count)| IdMap {
+                inside,
+                outside,
+                count,
+            })
+            .collect::<Vec<_>>()
+    };
+    let umap = conv(
+        cage_spec::keep_id_map(
+            cage_spec::sandbox::DEFAULT_USER.uid,
+            caller_uid,
+            sub.uid_base,
+            sub.uid_count,
+        )
+        .context("subordinate uid range too small")?,
+    );
+    let gmap = conv(
+        cage_spec::keep_id_map(
+            cage_spec::sandbox::DEFAULT_USER.gid,
+            caller_gid,
+            sub.gid_base,
+            sub.gid_count,
+        )
+        .context("subordinate gid range too small")?,
+    );
+    let root_of = |maps: &[IdMap]| {
+        maps.iter()
+            .find(|m| m.inside == 0)
+            .map(|m| m.outside)
+            .unwrap_or(0)
+    };
+    let root = (root_of(&umap), root_of(&gmap));
+    Ok(CageMaps {
+        uid: umap,
+        gid: gmap,
+        root,
+    })
+}
+
+/// cagerun itself as the container's pid 1, where it can run: always in a host-binds root
+/// (the host's libraries are there), in an image only when this binary is static.
+fn init_for(service: &Service) -> Result<Option<(PathBuf, String, Vec<String>)>> {
+    let exe = super::self_exe()?;
+    let usable = matches!(service.root, cage_spec::cage::ServiceRoot::Host)
+        || crate::init::self_is_static(&exe);
+    Ok(usable.then(|| {
+        (
+            exe,
+            crate::init::INIT_PATH.to_string(),
+            vec!["init".to_string(), "--".to_string()],
+        )
+    }))
+}
+
+/// Make the host-binds root the sandbox engine would have assembled in a tmpfs.
+fn materialize_host_root(dir: &Path, hr: &HostRoot) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let at = |p: &str| dir.join(p.trim_start_matches('/'));
+    for (link, target) in &hr.symlinks {
+        if let Some(parent) = at(link).parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::os::unix::fs::symlink(target, at(link))?;
+    }
+    for (dst, src) in &hr.mountpoints {
+        let p = at(dst);
+        if p.symlink_metadata().is_ok() {
+            continue;
+        }
+        if src.as_ref().is_some_and(|s| s.is_file()) {
+            std::fs::create_dir_all(p.parent().unwrap_or(dir))?;
+            std::fs::write(&p, b"")?;
+        } else {
+            std::fs::create_dir_all(&p)?;
+        }
+    }
+    for (file, text) in &hr.files {
+        let p = at(file);
+        std::fs::create_dir_all(p.parent().unwrap_or(dir))?;
+        std::fs::write(&p, text)?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))?;
+    }
+    Ok(())
+}
+
+/// Everything `up` checks and renders before it starts anything.
+pub struct Prepared {
+    pub cage: Cage,
+    pub specs: BTreeMap<String, oci_spec::runtime::Spec>,
+    pub listeners: Vec<(String, std::net::TcpListener, u16, String)>,
+}
+
+pub fn prepare(
+    paths: &CagePaths,
+    cage: Cage,
+    only: &[String],
+    store: &crate::image::StoreArg,
+) -> Result<Prepared> {
+    for s in only {
+        crate::bundle::find_service(&cage, s, &paths.config)?;
+    }
+    // The services asked for, and what they depend on.
+    let mut wanted: Vec<String> = only.to_vec();
+    let mut i = 0;
+    while i < wanted.len() {
+        let svc = crate::bundle::find_service(&cage, &wanted[i], &paths.config)?.clone();
+        for d in &svc.depends_on {
+            if !wanted.contains(&d.service) {
+                wanted.push(d.service.clone());
+            }
+        }
+        i += 1;
+    }
+    let mut cage = cage;
+    if !only.is_empty() {
+        cage.services.retain(|s| wanted.contains(&s.name));
+    }
+    for s in &cage.services {
+        if let Some(h) = &s.healthcheck {
+            if let HealthProbe::Command(_) = h.probe {
+                bail!("{}: services.{}.healthcheck: command probes are not implemented yet; use http = \"PORT/PATH\"", paths.config.display(), s.name);
+            }
+        }
+    }
+    let needs_store = cage
+        .services
+        .iter()
+        .any(|s| matches!(s.root, cage_spec::cage::ServiceRoot::Image(_)));
+    let store = if needs_store {
+        Some(store.open()?)
+    } else {
+        None
+    };
+    let rootfs_dir = paths.cage_dir.join("rootfs");
+    let mut specs = BTreeMap::new();
+    for s in &cage.services {
+        let spec =
+            crate::bundle::render_service(&paths.config, &rootfs_dir, store.as_ref(), s, &[], None)
+                .with_context(|| format!("service {}", s.name))?;
+        specs.insert(s.name.clone(), spec);
+    }
+    // Ports last: a port in use is reported before anything starts, and nothing is left.
+    let mut listeners = Vec::new();
+    for s in &cage.services {
+        for p in &s.ports {
+            let addr = std::net::SocketAddr::new(p.host_addr, p.host_port);
+            let l = std::net::TcpListener::bind(addr).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    anyhow::anyhow!("service {}: port {addr} is already in use on this host: stop what listens there (`ss -ltnp 'sport = :{}'`) or publish another port in {}", s.name, p.host_port, paths.config.display())
+                } else {
+                    anyhow::anyhow!("service {}: cannot listen on {addr}: {e}", s.name)
+                }
+            })?;
+            l.set_nonblocking(true)?;
+            listeners.push((
+                s.name.clone(),
+                l,
+                p.container_port,
+                format!("{}:{}->{}", p.host_addr, p.host_port, p.container_port),
+            ));
+        }
+    }
+    Ok(Prepared {
+        cage,
+        specs,
+        listeners,
+    })
+}
+
+pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -> Result<()> {
+    let Prepared {
+        cage,
+        specs,
+        listeners,
+    } = prepared;
+    paths.create_runtime()?;
+    let mut record = Record {
+        supervisor: Proc::of(std::process::id() as i32).context("reading our own start time")?,
+        ..Default::default()
+    };
+    let subnet = topology::pick_subnet(paths.seed, &paths.taken_subnets())
+        .context("no free cage subnet (254 cages running?)")?;
+    record.subnet = subnet;
+    record.save(&paths)?;
+
+    let setup = async {
+        let CageMaps {
+            uid: umap,
+            gid: gmap,
+            root: owner,
+        } = cage_maps()?;
+        let is_root = nix::unistd::geteuid().is_root();
+        let cg = cgroup::prepare(&paths.id, is_root.then_some(owner))?;
+        record.cgroups = cg.dirs.clone();
+        record.save(&paths)?;
+        std::fs::create_dir_all(paths.containers())?;
+        if is_root {
+            // The monitors act as the cage's root, a subordinate id: let it reach its state.
+            for d in [paths.runtime.clone(), paths.containers()] {
+                nix::unistd::chown(&d, Some(owner.0.into()), Some(owner.1.into()))?;
+            }
+        }
+        let holder =
+            tokio::task::spawn_blocking(move || holder_client::spawn(subnet, &umap, &gmap))
+                .await??;
+        record.holder = Proc::of(holder.pid());
+        record.save(&paths)?;
+        Ok::<_, anyhow::Error>((cg, holder, is_root.then_some(owner)))
+    };
+    let (cg, holder, owner) = match setup.await {
+        Ok(v) => v,
+        Err(e) => {
+            cleanup_runtime(&paths, &record);
+            return Err(e);
+        }
+    };
+
+    let mut services = BTreeMap::new();
+    let mut status = BTreeMap::new();
+    let mut hosts = Vec::new();
+    let all: Vec<&Service> = cage.services.iter().collect();
+    for (slot, s) in all.iter().enumerate() {
+        hosts.push((s.name.clone(), topology::service_address(subnet, slot)?));
+    }
+    for (slot, s) in all.iter().enumerate() {
+        let dir = paths.service_dir(&s.name);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("hosts"), cage_net::hosts::render(&s.name, &hosts))?;
+        services.insert(
+            s.name.clone(),
+            Arc::new(Svc {
+                service: (*s).clone(),
+                slot,
+                bundle: dir.join("bundle"),
+                netns_fd: Arc::new(AtomicI32::new(-1)),
+                netns: Mutex::new(None),
+                monitor_ctl: Mutex::new(None),
+                restart_now: AtomicBool::new(false),
+                wake: Notify::new(),
+                resources: Mutex::new(None),
+            }),
+        );
+        status.insert(
+            s.name.clone(),
+            Status {
+                service: s.name.clone(),
+                state: "created".into(),
+                address: hosts[slot].1.to_string(),
+                ports: s
+                    .ports
+                    .iter()
+                    .map(|p| format!("{}:{}->{}", p.host_addr, p.host_port, p.container_port))
+                    .collect(),
+                health: if s.healthcheck.is_some() {
+                    "starting".into()
+                } else {
+                    "-".into()
+                },
+                ..Default::default()
+            },
+        );
+    }
+    let sup = Arc::new(Supervisor {
+        paths,
+        status: Mutex::new(status),
+        stopping: AtomicBool::new(false),
+        stop: Notify::new(),
+        record: Mutex::new(record),
+        order: cage.services.iter().map(|s| s.name.clone()).collect(),
+        services,
+        holder,
+        cgroup: cg,
+        owner,
+    });
+
+    // Networks and bundles for every service before the first one starts.
+    let wiring = async {
+        for name in &sup.order {
+            let svc = &sup.services[name];
+            let addr = topology::service_address(subnet, svc.slot)?;
+            let h = sup.holder.clone();
+            let slot = svc.slot;
+            let (fd, ns) = tokio::task::spawn_blocking(move || h.add_service(slot, addr)).await??;
+            svc.netns_fd.store(fd, Ordering::Relaxed);
+            *svc.netns.lock().unwrap() = Some(Arc::new(ns));
+            let dir = sup.paths.service_dir(name);
+            let (mut spec, host_root) = wire_service(
+                specs[name].clone(),
+                &Wiring {
+                    netns: PathBuf::from(format!("/proc/self/fd/{}", crate::monitor::NETNS_FD)),
+                    cgroups_path: sup.cgroup.relative.join(name),
+                    hosts_file: dir.join("hosts"),
+                    host_root_dir: dir.join("root"),
+                    init: init_for(&svc.service)?,
+                },
+            )?;
+            if let Some(hr) = host_root {
+                materialize_host_root(&dir.join("root"), &hr)
+                    .with_context(|| format!("service {name}: building its root"))?;
+            }
+            if let Some(mut linux) = spec.linux().clone() {
+                *svc.resources.lock().unwrap() = linux.resources().clone();
+                linux.set_resources(None);
+                spec.set_linux(Some(linux));
+            }
+            crate::bundle::write_config(&svc.bundle, &spec)?;
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    if let Err(e) = wiring.await {
+        sup.teardown().await;
+        return Err(e);
+    }
+
+    let control = control::serve(sup.clone())?;
+    for (name, l, port, _) in listeners {
+        let l = tokio::net::TcpListener::from_std(l)?;
+        let ns = sup.services[&name].netns_fd.clone();
+        tokio::spawn(forward::serve(l, sup.holder.clone(), ns, port));
+    }
+    let mut tasks = Vec::new();
+    let (first_tx, mut first_rx) = mpsc::unbounded_channel::<(String, Result<i32, String>)>();
+    for name in sup.order.clone() {
+        tasks.push(tokio::spawn(run_service(
+            sup.clone(),
+            name,
+            first_tx.clone(),
+        )));
+    }
+    drop(first_tx);
+
+    // Ready once every service has started once; the first failure to start ends the cage.
+    let mut started = 0;
+    let mut failure = None;
+    let mut signals = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    while started < sup.order.len() {
+        tokio::select! {
+            m = first_rx.recv() => match m {
+                Some((name, Ok(pid))) => {
+                    started += 1;
+                    eprintln!("cagerun: {name} started (pid {pid})");
+                }
+                Some((name, Err(e))) => { failure = Some(format!("service {name} did not start: {e}")); break; }
+                None => break,
+            },
+            _ = signals.recv() => { failure = Some("stopped before every service started".into()); break; }
+            _ = interrupts.recv() => { failure = Some("interrupted before every service started".into()); break; }
+        }
+    }
+    if let Some(f) = failure {
+        sup.teardown().await;
+        for t in tasks {
+            let _ = t.await;
+        }
+        control.abort();
+        return Err(anyhow::anyhow!(f));
+    }
+    if let Some(fd) = ready {
+        let _ = nix::unistd::write(&fd, b"ready\n");
+    }
+    eprintln!(
+        "cagerun: cage {} is up (cagerun ps; cagerun down)",
+        sup.paths.id
+    );
+    tokio::select! {
+        _ = sup.stop.notified() => {}
+        _ = signals.recv() => {}
+        _ = interrupts.recv() => {}
+    }
+    sup.teardown().await;
+    for t in tasks {
+        let _ = t.await;
+    }
+    control.abort();
+    Ok(())
+}
+
+fn cleanup_runtime(paths: &CagePaths, record: &Record) {
+    cgroup::remove(&record.cgroups);
+    remove_tree(&paths.runtime);
+}
+
+/// Remove a directory tree that may hold files made by the cage's root (a subordinate id,
+/// which the caller cannot delete from directories it does not own): as that root if needed.
+pub fn remove_tree(dir: &Path) {
+    if std::fs::remove_dir_all(dir).is_ok() || !dir.exists() {
+        return;
+    }
+    if let Some(sub) = crate::ids::subordinate() {
+        let d = dir.to_path_buf();
+        let _ = crate::ids::as_mapped_root(&sub, move || Ok(std::fs::remove_dir_all(&d)?));
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+impl Supervisor {
+    fn set(&self, name: &str, f: impl FnOnce(&mut Status)) {
+        if let Some(s) = self.status.lock().unwrap().get_mut(name) {
+            f(s);
+        }
+    }
+
+    fn state_of(&self, name: &str) -> (String, String) {
+        let st = self.status.lock().unwrap();
+        st.get(name)
+            .map(|s| (s.state.clone(), s.health.clone()))
+            .unwrap_or_default()
+    }
+
+    fn remember(&self, f: impl FnOnce(&mut Record)) {
+        let mut r = self.record.lock().unwrap();
+        f(&mut r);
+        let _ = r.save(&self.paths);
+    }
+
+    pub fn restart(&self, name: &str) -> Result<()> {
+        let svc = self
+            .services
+            .get(name)
+            .with_context(|| format!("no service {name:?} in this cage"))?;
+        svc.restart_now.store(true, Ordering::SeqCst);
+        let ctl = svc.monitor_ctl.lock().unwrap().clone();
+        match ctl {
+            Some(c) => ipc::send(&*c, &format!("stop {STOP_GRACE_MS}"), None)?,
+            None => svc.wake.notify_one(),
+        }
+        Ok(())
+    }
+
+    /// Stop every service (dependants first), then the network, the cgroups, the state.
+    /// Every service's status, in the cage's start order.
+    pub fn statuses(&self) -> Vec<super::Status> {
+        let st = self.status.lock().unwrap();
+        self.order
+            .iter()
+            .filter_map(|n| st.get(n).cloned())
+            .collect()
+    }
+
+    pub fn cgroup_path(&self) -> String {
+        self.cgroup.relative.display().to_string()
+    }
+
+    pub async fn teardown(&self) {
+        if self.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Dependants before what they depend on; services on one level stop together.
+        let mut level: BTreeMap<&str, usize> = BTreeMap::new();
+        for name in &self.order {
+            let l = self.services[name]
+                .service
+                .depends_on
+                .iter()
+                .map(|d| level.get(d.service.as_str()).map_or(0, |l| l + 1))
+                .max()
+                .unwrap_or(0);
+            level.insert(name, l);
+        }
+        let top = level.values().copied().max().unwrap_or(0);
+        for l in (0..=top).rev() {
+            let names: Vec<&String> = self
+                .order
+                .iter()
+                .filter(|n| level[n.as_str()] == l)
+                .collect();
+            for name in &names {
+                let svc = &self.services[*name];
+                svc.wake.notify_one();
+                let ctl = svc.monitor_ctl.lock().unwrap().clone();
+                if let Some(c) = ctl {
+                    let _ = ipc::send(&*c, &format!("stop {STOP_GRACE_MS}"), None);
+                }
+            }
+            let deadline = Instant::now() + Duration::from_millis(STOP_GRACE_MS + 5000);
+            while names
+                .iter()
+                .any(|n| self.services[*n].monitor_ctl.lock().unwrap().is_some())
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let rec = self.record.lock().unwrap().clone();
+        for p in rec.containers.iter().chain(rec.monitors.iter()) {
+            p.kill();
+        }
+        if let Some(h) = &rec.holder {
+            h.kill();
+            // Reap it: our child.
+            let pid = nix::unistd::Pid::from_raw(h.pid);
+            let _ = tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(pid, None)).await;
+        }
+        cgroup::remove(&self.cgroup.dirs);
+        remove_tree(&self.paths.runtime);
+    }
+}
+
+async fn wait_for_dependencies(sup: &Supervisor, svc: &Svc) {
+    for dep in &svc.service.depends_on {
+        let mut said = false;
+        loop {
+            if sup.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            let (state, health) = sup.state_of(&dep.service);
+            let ok = state == "running" && (!dep.healthy || health == "healthy");
+            if ok {
+                break;
+            }
+            if !said {
+                let why = if dep.healthy { "healthy" } else { "running" };
+                sup.set(&svc.service.name, |s| {
+                    s.state = format!("waiting for {} to be {why}", dep.service)
+                });
+                said = true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn run_service(
+    sup: Arc<Supervisor>,
+    name: String,
+    first: mpsc::UnboundedSender<(String, Result<i32, String>)>,
+) {
+    let svc = sup.services[&name].clone();
+    let mut first = Some(first);
+    let mut attempt: u32 = 0;
+    loop {
+        wait_for_dependencies(&sup, &svc).await;
+        if sup.stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        sup.set(&name, |s| s.state = "starting".into());
+        let outcome = run_once(&sup, &svc, &mut first).await;
+        let ran = match outcome {
+            Ok((code, ran)) => {
+                sup.set(&name, |s| {
+                    s.state = "exited".into();
+                    s.pid = None;
+                    s.last_exit = Some(code);
+                    if s.health != "-" {
+                        s.health = "starting".into();
+                    }
+                });
+                if sup.stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                let again = svc.restart_now.swap(false, Ordering::SeqCst)
+                    || match svc.service.restart {
+                        Restart::No => false,
+                        Restart::OnFailure => code != 0,
+                        Restart::Always => true,
+                    };
+                if !again {
+                    break;
+                }
+                ran
+            }
+            Err(e) => {
+                sup.set(&name, |s| {
+                    s.state = "failed".into();
+                    s.error = Some(format!("{e:#}"));
+                });
+                if let Some(tx) = first.take() {
+                    let _ = tx.send((name.clone(), Err(format!("{e:#}"))));
+                    break;
+                }
+                if matches!(svc.service.restart, Restart::No) {
+                    break;
+                }
+                Duration::ZERO
+            }
+        };
+        if ran >= BACKOFF_RESET {
+            attempt = 0;
+        }
+        let delay = Duration::from_millis(100u64.saturating_mul(1 << attempt.min(8)))
+            .min(Duration::from_secs(30));
+        attempt += 1;
+        sup.set(&name, |s| {
+            s.state = format!("restarting in {} ms", delay.as_millis())
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = svc.wake.notified() => {}
+        }
+        if sup.stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        sup.set(&name, |s| s.restarts += 1);
+    }
+    if sup.stopping.load(Ordering::SeqCst) {
+        sup.set(&name, |s| s.state = "stopped".into());
+    }
+}
+
+/// Start the container once and wait for it to end: (exit code, how long it ran).
+async fn run_once(
+    sup: &Arc<Supervisor>,
+    svc: &Arc<Svc>,
+    first: &mut Option<mpsc::UnboundedSender<(String, Result<i32, String>)>>,
+) -> Result<(i32, Duration)> {
+    let name = &svc.service.name;
+    let resources = svc.resources.lock().unwrap().clone();
+    cgroup::prepare_service(&sup.cgroup, name, resources.as_ref(), sup.owner)
+        .with_context(|| format!("setting up the cgroup of {name}"))?;
+    let (ours, theirs) = ipc::pair()?;
+    let mut cmd = Command::new(super::self_exe()?);
+    cmd.arg("monitor")
+        .arg("--id")
+        .arg(format!("{}-{}", sup.paths.id, name))
+        .arg("--bundle")
+        .arg(&svc.bundle)
+        .arg("--state-root")
+        .arg(sup.paths.containers())
+        .arg("--holder")
+        .arg(sup.holder.pid().to_string())
+        .arg("--log")
+        .arg(sup.paths.log(name))
+        .stdin(Stdio::null());
+    let netns = svc
+        .netns
+        .lock()
+        .unwrap()
+        .clone()
+        .context("the service has no network namespace")?;
+    holder_client::pass_fds(&mut cmd, &[theirs.as_raw_fd(), netns.as_raw_fd()]);
+    let mut child = cmd.spawn().context("starting the container monitor")?;
+    drop(theirs);
+    let monitor = Proc::of(child.id() as i32);
+    if let Some(m) = &monitor {
+        sup.remember(|r| r.monitors.push(m.clone()));
+    }
+    let ours = Arc::new(ours);
+    // The monitor's messages, read on a thread of their own (blocking datagram reads).
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let reader = ours.clone();
+    std::thread::spawn(move || {
+        while let Ok(Some((m, _))) = ipc::recv(&*reader) {
+            if tx.send(m).is_err() {
+                break;
+            }
+        }
+    });
+    let begun = Instant::now();
+    let mut container: Option<Proc> = None;
+    let mut health_task: Option<tokio::task::JoinHandle<()>> = None;
+    let mut code = None;
+    let mut failure = None;
+    while let Some(m) = rx.recv().await {
+        if let Some(pid) = m.strip_prefix("started ") {
+            let pid: i32 = pid.trim().parse().unwrap_or(0);
+            container = Proc::of(pid);
+            if let Some(c) = &container {
+                sup.remember(|r| r.containers.push(c.clone()));
+            }
+            *svc.monitor_ctl.lock().unwrap() = Some(ours.clone());
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            sup.set(name, |s| {
+                s.state = "running".into();
+                s.pid = Some(pid);
+                s.started = Some(now);
+                s.error = None;
+            });
+            if let Some(tx) = first.take() {
+                let _ = tx.send((name.clone(), Ok(pid)));
+            }
+            if sup.stopping.load(Ordering::SeqCst) {
+                let _ = ipc::send(&*ours, &format!("stop {STOP_GRACE_MS}"), None);
+            }
+            if let Some(h) = svc.service.healthcheck.clone() {
+                health_task = Some(tokio::spawn(watch_health(sup.clone(), svc.clone(), h)));
+            }
+        } else if let Some(c) = m.strip_prefix("exited ") {
+            code = c.trim().parse().ok();
+        } else if let Some(e) = m.strip_prefix("failed ") {
+            failure = Some(e.to_string());
+        }
+    }
+    if let Some(h) = health_task {
+        h.abort();
+    }
+    *svc.monitor_ctl.lock().unwrap() = None;
+    let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+    sup.remember(|r| {
+        r.monitors.retain(|p| Some(p) != monitor.as_ref());
+        r.containers.retain(|p| Some(p) != container.as_ref());
+    });
+    if let Some(f) = failure {
+        bail!("{f}");
+    }
+    match code {
+        Some(c) => Ok((c, begun.elapsed())),
+        None => bail!("the container monitor ended without a report ({status})"),
+    }
+}
+
+async fn watch_health(sup: Arc<Supervisor>, svc: Arc<Svc>, h: cage_spec::cage::Healthcheck) {
+    let HealthProbe::Http { port, path } = h.probe else {
+        return;
+    };
+    let begun = Instant::now();
+    let mut failures = 0;
+    loop {
+        let ns = svc.netns_fd.load(Ordering::Relaxed);
+        let r = health::http_probe(
+            sup.holder.clone(),
+            ns,
+            port,
+            &path,
+            Duration::from_millis(h.timeout_ms),
+        )
+        .await;
+        let name = &svc.service.name;
+        match r {
+            Ok(()) => {
+                failures = 0;
+                sup.set(name, |s| {
+                    s.health = "healthy".into();
+                    s.health_error = None;
+                });
+            }
+            Err(e) => {
+                let in_start = begun.elapsed() < Duration::from_millis(h.start_period_ms);
+                if !in_start {
+                    failures += 1;
+                }
+                sup.set(name, |s| {
+                    s.health_error = Some(format!("{e:#}"));
+                    if failures >= h.retries.max(1) {
+                        s.health = "unhealthy".into();
+                    }
+                });
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(h.interval_ms)).await;
+    }
+}
+
+/// Used by `down` on a cage whose supervisor is gone.
+pub fn clean_stale(paths: &CagePaths) -> bool {
+    let Some(rec) = Record::load(paths) else {
+        if paths.runtime.exists() {
+            remove_tree(&paths.runtime);
+            return true;
+        }
+        return false;
+    };
+    for p in rec.containers.iter().chain(rec.monitors.iter()) {
+        p.kill();
+    }
+    if let Some(h) = &rec.holder {
+        h.kill();
+    }
+    // Killed processes leave their cgroups a moment later.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rec
+        .containers
+        .iter()
+        .chain(rec.monitors.iter())
+        .chain(rec.holder.iter())
+        .any(|p| p.alive())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    cgroup::remove(&rec.cgroups);
+    remove_tree(&paths.runtime);
+    true
+}
