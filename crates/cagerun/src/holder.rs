@@ -28,6 +28,9 @@ pub struct HolderArgs {
     /// The cage subnet's third octet (10.89.N.0/24).
     #[arg(long)]
     subnet: u8,
+    /// The cage's id (only so that `ps` on the host says whose holder this is).
+    #[arg(long)]
+    cage: Option<String>,
 }
 
 pub const CONTROL_FD: i32 = 3;

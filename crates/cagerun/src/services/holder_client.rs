@@ -46,10 +46,10 @@ pub fn pass_fds(cmd: &mut Command, fds: &[i32]) {
     }
 }
 
-pub fn spawn(subnet: u8, uid_map: &[IdMap], gid_map: &[IdMap]) -> Result<Arc<Holder>> {
+pub fn spawn(cage: &str, subnet: u8, uid_map: &[IdMap], gid_map: &[IdMap]) -> Result<Arc<Holder>> {
     let (ours, theirs) = ipc::pair()?;
     let mut cmd = Command::new(crate::services::self_exe()?);
-    cmd.args(["holder", "--subnet", &subnet.to_string()])
+    cmd.args(["holder", "--subnet", &subnet.to_string(), "--cage", cage])
         .stdin(Stdio::null());
     pass_fd_as_3(&mut cmd, &theirs);
     let child = cmd.spawn().context("starting the network holder")?;

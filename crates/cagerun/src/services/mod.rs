@@ -174,12 +174,13 @@ pub struct DownArgs {
 
 pub fn down(args: DownArgs) -> Result<i32> {
     let (paths, _) = args.cage.paths()?;
+    let supervisor = state::Record::load(&paths).map(|r| r.supervisor);
     match control::request(&paths, &control::Request::Down) {
         Ok(_) => {
-            // The supervisor answers once everything is stopped, then removes its state:
-            // wait for that too.
+            // The supervisor answers once everything is stopped; down returns when the
+            // supervisor itself is gone too (it holds the last namespace descriptors).
             for _ in 0..500 {
-                if !paths.runtime.exists() {
+                if !paths.runtime.exists() && !supervisor.as_ref().is_some_and(|p| p.alive()) {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(20));

@@ -155,8 +155,13 @@ impl Proc {
     pub fn of(pid: i32) -> Option<Proc> {
         start_time(pid).map(|start| Proc { pid, start })
     }
+    /// Running (a zombie, waiting for its parent to reap it, is not).
     pub fn alive(&self) -> bool {
         start_time(self.pid) == Some(self.start)
+            && std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+                .ok()
+                .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
+                == Some(false)
     }
     pub fn kill(&self) {
         if self.alive() {

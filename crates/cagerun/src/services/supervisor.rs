@@ -289,9 +289,11 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
                 nix::unistd::chown(&d, Some(owner.0.into()), Some(owner.1.into()))?;
             }
         }
-        let holder =
-            tokio::task::spawn_blocking(move || holder_client::spawn(subnet, &umap, &gmap))
-                .await??;
+        let cage_id = paths.id.clone();
+        let holder = tokio::task::spawn_blocking(move || {
+            holder_client::spawn(&cage_id, subnet, &umap, &gmap)
+        })
+        .await??;
         record.holder = Proc::of(holder.pid());
         record.save(&paths)?;
         Ok::<_, anyhow::Error>((cg, holder, is_root.then_some(owner)))
@@ -408,7 +410,7 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
         tokio::spawn(forward::serve(l, sup.holder.clone(), ns, port));
     }
     let mut tasks = Vec::new();
-    let (first_tx, mut first_rx) = mpsc::unbounded_channel::<(String, Result<i32, String>)>();
+    let (first_tx, mut first_rx) = mpsc::unbounded_channel::<(String, Settled)>();
     for name in sup.order.clone() {
         tasks.push(tokio::spawn(run_service(
             sup.clone(),
@@ -418,7 +420,8 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
     }
     drop(first_tx);
 
-    // Ready once every service has started once; the first failure to start ends the cage.
+    // Ready once every service has started once (or waits for a dependency's health); the
+    // first failure to start ends the cage, leaving nothing.
     let mut started = 0;
     let mut failure = None;
     let mut signals = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -426,11 +429,15 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
     while started < sup.order.len() {
         tokio::select! {
             m = first_rx.recv() => match m {
-                Some((name, Ok(pid))) => {
+                Some((name, Settled::Started(pid))) => {
                     started += 1;
                     eprintln!("cagerun: {name} started (pid {pid})");
                 }
-                Some((name, Err(e))) => { failure = Some(format!("service {name} did not start: {e}")); break; }
+                Some((name, Settled::Waiting(what))) => {
+                    started += 1;
+                    eprintln!("cagerun: {name} is {what}");
+                }
+                Some((name, Settled::Failed(e))) => { failure = Some(format!("service {name} did not start: {e}")); break; }
                 None => break,
             },
             _ = signals.recv() => { failure = Some("stopped before every service started".into()); break; }
@@ -586,7 +593,17 @@ impl Supervisor {
     }
 }
 
-async fn wait_for_dependencies(sup: &Supervisor, svc: &Svc) {
+/// What a service reports the first time it settles, for `up` to know when the cage is up.
+pub enum Settled {
+    Started(i32),
+    /// Waiting for a dependency to become healthy (which may take long, or never happen).
+    Waiting(String),
+    Failed(String),
+}
+
+type FirstTx = mpsc::UnboundedSender<(String, Settled)>;
+
+async fn wait_for_dependencies(sup: &Supervisor, svc: &Svc, first: &mut Option<FirstTx>) {
     for dep in &svc.service.depends_on {
         let mut said = false;
         loop {
@@ -600,9 +617,13 @@ async fn wait_for_dependencies(sup: &Supervisor, svc: &Svc) {
             }
             if !said {
                 let why = if dep.healthy { "healthy" } else { "running" };
-                sup.set(&svc.service.name, |s| {
-                    s.state = format!("waiting for {} to be {why}", dep.service)
-                });
+                let what = format!("waiting for {} to be {why}", dep.service);
+                sup.set(&svc.service.name, |s| s.state = what.clone());
+                if dep.healthy {
+                    if let Some(tx) = first.take() {
+                        let _ = tx.send((svc.service.name.clone(), Settled::Waiting(what)));
+                    }
+                }
                 said = true;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -610,16 +631,26 @@ async fn wait_for_dependencies(sup: &Supervisor, svc: &Svc) {
     }
 }
 
-async fn run_service(
-    sup: Arc<Supervisor>,
-    name: String,
-    first: mpsc::UnboundedSender<(String, Result<i32, String>)>,
-) {
+/// A service its policy does not restart stays down until `cagerun restart` (true) or
+/// `down` (false).
+async fn wait_for_restart_request(sup: &Supervisor, svc: &Svc) -> bool {
+    loop {
+        if svc.restart_now.swap(false, Ordering::SeqCst) {
+            return true;
+        }
+        if sup.stopping.load(Ordering::SeqCst) {
+            return false;
+        }
+        svc.wake.notified().await;
+    }
+}
+
+async fn run_service(sup: Arc<Supervisor>, name: String, first: FirstTx) {
     let svc = sup.services[&name].clone();
     let mut first = Some(first);
     let mut attempt: u32 = 0;
     loop {
-        wait_for_dependencies(&sup, &svc).await;
+        wait_for_dependencies(&sup, &svc, &mut first).await;
         if sup.stopping.load(Ordering::SeqCst) {
             break;
         }
@@ -645,6 +676,10 @@ async fn run_service(
                         Restart::Always => true,
                     };
                 if !again {
+                    if wait_for_restart_request(&sup, &svc).await {
+                        attempt = 0;
+                        continue;
+                    }
                     break;
                 }
                 ran
@@ -655,10 +690,14 @@ async fn run_service(
                     s.error = Some(format!("{e:#}"));
                 });
                 if let Some(tx) = first.take() {
-                    let _ = tx.send((name.clone(), Err(format!("{e:#}"))));
+                    let _ = tx.send((name.clone(), Settled::Failed(format!("{e:#}"))));
                     break;
                 }
                 if matches!(svc.service.restart, Restart::No) {
+                    if wait_for_restart_request(&sup, &svc).await {
+                        attempt = 0;
+                        continue;
+                    }
                     break;
                 }
                 Duration::ZERO
@@ -691,7 +730,7 @@ async fn run_service(
 async fn run_once(
     sup: &Arc<Supervisor>,
     svc: &Arc<Svc>,
-    first: &mut Option<mpsc::UnboundedSender<(String, Result<i32, String>)>>,
+    first: &mut Option<FirstTx>,
 ) -> Result<(i32, Duration)> {
     let name = &svc.service.name;
     let resources = svc.resources.lock().unwrap().clone();
@@ -759,7 +798,7 @@ async fn run_once(
                 s.error = None;
             });
             if let Some(tx) = first.take() {
-                let _ = tx.send((name.clone(), Ok(pid)));
+                let _ = tx.send((name.clone(), Settled::Started(pid)));
             }
             if sup.stopping.load(Ordering::SeqCst) {
                 let _ = ipc::send(&*ours, &format!("stop {STOP_GRACE_MS}"), None);

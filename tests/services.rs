@@ -1,0 +1,743 @@
+//! `cagerun up/ps/logs/restart/down`: real services (host binaries via `host = true`) in real
+//! namespaces on the cage's private network, as root and rootless (see support/mod.rs).
+//! Every test ends by proving the cage left nothing: no process, runtime state, cgroup,
+//! network namespace (and so no veth: they live only in the cage's namespaces) or mount.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// A cage directory (config/cage.toml and what its services mount) owned by the caller.
+struct Cage {
+    mode: Mode,
+    dir: TempDir,
+    /// The cage's directory (holds config/): `dir`, or a directory inside it.
+    root: PathBuf,
+    marker: String,
+    id: Option<String>,
+}
+
+/// One cage test at a time: the leftover check looks namespaces up by inode number, and
+/// the kernel reuses a freed number for the next namespace anyone creates.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn chown_tree(p: &Path, ids: (u32, u32)) {
+    if !is_root() {
+        return;
+    }
+    let _ = std::os::unix::fs::lchown(p, Some(ids.0), Some(ids.1));
+    if p.is_dir() {
+        for e in std::fs::read_dir(p).unwrap().flatten() {
+            chown_tree(&e.path(), ids);
+        }
+    }
+}
+
+impl Cage {
+    /// `files`: (path relative to the cage, contents); `{MARKER}` in them is replaced.
+    fn new(mode: Mode, tag: &str, files: &[(&str, &str)]) -> Cage {
+        Cage::new_in(mode, tag, "", files)
+    }
+
+    /// The cage in `subdir` of a fresh temporary directory.
+    fn new_in(mode: Mode, tag: &str, subdir: &str, files: &[(&str, &str)]) -> Cage {
+        let marker = unique(tag);
+        let dir = TempDir::new(tag, None);
+        let root = dir.path().join(subdir);
+        for (path, text) in files {
+            let p = root.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, text.replace("{MARKER}", &marker)).unwrap();
+        }
+        chown_tree(dir.path(), mode.caller_ids());
+        Cage {
+            mode,
+            dir,
+            root,
+            marker,
+            id: None,
+        }
+    }
+
+    fn config(&self) -> String {
+        self.root
+            .join("config/cage.toml")
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    fn cagerun(&self, args: &[&str]) -> Run {
+        let config = self.config();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend_from_slice(&["--config", &config]);
+        let mut cmd = cagerun_cmd(self.mode, &all);
+        // Rootless runs like a user without a login session: state under /tmp/cagerun-UID.
+        cmd.env_remove("XDG_RUNTIME_DIR");
+        if let Mode::Rootless { uid, .. } = self.mode {
+            cmd.env("HOME", home_of(uid));
+        }
+        let out = cmd.output().expect("spawn cagerun");
+        let r = Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        eprintln!(
+            "[{:?}] cagerun {args:?} -> {}\n  stdout: {}\n  stderr: {}",
+            self.mode,
+            r.code,
+            r.stdout.trim(),
+            r.stderr.trim()
+        );
+        r
+    }
+
+    /// `up -d`; returns the supervisor's pid.
+    fn up(&mut self) -> i32 {
+        let r = self.cagerun(&["up", "-d"]);
+        assert_eq!(r.code, 0, "up failed: {}", r.stderr);
+        let line = r.stdout.lines().find(|l| l.contains(" is up")).unwrap();
+        // "cage ID is up (supervisor pid N)"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        self.id = Some(words[1].to_string());
+        words.last().unwrap().trim_end_matches(')').parse().unwrap()
+    }
+
+    fn id(&self) -> &str {
+        self.id.as_deref().expect("up first")
+    }
+
+    fn ps(&self) -> Vec<serde_json::Value> {
+        let r = self.cagerun(&["ps", "--json"]);
+        assert_eq!(r.code, 0, "ps failed: {}", r.stderr);
+        serde_json::from_str::<serde_json::Value>(&r.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    fn service(&self, name: &str) -> serde_json::Value {
+        self.ps()
+            .into_iter()
+            .find(|s| s["service"] == name)
+            .unwrap_or_else(|| panic!("no {name} in ps"))
+    }
+
+    /// Poll `ps` until `pred` holds for the service (10 s at most).
+    fn wait_for(
+        &self,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.service(name);
+            if pred(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{name} never became {what}: {s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn logs(&self, name: &str) -> String {
+        let r = self.cagerun(&["logs", name]);
+        assert_eq!(r.code, 0);
+        r.stdout
+    }
+
+    fn wait_for_log(&self, name: &str, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let l = self.logs(name);
+            if l.contains(needle) {
+                return l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never logged {needle:?}: {l}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn runtime_dir(&self) -> PathBuf {
+        let base = match self.mode {
+            Mode::Root => PathBuf::from("/run/cagerun"),
+            Mode::Rootless { uid, .. } => std::env::temp_dir().join(format!("cagerun-{uid}")),
+        };
+        base.join(self.id())
+    }
+
+    fn record(&self) -> serde_json::Value {
+        let t = std::fs::read_to_string(self.runtime_dir().join("record.json")).unwrap();
+        serde_json::from_str(&t).unwrap()
+    }
+
+    /// The network namespaces the cage uses now: the holder's (router) and each service's.
+    fn netns_inodes(&self) -> Vec<u64> {
+        let mut pids: Vec<i64> = self.ps().iter().filter_map(|s| s["pid"].as_i64()).collect();
+        pids.push(self.record()["holder"]["pid"].as_i64().unwrap());
+        let inodes: Vec<u64> = pids
+            .iter()
+            .map(|p| {
+                std::fs::metadata(format!("/proc/{p}/ns/net"))
+                    .unwrap()
+                    .ino()
+            })
+            .collect();
+        let host = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        assert!(
+            !inodes.contains(&host),
+            "a service shares the host's network"
+        );
+        inodes
+    }
+
+    fn down(&self) {
+        let r = self.cagerun(&["down"]);
+        assert_eq!(r.code, 0, "down failed: {}", r.stderr);
+    }
+
+    /// Nothing of the cage is left on the host.
+    fn assert_gone(&self, netns: &[u64]) {
+        let id = self.id().to_string();
+        wait_until_gone(&id);
+        wait_until_gone(&self.marker);
+        assert!(
+            !self.runtime_dir().exists(),
+            "runtime state left: {}",
+            self.runtime_dir().display()
+        );
+        let uid = self.mode.caller_ids().0;
+        for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let d = h.path().join(format!("cagerun/{uid}/{id}"));
+            assert!(!d.exists(), "cgroup left: {}", d.display());
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mounts.contains(&self.marker),
+            "mounts left naming the cage"
+        );
+        assert!(
+            !mounts.contains(&*self.root.to_string_lossy()),
+            "mounts left naming the cage"
+        );
+        let mut held = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+                continue;
+            }
+            let mut links = vec![e.path().join("ns/net")];
+            links.extend(
+                std::fs::read_dir(e.path().join("fd"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|f| f.path()),
+            );
+            for l in links {
+                if let Ok(m) = std::fs::metadata(&l) {
+                    if netns.contains(&m.ino()) && m.dev() == nsfs_dev() {
+                        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                        held.push(format!("{} ({cmd})", l.display()));
+                    }
+                }
+            }
+        }
+        assert!(held.is_empty(), "network namespaces left: {held:?}");
+    }
+}
+
+fn home_of(uid: u32) -> String {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() > 5 && f[2] == uid.to_string())
+        .map(|f| f[5].to_string())
+        .unwrap_or_else(|| "/tmp".into())
+}
+
+fn nsfs_dev() -> u64 {
+    std::fs::metadata("/proc/self/ns/net").unwrap().dev()
+}
+
+impl Drop for Cage {
+    fn drop(&mut self) {
+        if self.id.is_some() {
+            let mut cmd = cagerun_cmd(self.mode, &["down", "--config", &self.config()]);
+            cmd.env_remove("XDG_RUNTIME_DIR");
+            let _ = cmd.output();
+        }
+    }
+}
+
+/// A server on the host's 127.0.0.1 that nothing published: answers HOSTSECRET.
+fn host_secret_server() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let mut c = c;
+            let _ = c.write_all(b"HOSTSECRET");
+        }
+    });
+    // The probe is valid: from the host it answers.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "HOSTSECRET");
+    port
+}
+
+fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+const CLIENT_PY: &str = r#"
+import socket, sys, urllib.request
+host_port, own_port = int(sys.argv[1]), int(sys.argv[2])
+def tcp(host, port):
+    try:
+        s = socket.create_connection((host, port), timeout=2)
+        data = s.recv(100)
+        s.close()
+        return "connected:" + data.decode(errors="replace")
+    except Exception as e:
+        return "failed:" + type(e).__name__
+web = urllib.request.urlopen("http://web:8000/secret.txt", timeout=5).read().decode().strip()
+print("by-name:", web, flush=True)
+router = open("/etc/hosts").read().split("\tweb")[0].split("\n")[-1].rsplit(".", 1)[0] + ".1"
+print("host-loopback:", tcp("127.0.0.1", host_port), flush=True)
+print("router:", tcp(router, host_port), flush=True)
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("0.0.0.0", own_port))
+l.listen()
+import threading
+def serve():
+    while True:
+        c, _ = l.accept()
+        c.sendall(b"CLIENT")
+        c.close()
+threading.Thread(target=serve, daemon=True).start()
+print("self:", tcp("127.0.0.1", own_port), flush=True)
+threading.Event().wait()
+"#;
+
+fn two_service_toml(web_port: u16, host_port: u16, own_port: u16) -> String {
+    format!(
+        r#"
+[services.web]
+host = true
+command = ["python3", "-m", "http.server", "8000", "--directory", "/srv", "--bind", "0.0.0.0"]
+mounts = [{{ src = "www", dst = "/srv" }}]
+ports = ["127.0.0.1:{web_port}:8000"]
+healthcheck = {{ http = ":8000/secret.txt", interval = "200ms", timeout = "2s", retries = 3 }}
+restart = "on-failure"
+
+[services.client]
+host = true
+command = ["python3", "/app/client.py", "{host_port}", "{own_port}", "{{MARKER}}"]
+mounts = [{{ src = "app", dst = "/app" }}]
+depends_on = [{{ service = "web", healthy = true }}]
+"#
+    )
+}
+
+#[test]
+fn two_services_talk_by_name_publish_only_what_is_published_and_leave_nothing() {
+    let _serial = serial();
+    for mode in modes() {
+        let host_port = host_secret_server();
+        let (web_port, own_port) = (free_port(), free_port());
+        let toml = two_service_toml(web_port, host_port, own_port);
+        let mut cage = Cage::new(
+            mode,
+            "svc",
+            &[
+                ("config/cage.toml", &toml),
+                ("www/secret.txt", "WEB-OK\n"),
+                ("app/client.py", CLIENT_PY),
+            ],
+        );
+        cage.up();
+        let web = cage.wait_for("web", "healthy", |s| s["health"] == "healthy");
+        assert_eq!(web["state"], "running");
+        assert_eq!(web["ports"][0], format!("127.0.0.1:{web_port}->8000"));
+        let logs = cage.wait_for_log("client", "self:");
+        // The client reached the server by its service name, over the cage network.
+        assert!(logs.contains("by-name: WEB-OK"), "{logs}");
+        // Nothing inside reaches the host's unpublished 127.0.0.1 server (loopback is the
+        // service's own; the router forwards nothing to the host).
+        assert!(logs.contains("host-loopback: failed:"), "{logs}");
+        assert!(logs.contains("router: failed:"), "{logs}");
+        assert!(!logs.contains("HOSTSECRET"), "{logs}");
+        // The client's own port works inside...
+        assert!(logs.contains("self: connected:CLIENT"), "{logs}");
+        // ...and is not reachable from the host: it is not published.
+        let err = TcpStream::connect(("127.0.0.1", own_port)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+        // The published port reaches the server.
+        let page = http_get(web_port, "/secret.txt").unwrap();
+        assert!(
+            page.starts_with("HTTP/1.0 200") && page.ends_with("WEB-OK\n"),
+            "{page}"
+        );
+        // Each service is in its own network namespace, none the host's.
+        let netns = cage.netns_inodes();
+        assert_eq!(netns.len(), 3);
+        assert!(netns[0] != netns[1] && netns[1] != netns[2]);
+        // The published port's listener is the supervisor's, on 127.0.0.1 only.
+        let r = cage.cagerun(&["ps"]);
+        assert!(
+            r.stdout.contains("web") && r.stdout.contains("healthy"),
+            "{}",
+            r.stdout
+        );
+        cage.down();
+        assert!(
+            TcpStream::connect(("127.0.0.1", web_port)).is_err(),
+            "port still published after down"
+        );
+        cage.assert_gone(&netns);
+    }
+}
+
+#[test]
+fn a_killed_service_restarts_per_policy_with_backoff() {
+    let _serial = serial();
+    for mode in modes() {
+        let toml = r#"
+[services.always]
+host = true
+command = ["sh", "-c", "sleep 1000", "{MARKER}"]
+restart = "always"
+
+[services.never]
+host = true
+command = ["sh", "-c", "sleep 1000", "{MARKER}"]
+restart = "no"
+"#;
+        let mut cage = Cage::new(mode, "restart", &[("config/cage.toml", toml)]);
+        cage.up();
+        let netns = cage.netns_inodes();
+        let mut pids = Vec::new();
+        for round in 1..=3 {
+            let s = cage.wait_for("always", "running", |s| s["state"] == "running");
+            let pid = s["pid"].as_i64().unwrap() as i32;
+            assert!(!pids.contains(&pid));
+            pids.push(pid);
+            let killed_at = Instant::now();
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+            let s = cage.wait_for("always", "restarted", |s| {
+                s["restarts"] == round && s["state"] == "running"
+            });
+            assert_eq!(s["last_exit"], 137);
+            // Backoff: 100 ms, then 200, then 400 before the restart (a lower bound only).
+            let backoff = Duration::from_millis(100 << (round - 1));
+            assert!(
+                killed_at.elapsed() >= backoff,
+                "restart {round} came before its backoff"
+            );
+        }
+        let s = cage.wait_for("never", "running", |s| s["state"] == "running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(s["pid"].as_i64().unwrap() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let s = cage.wait_for("never", "exited", |s| s["state"] == "exited");
+        assert_eq!(s["restarts"], 0);
+        assert_eq!(s["last_exit"], 137);
+        // `restart` starts it again on request.
+        assert_eq!(cage.cagerun(&["restart", "never"]).code, 0);
+        cage.wait_for("never", "running again", |s| s["state"] == "running");
+        cage.down();
+        cage.assert_gone(&netns);
+    }
+}
+
+#[test]
+fn a_killed_supervisor_is_cleaned_up_by_down_and_by_the_next_up() {
+    let _serial = serial();
+    for mode in modes() {
+        let toml = r#"
+[services.a]
+host = true
+command = ["sh", "-c", "sleep 1000", "{MARKER}"]
+
+[services.b]
+host = true
+command = ["sh", "-c", "sleep 1000", "{MARKER}"]
+depends_on = ["a"]
+"#;
+        let mut cage = Cage::new(mode, "sigkill", &[("config/cage.toml", toml)]);
+        // 1: kill -9 the supervisor; `down` cleans what is left.
+        let sup = cage.up();
+        cage.wait_for("b", "running", |s| s["state"] == "running");
+        let netns = cage.netns_inodes();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(sup),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let r = cage.cagerun(&["down"]);
+        assert_eq!(r.code, 0);
+        assert!(r.stdout.contains("cleaned up"), "{}", r.stdout);
+        cage.assert_gone(&netns);
+
+        // 2: kill -9 the supervisor and the monitors, leaving the containers running; the
+        // next `up` cleans them up before it starts.
+        let sup = cage.up();
+        cage.wait_for("b", "running", |s| s["state"] == "running");
+        let netns = cage.netns_inodes();
+        let rec = cage.record();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(sup),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        for m in rec["monitors"].as_array().unwrap() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(m["pid"].as_i64().unwrap() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let r = cage.cagerun(&["up", "-d"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(r.stderr.contains("cleaned up"), "{}", r.stderr);
+        for p in rec["containers"].as_array().unwrap() {
+            let pid = p["pid"].as_i64().unwrap();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let fields: Vec<&str> = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
+            // Gone, a zombie its new parent has not reaped yet, or another process.
+            let running =
+                fields.len() > 19 && fields[0] != "Z" && p["start"].to_string() == fields[19];
+            assert!(
+                !running,
+                "container {pid} of the killed supervisor still runs"
+            );
+        }
+        let netns2 = cage.netns_inodes();
+        cage.down();
+        cage.assert_gone(&[netns, netns2].concat());
+    }
+}
+
+#[test]
+fn a_failing_health_check_shows_unhealthy_and_dependants_wait() {
+    let _serial = serial();
+    for mode in modes() {
+        let toml = r#"
+[services.web]
+host = true
+command = ["sh", "-c", "sleep 1000", "{MARKER}"]
+healthcheck = { http = ":8001/", interval = "100ms", timeout = "500ms", retries = 2 }
+
+[services.app]
+host = true
+command = ["sh", "-c", "sleep 1000", "{MARKER}"]
+depends_on = [{ service = "web", healthy = true }]
+"#;
+        let mut cage = Cage::new(mode, "health", &[("config/cage.toml", toml)]);
+        cage.up();
+        let web = cage.wait_for("web", "unhealthy", |s| s["health"] == "unhealthy");
+        assert_eq!(web["state"], "running");
+        let app = cage.service("app");
+        assert_eq!(app["state"], "waiting for web to be healthy");
+        assert!(app["pid"].is_null());
+        let netns = cage.netns_inodes();
+        cage.down();
+        cage.assert_gone(&netns);
+    }
+}
+
+#[test]
+fn bad_cage_files_get_one_precise_error_and_start_nothing() {
+    let _serial = serial();
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "[services.web]\nhost = true\ncommand = [\"true\"]\nimagee = \"x\"\n",
+            "unknown field `imagee`",
+            ":4:",
+        ),
+        (
+            "[services.web]\nhost = true\ncommand = [\"true\"]\nports = [\"127.0.0.1:99999:80\"]\n",
+            "ports are numbers from 1 to 65535",
+            ":4: services.web.ports",
+        ),
+        (
+            "[services.web]\nhost = true\ncommand = [\"true\"]\nports = [\"0.0.0.0:8080:80\"]\n",
+            "allow_lan = true",
+            ":4: services.web.ports",
+        ),
+        (
+            "[services.web]\nimage = \"registry.invalid/none:1\"\n",
+            "`cagerun pull registry.invalid/none:1` first",
+            "service web",
+        ),
+        (
+            "[services.a]\nhost = true\ncommand = [\"true\"]\ndepends_on = [\"b\"]\n[services.b]\nhost = true\ncommand = [\"true\"]\ndepends_on = [\"a\"]\n",
+            "dependency cycle",
+            "depends_on",
+        ),
+    ];
+    for mode in modes() {
+        for (toml, says, place) in cases {
+            let mut cage = Cage::new(mode, "bad", &[("config/cage.toml", toml)]);
+            let r = cage.cagerun(&["up", "-d"]);
+            assert_eq!(r.code, 125, "{toml}");
+            let lines: Vec<&str> = r.stderr.trim().lines().collect();
+            assert_eq!(lines.len(), 1, "one error line: {}", r.stderr);
+            assert!(
+                lines[0].contains(says) && lines[0].contains(place),
+                "{toml}: {}",
+                r.stderr
+            );
+            assert!(
+                lines[0].contains("cage.toml") || lines[0].contains("service"),
+                "{}",
+                r.stderr
+            );
+            let id_dir = cage
+                .dir
+                .path()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            cage.id = Some(id_dir);
+            let base = cage.runtime_dir();
+            let base = base.parent().unwrap();
+            let mine = std::fs::read_dir(base)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("cagerun-test-bad")
+                })
+                .count();
+            assert_eq!(mine, 0, "a failed up left runtime state");
+            cage.id = None;
+            wait_until_gone(&cage.marker);
+        }
+    }
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_error_and_nothing_starts() {
+    let _serial = serial();
+    for mode in modes() {
+        let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = busy.local_addr().unwrap().port();
+        let toml = format!(
+            "[services.a]\nhost = true\ncommand = [\"sh\", \"-c\", \"sleep 1000\", \"{{MARKER}}\"]\n\n[services.web]\nhost = true\ncommand = [\"sh\", \"-c\", \"sleep 1000\", \"{{MARKER}}\"]\nports = [\"127.0.0.1:{port}:80\"]\n"
+        );
+        let cage = Cage::new(mode, "busy", &[("config/cage.toml", &toml)]);
+        let r = cage.cagerun(&["up", "-d"]);
+        assert_eq!(r.code, 125);
+        assert!(
+            r.stderr
+                .contains(&format!("127.0.0.1:{port} is already in use")),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+        wait_until_gone(&cage.marker);
+        drop(busy);
+    }
+}
+
+#[test]
+fn two_cages_side_by_side_do_not_collide() {
+    let _serial = serial();
+    for mode in modes() {
+        let mut cages = Vec::new();
+        for _ in 0..2 {
+            let port = free_port();
+            let toml = format!(
+                "[services.web]\nhost = true\ncommand = [\"sh\", \"-c\", \"exec python3 -m http.server 8000 --directory /srv\", \"{{MARKER}}\"]\nmounts = [{{ src = \"www\", dst = \"/srv\" }}]\nports = [\"127.0.0.1:{port}:8000\"]\n"
+            );
+            // The same directory name twice (`cage`), in two parents.
+            let mut cage = Cage::new_in(
+                mode,
+                "pair",
+                "cage",
+                &[("config/cage.toml", &toml), ("www/who", "{MARKER}")],
+            );
+            cage.up();
+            cages.push((cage, port));
+        }
+        let ids: Vec<&str> = cages.iter().map(|c| c.0.id()).collect();
+        assert_ne!(ids[0], ids[1]);
+        assert!(ids[0].starts_with("cage-") && ids[1].starts_with("cage-"));
+        let subnets: Vec<u64> = cages
+            .iter()
+            .map(|(c, _)| c.record()["subnet"].as_u64().unwrap())
+            .collect();
+        assert_ne!(subnets[0], subnets[1], "two running cages share a subnet");
+        let mut netns = Vec::new();
+        for (cage, port) in &cages {
+            netns.extend(cage.netns_inodes());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let page = loop {
+                match http_get(*port, "/who") {
+                    Ok(p) if p.starts_with("HTTP/1.0 200") => break p,
+                    _ if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(100))
+                    }
+                    other => panic!("{other:?}"),
+                }
+            };
+            assert!(
+                page.ends_with(&cage.marker),
+                "each port reaches its own cage: {page}"
+            );
+        }
+        for (cage, _) in &cages {
+            cage.down();
+        }
+        for (cage, _) in &cages {
+            cage.assert_gone(&netns);
+        }
+    }
+}
