@@ -548,8 +548,9 @@ depends_on = ["a"]
                 .split_whitespace()
                 .collect();
             // Gone, a zombie its new parent has not reaped yet, or another process.
-            let running =
-                fields.len() > 19 && fields[0] != "Z" && p["start"].to_string() == fields[19];
+            let running = fields.len() > 19
+                && fields[0] != "Z"
+                && fields[19].parse::<u64>().ok() == p["start"].as_u64();
             assert!(
                 !running,
                 "container {pid} of the killed supervisor still runs"
