@@ -143,7 +143,8 @@ pub fn run() -> Result<i32> {
             ),
         }
     }
-    // Networking for services (issue 4): which uplinks and firewall tools this host has.
+    services(&mut r, uid);
+    // Networking for services: which uplinks and firewall tools this host has.
     let on_path = |tool: &str| {
         std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
@@ -174,4 +175,53 @@ pub fn run() -> Result<i32> {
         );
     }
     Ok(if r.failed { 1 } else { 0 })
+}
+
+/// What `cagerun up` needs beyond sandboxes: the cage's user namespace maps 65536 ids
+/// (subordinate ids; as root, root's own range), and libcontainer joins every cgroup v1
+/// hierarchy, so each needs the delegated `cagerun/<uid>`.
+fn services(r: &mut Report, uid: u32) {
+    let name = crate::services::user_name(uid);
+    if uid == 0 {
+        let has = |f: &str| {
+            std::fs::read_to_string(f)
+                .ok()
+                .and_then(|t| cage_spec::passwd::subordinate_range(&t, "root", 0))
+                .is_some()
+        };
+        if has("/etc/subuid") && has("/etc/subgid") {
+            r.ok(
+                "services ids",
+                "root's subordinate range holds the cages' ids",
+            );
+        } else {
+            r.fail("services ids", "as root, services run under root's subordinate ids and root has none; fix: usermod --add-subuids 1000000-1065535 --add-subgids 1000000-1065535 root");
+        }
+    } else if crate::ids::subordinate().is_none() {
+        r.fail("services ids", format!("`cagerun up` needs newuidmap/newgidmap and 65536 subordinate ids; fix: sudo apt install uidmap && sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {name}"));
+    } else {
+        r.ok(
+            "services ids",
+            "subordinate ids and newuidmap/newgidmap are there",
+        );
+    }
+    match cgroups::detect() {
+        cgroups::Layout::V1 { .. } => {
+            let missing: Vec<String> = crate::services::cgroup::v1_hierarchies()
+                .into_iter()
+                .filter(|h| uid != 0 && !h.join(format!("cagerun/{uid}")).is_dir())
+                .map(|h| h.file_name().unwrap_or_default().to_string_lossy().into_owned())
+                .collect();
+            if missing.is_empty() {
+                r.ok("services cgroups", "v1: every hierarchy has the cage subtree (limits by cgroup)");
+            } else {
+                r.fail("services cgroups", format!("v1 hierarchies without cagerun/{uid}: {}; `cagerun up` needs them; fix: sudo cagerun setup-cgroups --user {name}", missing.join(", ")));
+            }
+        }
+        cgroups::Layout::Unified => match cgroups::find_parent(uid) {
+            Some(p) => r.ok("services cgroups", format!("v2: cages go under {}", p.dirs[0].display())),
+            None => r.fail("services cgroups", "v2 without a delegated subtree with memory and pids; fix: run `systemd-run --user --scope -p Delegate=yes cagerun up`, or set CAGERUN_CGROUP_PARENT"),
+        },
+        cgroups::Layout::None => r.fail("services cgroups", "no cgroup controllers mounted: services need them"),
+    }
 }
