@@ -86,8 +86,9 @@ impl Cage {
 
     fn cagerun(&self, args: &[&str]) -> Run {
         let config = self.config();
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend_from_slice(&["--config", &config]);
+        // `SUBCOMMAND --config FILE ...`: before any `--` that starts a command.
+        let mut all: Vec<&str> = vec![args[0], "--config", &config];
+        all.extend_from_slice(&args[1..]);
         let mut cmd = cagerun_cmd(self.mode, &all);
         // Rootless runs like a user without a login session: state under /tmp/cagerun-UID.
         cmd.env_remove("XDG_RUNTIME_DIR");
@@ -411,6 +412,43 @@ fn two_services_talk_by_name_publish_only_what_is_published_and_leave_nothing() 
             page.starts_with("HTTP/1.0 200") && page.ends_with("WEB-OK\n"),
             "{page}"
         );
+        // `cagerun exec SVC -- CMD` joins the running service as its own process would run:
+        // its namespaces, user, no capabilities, no_new_privs, the seccomp filter.
+        let web_pid = cage.service("web")["pid"].as_i64().unwrap();
+        let r = cage.cagerun(&[
+            "exec",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "id -u; hostname; readlink /proc/self/ns/net; grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; cat /srv/secret.txt; touch /etc/x 2>/dev/null || echo ro; exit 3",
+        ]);
+        assert_eq!(
+            r.code, 3,
+            "the command's exit code comes back: {}",
+            r.stderr
+        );
+        let out: Vec<&str> = r.stdout.lines().collect();
+        assert_eq!(out[0], "1000");
+        assert_eq!(out[1], "web");
+        let web_net = std::fs::metadata(format!("/proc/{web_pid}/ns/net"))
+            .unwrap()
+            .ino();
+        assert_eq!(
+            out[2],
+            format!("net:[{web_net}]"),
+            "in the service's network namespace"
+        );
+        for want in [
+            "CapEff:\t0000000000000000",
+            "CapBnd:\t0000000000000000",
+            "NoNewPrivs:\t1",
+            "Seccomp:\t2",
+            "WEB-OK",
+            "ro",
+        ] {
+            assert!(out.contains(&want), "{want:?} missing: {out:?}");
+        }
         // Each service is in its own network namespace, none the host's.
         let netns = cage.netns_inodes();
         assert_eq!(netns.len(), 3);

@@ -20,6 +20,80 @@ pub struct IdMap {
     pub count: u32,
 }
 
+/// The process half of a spec: who runs what, with which privileges and filter. The sandbox
+/// engine starts it in namespaces it makes; `cagerun exec SVC` starts it in a running
+/// service's.
+#[derive(Debug, Clone)]
+pub struct ProcessPlan {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub umask: Option<u32>,
+    pub caps: CapSets,
+    pub no_new_privileges: bool,
+    pub rlimits: Vec<crate::rlimits::Rlimit>,
+    pub terminal: bool,
+    pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+}
+
+impl ProcessPlan {
+    pub fn from_spec(spec: &Spec) -> Result<ProcessPlan> {
+        let process = spec
+            .process()
+            .as_ref()
+            .ok_or_else(|| unsupported("a spec without a process"))?;
+        check_none(process.apparmor_profile(), "process.apparmorProfile")?;
+        check_none(process.selinux_label(), "process.selinuxLabel")?;
+        check_none(&process.oom_score_adj(), "process.oomScoreAdj")?;
+        check_none(process.io_priority(), "process.ioPriority")?;
+        check_none(process.scheduler(), "process.scheduler")?;
+        check_none(process.exec_cpu_affinity(), "process.execCPUAffinity")?;
+        check_none(process.command_line(), "process.commandLine")?;
+        let args = process.args().clone().unwrap_or_default();
+        if args.is_empty() {
+            return Err(SandboxError::InvalidSpec("process.args is empty".into()));
+        }
+        let cwd = process.cwd().clone();
+        if !cwd.is_absolute() {
+            return Err(SandboxError::InvalidSpec(format!(
+                "process.cwd {} is not absolute",
+                cwd.display()
+            )));
+        }
+        let c = process.capabilities().clone().unwrap_or_default();
+        let caps = CapSets {
+            bounding: caps_of(c.bounding())?,
+            effective: caps_of(c.effective())?,
+            inheritable: caps_of(c.inheritable())?,
+            permitted: caps_of(c.permitted())?,
+            ambient: caps_of(c.ambient())?,
+        };
+        let rlimits = process
+            .rlimits()
+            .iter()
+            .flatten()
+            .map(|r| Ok((rlimit_resource(r.typ())?, r.soft(), r.hard())))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ProcessPlan {
+            args,
+            env: process.env().clone().unwrap_or_default(),
+            cwd,
+            uid: process.user().uid(),
+            gid: process.user().gid(),
+            additional_gids: process.user().additional_gids().clone().unwrap_or_default(),
+            umask: process.user().umask(),
+            caps,
+            no_new_privileges: process.no_new_privileges().unwrap_or(false),
+            rlimits,
+            terminal: process.terminal().unwrap_or(false),
+            seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct CapSets {
     pub bounding: HashSet<Capability>,
@@ -194,42 +268,7 @@ impl Plan {
             }
         };
 
-        let process = spec
-            .process()
-            .as_ref()
-            .ok_or_else(|| unsupported("a spec without a process"))?;
-        check_none(process.apparmor_profile(), "process.apparmorProfile")?;
-        check_none(process.selinux_label(), "process.selinuxLabel")?;
-        check_none(&process.oom_score_adj(), "process.oomScoreAdj")?;
-        check_none(process.io_priority(), "process.ioPriority")?;
-        check_none(process.scheduler(), "process.scheduler")?;
-        check_none(process.exec_cpu_affinity(), "process.execCPUAffinity")?;
-        check_none(process.command_line(), "process.commandLine")?;
-        let args = process.args().clone().unwrap_or_default();
-        if args.is_empty() {
-            return Err(SandboxError::InvalidSpec("process.args is empty".into()));
-        }
-        let cwd = process.cwd().clone();
-        if !cwd.is_absolute() {
-            return Err(SandboxError::InvalidSpec(format!(
-                "process.cwd {} is not absolute",
-                cwd.display()
-            )));
-        }
-        let c = process.capabilities().clone().unwrap_or_default();
-        let caps = CapSets {
-            bounding: caps_of(c.bounding())?,
-            effective: caps_of(c.effective())?,
-            inheritable: caps_of(c.inheritable())?,
-            permitted: caps_of(c.permitted())?,
-            ambient: caps_of(c.ambient())?,
-        };
-        let rlimits = process
-            .rlimits()
-            .iter()
-            .flatten()
-            .map(|r| Ok((rlimit_resource(r.typ())?, r.soft(), r.hard())))
-            .collect::<Result<Vec<_>>>()?;
+        let process = ProcessPlan::from_spec(spec)?;
 
         let root = match spec.root() {
             None => None,
@@ -345,18 +384,18 @@ impl Plan {
             readonly_paths: to_paths(linux.readonly_paths()),
             files,
             symlinks,
-            args,
-            env: process.env().clone().unwrap_or_default(),
-            cwd,
-            uid: process.user().uid(),
-            gid: process.user().gid(),
-            additional_gids: process.user().additional_gids().clone().unwrap_or_default(),
-            umask: process.user().umask(),
-            caps,
-            no_new_privileges: process.no_new_privileges().unwrap_or(false),
-            rlimits,
-            terminal: process.terminal().unwrap_or(false),
-            seccomp: linux.seccomp().clone(),
+            args: process.args,
+            env: process.env,
+            cwd: process.cwd,
+            uid: process.uid,
+            gid: process.gid,
+            additional_gids: process.additional_gids,
+            umask: process.umask,
+            caps: process.caps,
+            no_new_privileges: process.no_new_privileges,
+            rlimits: process.rlimits,
+            terminal: process.terminal,
+            seccomp: process.seccomp,
             memory_limit,
             pids_limit,
         })

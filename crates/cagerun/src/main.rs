@@ -97,6 +97,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `cagerun exec SVC -- CMD` (into a running service) beside `cagerun exec [FLAGS] -- CMD`.
+    let argv: Vec<String> = std::env::args().collect();
+    if let Some((config, service, command)) = services::enter::parse(&argv) {
+        return match services::enter::run(config, service, command) {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => {
+                eprintln!("cagerun: {e:#}");
+                ExitCode::from(EXIT_CAGERUN_ERROR)
+            }
+        };
+    }
     let cli = Cli::parse();
     // A subscriber costs ~15 µs and EnvFilter ~0.5 ms (regexes) at every start: set one up
     // only when asked. Warnings that must always show are printed directly.

@@ -3,6 +3,7 @@
 
 pub mod cgroup;
 pub mod control;
+pub mod enter;
 pub mod forward;
 pub mod health;
 pub mod holder_client;

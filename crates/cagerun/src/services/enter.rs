@@ -1,0 +1,190 @@
+//! `cagerun exec SVC -- CMD`: one more process in a running service, as its own process
+//! would be started: the service's user, environment, working directory, no capabilities,
+//! no_new_privs, its rlimits and its seccomp filter (libcontainer's tenant path drops the
+//! seccomp filter, so the joining is ours: setns into the container's namespaces, cgroup
+//! first, then the service's process settings from its bundle, applied by cage-sandbox).
+//!
+//! Single-threaded by construction (the CLI path runs no runtime): setns into a user
+//! namespace refuses a threaded caller.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use cage_sandbox::plan::ProcessPlan;
+use nix::sched::{setns, CloneFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult};
+
+use super::{control, state::CagePaths};
+
+/// `exec [--config FILE] SVC -- CMD...`, told apart from the sandbox's `exec [FLAGS] --
+/// CMD...` by the one bare word before `--`.
+pub fn parse(argv: &[String]) -> Option<(PathBuf, String, Vec<String>)> {
+    if argv.get(1).map(String::as_str) != Some("exec") {
+        return None;
+    }
+    let dash = argv.iter().position(|a| a == "--")?;
+    let mut config = PathBuf::from("config/cage.toml");
+    let mut words = Vec::new();
+    let mut i = 2;
+    while i < dash {
+        let a = &argv[i];
+        if a == "--config" && i + 1 < dash {
+            config = PathBuf::from(&argv[i + 1]);
+            i += 2;
+            continue;
+        }
+        if let Some(v) = a.strip_prefix("--config=") {
+            config = PathBuf::from(v);
+        } else {
+            words.push(a.clone());
+        }
+        i += 1;
+    }
+    match words.as_slice() {
+        [svc] if !svc.starts_with('-') && dash + 1 < argv.len() => {
+            Some((config, svc.clone(), argv[dash + 1..].to_vec()))
+        }
+        _ => None,
+    }
+}
+
+pub fn run(config: PathBuf, service: String, command: Vec<String>) -> Result<i32> {
+    let cage = crate::bundle::load_cage(&config)?;
+    crate::bundle::find_service(&cage, &service, &config)?;
+    let paths = CagePaths::new(&config, cage.name.as_deref())?;
+    let reply = control::request(&paths, &control::Request::Ps)
+        .with_context(|| format!("cage {} is not up (`cagerun up -d`)", paths.id))?;
+    let status = reply
+        .services
+        .unwrap_or_default()
+        .into_iter()
+        .find(|s| s.service == service)
+        .with_context(|| format!("{service} is not part of the running cage"))?;
+    let pid = match (status.state.as_str(), status.pid) {
+        ("running", Some(pid)) => pid,
+        (state, _) => bail!("{service} is not running ({state}): `cagerun ps`"),
+    };
+    let bundle = paths.service_dir(&service).join("bundle/config.json");
+    let spec = oci_spec::runtime::Spec::load(&bundle)
+        .with_context(|| format!("reading {}", bundle.display()))?;
+    let mut process = ProcessPlan::from_spec(&spec)?;
+    process.args = command;
+
+    // Everything is opened from the host's view before the first setns.
+    let open = |ns: &str| {
+        File::open(format!("/proc/{pid}/ns/{ns}"))
+            .with_context(|| format!("opening {service}'s {ns} namespace"))
+    };
+    let order = [
+        ("user", CloneFlags::CLONE_NEWUSER),
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("pid", CloneFlags::CLONE_NEWPID),
+        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+        ("mnt", CloneFlags::CLONE_NEWNS),
+    ];
+    let namespaces = order
+        .iter()
+        .map(|(n, f)| Ok((open(n)?, *f)))
+        .collect::<Result<Vec<_>>>()?;
+    join_cgroup(&spec)?;
+    for (fd, flag) in &namespaces {
+        setns(fd.as_fd(), *flag).with_context(|| format!("joining {service}'s namespaces"))?;
+    }
+    // The pid namespace takes effect for children: the command is one.
+    // SAFETY: single-threaded; the child only sets its identity up and execs.
+    match unsafe { fork() }.context("fork")? {
+        ForkResult::Child => {
+            let err = start(&process).unwrap_err();
+            eprintln!("cagerun: exec in {service}: {err:#}");
+            // SAFETY: leave the child without the parent's destructors.
+            unsafe { libc::_exit(126) }
+        }
+        ForkResult::Parent { child } => loop {
+            match waitpid(child, None) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e).context("waitpid"),
+            }
+        },
+    }
+}
+
+/// Into the service's cgroup (its limits count this process too), in every hierarchy.
+fn join_cgroup(spec: &oci_spec::runtime::Spec) -> Result<()> {
+    let Some(rel) = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()) else {
+        return Ok(());
+    };
+    let rel = rel.strip_prefix("/").unwrap_or(&rel).to_path_buf();
+    let mut dirs: Vec<PathBuf> = super::cgroup::v1_hierarchies()
+        .into_iter()
+        .map(|h| h.join(&rel))
+        .collect();
+    dirs.push(PathBuf::from(cage_sandbox::cgroups::ROOT).join(&rel));
+    let me = std::process::id().to_string();
+    for d in dirs.iter().filter(|d| d.join("cgroup.procs").exists()) {
+        std::fs::write(d.join("cgroup.procs"), &me)
+            .with_context(|| format!("joining the cgroup {}", d.display()))?;
+    }
+    Ok(())
+}
+
+/// In the child, inside every namespace: become the service's process and exec.
+fn start(p: &ProcessPlan) -> Result<std::convert::Infallible> {
+    nix::unistd::setgroups(
+        &p.additional_gids
+            .iter()
+            .map(|g| nix::unistd::Gid::from_raw(*g))
+            .collect::<Vec<_>>(),
+    )
+    .context("setgroups")?;
+    let (uid, gid) = (
+        nix::unistd::Uid::from_raw(p.uid),
+        nix::unistd::Gid::from_raw(p.gid),
+    );
+    nix::unistd::setresgid(gid, gid, gid).context("setresgid")?;
+    nix::unistd::setresuid(uid, uid, uid).context("setresuid")?;
+    // The capabilities from joining the user namespace survive that uid change (no uid was
+    // the namespace's root): drop them all now, the bounding set first while CAP_SETPCAP is
+    // still effective.
+    cage_sandbox::capabilities::apply(&p.caps)?;
+    cage_sandbox::rlimits::apply(&p.rlimits)?;
+    if let Some(m) = p.umask {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(m));
+    }
+    std::env::set_current_dir(&p.cwd)
+        .with_context(|| format!("changing to {}", p.cwd.display()))?;
+    if p.no_new_privileges {
+        nix::sys::prctl::set_no_new_privs().context("no_new_privs")?;
+    }
+    let args: Vec<CString> = p
+        .args
+        .iter()
+        .map(|a| CString::new(a.as_str()))
+        .collect::<Result<_, _>>()?;
+    let env: Vec<CString> = p
+        .env
+        .iter()
+        .map(|a| CString::new(a.as_str()))
+        .collect::<Result<_, _>>()?;
+    let filter = match &p.seccomp {
+        Some(profile) => cage_sandbox::seccomp::compile(profile)?,
+        None => Vec::new(),
+    };
+    // Last: the filter, then nothing but execve.
+    cage_sandbox::seccomp::install(&filter)?;
+    let path = p
+        .env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/bin:/bin");
+    std::env::set_var("PATH", path);
+    let e = nix::unistd::execvpe(&args[0], &args, &env).unwrap_err();
+    Err(anyhow::anyhow!("{}: {e}", p.args[0]))
+}
