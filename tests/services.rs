@@ -780,3 +780,56 @@ fn two_cages_side_by_side_do_not_collide() {
         }
     }
 }
+
+#[test]
+fn a_device_is_there_only_when_named() {
+    let _serial = serial();
+    use std::os::unix::fs::FileTypeExt;
+    // The probe is valid: the host has the node.
+    assert!(std::fs::metadata("/dev/fuse")
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    for mode in modes() {
+        let toml = r#"
+[services.with]
+host = true
+command = ["sh", "-c", "sleep 1000", "{MARKER}"]
+devices = ["/dev/fuse"]
+
+[services.without]
+host = true
+command = ["sh", "-c", "sleep 1000", "{MARKER}"]
+"#;
+        let mut cage = Cage::new(mode, "dev", &[("config/cage.toml", toml)]);
+        cage.up();
+        cage.wait_for("without", "running", |s| s["state"] == "running");
+        let r = cage.cagerun(&[
+            "exec",
+            "with",
+            "--",
+            "sh",
+            "-c",
+            "test -c /dev/fuse && stat -c %t:%T /dev/fuse",
+        ]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(r.stdout.trim(), "a:e5", "the host's /dev/fuse (10:229)");
+        let r = cage.cagerun(&["exec", "without", "--", "test", "-e", "/dev/fuse"]);
+        assert_eq!(r.code, 1, "a device nobody named is not there");
+        let netns = cage.netns_inodes();
+        cage.down();
+        cage.assert_gone(&netns);
+    }
+    for bad in ["/etc/passwd", "/dev/../etc/shadow"] {
+        let toml =
+            format!("[services.a]\nhost = true\ncommand = [\"true\"]\ndevices = [\"{bad}\"]\n");
+        let cage = Cage::new(modes()[0], "baddev", &[("config/cage.toml", &toml)]);
+        let r = cage.cagerun(&["up", "-d"]);
+        assert_eq!(r.code, 125);
+        assert!(
+            r.stderr.contains("services.a.devices") && r.stderr.contains("under /dev"),
+            "{}",
+            r.stderr
+        );
+    }
+}

@@ -77,6 +77,10 @@ struct ServiceFile {
     #[serde(default)]
     restart: Option<Spanned<String>>,
     resources: Option<Spanned<ResourcesFile>>,
+    #[serde(default)]
+    devices: Vec<Spanned<String>>,
+    #[serde(default)]
+    gpu: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,6 +201,10 @@ pub struct Service {
     pub memory: Option<u64>,
     pub pids: Option<i64>,
     pub cpus: Option<f64>,
+    /// Host device nodes passed in (paths under /dev, the same inside).
+    pub devices: Vec<String>,
+    /// Every GPU device node of the host (NVIDIA's and DRM's), resolved when the bundle is made.
+    pub gpu: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -493,6 +501,21 @@ pub fn parse_cage(file: &str, text: &str) -> Result<Cage, CageError> {
                 (memory, rr.pids, rr.cpus)
             }
         };
+        let mut devices = Vec::new();
+        for d in &s.devices {
+            let path = d.get_ref();
+            let clean = path.starts_with("/dev/")
+                && !path.split('/').any(|c| c == ".." || c == ".")
+                && path.len() > 5;
+            if !clean {
+                return Err(err(
+                    Some(d.span()),
+                    &key("devices"),
+                    format!("{path:?}: name a device node under /dev, e.g. \"/dev/fuse\""),
+                ));
+            }
+            devices.push(path.clone());
+        }
         services.push(Service {
             name: name.clone(),
             root,
@@ -512,6 +535,8 @@ pub fn parse_cage(file: &str, text: &str) -> Result<Cage, CageError> {
             memory,
             pids,
             cpus,
+            devices,
+            gpu: s.gpu,
         });
     }
     // Two services may not publish the same host port.

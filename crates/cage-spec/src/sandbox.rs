@@ -183,6 +183,11 @@ pub enum ExtraMount {
         dst: String,
         size: u64,
     },
+    /// A host device node at the same path (a bind: a user namespace cannot mknod), the one
+    /// mount without `nodev`.
+    Device {
+        path: String,
+    },
 }
 
 impl SandboxRequest {
@@ -364,6 +369,14 @@ pub fn render_sandbox(req: &SandboxRequest, host: HostIds) -> Result<Spec, SpecE
                     "bind",
                     &src.to_string_lossy(),
                     &["bind", access, "nosuid", "nodev"],
+                )?);
+            }
+            ExtraMount::Device { path } => {
+                mounts.push(mount(
+                    path,
+                    "bind",
+                    path,
+                    &["bind", "rw", "nosuid", "noexec"],
                 )?);
             }
             ExtraMount::Tmpfs { dst, .. } if dst.trim_end_matches('/') == "/tmp" => {}

@@ -342,6 +342,24 @@ fn apply_service(req: &mut SandboxRequest, s: &Service, cage: &Path) -> Result<(
             ro: false,
         });
     }
+    let mut devices = s.devices.clone();
+    if s.gpu {
+        let gpus = gpu_device_nodes();
+        if gpus.is_empty() {
+            bail!("service {}: gpu = true, but this host has no GPU device nodes (/dev/nvidia*, /dev/dri/*): install the driver, or drop gpu", s.name);
+        }
+        devices.extend(gpus);
+    }
+    for path in devices {
+        use std::os::unix::fs::FileTypeExt;
+        let t = std::fs::metadata(&path)
+            .with_context(|| format!("service {}: device {path} is missing on this host", s.name))?
+            .file_type();
+        if !(t.is_char_device() || t.is_block_device()) {
+            bail!("service {}: {path} is not a device node", s.name);
+        }
+        req.extra_mounts.push(ExtraMount::Device { path });
+    }
     for (dst, size) in &s.tmpfs {
         req.extra_mounts.push(ExtraMount::Tmpfs {
             dst: dst.clone(),
@@ -352,6 +370,25 @@ fn apply_service(req: &mut SandboxRequest, s: &Service, cage: &Path) -> Result<(
     req.pids = s.pids.or(req.pids);
     req.cpus = s.cpus;
     Ok(())
+}
+
+/// The host's GPU device nodes: NVIDIA's (/dev/nvidia*, /dev/nvidia-caps/*) and DRM's.
+fn gpu_device_nodes() -> Vec<String> {
+    let mut nodes = Vec::new();
+    for (dir, prefix) in [
+        ("/dev", "nvidia"),
+        ("/dev/nvidia-caps", ""),
+        ("/dev/dri", ""),
+    ] {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(prefix) && !e.file_type().is_ok_and(|t| t.is_dir()) {
+                nodes.push(format!("{dir}/{name}"));
+            }
+        }
+    }
+    nodes.sort();
+    nodes
 }
 
 fn map_container_root_to_nobody(spec: &mut oci_spec::runtime::Spec) -> Result<()> {
