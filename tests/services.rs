@@ -95,20 +95,7 @@ impl Cage {
         if let Mode::Rootless { uid, .. } = self.mode {
             cmd.env("HOME", home_of(uid));
         }
-        let out = cmd.output().expect("spawn cagerun");
-        let r = Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
-        eprintln!(
-            "[{:?}] cagerun {args:?} -> {}\n  stdout: {}\n  stderr: {}",
-            self.mode,
-            r.code,
-            r.stdout.trim(),
-            r.stderr.trim()
-        );
-        r
+        run_cmd(self.mode, cmd, args)
     }
 
     /// `up -d`; returns the supervisor's pid.

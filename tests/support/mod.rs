@@ -179,7 +179,12 @@ pub struct Run {
 }
 
 pub fn run(mode: Mode, args: &[&str]) -> Run {
-    let out = cagerun_cmd(mode, args).output().expect("spawn cagerun");
+    run_cmd(mode, cagerun_cmd(mode, args), args)
+}
+
+/// Run a prepared `cagerun ARGS` command, logging what it said.
+pub fn run_cmd(mode: Mode, mut cmd: Command, args: &[&str]) -> Run {
+    let out = cmd.output().expect("spawn cagerun");
     let r = Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

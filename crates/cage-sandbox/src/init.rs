@@ -171,9 +171,9 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
             .map_err(|e| SandboxError::Setup(format!("unsharing the cgroup namespace: {e}")))?;
     }
-    rlimits::apply(&plan.rlimits)?;
+    rlimits::apply(&plan.process.rlimits)?;
     rlimits::apply(&fallback_rlimits)?;
-    if let Some(mask) = plan.umask {
+    if let Some(mask) = plan.process.umask {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
     }
 
@@ -280,22 +280,31 @@ fn set_identity(plan: &Plan, privileged: bool) -> Result<()> {
     prctl(libc::PR_SET_KEEPCAPS, 1, "PR_SET_KEEPCAPS")?;
     if privileged {
         let groups: Vec<nix::unistd::Gid> = plan
+            .process
             .additional_gids
             .iter()
             .map(|g| nix::unistd::Gid::from_raw(*g))
             .collect();
         nix::unistd::setgroups(&groups).map_err(|e| fail("setgroups", e))?;
-    } else if !plan.additional_gids.is_empty() {
+    } else if !plan.process.additional_gids.is_empty() {
         return Err(SandboxError::Unsupported {
             field: "process.user.additionalGids when rootless".into(),
         });
     }
-    let gid = nix::unistd::Gid::from_raw(plan.gid);
-    let uid = nix::unistd::Uid::from_raw(plan.uid);
-    nix::unistd::setresgid(gid, gid, gid)
-        .map_err(|e| fail(&format!("setresgid({}): is the gid mapped?", plan.gid), e))?;
-    nix::unistd::setresuid(uid, uid, uid)
-        .map_err(|e| fail(&format!("setresuid({}): is the uid mapped?", plan.uid), e))?;
+    let gid = nix::unistd::Gid::from_raw(plan.process.gid);
+    let uid = nix::unistd::Uid::from_raw(plan.process.uid);
+    nix::unistd::setresgid(gid, gid, gid).map_err(|e| {
+        fail(
+            &format!("setresgid({}): is the gid mapped?", plan.process.gid),
+            e,
+        )
+    })?;
+    nix::unistd::setresuid(uid, uid, uid).map_err(|e| {
+        fail(
+            &format!("setresuid({}): is the uid mapped?", plan.process.uid),
+            e,
+        )
+    })?;
     Ok(())
 }
 
@@ -358,25 +367,31 @@ fn exec_command(
             )));
         }
     }
-    nix::unistd::chdir(&plan.cwd).map_err(|e| {
+    nix::unistd::chdir(&plan.process.cwd).map_err(|e| {
         SandboxError::Setup(format!(
             "working directory {} is not usable in the sandbox: {e}",
-            plan.cwd.display()
+            plan.process.cwd.display()
         ))
     })?;
 
-    capabilities::apply(&plan.caps)?;
-    if plan.no_new_privileges {
+    capabilities::apply(&plan.process.caps)?;
+    if plan.process.no_new_privileges {
         prctl(libc::PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS")?;
         landlock::restrict(&plan.writable_destinations())?;
     }
     let program = resolve_command(plan)?;
     let argv: Vec<CString> = plan
+        .process
         .args
         .iter()
         .map(|a| cstring(a))
         .collect::<Result<_>>()?;
-    let envp: Vec<CString> = plan.env.iter().map(|e| cstring(e)).collect::<Result<_>>()?;
+    let envp: Vec<CString> = plan
+        .process
+        .env
+        .iter()
+        .map(|e| cstring(e))
+        .collect::<Result<_>>()?;
     fds::cloexec_from_3();
 
     crate::seccomp::install(seccomp)?;
@@ -393,7 +408,7 @@ fn cstring(s: &str) -> Result<CString> {
 
 /// `execvp`'s search, done here so "not found" is one clear error naming the PATH searched.
 fn resolve_command(plan: &Plan) -> Result<CString> {
-    let name = &plan.args[0];
+    let name = &plan.process.args[0];
     if name.contains('/') {
         let p = Path::new(name);
         if !p.exists() {
@@ -404,6 +419,7 @@ fn resolve_command(plan: &Plan) -> Result<CString> {
         return cstring(name);
     }
     let path = plan
+        .process
         .env
         .iter()
         .find_map(|e| e.strip_prefix("PATH="))

@@ -108,7 +108,7 @@ fn prepare_limits(
 }
 
 pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
-    let programs = match &plan.seccomp {
+    let programs = match &plan.process.seccomp {
         Some(profile) => seccomp::compile(profile)?,
         None => Vec::new(),
     };
@@ -119,7 +119,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
         LimitMechanism::Rlimits => tracing::info!("limits: rlimits (RLIMIT_DATA, RLIMIT_NPROC): no delegated cgroup found; see `cagerun setup-cgroups`"),
         LimitMechanism::None => {}
     }
-    let terminal = if plan.terminal {
+    let terminal = if plan.process.terminal {
         Some(pty::open()?)
     } else {
         None
@@ -132,8 +132,8 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
                 .map(|m| m.outside + (id - m.inside))
         };
         if let (Some(uid), Some(gid)) = (
-            owner(&plan.uid_map, plan.uid),
-            owner(&plan.gid_map, plan.gid),
+            owner(&plan.uid_map, plan.process.uid),
+            owner(&plan.gid_map, plan.process.gid),
         ) {
             nix::unistd::fchown(t.replica.as_raw_fd(), Some(uid.into()), Some(gid.into()))
                 .map_err(|e| SandboxError::os("chown of the pty", e))?;

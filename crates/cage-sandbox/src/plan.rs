@@ -119,20 +119,10 @@ pub struct Plan {
     pub files: Vec<(PathBuf, String)>,
     /// Symlinks made in the fresh root before the mounts: (link, target).
     pub symlinks: Vec<(PathBuf, PathBuf)>,
-    pub args: Vec<String>,
-    pub env: Vec<String>,
-    pub cwd: PathBuf,
-    pub uid: u32,
-    pub gid: u32,
-    pub additional_gids: Vec<u32>,
-    pub umask: Option<u32>,
-    pub caps: CapSets,
-    pub no_new_privileges: bool,
-    pub rlimits: Vec<crate::rlimits::Rlimit>,
-    pub terminal: bool,
-    pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
     pub memory_limit: Option<u64>,
     pub pids_limit: Option<u64>,
+    /// Who runs what, with which privileges and filter.
+    pub process: ProcessPlan,
 }
 
 fn unsupported(field: &str) -> SandboxError {
@@ -384,18 +374,7 @@ impl Plan {
             readonly_paths: to_paths(linux.readonly_paths()),
             files,
             symlinks,
-            args: process.args,
-            env: process.env,
-            cwd: process.cwd,
-            uid: process.uid,
-            gid: process.gid,
-            additional_gids: process.additional_gids,
-            umask: process.umask,
-            caps: process.caps,
-            no_new_privileges: process.no_new_privileges,
-            rlimits: process.rlimits,
-            terminal: process.terminal,
-            seccomp: process.seccomp,
+            process,
             memory_limit,
             pids_limit,
         })

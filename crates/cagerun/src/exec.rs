@@ -147,7 +147,7 @@ pub fn run(args: ExecArgs) -> Result<i32> {
     tracing::info!(
         "sandbox: {} mounts, uid {} → host {}",
         plan.mounts.len(),
-        plan.uid,
+        plan.process.uid,
         plan.uid_map[0].outside
     );
     let opts = RunOptions {

@@ -64,29 +64,13 @@ async fn pump(from: Arc<TcpStream>, to: Arc<TcpStream>) -> Result<()> {
     unsafe { libc::fcntl(pw.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
     let size = unsafe { libc::fcntl(pw.as_raw_fd(), libc::F_GETPIPE_SZ) };
     let chunk: usize = if size > 0 { size as usize } else { 65536 };
-    let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
     let mut in_pipe = 0usize;
     let mut eof = false;
     loop {
         if !eof && in_pipe < chunk {
             let n = from
                 .async_io(Interest::READABLE, || {
-                    // SAFETY: splice between descriptors we own.
-                    let n = unsafe {
-                        libc::splice(
-                            from.as_raw_fd(),
-                            std::ptr::null_mut(),
-                            pw.as_raw_fd(),
-                            std::ptr::null_mut(),
-                            chunk - in_pipe,
-                            flags,
-                        )
-                    };
-                    if n < 0 {
-                        Err(std::io::Error::last_os_error())
-                    } else {
-                        Ok(n as usize)
-                    }
+                    splice(from.as_raw_fd(), pw.as_raw_fd(), chunk - in_pipe)
                 })
                 .await;
             match n {
@@ -99,22 +83,7 @@ async fn pump(from: Arc<TcpStream>, to: Arc<TcpStream>) -> Result<()> {
         while in_pipe > 0 {
             let n = to
                 .async_io(Interest::WRITABLE, || {
-                    // SAFETY: as above.
-                    let n = unsafe {
-                        libc::splice(
-                            pr.as_raw_fd(),
-                            std::ptr::null_mut(),
-                            to.as_raw_fd(),
-                            std::ptr::null_mut(),
-                            in_pipe,
-                            flags,
-                        )
-                    };
-                    if n < 0 {
-                        Err(std::io::Error::last_os_error())
-                    } else {
-                        Ok(n as usize)
-                    }
+                    splice(pr.as_raw_fd(), to.as_raw_fd(), in_pipe)
                 })
                 .await?;
             in_pipe -= n;
@@ -126,5 +95,26 @@ async fn pump(from: Arc<TcpStream>, to: Arc<TcpStream>) -> Result<()> {
             let _ = nix::sys::socket::shutdown(to.as_raw_fd(), nix::sys::socket::Shutdown::Write);
             return Ok(());
         }
+    }
+}
+
+/// One non-blocking splice(2) of up to `len` bytes.
+fn splice(from: std::os::fd::RawFd, to: std::os::fd::RawFd, len: usize) -> std::io::Result<usize> {
+    let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
+    // SAFETY: splice between descriptors the caller owns; no offsets.
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            flags,
+        )
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }

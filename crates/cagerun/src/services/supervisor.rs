@@ -94,24 +94,14 @@ fn cage_maps() -> Result<CageMaps> {
             })
             .collect::<Vec<_>>()
     };
-    let umap = conv(
-        cage_spec::keep_id_map(
-            cage_spec::sandbox::DEFAULT_USER.uid,
-            caller_uid,
-            sub.uid_base,
-            sub.uid_count,
-        )
-        .context("subordinate uid range too small")?,
-    );
-    let gmap = conv(
-        cage_spec::keep_id_map(
-            cage_spec::sandbox::DEFAULT_USER.gid,
-            caller_gid,
-            sub.gid_base,
-            sub.gid_count,
-        )
-        .context("subordinate gid range too small")?,
-    );
+    let map = |inside: u32, caller: u32, base: u32, count: u32, what: &str| {
+        cage_spec::keep_id_map(inside, caller, base, count)
+            .map(conv)
+            .with_context(|| format!("the subordinate {what} range is smaller than 65536"))
+    };
+    let user = cage_spec::sandbox::DEFAULT_USER;
+    let umap = map(user.uid, caller_uid, sub.uid_base, sub.uid_count, "uid")?;
+    let gmap = map(user.gid, caller_gid, sub.gid_base, sub.gid_count, "gid")?;
     let root_of = |maps: &[IdMap]| {
         maps.iter()
             .find(|m| m.inside == 0)
