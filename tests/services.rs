@@ -217,11 +217,10 @@ impl Cage {
             "runtime state left: {}",
             self.runtime_dir().display()
         );
-        let uid = self.mode.caller_ids().0;
-        for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-            let d = h.path().join(format!("cagerun/{uid}/{id}"));
-            assert!(!d.exists(), "cgroup left: {}", d.display());
-        }
+        // The cage's cgroup directories, wherever the host delegates (v1: cagerun/UID in
+        // each hierarchy; v2: under the user's systemd subtree).
+        let left = find_dirs_named(Path::new("/sys/fs/cgroup"), &id, 10);
+        assert!(left.is_empty(), "cgroups left: {left:?}");
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(
             !mounts.contains(&self.marker),
@@ -256,6 +255,22 @@ impl Cage {
         }
         assert!(held.is_empty(), "network namespaces left: {held:?}");
     }
+}
+
+fn find_dirs_named(dir: &Path, name: &str, depth: usize) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if depth == 0 {
+        return found;
+    }
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            if e.file_name().to_string_lossy() == name {
+                found.push(e.path());
+            }
+            found.extend(find_dirs_named(&e.path(), name, depth - 1));
+        }
+    }
+    found
 }
 
 fn home_of(uid: u32) -> String {
