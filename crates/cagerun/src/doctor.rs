@@ -129,7 +129,7 @@ pub fn run() -> Result<i32> {
                     "limits",
                     "cgroup v2 without a delegated subtree: rlimits; run under `systemd-run --user --scope -p Delegate=yes` or set CAGERUN_CGROUP_PARENT",
                 ),
-                None => r.warn("limits", format!("cgroup {kind} not delegated to uid {uid}: rlimits; fix: sudo cagerun setup-cgroups --user {uid}")),
+                None => r.warn("limits", format!("cgroup {kind} not delegated to uid {uid}: rlimits; fix: sudo cagerun setup-cgroups --user {}", crate::services::user_name(uid))),
             }
         }
     }
@@ -177,7 +177,7 @@ pub fn run() -> Result<i32> {
     Ok(if r.failed { 1 } else { 0 })
 }
 
-/// What `cagerun up` needs beyond sandboxes: the cage's user namespace maps 65536 ids
+/// What `cagerun up` needs beyond sandboxes (warnings: sandboxes work without it): the cage's user namespace maps 65536 ids
 /// (subordinate ids; as root, root's own range), and libcontainer joins every cgroup v1
 /// hierarchy, so each needs the delegated `cagerun/<uid>`.
 fn services(r: &mut Report, uid: u32) {
@@ -195,10 +195,10 @@ fn services(r: &mut Report, uid: u32) {
                 "root's subordinate range holds the cages' ids",
             );
         } else {
-            r.fail("services ids", "as root, services run under root's subordinate ids and root has none; fix: usermod --add-subuids 1000000-1065535 --add-subgids 1000000-1065535 root");
+            r.warn("services ids", "as root, services run under root's subordinate ids and root has none; fix: usermod --add-subuids 1000000-1065535 --add-subgids 1000000-1065535 root");
         }
     } else if crate::ids::subordinate().is_none() {
-        r.fail("services ids", format!("`cagerun up` needs newuidmap/newgidmap and 65536 subordinate ids; fix: sudo apt install uidmap && sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {name}"));
+        r.warn("services ids", format!("`cagerun up` needs newuidmap/newgidmap and 65536 subordinate ids; fix: sudo apt install uidmap && sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {name}"));
     } else {
         r.ok(
             "services ids",
@@ -215,13 +215,13 @@ fn services(r: &mut Report, uid: u32) {
             if missing.is_empty() {
                 r.ok("services cgroups", "v1: every hierarchy has the cage subtree (limits by cgroup)");
             } else {
-                r.fail("services cgroups", format!("v1 hierarchies without cagerun/{uid}: {}; `cagerun up` needs them; fix: sudo cagerun setup-cgroups --user {name}", missing.join(", ")));
+                r.warn("services cgroups", format!("v1 hierarchies without cagerun/{uid}: {}; `cagerun up` needs them; fix: sudo cagerun setup-cgroups --user {name}", missing.join(", ")));
             }
         }
         cgroups::Layout::Unified => match cgroups::find_parent(uid) {
             Some(p) => r.ok("services cgroups", format!("v2: cages go under {}", p.dirs[0].display())),
-            None => r.fail("services cgroups", "v2 without a delegated subtree with memory and pids; fix: run `systemd-run --user --scope -p Delegate=yes cagerun up`, or set CAGERUN_CGROUP_PARENT"),
+            None => r.warn("services cgroups", "v2 without a delegated subtree with memory and pids; fix: run `systemd-run --user --scope -p Delegate=yes cagerun up`, or set CAGERUN_CGROUP_PARENT"),
         },
-        cgroups::Layout::None => r.fail("services cgroups", "no cgroup controllers mounted: services need them"),
+        cgroups::Layout::None => r.warn("services cgroups", "no cgroup controllers mounted: services need them"),
     }
 }
