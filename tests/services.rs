@@ -616,6 +616,16 @@ healthcheck = { http = ":8001/", interval = "100ms", timeout = "500ms", retries 
 host = true
 command = ["sh", "-c", "sleep 1000", "{MARKER}"]
 depends_on = [{ service = "web", healthy = true }]
+
+[services.flag]
+host = true
+command = ["sh", "-c", "sleep 1000", "{MARKER}"]
+healthcheck = { command = ["test", "-e", "/tmp/ready"], interval = "100ms", timeout = "5s", retries = 1 }
+
+[services.after-flag]
+host = true
+command = ["sh", "-c", "sleep 1000", "{MARKER}"]
+depends_on = [{ service = "flag", healthy = true }]
 "#;
         let mut cage = Cage::new(mode, "health", &[("config/cage.toml", toml)]);
         cage.up();
@@ -624,6 +634,20 @@ depends_on = [{ service = "web", healthy = true }]
         let app = cage.service("app");
         assert_eq!(app["state"], "waiting for web to be healthy");
         assert!(app["pid"].is_null());
+        // A command probe: unhealthy until the file exists inside the service, then healthy,
+        // and its dependant starts.
+        cage.wait_for("flag", "unhealthy", |s| s["health"] == "unhealthy");
+        assert_eq!(
+            cage.service("after-flag")["state"],
+            "waiting for flag to be healthy"
+        );
+        assert_eq!(
+            cage.cagerun(&["exec", "flag", "--", "touch", "/tmp/ready"])
+                .code,
+            0
+        );
+        cage.wait_for("flag", "healthy", |s| s["health"] == "healthy");
+        cage.wait_for("after-flag", "running", |s| s["state"] == "running");
         let netns = cage.netns_inodes();
         cage.down();
         cage.assert_gone(&netns);

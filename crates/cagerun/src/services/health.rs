@@ -1,6 +1,7 @@
 //! Health probes. HTTP: a GET over a socket the holder opens inside the service's network
 //! namespace (to its 127.0.0.1, so a loopback-only service is probed too); healthy on a 2xx
-//! or 3xx status within the timeout.
+//! or 3xx status within the timeout. Command: `cagerun exec SVC -- CMD` (the service's
+//! namespaces, user and filter); healthy when it exits 0 within the timeout.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,4 +58,52 @@ pub async fn http_probe(
     })
     .await
     .context("timed out")?
+}
+
+pub async fn command_probe(
+    config: &std::path::Path,
+    service: &str,
+    command: &[String],
+    timeout: Duration,
+) -> Result<()> {
+    let mut child = tokio::process::Command::new(super::self_exe()?)
+        .arg("exec")
+        .arg("--config")
+        .arg(config)
+        .arg(service)
+        .arg("--")
+        .args(command)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the health command")?;
+    let mut stderr = child.stderr.take();
+    let status = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(s) => s?,
+        Err(_) => bail!("{} timed out", command.join(" ")),
+    };
+    if status.success() {
+        return Ok(());
+    }
+    let mut said = String::new();
+    if let Some(e) = stderr.as_mut() {
+        let _ = e.read_to_string(&mut said).await;
+    }
+    let last = said
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    bail!(
+        "{} exited {}{}",
+        command.join(" "),
+        status.code().unwrap_or(-1),
+        if last.is_empty() {
+            String::new()
+        } else {
+            format!(": {last}")
+        }
+    )
 }

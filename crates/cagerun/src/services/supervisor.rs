@@ -194,13 +194,6 @@ pub fn prepare(
     if !only.is_empty() {
         cage.services.retain(|s| wanted.contains(&s.name));
     }
-    for s in &cage.services {
-        if let Some(h) = &s.healthcheck {
-            if let HealthProbe::Command(_) = h.probe {
-                bail!("{}: services.{}.healthcheck: command probes are not implemented yet; use http = \"PORT/PATH\"", paths.config.display(), s.name);
-            }
-        }
-    }
     let needs_store = cage
         .services
         .iter()
@@ -821,21 +814,19 @@ async fn run_once(
 }
 
 async fn watch_health(sup: Arc<Supervisor>, svc: Arc<Svc>, h: cage_spec::cage::Healthcheck) {
-    let HealthProbe::Http { port, path } = h.probe else {
-        return;
-    };
     let begun = Instant::now();
     let mut failures = 0;
+    let timeout = Duration::from_millis(h.timeout_ms);
     loop {
-        let ns = svc.netns_fd.load(Ordering::Relaxed);
-        let r = health::http_probe(
-            sup.holder.clone(),
-            ns,
-            port,
-            &path,
-            Duration::from_millis(h.timeout_ms),
-        )
-        .await;
+        let r = match &h.probe {
+            HealthProbe::Http { port, path } => {
+                let ns = svc.netns_fd.load(Ordering::Relaxed);
+                health::http_probe(sup.holder.clone(), ns, *port, path, timeout).await
+            }
+            HealthProbe::Command(command) => {
+                health::command_probe(&sup.paths.config, &svc.service.name, command, timeout).await
+            }
+        };
         let name = &svc.service.name;
         match r {
             Ok(()) => {
