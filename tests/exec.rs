@@ -298,24 +298,23 @@ fn signals_are_forwarded_to_the_command() {
                 "--",
                 "/bin/sh",
                 "-c",
-                "trap 'echo got-term; exit 3' TERM; while :; do sleep 0.05; done",
+                "trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.05; done",
             ],
         )
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-        std::thread::sleep(Duration::from_millis(500));
+        // Signal only once the trap is set (a fixed sleep raced slow machines: VMs under TCG).
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+        assert_eq!(first.trim(), "ready");
         let target = child.id() as i32;
         assert_eq!(comm(target), "cagerun", "the signal goes to cagerun itself");
         unsafe { libc::kill(target, libc::SIGTERM) };
         let status = child.wait().unwrap();
         let mut out = String::new();
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
+        stdout.read_to_string(&mut out).unwrap();
         assert!(out.contains("got-term"), "{out}");
         assert_eq!(status.code(), Some(3));
     }
