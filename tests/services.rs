@@ -414,6 +414,63 @@ fn two_services_talk_by_name_publish_only_what_is_published_and_leave_nothing() 
             page.starts_with("HTTP/1.0 200") && page.ends_with("WEB-OK\n"),
             "{page}"
         );
+        // Logs: --tail, the name prefix of `logs` for every service, and -f following new lines.
+        let r = cage.cagerun(&["logs", "--tail", "1", "client"]);
+        assert_eq!(r.stdout.lines().count(), 1, "{}", r.stdout);
+        assert!(
+            r.stdout.starts_with("self: connected:CLIENT"),
+            "{}",
+            r.stdout
+        );
+        let r = cage.cagerun(&["logs"]);
+        assert!(
+            r.stdout
+                .lines()
+                .any(|l| l.starts_with("client | by-name: WEB-OK")),
+            "{}",
+            r.stdout
+        );
+        assert!(
+            r.stdout.lines().any(|l| l.starts_with("web    | ")),
+            "{}",
+            r.stdout
+        );
+        let config = cage.config();
+        let mut cmd = cagerun_cmd(
+            mode,
+            &["logs", "--config", &config, "-f", "--tail", "0", "web"],
+        );
+        cmd.env_remove("XDG_RUNTIME_DIR")
+            .stdout(std::process::Stdio::piped());
+        let mut follower = cmd.spawn().unwrap();
+        let stdout = follower.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in
+                std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Requests until one shows up: the follower may start after the first is logged.
+        let mut seen = false;
+        for _ in 0..20 {
+            http_get(web_port, "/secret.txt?followed").unwrap();
+            let until = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < until && !seen {
+                if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+                    seen = l.contains("GET /secret.txt?followed");
+                }
+            }
+            if seen {
+                break;
+            }
+        }
+        follower.kill().unwrap();
+        follower.wait().unwrap();
+        assert!(seen, "logs -f did not show the new request");
         // `cagerun exec SVC -- CMD` joins the running service as its own process would run:
         // its namespaces, user, no capabilities, no_new_privs, the seccomp filter.
         let web_pid = cage.service("web")["pid"].as_i64().unwrap();
