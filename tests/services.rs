@@ -210,8 +210,11 @@ impl Cage {
     /// Nothing of the cage is left on the host.
     fn assert_gone(&self, netns: &[u64]) {
         let id = self.id().to_string();
+        // The holder and monitors name the cage id, the containers the marker, the
+        // supervisor the cage's config path.
         wait_until_gone(&id);
         wait_until_gone(&self.marker);
+        wait_until_gone(&self.config());
         assert!(
             !self.runtime_dir().exists(),
             "runtime state left: {}",
