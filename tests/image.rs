@@ -110,19 +110,28 @@ fn tree(root: &Path) -> BTreeMap<String, (char, u64, String, u32)> {
     out
 }
 
-#[test]
-fn an_oci_layout_imports_unpacks_like_umoci_and_runs() {
-    let work = TempDir::new("image", None);
-    let layout = build_layout(work.path());
-    let reference = work.path().join("U");
+/// umoci's rootless unpack of the layout's `base` image, as the tree cagerun must produce:
+/// the same, except that setuid/setgid bits are dropped.
+fn umoci_tree(work: &Path, layout: &Path) -> BTreeMap<String, (char, u64, String, u32)> {
+    let reference = work.join("U");
     sh(
         &format!(
             "umoci unpack --rootless --image {}:base {} >/dev/null",
             layout.display(),
             reference.display()
         ),
-        work.path(),
+        work,
     );
+    let mut want = tree(&reference.join("rootfs"));
+    want.get_mut("suid").unwrap().3 &= 0o777;
+    want
+}
+
+#[test]
+fn an_oci_layout_imports_unpacks_like_umoci_and_runs() {
+    let work = TempDir::new("image", None);
+    let layout = build_layout(work.path());
+    let want = umoci_tree(work.path(), &layout);
 
     for mode in modes() {
         let (uid, gid) = mode.caller_ids();
@@ -142,9 +151,6 @@ fn an_oci_layout_imports_unpacks_like_umoci_and_runs() {
         assert_eq!(imp.code, 0, "{}", imp.stderr);
         let ours = rootfs_dir.join("busy");
 
-        // Same tree as umoci's, except that setuid/setgid bits are dropped.
-        let mut want = tree(&reference.join("rootfs"));
-        want.get_mut("suid").unwrap().3 &= 0o777;
         assert_eq!(tree(&ours), want);
         assert!(!ours.join("data/gone").exists(), "whiteout applied");
         assert_eq!(
@@ -316,17 +322,7 @@ impl Drop for Registry {
 fn pull_from_a_real_registry_resumes_and_recovers() {
     let work = TempDir::new("pull", None);
     let layout = build_layout(work.path());
-    let reference = work.path().join("U");
-    sh(
-        &format!(
-            "umoci unpack --rootless --image {}:base {} >/dev/null",
-            layout.display(),
-            reference.display()
-        ),
-        work.path(),
-    );
-    let mut want = tree(&reference.join("rootfs"));
-    want.get_mut("suid").unwrap().3 &= 0o777;
+    let want = umoci_tree(work.path(), &layout);
     let registry = Registry::start();
     let image = registry.push(&layout, "busy:1");
     let docker_v2 = registry.push_as(&layout, "busy:v2s2", "v2s2");
@@ -769,17 +765,7 @@ fn a_pull_killed_half_way_resumes_and_the_store_stays_sound() {
 fn a_docker_archive_imports_like_the_layout_it_came_from() {
     let work = TempDir::new("archive", None);
     let layout = build_layout(work.path());
-    let reference = work.path().join("U");
-    sh(
-        &format!(
-            "umoci unpack --rootless --image {}:base {} >/dev/null",
-            layout.display(),
-            reference.display()
-        ),
-        work.path(),
-    );
-    let mut want = tree(&reference.join("rootfs"));
-    want.get_mut("suid").unwrap().3 &= 0o777;
+    let want = umoci_tree(work.path(), &layout);
     let archive = work.path().join("busy.tar");
     sh(
         &format!(

@@ -31,6 +31,14 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// SIGKILL to a process the test started (through cagerun).
+fn sigkill(pid: i32) -> nix::Result<()> {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -556,11 +564,7 @@ restart = "no"
             assert!(!pids.contains(&pid));
             pids.push(pid);
             let killed_at = Instant::now();
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            )
-            .unwrap();
+            sigkill(pid).unwrap();
             let s = cage.wait_for("always", "restarted", |s| {
                 s["restarts"] == round && s["state"] == "running"
             });
@@ -573,11 +577,7 @@ restart = "no"
             );
         }
         let s = cage.wait_for("never", "running", |s| s["state"] == "running");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(s["pid"].as_i64().unwrap() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        sigkill(s["pid"].as_i64().unwrap() as i32).unwrap();
         let s = cage.wait_for("never", "exited", |s| s["state"] == "exited");
         assert_eq!(s["restarts"], 0);
         assert_eq!(s["last_exit"], 137);
@@ -608,11 +608,7 @@ depends_on = ["a"]
         let sup = cage.up();
         cage.wait_for("b", "running", |s| s["state"] == "running");
         let netns = cage.netns_inodes();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(sup),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        sigkill(sup).unwrap();
         let r = cage.cagerun(&["down"]);
         assert_eq!(r.code, 0);
         assert!(r.stdout.contains("cleaned up"), "{}", r.stdout);
@@ -624,16 +620,9 @@ depends_on = ["a"]
         cage.wait_for("b", "running", |s| s["state"] == "running");
         let netns = cage.netns_inodes();
         let rec = cage.record();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(sup),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        sigkill(sup).unwrap();
         for m in rec["monitors"].as_array().unwrap() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(m["pid"].as_i64().unwrap() as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = sigkill(m["pid"].as_i64().unwrap() as i32);
         }
         let r = cage.cagerun(&["up", "-d"]);
         assert_eq!(r.code, 0, "{}", r.stderr);
