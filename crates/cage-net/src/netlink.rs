@@ -79,13 +79,6 @@ impl Netlink {
         )
     }
 
-    pub fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
-        self.set(
-            format!("setting the MTU of link {index}"),
-            LinkUnspec::new_with_index(index).mtu(mtu).build(),
-        )
-    }
-
     pub fn attach_to_bridge(&self, index: u32, bridge: u32) -> Result<()> {
         self.set(
             format!("attaching link {index} to bridge {bridge}"),
@@ -137,29 +130,5 @@ impl Netlink {
         self.rt
             .block_on(self.handle.address().add(index, addr, prefix).execute())
             .map_err(nl(format!("adding {addr}/{prefix} to link {index}")))
-    }
-
-    /// The names of every link in this namespace (for checks and tests).
-    pub fn link_names(&self) -> Result<Vec<String>> {
-        use rtnetlink::packet_route::link::LinkAttribute;
-        self.rt.block_on(async {
-            let links: Vec<_> = self
-                .handle
-                .link()
-                .get()
-                .execute()
-                .try_collect()
-                .await
-                .map_err(nl("listing links"))?;
-            Ok(links
-                .iter()
-                .filter_map(|l| {
-                    l.attributes.iter().find_map(|a| match a {
-                        LinkAttribute::IfName(n) => Some(n.clone()),
-                        _ => None,
-                    })
-                })
-                .collect())
-        })
     }
 }

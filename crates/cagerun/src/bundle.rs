@@ -10,9 +10,7 @@ use anyhow::{bail, Context, Result};
 use cage_image::records;
 use cage_spec::cage::{Service, ServiceRoot};
 use cage_spec::sandbox::DEFAULT_USER;
-use cage_spec::{
-    envfile, passwd, render_sandbox, ExtraMount, HostIds, RootfsSource, SandboxRequest,
-};
+use cage_spec::{passwd, render_sandbox, ExtraMount, HostIds, RootfsSource, SandboxRequest};
 use clap::Args;
 
 use crate::image::StoreArg;
@@ -303,14 +301,8 @@ fn apply_service(req: &mut SandboxRequest, s: &Service, cage: &Path) -> Result<(
         req.cwd = Some(w.clone());
     }
     if let Some(f) = &s.env_file {
-        let path = cage.join(f);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading env_file {}", path.display()))?;
-        req.env.extend(envfile::parse_env_file(
-            &path.display().to_string(),
-            &text,
-            |k| std::env::var(k).ok(),
-        )?);
+        req.env
+            .extend(crate::exec::read_env_file(&cage.join(f), "env_file")?);
     }
     req.env
         .extend(s.env.iter().map(|(k, v)| (k.clone(), v.clone())));

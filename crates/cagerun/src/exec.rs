@@ -203,13 +203,7 @@ fn render_from_flags(args: &ExecArgs) -> Result<oci_spec::runtime::Spec> {
         req.user = passwd::resolve_user(user, &pw, &gr)?;
     }
     for file in &args.env_file {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("reading --env-file {}", file.display()))?;
-        req.env.extend(envfile::parse_env_file(
-            &file.display().to_string(),
-            &text,
-            |k| std::env::var(k).ok(),
-        )?);
+        req.env.extend(read_env_file(file, "--env-file")?);
     }
     for e in &args.env {
         req.env.push(envfile::parse_env_arg(e)?);
@@ -228,4 +222,16 @@ fn render_from_flags(args: &ExecArgs) -> Result<oci_spec::runtime::Spec> {
     req.pids = args.pids;
     req.terminal = args.tty;
     Ok(render_sandbox(&req, host_ids())?)
+}
+
+/// The variables of an env file (`what` names it in errors: `--env-file`, `env_file`);
+/// `${VAR}` references resolve against cagerun's own environment.
+pub fn read_env_file(path: &Path, what: &str) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {what} {}", path.display()))?;
+    Ok(envfile::parse_env_file(
+        &path.display().to_string(),
+        &text,
+        |k| std::env::var(k).ok(),
+    )?)
 }

@@ -43,9 +43,12 @@ pub fn run(command: Vec<String>) -> Result<i32> {
 
 /// Whether this cagerun can run in any root filesystem (statically linked: no interpreter).
 pub fn self_is_static(exe: &std::path::Path) -> bool {
-    let Ok(bytes) = std::fs::read(exe) else {
+    use std::io::Read;
+    // The interpreter path sits in the first page or two: read only those, not the binary.
+    let mut head = Vec::with_capacity(8192);
+    let read = std::fs::File::open(exe).and_then(|f| f.take(8192).read_to_end(&mut head));
+    if read.is_err() {
         return false;
-    };
-    let head = &bytes[..bytes.len().min(8192)];
+    }
     !head.windows(7).any(|w| w == b"ld-linu") && !head.windows(6).any(|w| w == b"ld-mus")
 }

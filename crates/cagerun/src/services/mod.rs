@@ -11,7 +11,7 @@ pub mod state;
 pub mod supervisor;
 
 use std::io::{BufRead, Read, Seek, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -357,7 +357,6 @@ pub fn logs(args: LogsArgs) -> Result<i32> {
         if !any {
             std::thread::sleep(Duration::from_millis(200));
         }
-        let _ = std::io::stdout().as_raw_fd();
     }
 }
 

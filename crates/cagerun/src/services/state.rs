@@ -153,15 +153,11 @@ pub struct Proc {
 
 impl Proc {
     pub fn of(pid: i32) -> Option<Proc> {
-        start_time(pid).map(|start| Proc { pid, start })
+        stat(pid).map(|(_, start)| Proc { pid, start })
     }
     /// Running (a zombie, waiting for its parent to reap it, is not).
     pub fn alive(&self) -> bool {
-        start_time(self.pid) == Some(self.start)
-            && std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
-                .ok()
-                .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
-                == Some(false)
+        matches!(stat(self.pid), Some((state, start)) if start == self.start && state != 'Z')
     }
     pub fn kill(&self) {
         if self.alive() {
@@ -173,11 +169,12 @@ impl Proc {
     }
 }
 
-/// Field 22 of /proc/PID/stat (clock ticks after boot).
-fn start_time(pid: i32) -> Option<u64> {
+/// Fields 3 (state) and 22 (start time, clock ticks after boot) of /proc/PID/stat.
+fn stat(pid: i32) -> Option<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 2..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.nth(18)?.parse().ok()?))
 }
 
 /// What a supervisor leaves on disk so that `down` (or the next `up`) can clean up after it

@@ -166,7 +166,8 @@ fn materialize_host_root(dir: &Path, hr: &HostRoot) -> Result<()> {
 pub struct Prepared {
     pub cage: Cage,
     pub specs: BTreeMap<String, oci_spec::runtime::Spec>,
-    pub listeners: Vec<(String, std::net::TcpListener, u16, String)>,
+    /// (service, the bound host listener, the service's port)
+    pub listeners: Vec<(String, std::net::TcpListener, u16)>,
 }
 
 pub fn prepare(
@@ -175,10 +176,7 @@ pub fn prepare(
     only: &[String],
     store: &crate::image::StoreArg,
 ) -> Result<Prepared> {
-    for s in only {
-        crate::bundle::find_service(&cage, s, &paths.config)?;
-    }
-    // The services asked for, and what they depend on.
+    // The services asked for (each checked to exist), and what they depend on.
     let mut wanted: Vec<String> = only.to_vec();
     let mut i = 0;
     while i < wanted.len() {
@@ -224,12 +222,7 @@ pub fn prepare(
                 }
             })?;
             l.set_nonblocking(true)?;
-            listeners.push((
-                s.name.clone(),
-                l,
-                p.container_port,
-                format!("{}:{}->{}", p.host_addr, p.host_port, p.container_port),
-            ));
+            listeners.push((s.name.clone(), l, p.container_port));
         }
     }
     Ok(Prepared {
@@ -387,7 +380,7 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
     }
 
     let control = control::serve(sup.clone())?;
-    for (name, l, port, _) in listeners {
+    for (name, l, port) in listeners {
         let l = tokio::net::TcpListener::from_std(l)?;
         let ns = sup.services[&name].netns_fd.clone();
         tokio::spawn(forward::serve(l, sup.holder.clone(), ns, port));
