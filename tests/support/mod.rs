@@ -7,6 +7,8 @@
 //! test user can run them wherever the checkout lives.
 #![allow(dead_code)]
 
+pub mod cage;
+
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

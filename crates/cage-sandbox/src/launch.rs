@@ -265,6 +265,14 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
     if let Err(e) = released {
         kill_and_reap();
         restore_mask();
+        // A sandbox that failed while building its root closed the sync pipe (EPIPE here):
+        // its own message says why.
+        let message = read_to_end(&err_r);
+        if !message.is_empty() {
+            return Err(SandboxError::Setup(
+                String::from_utf8_lossy(&message).into_owned(),
+            ));
+        }
         return Err(e);
     }
 

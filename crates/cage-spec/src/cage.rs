@@ -44,6 +44,22 @@ struct CageFile {
     name: Option<String>,
     #[serde(default)]
     services: BTreeMap<String, Spanned<ServiceFile>>,
+    /// Secrets `up` creates in the cage's `.env` when missing (32 random bytes, hex).
+    #[serde(default)]
+    generate: Vec<String>,
+    /// A line `up` prints once the cage is up (e.g. the dashboard URL with its token).
+    dashboard: Option<String>,
+    models: Option<Spanned<ModelsFile>>,
+}
+
+/// Ollama models `up` pulls into a named volume before any service starts (so the model
+/// server itself never needs the internet).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelsFile {
+    volume: String,
+    #[serde(default)]
+    pull: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,6 +97,10 @@ struct ServiceFile {
     devices: Vec<Spanned<String>>,
     #[serde(default)]
     gpu: bool,
+    #[serde(default)]
+    once: bool,
+    #[serde(default)]
+    on_demand: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -205,6 +225,18 @@ pub struct Service {
     pub devices: Vec<String>,
     /// Every GPU device node of the host (NVIDIA's and DRM's), resolved when the bundle is made.
     pub gpu: bool,
+    /// A one-shot job `up` runs to completion before the services start, once per cage
+    /// (until `down --volumes`): e.g. onboarding.
+    pub once: bool,
+    /// Never started by `up`; run one-shot by `cagerun run NAME -- ARGS` (e.g. a CLI).
+    pub on_demand: bool,
+}
+
+impl Service {
+    /// A long-running service the supervisor starts (not a one-shot job).
+    pub fn supervised(&self) -> bool {
+        !self.once && !self.on_demand
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -212,6 +244,10 @@ pub struct Cage {
     pub name: Option<String>,
     /// In an order where every service comes after what it depends on.
     pub services: Vec<Service>,
+    pub generate: Vec<String>,
+    pub dashboard: Option<String>,
+    /// (volume, model names) for `up` to pull.
+    pub models: Option<(String, Vec<String>)>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -537,8 +573,90 @@ pub fn parse_cage(file: &str, text: &str) -> Result<Cage, CageError> {
             cpus,
             devices,
             gpu: s.gpu,
+            once: s.once,
+            on_demand: s.on_demand,
         });
     }
+    // One-shot jobs: no ports, health or restarts; the supervisor never waits on them.
+    for s in &services {
+        let span = parsed.services.get(&s.name).map(|x| x.span());
+        let key = |k: &str| format!("services.{}.{k}", s.name);
+        if s.once && s.on_demand {
+            return Err(err(
+                span,
+                &key("once"),
+                "once and on_demand exclude each other: keep one".into(),
+            ));
+        }
+        if !s.supervised() {
+            let what = if s.once { "once" } else { "on_demand" };
+            if !s.ports.is_empty() || s.healthcheck.is_some() || s.restart != Restart::No {
+                return Err(err(span, &key(what), "a one-shot job has no ports, healthcheck or restart: drop them, or make it a service".into()));
+            }
+        }
+        for d in &s.depends_on {
+            let dep = services.iter().find(|x| x.name == d.service);
+            let dep_kind = dep.map(|x| (x.once, x.on_demand)).unwrap_or_default();
+            if dep_kind.1 {
+                return Err(err(
+                    span,
+                    &key("depends_on"),
+                    format!(
+                        "{} is on_demand: `up` never starts it, so nothing can wait for it",
+                        d.service
+                    ),
+                ));
+            }
+            if s.once && dep.is_some_and(|x| x.supervised()) {
+                return Err(err(span, &key("depends_on"), format!("a once job runs before the services start, so it cannot wait for the service {}", d.service)));
+            }
+            if dep_kind.0 && d.healthy {
+                return Err(err(span, &key("depends_on"), format!("{} is a once job: it has no health, it has finished before anything starts (drop healthy)", d.service)));
+            }
+        }
+    }
+    for g in &parsed.generate {
+        let ok = g
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && g.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(err(
+                None,
+                "generate",
+                format!("{g:?} is not a variable name (letters, digits, '_')"),
+            ));
+        }
+    }
+    let models = match &parsed.models {
+        None => None,
+        Some(m) => {
+            let mf = m.get_ref();
+            if !valid_name(&mf.volume) {
+                return Err(err(
+                    Some(m.span()),
+                    "models.volume",
+                    format!(
+                        "{:?}: a volume name (lowercase letters, digits, '-')",
+                        mf.volume
+                    ),
+                ));
+            }
+            if mf
+                .pull
+                .iter()
+                .any(|n| n.is_empty() || n.contains(char::is_whitespace))
+            {
+                return Err(err(
+                    Some(m.span()),
+                    "models.pull",
+                    "model names like \"smollm2:135m\"".into(),
+                ));
+            }
+            Some((mf.volume.clone(), mf.pull.clone()))
+        }
+    };
     // Two services may not publish the same host port.
     let mut seen: HashMap<(std::net::IpAddr, u16), &str> = HashMap::new();
     for s in &services {
@@ -568,6 +686,9 @@ pub fn parse_cage(file: &str, text: &str) -> Result<Cage, CageError> {
         services.into_iter().map(|s| (s.name.clone(), s)).collect();
     Ok(Cage {
         name: parsed.name,
+        generate: parsed.generate,
+        dashboard: parsed.dashboard,
+        models,
         services: order
             .into_iter()
             .filter_map(|n| by_name.remove(&n))

@@ -9,6 +9,7 @@
 pub mod cage;
 pub mod envfile;
 pub mod error;
+pub mod interpolate;
 pub mod passwd;
 pub mod sandbox;
 pub mod seccomp;

@@ -147,13 +147,40 @@ pub fn write_config(dir: &Path, spec: &oci_spec::runtime::Spec) -> Result<()> {
     Ok(())
 }
 
+/// Reads config/cage.toml with `${NAME}` resolved from the environment and the cage's
+/// `.env`; a secret listed in `generate` that is not there yet reads as empty (only `up`
+/// and `run` create it: see [`load_cage_generating`]).
 pub fn load_cage(config: &Path) -> Result<cage_spec::cage::Cage> {
+    load(config, false).map(|(c, _)| c)
+}
+
+/// As [`load_cage`], first creating the `generate`d secrets `.env` lacks; also returns
+/// the names created.
+pub fn load_cage_generating(config: &Path) -> Result<(cage_spec::cage::Cage, Vec<String>)> {
+    load(config, true)
+}
+
+fn load(config: &Path, generate: bool) -> Result<(cage_spec::cage::Cage, Vec<String>)> {
+    use crate::services::dotenv;
     let text =
         std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
-    Ok(cage_spec::cage::parse_cage(
-        &config.display().to_string(),
-        &text,
-    )?)
+    let file = config.display().to_string();
+    let secrets = cage_spec::interpolate::generated_names(&file, &text)?;
+    let cage = cage_dir(config);
+    let created = if generate {
+        dotenv::ensure_generated(&cage, &secrets)?
+    } else {
+        Vec::new()
+    };
+    let vars = dotenv::read(&cage)?;
+    let lookup = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .or_else(|| vars.get(name).cloned())
+            .or_else(|| secrets.iter().any(|s| s == name).then(String::new))
+    };
+    let text = cage_spec::interpolate::interpolate(&file, &text, &lookup)?;
+    Ok((cage_spec::cage::parse_cage(&file, &text)?, created))
 }
 
 pub fn find_service<'a>(

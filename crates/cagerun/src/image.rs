@@ -243,6 +243,20 @@ pub fn progress() -> std::sync::Arc<dyn cage_image::registry::PullProgress> {
     })
 }
 
+/// Pull `reference` (with progress) and unpack it to `target` (a service's rootfs).
+pub fn pull_to(store: &Store, reference: &str, target: &std::path::Path) -> Result<()> {
+    let name = default_name(reference);
+    let (canonical, image) = cage_image::registry::pull(
+        store,
+        reference,
+        &cage_image::registry::PullOptions::default(),
+        progress(),
+    )
+    .with_context(|| format!("pulling {reference}"))?;
+    unpack_and_record(store, &name, &canonical, &image, target)?;
+    Ok(())
+}
+
 pub fn pull(args: PullArgs) -> Result<()> {
     let store = args.store.open()?;
     let name = args

@@ -82,6 +82,12 @@ enum Command {
     Logs(services::LogsArgs),
     /// Restart one service of a running cage.
     Restart(services::RestartArgs),
+    /// Run a one-shot job of the cage (an `on_demand` or `once` service) with ARGS appended
+    /// to its command: attached to this terminal, in the sandbox engine, no network.
+    Run(services::RunArgs),
+    /// One-shot OpenClaw CLI (onboard, channels add, doctor) with a writable config:
+    /// `cagerun run cli -- ARGS`.
+    Cli(services::CliArgs),
     /// (internal) The cage's user and network namespace holder.
     #[command(hide = true)]
     Holder(holder::HolderArgs),
@@ -140,6 +146,8 @@ fn main() -> ExitCode {
         Command::Ps(args) => services::ps(args),
         Command::Logs(args) => services::logs(args),
         Command::Restart(args) => services::restart(args),
+        Command::Run(args) => services::run(args),
+        Command::Cli(args) => services::cli(args),
         Command::Holder(args) => holder::run(args).map(|()| 0),
         Command::Monitor(args) => monitor::run(args),
         Command::Init { command } => init::run(command),

@@ -3,10 +3,12 @@
 
 pub mod cgroup;
 pub mod control;
+pub mod dotenv;
 pub mod enter;
 pub mod forward;
 pub mod health;
 pub mod holder_client;
+pub mod setup;
 pub mod state;
 pub mod supervisor;
 
@@ -73,6 +75,13 @@ pub struct UpArgs {
     /// Return once every service has started; the supervisor goes on in the background.
     #[arg(short = 'd', long)]
     detach: bool,
+    /// With -d: return only once every service with a healthcheck is healthy (an error if
+    /// one turns unhealthy or fails, or after --wait-timeout).
+    #[arg(long, requires = "detach")]
+    wait: bool,
+    /// Seconds --wait waits.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    wait_timeout: u64,
     #[command(flatten)]
     cage: CageArg,
     #[command(flatten)]
@@ -85,7 +94,15 @@ pub struct UpArgs {
 }
 
 pub fn up(args: UpArgs) -> Result<i32> {
-    let (paths, cage) = args.cage.paths()?;
+    // The first-run steps happen in the `up` the user started; the supervisor it detaches
+    // (`--ready-fd`) finds them done.
+    let first = args.ready_fd.is_none();
+    let (cage, created) = if first {
+        crate::bundle::load_cage_generating(&args.cage.config)?
+    } else {
+        (crate::bundle::load_cage(&args.cage.config)?, Vec::new())
+    };
+    let paths = CagePaths::new(&args.cage.config, cage.name.as_deref())?;
     if control::request(&paths, &control::Request::Ps).is_ok() {
         bail!(
             "cage {} is already up (`cagerun ps`, `cagerun down`)",
@@ -98,10 +115,34 @@ pub fn up(args: UpArgs) -> Result<i32> {
             paths.id
         );
     }
-    if args.detach {
-        return detach(&args, &paths);
+    if first {
+        for name in &created {
+            eprintln!(
+                "cagerun: generated {name} in {} (mode 0600)",
+                dotenv::path(&paths.cage_dir).display()
+            );
+        }
+        let started: Vec<&cage_spec::cage::Service> =
+            cage.services.iter().filter(|s| !s.on_demand).collect();
+        setup::pull_images(&paths, &started, &args.store)?;
+        setup::pull_models(&paths, &cage)?;
+        setup::run_once_jobs(&paths, &cage, &args.store)?;
     }
+    if args.detach {
+        detach(&args, &paths)?;
+        if args.wait {
+            wait_healthy(&paths, Duration::from_secs(args.wait_timeout))?;
+        }
+        if let Some(line) = &cage.dashboard {
+            println!("{line}");
+        }
+        return Ok(0);
+    }
+    let dashboard = cage.dashboard.clone();
     let prepared = supervisor::prepare(&paths, cage, &args.services, &args.store)?;
+    if let (Some(line), true) = (dashboard, first) {
+        println!("{line}");
+    }
     // SAFETY: the descriptor was handed to us by our parent (`up -d`) for this purpose.
     let ready = args.ready_fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -110,6 +151,48 @@ pub fn up(args: UpArgs) -> Result<i32> {
         .build()?;
     rt.block_on(supervisor::run(paths, prepared, ready))?;
     Ok(0)
+}
+
+/// Until every service with a healthcheck is healthy; an error names the first service
+/// that failed, exited or turned unhealthy (the cage stays up to be looked at).
+fn wait_healthy(paths: &CagePaths, timeout: Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let reply = control::request(paths, &control::Request::Ps)
+            .context("the supervisor stopped while waiting for health (`cagerun logs`)")?;
+        let list = reply.services.unwrap_or_default();
+        let mut pending = Vec::new();
+        for s in &list {
+            if s.state == "failed" || s.health == "unhealthy" {
+                bail!(
+                    "{} is {}{}: see `cagerun logs {}` (the cage stays up; `cagerun down` stops it)",
+                    s.service,
+                    if s.state == "failed" { "failed" } else { "unhealthy" },
+                    s.error
+                        .as_ref()
+                        .or(s.health_error.as_ref())
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default(),
+                    s.service
+                );
+            }
+            if s.health != "-" && s.health != "healthy" {
+                pending.push(s.service.clone());
+            }
+        }
+        if pending.is_empty() {
+            eprintln!("cagerun: every service is healthy");
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "still not healthy after {}s: {} (`cagerun ps`, `cagerun logs`)",
+                timeout.as_secs(),
+                pending.join(", ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Start the supervisor in its own session, logging to .cagerun/logs/supervisor.log, and
@@ -202,6 +285,11 @@ pub fn down(args: DownArgs) -> Result<i32> {
     if args.volumes && paths.volumes().exists() {
         supervisor::remove_tree(&paths.volumes());
         println!("removed {}", paths.volumes().display());
+    }
+    // The once jobs (onboarding) wrote into those volumes: with them gone, they run again.
+    let once = paths.cage_dir.join(".cagerun/once");
+    if args.volumes && once.exists() {
+        std::fs::remove_dir_all(&once).with_context(|| format!("removing {}", once.display()))?;
     }
     Ok(0)
 }
@@ -378,4 +466,54 @@ pub fn restart(args: RestartArgs) -> Result<i32> {
     .with_context(|| format!("restarting {}", args.service))?;
     println!("restarting {}", args.service);
     Ok(0)
+}
+
+#[derive(Args, Debug)]
+#[command(trailing_var_arg = true)]
+pub struct RunArgs {
+    #[command(flatten)]
+    cage: CageArg,
+    #[command(flatten)]
+    store: crate::image::StoreArg,
+    /// The job (a service with `on_demand` or `once`; any service works).
+    service: String,
+    /// Appended to the service's command.
+    #[arg(allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+/// `cagerun run SVC -- ARGS`: one-shot, attached to this terminal, no network.
+pub fn run(args: RunArgs) -> Result<i32> {
+    let (cage, created) = crate::bundle::load_cage_generating(&args.cage.config)?;
+    let paths = CagePaths::new(&args.cage.config, cage.name.as_deref())?;
+    for name in &created {
+        eprintln!(
+            "cagerun: generated {name} in {} (mode 0600)",
+            dotenv::path(&paths.cage_dir).display()
+        );
+    }
+    let service = crate::bundle::find_service(&cage, &args.service, &paths.config)?;
+    setup::run_job(&paths, service, &args.args, &args.store, true)
+}
+
+#[derive(Args, Debug)]
+#[command(trailing_var_arg = true)]
+pub struct CliArgs {
+    #[command(flatten)]
+    cage: CageArg,
+    #[command(flatten)]
+    store: crate::image::StoreArg,
+    /// OpenClaw CLI arguments (onboard, channels add ..., doctor).
+    #[arg(allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+/// `cagerun cli -- ARGS`: `cagerun run cli -- ARGS` (the cage's `cli` job).
+pub fn cli(args: CliArgs) -> Result<i32> {
+    run(RunArgs {
+        cage: args.cage,
+        store: args.store,
+        service: "cli".into(),
+        args: args.args,
+    })
 }

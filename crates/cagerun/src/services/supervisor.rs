@@ -189,8 +189,31 @@ pub fn prepare(
         i += 1;
     }
     let mut cage = cage;
+    if let Some(s) = cage
+        .services
+        .iter()
+        .find(|s| s.on_demand && only.contains(&s.name))
+    {
+        bail!(
+            "{} is on_demand: `up` never starts it; run it with `cagerun run {} -- ARGS`",
+            s.name,
+            s.name
+        );
+    }
     if !only.is_empty() {
         cage.services.retain(|s| wanted.contains(&s.name));
+    }
+    // One-shot jobs are not the supervisor's: `once` jobs have run (and finished) before it
+    // starts, `on_demand` ones run only through `cagerun run`.
+    let jobs: Vec<String> = cage
+        .services
+        .iter()
+        .filter(|s| !s.supervised())
+        .map(|s| s.name.clone())
+        .collect();
+    cage.services.retain(|s| s.supervised());
+    for s in &mut cage.services {
+        s.depends_on.retain(|d| !jobs.contains(&d.service));
     }
     let needs_store = cage
         .services

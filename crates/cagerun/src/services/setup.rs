@@ -1,0 +1,145 @@
+//! What `up` does before the supervisor starts, each step skipped when already done:
+//! images pulled, models pulled into their volume, `once` jobs run. And `cagerun run`: a
+//! one-shot job (`once` or `on_demand`) through the sandbox engine.
+//!
+//! One-shot jobs run in the fast sandbox engine with the service's own hardened spec (the
+//! same renderer as the services) and no network: a fresh netns with only loopback. They
+//! are for setup (onboarding, adding a channel, doctor), which writes config and state.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use cage_spec::cage::{Cage, Service, ServiceRoot};
+
+use super::state::CagePaths;
+
+fn step(message: &str) {
+    eprintln!("cagerun: {message}");
+}
+
+fn rootfs_dir(paths: &CagePaths) -> PathBuf {
+    paths.cage_dir.join("rootfs")
+}
+
+/// The marker a finished `once` job leaves (removed by `down --volumes`).
+pub fn once_marker(paths: &CagePaths, name: &str) -> PathBuf {
+    paths.cage_dir.join(".cagerun/once").join(name)
+}
+
+/// Pull the image of every service in `services` whose rootfs is missing.
+pub fn pull_images(
+    paths: &CagePaths,
+    services: &[&Service],
+    store: &crate::image::StoreArg,
+) -> Result<()> {
+    let mut opened = None;
+    for s in services {
+        let ServiceRoot::Image(reference) = &s.root else {
+            continue;
+        };
+        let target = rootfs_dir(paths).join(crate::image::default_name(reference));
+        if target.exists() {
+            continue;
+        }
+        if opened.is_none() {
+            opened = Some(store.open()?);
+        }
+        step(&format!("pulling {reference} for {}", s.name));
+        crate::image::pull_to(opened.as_ref().expect("opened"), reference, &target)
+            .with_context(|| format!("service {}", s.name))?;
+    }
+    Ok(())
+}
+
+/// Pull the cage's `models` into their volume (Ollama's layout), each unless present.
+pub fn pull_models(paths: &CagePaths, cage: &Cage) -> Result<()> {
+    let Some((volume, names)) = &cage.models else {
+        return Ok(());
+    };
+    let dir = paths.volumes().join(volume);
+    for name in names {
+        let model =
+            cage_image::models::ModelRef::parse(name, cage_image::models::DEFAULT_REGISTRY)?;
+        if model.manifest_path(&dir).exists() {
+            continue;
+        }
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating volume {}", dir.display()))?;
+        step(&format!("pulling model {model} into volume {volume}"));
+        cage_image::models::pull_model(&dir, &model, None, crate::image::progress()).with_context(
+            || {
+                format!(
+                    "pulling model {model} (models.pull in {})",
+                    paths.config.display()
+                )
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Run each `once` job that has not finished yet, in dependency order; a failure stops `up`.
+pub fn run_once_jobs(paths: &CagePaths, cage: &Cage, store: &crate::image::StoreArg) -> Result<()> {
+    for s in cage.services.iter().filter(|s| s.once) {
+        let marker = once_marker(paths, &s.name);
+        if marker.exists() {
+            continue;
+        }
+        step(&format!("running {} (once; first run only)", s.name));
+        let code = run_job(paths, s, &[], store, false)?;
+        if code != 0 {
+            bail!(
+                "{} (a once job) exited with {code}: see its output above; fix the cause and run `cagerun up` again",
+                s.name
+            );
+        }
+        let dir = marker.parent().expect("a marker has a parent");
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(&marker, b"done\n")
+            .with_context(|| format!("writing {}", marker.display()))?;
+    }
+    Ok(())
+}
+
+/// Run one service's spec one-shot in the sandbox engine: `extra` is appended to its
+/// `command` (or replaces the image's command when the service names none). Returns the
+/// exit code.
+pub fn run_job(
+    paths: &CagePaths,
+    service: &Service,
+    extra: &[String],
+    store: &crate::image::StoreArg,
+    attach: bool,
+) -> Result<i32> {
+    pull_images(paths, &[service], store)?;
+    let store = match service.root {
+        ServiceRoot::Image(_) => Some(store.open()?),
+        _ => None,
+    };
+    let command: Vec<String> = match &service.command {
+        Some(c) => c.iter().chain(extra).cloned().collect(),
+        None => extra.to_vec(),
+    };
+    let mut spec = crate::bundle::render_service(
+        &paths.config,
+        &rootfs_dir(paths),
+        store.as_ref(),
+        service,
+        &command,
+        None,
+    )
+    .with_context(|| format!("service {}", service.name))?;
+    let tty = attach && std::io::IsTerminal::is_terminal(&std::io::stdin());
+    if let Some(p) = spec.process_mut() {
+        p.set_terminal(Some(tty));
+    }
+    let plan = cage_sandbox::Plan::from_spec(&spec, std::path::Path::new("/"))?;
+    let outcome = cage_sandbox::run(
+        &plan,
+        &cage_sandbox::RunOptions {
+            interactive: attach,
+            timeout: None,
+        },
+    )?;
+    Ok(outcome.code())
+}

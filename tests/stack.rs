@@ -1,0 +1,369 @@
+//! The Clawbot stack end to end with real parts (issue 5): `cagerun up` runs OpenClaw from
+//! npm as the gateway and llama.cpp's llama-server with SmolLM2 as the model service
+//! (tests/stack/cage.toml), first run and second run, as root and rootless.
+//!
+//! The assets come from tests/assets/install (cached by version; `scripts/test` runs it
+//! first, and this test runs it again to learn the paths).
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::cage::*;
+use support::*;
+
+struct Assets {
+    node: PathBuf,
+    openclaw: PathBuf,
+    llama_server: PathBuf,
+    gguf: PathBuf,
+}
+
+fn assets() -> Assets {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new("bash")
+        .arg(repo.join("tests/assets/install"))
+        .output()
+        .expect("run tests/assets/install");
+    assert!(
+        out.status.success(),
+        "tests/assets/install failed (it needs python3-venv, cmake, g++; scripts/test installs them): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let get = |k: &str| {
+        let v = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("tests/assets/install printed no {k}"));
+        PathBuf::from(v)
+    };
+    Assets {
+        node: get("NODE"),
+        openclaw: get("OPENCLAW"),
+        llama_server: get("LLAMA_SERVER"),
+        gguf: get("SMOLLM2_GGUF"),
+    }
+}
+
+/// A raw HTTP/1.0 request to the host's 127.0.0.1:port: (status, body).
+fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the gateway");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let body = if method == "POST" { "{}" } else { "" };
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+fn token_of(env_file: &Path) -> String {
+    std::fs::read_to_string(env_file)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("OPENCLAW_GATEWAY_TOKEN="))
+        .expect("no token in .env")
+        .to_string()
+}
+
+/// `openclaw agent` on the host, as the mode's user, through the published port.
+fn agent_turn(mode: Mode, a: &Assets, client_dir: &Path, port: u16, token: &str) -> (i32, String) {
+    std::fs::write(
+        client_dir.join("client.json"),
+        format!(r#"{{ "gateway": {{ "mode": "local", "port": {port}, "bind": "loopback", "auth": {{ "mode": "token" }} }} }}"#),
+    )
+    .unwrap();
+    let mut cmd = Command::new(&a.node);
+    cmd.arg(&a.openclaw)
+        .args(["agent", "--agent", "main", "--session-id", "cagerun-test"])
+        .args(["--message", "Say hello in one word.", "--json"])
+        .env_clear()
+        .env("HOME", client_dir)
+        .env("OPENCLAW_STATE_DIR", client_dir.join("state"))
+        .env("OPENCLAW_CONFIG_PATH", client_dir.join("client.json"))
+        .env("OPENCLAW_GATEWAY_TOKEN", token)
+        .env(
+            "PATH",
+            format!("{}:/usr/bin:/bin", a.node.parent().unwrap().display()),
+        )
+        .current_dir(client_dir);
+    if let Mode::Rootless { uid, gid } = mode {
+        if is_root() {
+            cmd.uid(uid).gid(gid);
+        }
+    }
+    let out = cmd.output().expect("run openclaw agent");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!(
+        "[{mode:?}] openclaw agent -> {:?}\n  stderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    (out.status.code().unwrap_or(-1), stdout)
+}
+
+/// Some file under `dir` contains `needle` (OpenClaw keeps sessions in SQLite files).
+fn mentions(dir: &Path, needle: &str) -> bool {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                mentions(&p, needle)
+            } else {
+                std::fs::read(&p)
+                    .map(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+                    .unwrap_or(false)
+            }
+        })
+}
+
+fn chown_to(p: &Path, ids: (u32, u32)) {
+    if is_root() {
+        std::os::unix::fs::chown(p, Some(ids.0), Some(ids.1)).unwrap();
+    }
+}
+
+#[test]
+fn clawbot_stack_up_serves_an_agent_turn_stays_caged_and_comes_back_the_same() {
+    let _serial = serial();
+    let a = assets();
+    for mode in modes() {
+        let port = free_port();
+        let dir = |p: &Path| p.parent().unwrap().display().to_string();
+        let env = format!(
+            "LLAMA_BIN={}\nNODE_DIR={}\nOPENCLAW_DIR={}\nMODEL_DIR={}\nGATEWAY_PORT={port}\n",
+            dir(&a.llama_server),
+            a.node.parent().unwrap().parent().unwrap().display(),
+            a.openclaw.parent().unwrap().parent().unwrap().display(),
+            dir(&a.gguf),
+        );
+        let mut cage = Cage::new(
+            mode,
+            "stack",
+            &[
+                ("config/cage.toml", include_str!("stack/cage.toml")),
+                (
+                    "config/openclaw/openclaw.json",
+                    include_str!("stack/openclaw.json"),
+                ),
+                (".env", &env),
+                ("workspace/.keep", ""),
+            ],
+        );
+        // As root the service user 1000 is host uid 1000: onboarding writes config/ and
+        // the agent writes workspace/.
+        let svc_ids = (mode.sandbox_host_uid(), mode.sandbox_host_gid());
+        for p in [
+            "config/openclaw",
+            "config/openclaw/openclaw.json",
+            "workspace",
+        ] {
+            chown_to(&cage.root.join(p), svc_ids);
+        }
+        let env_file = cage.root.join(".env");
+        std::fs::set_permissions(&env_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let client = TempDir::new("stack-client", Some(mode.caller_ids()));
+
+        // First run: token, onboarding, model, gateway, health, dashboard line.
+        let started = Instant::now();
+        let r = cage.cagerun(&["up", "-d", "--wait"]);
+        assert_eq!(r.code, 0, "up failed: {}", r.stderr);
+        eprintln!("[{mode:?}] first up took {:?}", started.elapsed());
+        let line = r.stdout.lines().find(|l| l.contains(" is up")).unwrap();
+        cage.id = Some(line.split_whitespace().nth(1).unwrap().to_string());
+        assert!(
+            r.stderr.contains("generated OPENCLAW_GATEWAY_TOKEN"),
+            "{}",
+            r.stderr
+        );
+        assert!(r.stderr.contains("running onboard"), "{}", r.stderr);
+        let token = token_of(&env_file);
+        assert!(
+            token.len() == 64 && token.chars().all(|c| c.is_ascii_hexdigit()),
+            "the token is 32 random bytes in hex: {token:?}"
+        );
+        let mode_bits = std::fs::metadata(&env_file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode_bits, 0o600, ".env holds the token: 0600");
+        let said = format!("{}{}", r.stdout, r.stderr);
+        assert_eq!(
+            said.matches(&token).count(),
+            1,
+            "the token is printed only in the dashboard line"
+        );
+        assert!(
+            r.stdout
+                .contains(&format!("http://127.0.0.1:{port}/#token={token}")),
+            "{}",
+            r.stdout
+        );
+
+        // The gateway answers on 127.0.0.1 and wants the token.
+        let (code, body) = http(port, "GET", "/healthz", None);
+        assert_eq!(code, 200, "/healthz: {body}");
+        assert!(body.contains("\"ok\":true"), "{body}");
+        let (code, _) = http(port, "POST", "/tools/invoke", None);
+        assert_eq!(code, 401, "no token must be refused");
+        let (code, _) = http(port, "POST", "/tools/invoke", Some(&"0".repeat(64)));
+        assert_eq!(code, 401, "a wrong token must be refused");
+        let (code, _) = http(port, "POST", "/tools/invoke", Some(&token));
+        assert_ne!(
+            code, 401,
+            "the right token is accepted (the probe is valid)"
+        );
+
+        // An agent turn through the gateway to the model, and back.
+        let (code, out) = agent_turn(mode, &a, client.path(), port, &token);
+        assert_eq!(code, 0, "openclaw agent failed: {out}");
+        let reply: serde_json::Value = serde_json::from_str(&out).expect("agent --json output");
+        assert_eq!(reply["status"], "ok", "{out}");
+        let text = out
+            .split("\"finalAssistantVisibleText\": ")
+            .nth(1)
+            .and_then(|t| t.split('\n').next())
+            .unwrap_or("");
+        assert!(text.len() > 4, "the model's answer is in the reply: {out}");
+        assert!(out.contains("\"winnerModel\": \"smollm2\""), "{out}");
+
+        // Inside the gateway: the root and the config are read-only (a tmpfs is writable:
+        // the probe works); the model answers by name; the host's 127.0.0.1 does not.
+        let secret = host_secret_server();
+        let probe = format!(
+            "echo > /tmp/probe && echo tmp-writable; \
+             touch /usr/probe 2>&1; (echo x >> /config/openclaw.json) 2>&1; touch /config/new 2>&1; \
+             curl -s -m 5 http://model:8080/health; echo; \
+             curl -s -m 3 http://127.0.0.1:{secret}/ || echo host-loopback-unreachable"
+        );
+        let r = cage.cagerun(&["exec", "gateway", "--", "/bin/sh", "-c", &probe]);
+        assert!(r.stdout.contains("tmp-writable"), "{}", r.stdout);
+        assert!(
+            r.stdout
+                .contains("touch: cannot touch '/usr/probe': Read-only file system"),
+            "{}",
+            r.stdout
+        );
+        assert!(
+            r.stdout
+                .contains("/config/openclaw.json: Read-only file system"),
+            "{}",
+            r.stdout
+        );
+        assert!(
+            r.stdout.contains("/config/new': Read-only file system"),
+            "{}",
+            r.stdout
+        );
+        assert!(
+            r.stdout.contains("{\"status\":\"ok\"}"),
+            "model by name: {}",
+            r.stdout
+        );
+        assert!(
+            r.stdout.contains("host-loopback-unreachable"),
+            "{}",
+            r.stdout
+        );
+        assert!(!r.stdout.contains("HOSTSECRET"), "{}", r.stdout);
+
+        // The model server is not reachable from the host: it publishes no port, and the
+        // host has no interface on the cage's subnet (the bridge lives in the cage's own
+        // namespace). No packet is sent to the cage address from here: off 127/8 it would
+        // leave this machine by the default route.
+        let ps = cage.ps();
+        let model = ps.iter().find(|s| s["service"] == "model").unwrap();
+        assert!(model["ports"].as_array().unwrap().is_empty());
+        let addr = model["address"].as_str().unwrap().to_string();
+        let subnet = &addr[..addr.rfind('.').unwrap() + 1];
+        let host_addrs = Command::new("ip").args(["-o", "addr"]).output().unwrap();
+        let host_addrs = String::from_utf8_lossy(&host_addrs.stdout);
+        assert!(
+            !host_addrs.contains(&format!(" {subnet}")),
+            "the host has an address on the cage subnet {subnet}0/24: {host_addrs}"
+        );
+        if TcpStream::connect(("127.0.0.1", 8080)).is_ok() {
+            // Something of the host's own may listen on 8080: it must not be our model.
+            assert!(!http(8080, "GET", "/v1/models", None).1.contains("smollm2"));
+        }
+
+        // down leaves nothing; the processes we saw are gone.
+        let pids: Vec<i64> = ps.iter().filter_map(|s| s["pid"].as_i64()).collect();
+        let netns = cage.netns_inodes();
+        cage.down();
+        cage.assert_gone(&netns);
+        for p in &pids {
+            assert!(
+                !Path::new(&format!("/proc/{p}")).exists(),
+                "pid {p} outlived down"
+            );
+        }
+        let state = cage.root.join(".cagerun/volumes/state");
+        assert!(
+            mentions(&state, "cagerun-test"),
+            "the state volume holds the session after down"
+        );
+
+        // Second run: the same token, no onboarding, the same state (the session is there).
+        let started = Instant::now();
+        let r = cage.cagerun(&["up", "-d", "--wait"]);
+        assert_eq!(r.code, 0, "second up failed: {}", r.stderr);
+        eprintln!("[{mode:?}] second up took {:?}", started.elapsed());
+        assert!(!r.stderr.contains("generated"), "{}", r.stderr);
+        assert!(!r.stderr.contains("running onboard"), "{}", r.stderr);
+        assert_eq!(token_of(&env_file), token, "the token is reused");
+        let line = r.stdout.lines().find(|l| l.contains(" is up")).unwrap();
+        cage.id = Some(line.split_whitespace().nth(1).unwrap().to_string());
+        assert_eq!(http(port, "GET", "/healthz", None).0, 200);
+        assert!(
+            mentions(&state, "cagerun-test"),
+            "the agent session of the first run is in the state volume after the second up"
+        );
+
+        // The CLI one-shot: a writable config, never a service.
+        let r = cage.cagerun(&[
+            "cli",
+            "--",
+            "config",
+            "set",
+            "agents.defaults.timeoutSeconds",
+            "600",
+        ]);
+        assert_eq!(r.code, 0, "cli failed: {}", r.stderr);
+        let cfg = std::fs::read_to_string(cage.root.join("config/openclaw/openclaw.json")).unwrap();
+        assert!(cfg.contains("\"timeoutSeconds\": 600"), "{cfg}");
+        assert!(cage.ps().iter().all(|s| s["service"] != "cli"));
+
+        let netns = cage.netns_inodes();
+        let r = cage.cagerun(&["down", "--volumes"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        cage.assert_gone(&netns);
+        assert!(!state.exists(), "down --volumes removes the state");
+        assert!(
+            !cage.root.join(".cagerun/once").exists(),
+            "and the onboarding mark"
+        );
+        cage.id = None;
+    }
+}
