@@ -858,4 +858,41 @@ env = { OPENCLAW_CONFIG_READONLY = "1" }
         let e = bad("[services.a]\nhost = true\ncommand = [\"x\"]\nhealthcheck = { http = \":80/\", interval = \"soon\" }\n");
         assert!(e.contains("duration"), "{e}");
     }
+
+    #[test]
+    fn jobs_are_one_shot_and_nothing_waits_for_an_on_demand_one() {
+        let base = "[services.web]\nhost = true\ncommand = [\"x\"]\n";
+        let c = parse_cage(
+            "f",
+            &format!("{base}depends_on = [\"setup\"]\n[services.setup]\nhost = true\ncommand = [\"y\"]\nonce = true\n[services.cli]\nhost = true\ncommand = [\"z\"]\non_demand = true\n"),
+        )
+        .unwrap();
+        let supervised: Vec<&str> = c
+            .services
+            .iter()
+            .filter(|s| s.supervised())
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(supervised, ["web"]);
+        let e = bad(&format!("{base}depends_on = [\"cli\"]\n[services.cli]\nhost = true\ncommand = [\"z\"]\non_demand = true\n"));
+        assert!(e.contains("on_demand"), "{e}");
+        let e =
+            bad("[services.j]\nhost = true\ncommand = [\"x\"]\nonce = true\nports = [\"1:1\"]\n");
+        assert!(e.contains("one-shot"), "{e}");
+        let e = bad(&format!("{base}[services.j]\nhost = true\ncommand = [\"x\"]\nonce = true\ndepends_on = [\"web\"]\n"));
+        assert!(e.contains("before the services start"), "{e}");
+    }
+
+    #[test]
+    fn models_and_generated_secrets_are_checked() {
+        let c = parse_cage(
+            "f",
+            "generate = [\"TOKEN\"]\nmodels = { volume = \"ollama\", pull = [\"qwen3:8b\"] }\n",
+        )
+        .unwrap();
+        assert_eq!(c.generate, ["TOKEN"]);
+        assert_eq!(c.models, Some(("ollama".into(), vec!["qwen3:8b".into()])));
+        assert!(bad("models = { volume = \"../x\" }\n").contains("models.volume"));
+        assert!(bad("generate = [\"A-B\"]\n").contains("generate"));
+    }
 }

@@ -368,6 +368,29 @@ fn apply_service(req: &mut SandboxRequest, s: &Service, cage: &Path) -> Result<(
             bail!("service {}: gpu = true, but this host has no GPU device nodes (/dev/nvidia*, /dev/dri/*): install the driver, or drop gpu", s.name);
         }
         devices.extend(gpus);
+        // The driver's user-space half must match the host's kernel module: bind the host's
+        // libraries (read-only) where NVIDIA's images look (/usr/local/nvidia/lib64).
+        let libs = gpu_driver_libraries();
+        if !libs.is_empty() {
+            for lib in &libs {
+                let name = lib
+                    .file_name()
+                    .expect("a library has a name")
+                    .to_string_lossy();
+                req.extra_mounts.push(ExtraMount::Bind {
+                    src: std::fs::canonicalize(lib)?,
+                    dst: format!("{NVIDIA_LIB_DIR}/{name}"),
+                    ro: true,
+                });
+            }
+            match req.env.iter_mut().find(|(k, _)| k == "LD_LIBRARY_PATH") {
+                Some((_, v)) if v.split(':').any(|d| d == NVIDIA_LIB_DIR) => {}
+                Some((_, v)) => *v = format!("{NVIDIA_LIB_DIR}:{v}"),
+                None => req
+                    .env
+                    .push(("LD_LIBRARY_PATH".into(), NVIDIA_LIB_DIR.into())),
+            }
+        }
     }
     for path in devices {
         use std::os::unix::fs::FileTypeExt;
@@ -408,6 +431,35 @@ fn gpu_device_nodes() -> Vec<String> {
     }
     nodes.sort();
     nodes
+}
+
+const NVIDIA_LIB_DIR: &str = "/usr/local/nvidia/lib64";
+
+/// The host's NVIDIA driver libraries (libcuda, libnvidia-*), by the names programs load
+/// (each `.so.N` link and the file it names), from the usual library directories.
+fn gpu_driver_libraries() -> Vec<PathBuf> {
+    let mut libs = Vec::new();
+    for dir in [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib64",
+        "/usr/lib",
+    ] {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let driver = name.starts_with("libcuda.so")
+                || name.starts_with("libnvidia-")
+                || name.starts_with("libcudadebugger.so");
+            if driver && name.contains(".so") && e.path().exists() {
+                libs.push(e.path());
+            }
+        }
+        if !libs.is_empty() {
+            break;
+        }
+    }
+    libs.sort();
+    libs
 }
 
 fn map_container_root_to_nobody(spec: &mut oci_spec::runtime::Spec) -> Result<()> {

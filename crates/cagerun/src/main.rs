@@ -162,16 +162,26 @@ fn main() -> ExitCode {
 }
 
 fn check(file: &std::path::Path) -> anyhow::Result<i32> {
-    use anyhow::Context;
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let cage = cage_spec::cage::parse_cage(&file.display().to_string(), &text)?;
-    let names: Vec<&str> = cage.services.iter().map(|s| s.name.as_str()).collect();
+    let cage = bundle::load_cage(file)?;
+    let names: Vec<&str> = cage
+        .services
+        .iter()
+        .filter(|s| s.supervised())
+        .map(|s| s.name.as_str())
+        .collect();
     println!(
         "{}: {} services, started in this order: {}",
         file.display(),
         names.len(),
         names.join(", ")
     );
+    for s in cage.services.iter().filter(|s| !s.supervised()) {
+        let when = if s.once {
+            "once, before the services (first `up`)"
+        } else {
+            "on demand (`cagerun run`)"
+        };
+        println!("  job {}: {when}", s.name);
+    }
     Ok(0)
 }
