@@ -586,3 +586,70 @@ command = ["sh", "-c", "sleep 1000", "{MARKER}"]
         );
     }
 }
+
+#[test]
+fn a_once_job_runs_before_the_services_only_once_and_a_failing_one_starts_nothing() {
+    let _serial = serial();
+    for mode in modes() {
+        let toml = r#"
+[services.setup]
+host = true
+once = true
+command = ["sh", "-c", "test -e /w/go && echo ran >> /w/count", "{MARKER}"]
+mounts = [{ src = "w", dst = "/w", ro = false }]
+
+[services.web]
+host = true
+command = ["sh", "-c", "cat /w/count && sleep 1000", "{MARKER}"]
+mounts = [{ src = "w", dst = "/w" }]
+depends_on = ["setup"]
+"#;
+        let mut cage = Cage::new(mode, "once", &[("config/cage.toml", toml), ("w/.keep", "")]);
+        let w = cage.root.join("w");
+        if is_root() {
+            let ids = (mode.sandbox_host_uid(), mode.sandbox_host_gid());
+            std::os::unix::fs::chown(&w, Some(ids.0), Some(ids.1)).unwrap();
+        }
+        let count = || {
+            std::fs::read_to_string(w.join("count"))
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        // The job fails: up says which and why, and nothing starts.
+        let r = cage.cagerun(&["up", "-d"]);
+        assert_eq!(r.code, 125, "{}", r.stderr);
+        assert!(
+            r.stderr.contains("setup (a once job) exited with 1"),
+            "{}",
+            r.stderr
+        );
+        assert_ne!(cage.cagerun(&["ps"]).code, 0, "nothing is up");
+        assert!(!cage.root.join(".cagerun/once/setup").exists());
+        // It succeeds: it ran before web (web saw its file), once.
+        std::fs::write(w.join("go"), "").unwrap();
+        cage.up();
+        assert_eq!(count(), 1);
+        cage.wait_for_log("web", "ran");
+        assert!(
+            cage.ps().iter().all(|s| s["service"] != "setup"),
+            "a job is not a service"
+        );
+        let netns = cage.netns_inodes();
+        cage.down();
+        cage.assert_gone(&netns);
+        cage.up();
+        assert_eq!(count(), 1, "the second up skips the job");
+        let netns = cage.netns_inodes();
+        let r = cage.cagerun(&["down", "--volumes"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        cage.assert_gone(&netns);
+        // With the state gone, the job runs again.
+        cage.up();
+        assert_eq!(count(), 2);
+        let netns = cage.netns_inodes();
+        cage.down();
+        cage.assert_gone(&netns);
+        cage.id = None;
+    }
+}
