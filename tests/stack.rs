@@ -11,7 +11,6 @@ mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -87,40 +86,25 @@ fn token_of(env_file: &Path) -> String {
         .to_string()
 }
 
-/// `openclaw agent` on the host, as the mode's user, through the published port.
-fn agent_turn(mode: Mode, a: &Assets, client_dir: &Path, port: u16, token: &str) -> (i32, String) {
-    std::fs::write(
-        client_dir.join("client.json"),
-        format!(r#"{{ "gateway": {{ "mode": "local", "port": {port}, "bind": "loopback", "auth": {{ "mode": "token" }} }} }}"#),
-    )
-    .unwrap();
-    let mut cmd = Command::new(&a.node);
-    cmd.arg(&a.openclaw)
-        .args(["agent", "--agent", "main", "--session-id", "cagerun-test"])
-        .args(["--message", "Say hello in one word.", "--json"])
-        .env_clear()
-        .env("HOME", client_dir)
-        .env("OPENCLAW_STATE_DIR", client_dir.join("state"))
-        .env("OPENCLAW_CONFIG_PATH", client_dir.join("client.json"))
-        .env("OPENCLAW_GATEWAY_TOKEN", token)
-        .env(
-            "PATH",
-            format!("{}:/usr/bin:/bin", a.node.parent().unwrap().display()),
-        )
-        .current_dir(client_dir);
-    if let Mode::Rootless { uid, gid } = mode {
-        if is_root() {
-            cmd.uid(uid).gid(gid);
-        }
-    }
-    let out = cmd.output().expect("run openclaw agent");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    eprintln!(
-        "[{mode:?}] openclaw agent -> {:?}\n  stderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    (out.status.code().unwrap_or(-1), stdout)
+/// `openclaw agent` run inside the gateway (its CLI talks to the gateway over its own
+/// 127.0.0.1, so the client has no route off this machine either).
+fn agent_turn(cage: &Cage) -> (i32, String) {
+    let r = cage.cagerun(&[
+        "exec",
+        "gateway",
+        "--",
+        "/opt/node/bin/node",
+        "/opt/openclaw/node_modules/openclaw/openclaw.mjs",
+        "agent",
+        "--agent",
+        "main",
+        "--session-id",
+        "cagerun-test",
+        "--message",
+        "Say hello in one word.",
+        "--json",
+    ]);
+    (r.code, r.stdout)
 }
 
 /// Some file under `dir` contains `needle` (OpenClaw keeps sessions in SQLite files).
@@ -186,7 +170,6 @@ fn clawbot_stack_up_serves_an_agent_turn_stays_caged_and_comes_back_the_same() {
         }
         let env_file = cage.root.join(".env");
         std::fs::set_permissions(&env_file, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let client = TempDir::new("stack-client", Some(mode.caller_ids()));
 
         // First run: token, onboarding, model, gateway, health, dashboard line.
         let started = Instant::now();
@@ -236,7 +219,7 @@ fn clawbot_stack_up_serves_an_agent_turn_stays_caged_and_comes_back_the_same() {
         );
 
         // An agent turn through the gateway to the model, and back.
-        let (code, out) = agent_turn(mode, &a, client.path(), port, &token);
+        let (code, out) = agent_turn(&cage);
         assert_eq!(code, 0, "openclaw agent failed: {out}");
         let reply: serde_json::Value = serde_json::from_str(&out).expect("agent --json output");
         assert_eq!(reply["status"], "ok", "{out}");

@@ -253,8 +253,21 @@ pub fn pull_to(store: &Store, reference: &str, target: &std::path::Path) -> Resu
         progress(),
     )
     .with_context(|| format!("pulling {reference}"))?;
-    unpack_and_record(store, &name, &canonical, &image, target)?;
-    Ok(())
+    // Unpacked beside the target and renamed into place: an interrupted unpack never
+    // leaves a tree that a later `up` would take for a finished one.
+    let partial = target.with_file_name(format!(
+        ".{}.partial-{}",
+        target.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let unpacked = unpack_and_record(store, &name, &canonical, &image, &partial).and_then(|_| {
+        std::fs::rename(&partial, target)
+            .with_context(|| format!("moving {} into place", target.display()))
+    });
+    if unpacked.is_err() && partial.exists() {
+        crate::services::supervisor::remove_tree(&partial);
+    }
+    unpacked
 }
 
 pub fn pull(args: PullArgs) -> Result<()> {
