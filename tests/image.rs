@@ -955,3 +955,166 @@ resources = { memory = "256m", pids = 64 }
         let _ = cage_cleanup(&r.join("busy"));
     }
 }
+
+/// The caller's first subordinate uid (rootless images keep their root's files there).
+fn subordinate_base(uid: u32) -> u32 {
+    let name = String::from_utf8(
+        Command::new("id")
+            .args(["-un", &uid.to_string()])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    std::fs::read_to_string("/etc/subuid")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(&format!("{}:", name.trim())))
+        .expect("the test user has subordinate ids (.ci/run gives them)")
+        .split(':')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn build_runs_its_steps_as_root_of_the_tree_with_the_hosts_network_and_keeps_nothing_failed() {
+    let work = TempDir::new("build", None);
+    let layout = build_layout(work.path());
+    let registry = Registry::start();
+    let image = registry.push(&layout, "busy:1");
+    // A server on the host's 127.0.0.1: a build step reaches it (the build shares the host
+    // network); the probe is valid from here first.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for c in server.incoming().flatten() {
+            let mut c = c;
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 11\r\n\r\nfetched-ok\n");
+        }
+    });
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let mut got = String::new();
+        s.read_to_string(&mut got).unwrap();
+        assert!(got.ends_with("fetched-ok\n"));
+    }
+    let good = format!(
+        r#"name = "sbx"
+from = "{image}"
+run = [
+  "test $(id -u) = 0 && test $(hostname) = build",
+  "echo built > /built && wget -q -O /fetched http://127.0.0.1:{port}/",
+  "mkdir -p /home/sandbox && chown 1000:1000 /home/sandbox && echo sandbox:x:1000:1000::/home/sandbox:/bin/sh >> /etc/passwd",
+]
+"#
+    );
+    let bad = format!(
+        "name = \"sbx\"\nfrom = \"{image}\"\nrun = [\"echo second > /built\", \"exit 3\"]\n"
+    );
+    for mode in modes() {
+        let (uid, gid) = mode.caller_ids();
+        let mine = TempDir::new("build-out", Some((uid, gid)));
+        let s = mine.path().join("store");
+        let r = mine.path().join("rootfs");
+        let (ss, rs) = (s.to_str().unwrap(), r.to_str().unwrap());
+        let recipe = mine.path().join("recipe.toml");
+        std::fs::write(&recipe, &good).unwrap();
+        std::fs::set_permissions(&recipe, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let b = run(
+            mode,
+            &[
+                "build",
+                recipe.to_str().unwrap(),
+                "--store",
+                ss,
+                "--rootfs-dir",
+                rs,
+            ],
+        );
+        assert_eq!(b.code, 0, "{}", b.stderr);
+        assert!(b.stderr.contains("step 3/3"), "{}", b.stderr);
+        let tree = r.join("sbx");
+        assert_eq!(
+            std::fs::read_to_string(tree.join("fetched")).unwrap(),
+            "fetched-ok\n"
+        );
+        let owner = |p: &str| std::fs::metadata(tree.join(p)).unwrap().uid();
+        match mode {
+            Mode::Root => {
+                assert_eq!(
+                    owner("built"),
+                    0,
+                    "as root the tree has the image's own ids"
+                );
+                assert_eq!(owner("home/sandbox"), 1000);
+            }
+            Mode::Rootless { uid, .. } => {
+                assert_eq!(
+                    owner("built"),
+                    subordinate_base(uid),
+                    "the step's root is a subordinate id"
+                );
+                assert_eq!(
+                    owner("home/sandbox"),
+                    uid,
+                    "the image's user 1000 is the caller"
+                );
+            }
+        }
+        // The tree runs as an ordinary sandbox: its user, read-only, no network.
+        let e = run(
+            mode,
+            &[
+                "exec",
+                "--rootfs",
+                tree.to_str().unwrap(),
+                "--",
+                "/bin/sh",
+                "-c",
+                "id -u; cat /built; touch /built 2>&1",
+            ],
+        );
+        assert!(e.stdout.starts_with("1000\nbuilt\n"), "{}", e.stdout);
+        assert!(e.stdout.contains("Read-only file system"), "{}", e.stdout);
+
+        // A failing step: one error naming it; the previous tree untouched; no work dir left.
+        std::fs::write(&recipe, &bad).unwrap();
+        let b = run(
+            mode,
+            &[
+                "build",
+                recipe.to_str().unwrap(),
+                "--store",
+                ss,
+                "--rootfs-dir",
+                rs,
+            ],
+        );
+        assert_eq!(b.code, 125, "{}", b.stderr);
+        assert!(
+            b.stderr
+                .contains("step 2 (exit 3) exited with 3: nothing was kept"),
+            "{}",
+            b.stderr
+        );
+        assert_eq!(
+            std::fs::read_to_string(tree.join("built")).unwrap(),
+            "built\n"
+        );
+        let left: Vec<String> = std::fs::read_dir(&r)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["sbx"], "only the finished tree is there");
+        let rm = run(mode, &["image", "rm-rootfs", "sbx", "--rootfs-dir", rs]);
+        assert_eq!(rm.code, 0, "{}", rm.stderr);
+    }
+}

@@ -246,17 +246,29 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
     // Maps first (the child needs them to do anything), then the cgroup leaf while the child
     // builds its root, then the second release.
     let mut leaf = None;
+    let mut join_cgroup = || match &cgroup_parent {
+        Some(parent) => {
+            let l = Leaf::create(parent, plan.memory_limit, plan.pids_limit)?;
+            let added = l.add(pid.as_raw());
+            leaf = Some(l);
+            added
+        }
+        None => Ok(()),
+    };
+    // Rootless, only a process with our own uid may be moved into a cgroup: when the
+    // sandbox's user is another host id (a build step's root is a subordinate id), move it
+    // before the first release, after which it takes that identity.
+    let host_uid = nix::unistd::geteuid().as_raw();
+    let becomes_other = !privileged
+        && plan
+            .uid_map
+            .iter()
+            .find(|m| (m.inside..m.inside + m.count).contains(&plan.process.uid))
+            .is_some_and(|m| m.outside + (plan.process.uid - m.inside) != host_uid);
     let released = idmap::write_maps(pid.as_raw(), &plan.uid_map, &plan.gid_map, privileged)
+        .and_then(|_| if becomes_other { join_cgroup() } else { Ok(()) })
         .and_then(|_| release())
-        .and_then(|_| match &cgroup_parent {
-            Some(parent) => {
-                let l = Leaf::create(parent, plan.memory_limit, plan.pids_limit)?;
-                let added = l.add(pid.as_raw());
-                leaf = Some(l);
-                added
-            }
-            None => Ok(()),
-        })
+        .and_then(|_| if becomes_other { Ok(()) } else { join_cgroup() })
         .and_then(|_| release());
     drop(sync_w);
     if let Some(maker) = net_maker {

@@ -383,6 +383,9 @@ impl Plan {
     /// Where the sandbox may write, as its mounts say: Landlock grants write access beneath
     /// these and read access everywhere else.
     pub fn writable_destinations(&self) -> Vec<PathBuf> {
+        if self.root.is_some() && !self.root_readonly {
+            return vec![PathBuf::from("/")];
+        }
         self.mounts
             .iter()
             .filter(|m| !m.read_only())

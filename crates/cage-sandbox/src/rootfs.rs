@@ -394,18 +394,30 @@ pub fn build(
         None::<&str>,
     )
     .map_err(os("making mounts private"))?;
-    mount(
-        Some("tmpfs"),
-        NEW,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=0755,size=1m"),
-    )
-    .map_err(os("mounting the new root"))?;
-    let mut seen = HashSet::new();
-    if let Some(root) = &plan.root {
-        populate_from_dir(root, plan, fds)?;
+    match &plan.root {
+        // A writable root (a `cagerun build` step): the tree itself, so what the command
+        // writes anywhere lands in it.
+        Some(root) if !plan.root_readonly => bind(
+            &outside(root, fds),
+            Path::new(NEW),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            false,
+        )?,
+        _ => {
+            mount(
+                Some("tmpfs"),
+                NEW,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some("mode=0755,size=1m"),
+            )
+            .map_err(os("mounting the new root"))?;
+            if let Some(root) = &plan.root {
+                populate_from_dir(root, plan, fds)?;
+            }
+        }
     }
+    let mut seen = HashSet::new();
     for (link, target) in &plan.symlinks {
         symlink(target, inside(link)).map_err(io(format!("symlink {}", link.display())))?;
     }

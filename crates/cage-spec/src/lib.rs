@@ -6,6 +6,7 @@
 //!
 //! Pure: no syscalls, no file I/O. Callers read files and pass their contents in.
 
+pub mod build;
 pub mod cage;
 pub mod envfile;
 pub mod error;

@@ -69,7 +69,7 @@ fn parse_source(source: &str) -> Result<(&'static str, PathBuf, Option<String>)>
 
 /// Unpack with the image's ownership where we can: as root directly, rootless as root of a
 /// user namespace over the caller's subordinate ids; otherwise every file is the caller's.
-fn unpack(
+pub(crate) fn unpack(
     store: &Store,
     image: &cage_image::layout::Image,
     target: &std::path::Path,

@@ -1,6 +1,7 @@
 //! cagerun: a rootless, daemonless runtime for the OpenClaw gateway, its model server, and a
 //! throwaway sandbox for every command an agent runs.
 
+mod build;
 mod bundle;
 mod cgroup_setup;
 mod doctor;
@@ -47,6 +48,9 @@ enum Command {
     /// Ollama models: pull (Ollama's registry protocol), ls, rm — in Ollama's own layout.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// Build an image tree from a recipe (a base image and RUN steps, run as root of a
+    /// user namespace with the host's network): e.g. the agent's sandbox image.
+    Build(build::BuildArgs),
     /// Write an OCI bundle (config.json + rootfs) for an image, with cagerun's policy.
     Bundle(bundle::BundleArgs),
     /// Images: import from disk (air-gapped hosts).
@@ -138,6 +142,7 @@ fn main() -> ExitCode {
         Command::Image(cmd) => image::run(cmd).map(|()| 0),
         Command::Pull(args) => image::pull(args).map(|()| 0),
         Command::Bundle(args) => bundle::run(args).map(|()| 0),
+        Command::Build(args) => build::run(args),
         Command::Model(cmd) => model::run(cmd).map(|()| 0),
         Command::Images(store) => image::list(store).map(|()| 0),
         Command::Rmi { name, store } => image::remove(&name, store).map(|()| 0),

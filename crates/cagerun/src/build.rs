@@ -1,0 +1,140 @@
+//! `cagerun build RECIPE`: an image tree from a base image and RUN steps (cage-spec's
+//! `build` module has the recipe format and the policy a step runs under).
+//!
+//! The tree is built beside its final place and renamed into it only when every step
+//! succeeded: a failed or interrupted build leaves the previous tree (if any) as it was.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use cage_spec::build::{parse_recipe, render_build_step};
+use cage_spec::{HostIds, RootfsSource, SandboxRequest};
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// The recipe: name, from (a base image), run = [shell steps].
+    #[arg(default_value = "config/sandbox-image.toml")]
+    recipe: PathBuf,
+    /// Where the tree goes: ROOTFS_DIR/NAME (the cage's rootfs/).
+    #[arg(long, value_name = "DIR", default_value = "rootfs")]
+    rootfs_dir: PathBuf,
+    /// Speak plain HTTP to this registry (this machine's own always are).
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    insecure: Vec<String>,
+    #[command(flatten)]
+    store: crate::image::StoreArg,
+}
+
+fn sibling(target: &Path, what: &str) -> PathBuf {
+    target.with_file_name(format!(
+        ".{}.{what}-{}",
+        target.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ))
+}
+
+pub fn run(args: BuildArgs) -> Result<i32> {
+    let started = Instant::now();
+    let text = std::fs::read_to_string(&args.recipe)
+        .with_context(|| format!("reading {}", args.recipe.display()))?;
+    let recipe = parse_recipe(&args.recipe.display().to_string(), &text)?;
+    let store = args.store.open()?;
+    let target = args.rootfs_dir.join(&recipe.name);
+    let work = sibling(&target, "build");
+    eprintln!("cagerun: base {}", recipe.from);
+    let opts = cage_image::registry::PullOptions {
+        insecure_registries: args.insecure.clone(),
+        ..Default::default()
+    };
+    let (canonical, image) =
+        cage_image::registry::pull(&store, &recipe.from, &opts, crate::image::progress())
+            .with_context(|| format!("pulling the base image {}", recipe.from))?;
+    let built = crate::image::unpack(&store, &image, &work)
+        .with_context(|| format!("unpacking {canonical}"))
+        .and_then(|()| run_steps(&recipe.run, &work));
+    let built = built.and_then(|()| {
+        // Swap in the new tree; the old one goes only after the new one is in place.
+        let old = sibling(&target, "old");
+        let had_old = target.exists();
+        if had_old {
+            std::fs::rename(&target, &old)
+                .with_context(|| format!("moving the old {} aside", target.display()))?;
+        }
+        std::fs::rename(&work, &target)
+            .with_context(|| format!("moving the new tree to {}", target.display()))?;
+        if had_old {
+            crate::services::supervisor::remove_tree(&old);
+        }
+        Ok(())
+    });
+    if let Err(e) = built {
+        if work.exists() {
+            crate::services::supervisor::remove_tree(&work);
+        }
+        return Err(e);
+    }
+    println!(
+        "{}: built from {canonical} in {:.1} s ({} steps) → {}",
+        recipe.name,
+        started.elapsed().as_secs_f64(),
+        recipe.run.len(),
+        target.display()
+    );
+    Ok(0)
+}
+
+fn run_steps(steps: &[String], tree: &Path) -> Result<()> {
+    let tree = std::fs::canonicalize(tree)?;
+    let rootfs = RootfsSource::Dir(tree.clone());
+    let host = HostIds {
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+    };
+    // The host's resolver, so package managers find their mirrors (the host network is
+    // shared). Resolved: it is often a link into /run.
+    let resolv = std::fs::canonicalize("/etc/resolv.conf").ok();
+    for (i, step) in steps.iter().enumerate() {
+        eprintln!("cagerun: step {}/{}: {step}", i + 1, steps.len());
+        let mut req = SandboxRequest::new(
+            vec!["/bin/sh".into(), "-c".into(), step.clone()],
+            rootfs.clone(),
+        );
+        req.subordinate = crate::exec::mapped_ownership(&rootfs);
+        req.env = vec![
+            (
+                "PATH".into(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            ),
+            ("HOME".into(), "/root".into()),
+            ("DEBIAN_FRONTEND".into(), "noninteractive".into()),
+        ];
+        req.pids = Some(1024);
+        req.memory = Some(2 << 30);
+        if let Some(r) = &resolv {
+            req.extra_mounts.push(cage_spec::ExtraMount::Bind {
+                src: r.clone(),
+                dst: "/etc/resolv.conf".into(),
+                ro: true,
+            });
+        }
+        let spec = render_build_step(&req, host)?;
+        let plan = cage_sandbox::Plan::from_spec(&spec, Path::new("/"))?;
+        let outcome = cage_sandbox::run(
+            &plan,
+            &cage_sandbox::RunOptions {
+                interactive: false,
+                timeout: None,
+            },
+        )?;
+        let code = outcome.code();
+        if code != 0 {
+            bail!(
+                "step {} ({step}) exited with {code}: nothing was kept; fix the recipe and build again",
+                i + 1
+            );
+        }
+    }
+    Ok(())
+}
