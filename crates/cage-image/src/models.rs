@@ -151,7 +151,7 @@ pub fn pull_model(
                 "{host}: plain HTTP is only spoken to this machine's registries"
             )));
         }
-        let client = client_for(&host, plain);
+        let client = client_for(&host, plain)?;
         let at: Reference = format!("{host}/{}/{}:{}", model.namespace, model.model, model.tag)
             .parse()
             .map_err(|e| ImageError::Format(format!("{model}: {e}")))?;

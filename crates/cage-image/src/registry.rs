@@ -96,16 +96,33 @@ pub(crate) fn block_on<F: std::future::Future>(future: F) -> Result<F::Output> {
     Ok(rt.block_on(future))
 }
 
-/// A client for `registry` (host[:port]); plain HTTP only when `plain`.
-pub(crate) fn client_for(registry: &str, plain: bool) -> Client {
+/// A client for `registry` (host[:port]); plain HTTP only when `plain`. (`Client::new`
+/// would fall back to a default client that panics on a host without CA certificates.)
+pub(crate) fn client_for(registry: &str, plain: bool) -> Result<Client> {
     let protocol = if plain {
         ClientProtocol::HttpsExcept(vec![registry.to_string()])
     } else {
         ClientProtocol::Https
     };
-    Client::new(ClientConfig {
+    Client::try_from(ClientConfig {
         protocol,
         ..Default::default()
+    })
+    .map_err(|e| {
+        // reqwest's own message is "builder error"; the cause is further down the chain.
+        let mut e_msg = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            e_msg = format!("{e_msg}: {s}");
+            source = s.source();
+        }
+        let e = e_msg;
+        let hint = if e.contains("CA certificates") {
+            ": install the host's CA certificates (apt-get install ca-certificates)"
+        } else {
+            ""
+        };
+        ImageError::Format(format!("setting up the registry client: {e}{hint}"))
     })
 }
 
@@ -122,7 +139,7 @@ async fn pull_async(
     let client = client_for(
         &registry,
         is_local(&registry) || opts.insecure_registries.contains(&registry),
-    );
+    )?;
     let auth = RegistryAuth::Anonymous;
     let canonical = image_ref.whole();
 
