@@ -95,6 +95,7 @@ const CLONE_NAMESPACE_FLAGS: &[u64] = &[
 
 const EPERM: u32 = 1;
 const ENOSYS: u32 = 38;
+const EPROTONOSUPPORT: u32 = 93;
 const INT_MASK: u64 = 0xffff_ffff;
 
 const TIOCSTI: u64 = 0x5412;
@@ -158,9 +159,12 @@ pub fn sandbox_profile() -> Result<LinuxSeccomp, SpecError> {
         EPERM,
         vec![masked_eq(0, INT_MASK, AF_PACKET)?],
     )?);
+    // Netlink beyond routing (audit, ...) answers "protocol not supported", as a kernel
+    // without it would: programs that use audit when it is there (useradd, su) carry on
+    // instead of aborting, while the socket is refused all the same.
     syscalls.push(deny(
         &["socket"],
-        EPERM,
+        EPROTONOSUPPORT,
         vec![masked_eq(0, INT_MASK, AF_NETLINK)?, ne(2, NETLINK_ROUTE)?],
     )?);
     for family in [AF_INET, AF_INET6] {
