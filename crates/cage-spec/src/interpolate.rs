@@ -107,9 +107,11 @@ pub fn generated_names(file: &str, text: &str) -> Result<Vec<String>, CageError>
         #[serde(default)]
         generate: Vec<String>,
     }
-    // `${...}` outside a string is not TOML yet: such a file cannot list secrets to generate
-    // (and the real parse, after interpolation, reports any other mistake with its line).
-    let Ok(top) = toml::from_str::<Top>(text) else {
+    // `${...}` outside a string (`allow_lan = ${LAN:-false}`) is not TOML yet: read the
+    // file with every variable as 0, a value TOML takes anywhere. A file that still does
+    // not parse lists nothing here; the real parse reports its mistake with the line.
+    let placeholder = interpolate(file, text, &|_| Some("0".into()))?;
+    let Ok(top) = toml::from_str::<Top>(&placeholder) else {
         return Ok(Vec::new());
     };
     for name in &top.generate {
@@ -168,6 +170,54 @@ mod tests {
     fn generate_is_read_before_interpolation() {
         let t = "generate = [\"TOKEN\"]\n[services.a]\nenv = { T = \"${TOKEN}\" }\n";
         assert_eq!(generated_names("f", t).unwrap(), ["TOKEN"]);
+        let t = "generate = [\"TOKEN\"]\n[services.a]\nallow_lan = ${LAN:-false}\n";
+        assert_eq!(generated_names("f", t).unwrap(), ["TOKEN"]);
+        assert_eq!(
+            generated_names("c", include_str!("../../../config/cage.toml")).unwrap(),
+            ["OPENCLAW_GATEWAY_TOKEN"]
+        );
         assert!(generated_names("f", "generate = [\"1X\"]\n").is_err());
+    }
+
+    /// The cages in the repository parse as they are checked in (with the values `up`
+    /// and the tests give them).
+    #[test]
+    fn the_checked_in_cages_parse() {
+        let lookup = |name: &str| match name {
+            "OPENCLAW_GATEWAY_TOKEN" => Some("00".repeat(32)),
+            n if n.ends_with("_DIR") || n == "LLAMA_BIN" => Some("/opt".into()),
+            _ => None,
+        };
+        for (file, text) in [
+            (
+                "config/cage.toml",
+                include_str!("../../../config/cage.toml"),
+            ),
+            (
+                "tests/stack/cage.toml",
+                include_str!("../../../tests/stack/cage.toml"),
+            ),
+        ] {
+            let text = interpolate(file, text, &lookup).unwrap();
+            let cage = crate::cage::parse_cage(file, &text).unwrap();
+            assert!(cage
+                .services
+                .iter()
+                .any(|s| s.name == "gateway" && s.supervised()));
+            assert!(cage.services.iter().any(|s| s.name == "onboard" && s.once));
+            assert!(cage.services.iter().any(|s| s.name == "cli" && s.on_demand));
+            assert_eq!(cage.generate, ["OPENCLAW_GATEWAY_TOKEN"]);
+        }
+        let with_lan = |n: &str| match n {
+            "GATEWAY_BIND" => Some("0.0.0.0".into()),
+            n => lookup(n),
+        };
+        let text = interpolate("c", include_str!("../../../config/cage.toml"), &with_lan).unwrap();
+        let e = crate::cage::parse_cage("c", &text).unwrap_err();
+        assert!(e.message.contains("allow_lan"), "{e}");
+        let recipe =
+            crate::build::parse_recipe("r", include_str!("../../../config/sandbox-image.toml"))
+                .unwrap();
+        assert_eq!(recipe.name, "openclaw-sandbox");
     }
 }
