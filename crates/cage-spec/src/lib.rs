@@ -8,6 +8,7 @@
 
 pub mod build;
 pub mod cage;
+pub mod docker;
 pub mod envfile;
 pub mod error;
 pub mod interpolate;

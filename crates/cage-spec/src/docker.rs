@@ -1,0 +1,737 @@
+//! The docker CLI that OpenClaw's sandbox backend speaks (openclaw 2026.9.x,
+//! `dist/docker-*.mjs`), parsed strictly, and the broker's judgement of a `create`.
+//!
+//! Groundwork for the sandbox broker (issue 6): pure parsing and policy, no I/O. The shim in
+//! the gateway sends its argv; the broker parses it here, and a `create` becomes a
+//! [`SandboxShape`] only if every flag is one the policy allows. The gateway is untrusted:
+//! an unknown flag is refused, never ignored. Errors use docker's own wording, so OpenClaw's
+//! messages about them make sense to the user.
+
+use std::fmt;
+
+/// One docker invocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Create(Box<Create>),
+    Start {
+        containers: Vec<String>,
+    },
+    Exec(Exec),
+    /// `inspect [--type container] [-f|--format TEMPLATE] NAME...`
+    Inspect {
+        format: Option<String>,
+        kind: Option<String>,
+        targets: Vec<String>,
+    },
+    /// `image inspect IMAGE`
+    ImageInspect {
+        image: String,
+    },
+    /// `rm [-f] NAME...`
+    Remove {
+        force: bool,
+        containers: Vec<String>,
+    },
+    /// `version` / `info`: OpenClaw's availability probes.
+    Version,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Create {
+    pub name: Option<String>,
+    pub init: bool,
+    pub labels: Vec<(String, String)>,
+    pub read_only: bool,
+    pub tmpfs: Vec<String>,
+    pub network: Option<String>,
+    pub user: Option<String>,
+    pub cap_drop: Vec<String>,
+    pub cap_add: Vec<String>,
+    pub security_opt: Vec<String>,
+    pub dns: Vec<String>,
+    pub add_host: Vec<String>,
+    pub pids_limit: Option<i64>,
+    pub memory: Option<String>,
+    pub memory_swap: Option<String>,
+    pub cpus: Option<String>,
+    pub gpus: Option<String>,
+    pub ulimits: Vec<String>,
+    pub volumes: Vec<String>,
+    pub workdir: Option<String>,
+    pub env_files: Vec<String>,
+    pub env: Vec<String>,
+    pub privileged: bool,
+    pub devices: Vec<String>,
+    pub userns: Option<String>,
+    pub image: String,
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Exec {
+    pub interactive: bool,
+    pub tty: bool,
+    pub workdir: Option<String>,
+    pub env_files: Vec<String>,
+    pub env: Vec<String>,
+    pub user: Option<String>,
+    pub container: String,
+    pub command: Vec<String>,
+}
+
+/// A refusal, worded as docker words its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerError(pub String);
+
+impl fmt::Display for DockerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DockerError {}
+
+fn usage(msg: impl Into<String>) -> DockerError {
+    DockerError(msg.into())
+}
+
+fn daemon(msg: impl Into<String>) -> DockerError {
+    DockerError(format!("Error response from daemon: {}", msg.into()))
+}
+
+/// Flags as `--name value`, `--name=value`, or (short) `-n value`.
+struct Args<'a> {
+    rest: &'a [String],
+}
+
+impl<'a> Args<'a> {
+    fn next_flag(&mut self) -> Option<(&'a str, Option<&'a str>)> {
+        let first = self.rest.first()?;
+        if !first.starts_with('-') || first == "-" {
+            return None;
+        }
+        self.rest = &self.rest[1..];
+        if first == "--" {
+            return None;
+        }
+        Some(match first.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v)),
+            _ => (first.as_str(), None),
+        })
+    }
+
+    fn value(&mut self, flag: &str, inline: Option<&'a str>) -> Result<String, DockerError> {
+        if let Some(v) = inline {
+            return Ok(v.to_string());
+        }
+        let (v, rest) = self
+            .rest
+            .split_first()
+            .ok_or_else(|| usage(format!("flag needs an argument: {flag}")))?;
+        self.rest = rest;
+        Ok(v.clone())
+    }
+
+    fn positional(&mut self) -> Vec<String> {
+        let out = self.rest.to_vec();
+        self.rest = &[];
+        out
+    }
+}
+
+fn unknown(flag: &str) -> DockerError {
+    usage(format!("unknown flag: {flag}"))
+}
+
+pub fn parse(argv: &[String]) -> Result<Call, DockerError> {
+    let (cmd, rest) = argv
+        .split_first()
+        .ok_or_else(|| usage("docker: a command is required"))?;
+    let mut a = Args { rest };
+    match cmd.as_str() {
+        "create" => parse_create(&mut a).map(|c| Call::Create(Box::new(c))),
+        "start" => {
+            if let Some((f, _)) = a.next_flag() {
+                return Err(unknown(f));
+            }
+            let containers = a.positional();
+            if containers.is_empty() {
+                return Err(usage("\"docker start\" requires at least 1 argument."));
+            }
+            Ok(Call::Start { containers })
+        }
+        "exec" => parse_exec(&mut a).map(Call::Exec),
+        "inspect" => {
+            let (mut format, mut kind) = (None, None);
+            while let Some((f, v)) = a.next_flag() {
+                match f {
+                    "-f" | "--format" => format = Some(a.value(f, v)?),
+                    "--type" => kind = Some(a.value(f, v)?),
+                    _ => return Err(unknown(f)),
+                }
+            }
+            let targets = a.positional();
+            if targets.is_empty() {
+                return Err(usage("\"docker inspect\" requires at least 1 argument."));
+            }
+            Ok(Call::Inspect {
+                format,
+                kind,
+                targets,
+            })
+        }
+        "image" => match a.rest.split_first() {
+            Some((sub, rest)) if sub == "inspect" => {
+                let mut a = Args { rest };
+                if let Some((f, _)) = a.next_flag() {
+                    return Err(unknown(f));
+                }
+                match a.positional().as_slice() {
+                    [image] => Ok(Call::ImageInspect {
+                        image: image.clone(),
+                    }),
+                    _ => Err(usage("\"docker image inspect\" takes one image here")),
+                }
+            }
+            _ => Err(usage("docker image: only `inspect` is available in a cage")),
+        },
+        "rm" => {
+            let mut force = false;
+            while let Some((f, _)) = a.next_flag() {
+                match f {
+                    "-f" | "--force" => force = true,
+                    _ => return Err(unknown(f)),
+                }
+            }
+            let containers = a.positional();
+            if containers.is_empty() {
+                return Err(usage("\"docker rm\" requires at least 1 argument."));
+            }
+            Ok(Call::Remove { force, containers })
+        }
+        "version" | "info" => Ok(Call::Version),
+        other => Err(usage(format!(
+            "docker: '{other}' is not a docker command available in a cage"
+        ))),
+    }
+}
+
+fn parse_create(a: &mut Args) -> Result<Create, DockerError> {
+    let mut c = Create::default();
+    while let Some((f, v)) = a.next_flag() {
+        match f {
+            "--name" => c.name = Some(a.value(f, v)?),
+            "--init" => c.init = true,
+            "--label" | "-l" => {
+                let l = a.value(f, v)?;
+                let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+                c.labels.push((k.to_string(), v.to_string()));
+            }
+            "--read-only" => c.read_only = true,
+            "--tmpfs" => c.tmpfs.push(a.value(f, v)?),
+            "--network" | "--net" => c.network = Some(a.value(f, v)?),
+            "--user" | "-u" => c.user = Some(a.value(f, v)?),
+            "--cap-drop" => c.cap_drop.push(a.value(f, v)?),
+            "--cap-add" => c.cap_add.push(a.value(f, v)?),
+            "--security-opt" => c.security_opt.push(a.value(f, v)?),
+            "--dns" => c.dns.push(a.value(f, v)?),
+            "--add-host" => c.add_host.push(a.value(f, v)?),
+            "--pids-limit" => {
+                let s = a.value(f, v)?;
+                c.pids_limit = Some(s.parse().map_err(|_| {
+                    usage(format!(
+                        "invalid argument \"{s}\" for \"--pids-limit\" flag"
+                    ))
+                })?);
+            }
+            "--memory" | "-m" => c.memory = Some(a.value(f, v)?),
+            "--memory-swap" => c.memory_swap = Some(a.value(f, v)?),
+            "--cpus" => c.cpus = Some(a.value(f, v)?),
+            "--gpus" => c.gpus = Some(a.value(f, v)?),
+            "--ulimit" => c.ulimits.push(a.value(f, v)?),
+            "--volume" | "-v" => c.volumes.push(a.value(f, v)?),
+            "--workdir" | "-w" => c.workdir = Some(a.value(f, v)?),
+            "--env-file" => c.env_files.push(a.value(f, v)?),
+            "--env" | "-e" => c.env.push(a.value(f, v)?),
+            "--privileged" => c.privileged = true,
+            "--device" => c.devices.push(a.value(f, v)?),
+            "--userns" => c.userns = Some(a.value(f, v)?),
+            _ => return Err(unknown(f)),
+        }
+    }
+    let mut rest = a.positional();
+    if rest.is_empty() {
+        return Err(usage("\"docker create\" requires at least 1 argument."));
+    }
+    c.image = rest.remove(0);
+    c.command = rest;
+    Ok(c)
+}
+
+fn parse_exec(a: &mut Args) -> Result<Exec, DockerError> {
+    let mut e = Exec::default();
+    while let Some((f, v)) = a.next_flag() {
+        match f {
+            "-i" | "--interactive" => e.interactive = true,
+            "-t" | "--tty" => e.tty = true,
+            "-it" | "-ti" => {
+                e.interactive = true;
+                e.tty = true;
+            }
+            "-w" | "--workdir" => e.workdir = Some(a.value(f, v)?),
+            "--env-file" => e.env_files.push(a.value(f, v)?),
+            "-e" | "--env" => e.env.push(a.value(f, v)?),
+            "-u" | "--user" => e.user = Some(a.value(f, v)?),
+            _ => return Err(unknown(f)),
+        }
+    }
+    let mut rest = a.positional();
+    if rest.len() < 2 {
+        return Err(usage("\"docker exec\" requires at least 2 arguments."));
+    }
+    e.container = rest.remove(0);
+    e.command = rest;
+    Ok(e)
+}
+
+/// A mount of the gateway: the path the gateway sees and the host path behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayMount {
+    pub inside: String,
+    pub host: String,
+    pub read_only: bool,
+}
+
+/// What the broker allows, from the cage (never from the gateway).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerPolicy {
+    /// Image names the gateway may ask for, with the tree each runs from.
+    pub images: Vec<(String, String)>,
+    /// The gateway's own mounts: bind sources are gateway paths, mapped through these.
+    pub gateway_mounts: Vec<GatewayMount>,
+    pub max_memory: u64,
+    pub max_pids: i64,
+}
+
+/// A bind the sandbox gets: a host path, where it appears, and whether read-only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    pub host: String,
+    pub inside: String,
+    pub read_only: bool,
+}
+
+/// A `create` the broker accepted: everything the sandbox engine needs from the gateway's
+/// request. The hardening (network none, read-only root, no capabilities, seccomp,
+/// no_new_privs) is not here: it is not the gateway's to choose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxShape {
+    pub name: Option<String>,
+    pub labels: Vec<(String, String)>,
+    pub rootfs: String,
+    pub binds: Vec<Bind>,
+    pub tmpfs: Vec<String>,
+    pub workdir: Option<String>,
+    pub memory: u64,
+    pub pids: i64,
+    pub command: Vec<String>,
+}
+
+fn clean_path(p: &str) -> bool {
+    p.starts_with('/') && !p.split('/').any(|c| c == ".." || c == ".")
+}
+
+/// The host path behind a gateway path, if it lies in one of the gateway's mounts: the
+/// innermost mount wins, and its read-only flag stays (never widened).
+fn map_source(policy: &BrokerPolicy, src: &str) -> Option<(String, bool)> {
+    if !clean_path(src) {
+        return None;
+    }
+    policy
+        .gateway_mounts
+        .iter()
+        .filter(|m| {
+            let inside = m.inside.trim_end_matches('/');
+            src == inside || src.starts_with(&format!("{inside}/"))
+        })
+        .max_by_key(|m| m.inside.len())
+        .map(|m| {
+            let rest = &src[m.inside.trim_end_matches('/').len()..];
+            (
+                format!("{}{rest}", m.host.trim_end_matches('/')),
+                m.read_only,
+            )
+        })
+}
+
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let (num, mult) = match s.chars().last()? {
+        'k' => (&s[..s.len() - 1], 1u64 << 10),
+        'm' => (&s[..s.len() - 1], 1 << 20),
+        'g' => (&s[..s.len() - 1], 1 << 30),
+        'b' => (&s[..s.len() - 1], 1),
+        _ => (s.as_str(), 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// The broker's judgement of a `create`: a shape to run, or docker's kind of refusal.
+pub fn judge_create(c: &Create, policy: &BrokerPolicy) -> Result<SandboxShape, DockerError> {
+    let refuse = |what: &str| {
+        Err(daemon(format!(
+            "{what} is not allowed in a cagerun sandbox (the cage's policy decides)"
+        )))
+    };
+    if c.privileged {
+        return refuse("--privileged");
+    }
+    if !c.cap_add.is_empty() {
+        return refuse(&format!("--cap-add {}", c.cap_add.join(",")));
+    }
+    if !c.devices.is_empty() {
+        return refuse(&format!("--device {}", c.devices.join(",")));
+    }
+    if let Some(g) = &c.gpus {
+        return refuse(&format!("--gpus {g}"));
+    }
+    if c.network.as_deref().is_some_and(|n| n != "none") {
+        return refuse(&format!(
+            "--network {}",
+            c.network.as_deref().unwrap_or_default()
+        ));
+    }
+    if let Some(u) = &c.userns {
+        return refuse(&format!("--userns {u}"));
+    }
+    if !c.dns.is_empty() || !c.add_host.is_empty() {
+        return refuse("--dns/--add-host (sandboxes have no network)");
+    }
+    for opt in &c.security_opt {
+        if opt != "no-new-privileges" && opt != "no-new-privileges:true" {
+            return refuse(&format!("--security-opt {opt}"));
+        }
+    }
+    if let Some(u) = &c.user {
+        let uid = u.split(':').next().unwrap_or_default();
+        if uid == "0" || uid == "root" {
+            return refuse("--user root");
+        }
+    }
+    let Some((_, rootfs)) = policy.images.iter().find(|(n, _)| *n == c.image) else {
+        return Err(daemon(format!(
+            "No such image: {} (the cage provides: {})",
+            c.image,
+            policy
+                .images
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    };
+    let mut binds = Vec::new();
+    for v in &c.volumes {
+        let mut parts = v.splitn(3, ':');
+        let (src, dst) = match (parts.next(), parts.next()) {
+            (Some(s), Some(d)) if !s.is_empty() && !d.is_empty() => (s, d),
+            _ => return Err(daemon(format!("invalid volume specification: '{v}'"))),
+        };
+        let opts: Vec<&str> = parts
+            .next()
+            .map(|o| o.split(',').collect())
+            .unwrap_or_default();
+        if let Some(bad) = opts
+            .iter()
+            .find(|o| !matches!(**o, "ro" | "rw" | "z" | "Z"))
+        {
+            return Err(daemon(format!(
+                "invalid volume option {bad:?} in '{v}' (a sandbox allows ro, rw, z)"
+            )));
+        }
+        if !clean_path(dst) {
+            return Err(daemon(format!("invalid mount path: '{dst}'")));
+        }
+        let Some((host, gateway_ro)) = map_source(policy, src) else {
+            return Err(daemon(format!(
+                "bind source {src} is outside the gateway's workspace and state: refused"
+            )));
+        };
+        binds.push(Bind {
+            host,
+            inside: dst.to_string(),
+            read_only: gateway_ro || opts.contains(&"ro"),
+        });
+    }
+    for t in &c.tmpfs {
+        let dst = t.split(':').next().unwrap_or_default();
+        if !clean_path(dst) {
+            return Err(daemon(format!("invalid tmpfs mount: '{t}'")));
+        }
+    }
+    let memory = match &c.memory {
+        None => policy.max_memory,
+        Some(m) => parse_size(m)
+            .ok_or_else(|| {
+                usage(format!(
+                    "invalid argument \"{m}\" for \"-m, --memory\" flag"
+                ))
+            })?
+            .min(policy.max_memory),
+    };
+    let pids = c
+        .pids_limit
+        .filter(|p| *p > 0)
+        .unwrap_or(policy.max_pids)
+        .min(policy.max_pids);
+    Ok(SandboxShape {
+        name: c.name.clone(),
+        labels: c.labels.clone(),
+        rootfs: rootfs.clone(),
+        binds,
+        tmpfs: c.tmpfs.clone(),
+        workdir: c.workdir.clone(),
+        memory,
+        pids,
+        command: c.command.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    /// What OpenClaw 2026.9.6 sends for a default sandbox (dist/docker-*.mjs,
+    /// buildSandboxCreateArgs + createSandboxContainer).
+    fn openclaw_create() -> Vec<String> {
+        argv(&[
+            "create",
+            "--name",
+            "openclaw-sbx-main-1a2b",
+            "--init",
+            "--label",
+            "openclaw.sandbox=1",
+            "--label",
+            "openclaw.sessionKey=agent:main:x",
+            "--label",
+            "openclaw.createdAtMs=1764000000000",
+            "--label",
+            "openclaw.mountFormatVersion=4",
+            "--read-only",
+            "--tmpfs",
+            "/tmp",
+            "--tmpfs",
+            "/var/tmp",
+            "--tmpfs",
+            "/run",
+            "--network",
+            "none",
+            "--user",
+            "1000:1000",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "--pids-limit",
+            "256",
+            "--memory",
+            "1g",
+            "--workdir",
+            "/workspace",
+            "-v",
+            "/workspace:/workspace:z",
+            "-v",
+            "/state/sandbox/skills/main:/workspace/.openclaw/sandbox-skills/skills:ro,z",
+            "--env-file",
+            "/tmp/openclaw-env-1/env",
+            "openclaw-sandbox:bookworm-slim",
+            "sleep",
+            "infinity",
+        ])
+    }
+
+    fn policy() -> BrokerPolicy {
+        BrokerPolicy {
+            images: vec![(
+                "openclaw-sandbox:bookworm-slim".into(),
+                "/cage/rootfs/openclaw-sandbox".into(),
+            )],
+            gateway_mounts: vec![
+                GatewayMount {
+                    inside: "/workspace".into(),
+                    host: "/cage/workspace".into(),
+                    read_only: false,
+                },
+                GatewayMount {
+                    inside: "/state".into(),
+                    host: "/cage/.cagerun/volumes/state".into(),
+                    read_only: false,
+                },
+                GatewayMount {
+                    inside: "/config".into(),
+                    host: "/cage/config/openclaw".into(),
+                    read_only: true,
+                },
+            ],
+            max_memory: 1 << 30,
+            max_pids: 256,
+        }
+    }
+
+    #[test]
+    fn openclaws_create_parses_and_is_accepted_with_mapped_binds() {
+        let Call::Create(c) = parse(&openclaw_create()).unwrap() else {
+            panic!()
+        };
+        assert!(c.init && c.read_only);
+        assert_eq!(c.labels[0], ("openclaw.sandbox".into(), "1".into()));
+        assert_eq!(c.image, "openclaw-sandbox:bookworm-slim");
+        assert_eq!(c.command, ["sleep", "infinity"]);
+        let s = judge_create(&c, &policy()).unwrap();
+        assert_eq!(s.rootfs, "/cage/rootfs/openclaw-sandbox");
+        assert_eq!(
+            s.binds,
+            [
+                Bind {
+                    host: "/cage/workspace".into(),
+                    inside: "/workspace".into(),
+                    read_only: false
+                },
+                Bind {
+                    host: "/cage/.cagerun/volumes/state/sandbox/skills/main".into(),
+                    inside: "/workspace/.openclaw/sandbox-skills/skills".into(),
+                    read_only: true
+                },
+            ]
+        );
+        assert_eq!((s.memory, s.pids), (1 << 30, 256));
+    }
+
+    #[test]
+    fn the_other_calls_parse() {
+        assert_eq!(
+            parse(&argv(&["inspect", "-f", "{{.State.Running}}", "sbx"])).unwrap(),
+            Call::Inspect {
+                format: Some("{{.State.Running}}".into()),
+                kind: None,
+                targets: vec!["sbx".into()]
+            }
+        );
+        assert_eq!(
+            parse(&argv(&[
+                "image",
+                "inspect",
+                "openclaw-sandbox:bookworm-slim"
+            ]))
+            .unwrap(),
+            Call::ImageInspect {
+                image: "openclaw-sandbox:bookworm-slim".into()
+            }
+        );
+        let Call::Exec(e) = parse(&argv(&[
+            "exec",
+            "-i",
+            "-w",
+            "/workspace",
+            "--env-file",
+            "/tmp/e",
+            "sbx",
+            "sh",
+            "-lc",
+            "ls",
+        ]))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (e.interactive, e.workdir.as_deref(), e.container.as_str()),
+            (true, Some("/workspace"), "sbx")
+        );
+        assert_eq!(e.command, ["sh", "-lc", "ls"]);
+        assert_eq!(
+            parse(&argv(&["rm", "-f", "sbx"])).unwrap(),
+            Call::Remove {
+                force: true,
+                containers: vec!["sbx".into()]
+            }
+        );
+        assert_eq!(
+            parse(&argv(&["start", "sbx"])).unwrap(),
+            Call::Start {
+                containers: vec!["sbx".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn what_the_gateway_may_not_ask_for_is_refused_in_dockers_words() {
+        let with = |extra: &[&str]| {
+            let mut a = openclaw_create();
+            let at = a.len() - 3;
+            for (i, x) in extra.iter().enumerate() {
+                a.insert(at + i, x.to_string());
+            }
+            let Call::Create(c) = parse(&a).unwrap() else {
+                panic!()
+            };
+            judge_create(&c, &policy()).unwrap_err().to_string()
+        };
+        for (extra, says) in [
+            (&["-v", "/etc:/x"][..], "bind source /etc is outside"),
+            (
+                &["-v", "/workspace/../etc:/x"],
+                "bind source /workspace/../etc is outside",
+            ),
+            (&["--privileged"], "--privileged is not allowed"),
+            (&["--network", "host"], "--network host is not allowed"),
+            (
+                &["--cap-add", "SYS_ADMIN"],
+                "--cap-add SYS_ADMIN is not allowed",
+            ),
+            (
+                &["--device", "/dev/fuse"],
+                "--device /dev/fuse is not allowed",
+            ),
+            (
+                &["--security-opt", "seccomp=unconfined"],
+                "--security-opt seccomp=unconfined",
+            ),
+            (&["--user", "0:0"], "--user root"),
+            (&["--gpus", "all"], "--gpus all"),
+        ] {
+            let e = with(extra);
+            assert!(
+                e.starts_with("Error response from daemon: ") && e.contains(says),
+                "{extra:?}: {e}"
+            );
+        }
+        let mut a = openclaw_create();
+        let n = a.len();
+        a[n - 3] = "debian:latest".into();
+        let Call::Create(c) = parse(&a).unwrap() else {
+            panic!()
+        };
+        assert!(judge_create(&c, &policy())
+            .unwrap_err()
+            .0
+            .contains("No such image: debian:latest"));
+        // A read-only gateway mount stays read-only, whatever the gateway asks.
+        let mut a = openclaw_create();
+        a.insert(a.len() - 3, "-v".into());
+        a.insert(a.len() - 3, "/config:/cfg:rw".into());
+        let Call::Create(c) = parse(&a).unwrap() else {
+            panic!()
+        };
+        let s = judge_create(&c, &policy()).unwrap();
+        assert!(s.binds.iter().any(|b| b.inside == "/cfg" && b.read_only));
+        // Unknown flags are refused, not skipped.
+        let mut a = openclaw_create();
+        a.insert(1, "--pid=host".into());
+        assert_eq!(parse(&a).unwrap_err().0, "unknown flag: --pid");
+        assert!(parse(&argv(&["run", "x"])).is_err());
+    }
+}
