@@ -735,3 +735,260 @@ mod tests {
         assert!(parse(&argv(&["run", "x"])).is_err());
     }
 }
+
+/// `docker inspect --format TEMPLATE` for the Go templates OpenClaw uses, over the broker's
+/// inspect document (docker's JSON field names): literal text, `{{.A.B}}`, `{{json .A}}`,
+/// `{{index .A "key"}}`, `{{println .}}`, `{{range .A}}…{{end}}`, and `{{-`/`-}}` trimming.
+/// Anything else is an error (a template the broker does not know is not guessed at).
+pub fn render_template(template: &str, doc: &serde_json::Value) -> Result<String, DockerError> {
+    let tokens = tokenize(template)?;
+    let mut out = String::new();
+    eval(&tokens, doc, &mut out)?;
+    Ok(out)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    Text(String),
+    Action(String),
+}
+
+fn template_error(msg: impl Into<String>) -> DockerError {
+    DockerError(format!("template: {}", msg.into()))
+}
+
+fn tokenize(t: &str) -> Result<Vec<Token>, DockerError> {
+    let mut tokens = Vec::new();
+    let mut rest = t;
+    while let Some(start) = rest.find("{{") {
+        let mut text = rest[..start].to_string();
+        let after = &rest[start + 2..];
+        let end = after
+            .find("}}")
+            .ok_or_else(|| template_error("unclosed action"))?;
+        let mut action = &after[..end];
+        if let Some(a) = action.strip_prefix('-') {
+            text = text.trim_end().to_string();
+            action = a;
+        }
+        let trim_next = action.ends_with('-');
+        if trim_next {
+            action = &action[..action.len() - 1];
+        }
+        if !text.is_empty() {
+            tokens.push(Token::Text(text));
+        }
+        tokens.push(Token::Action(action.trim().to_string()));
+        rest = &after[end + 2..];
+        if trim_next {
+            rest = rest.trim_start();
+        }
+    }
+    if !rest.is_empty() {
+        tokens.push(Token::Text(rest.to_string()));
+    }
+    Ok(tokens)
+}
+
+fn words(action: &str) -> Result<Vec<String>, DockerError> {
+    let mut out = Vec::new();
+    let mut chars = action.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_whitespace() {
+            continue;
+        }
+        let mut w = String::new();
+        if c == '"' {
+            w.push('"');
+            loop {
+                match chars.next() {
+                    Some('"') => break,
+                    Some('\\') => w.extend(chars.next()),
+                    Some(x) => w.push(x),
+                    None => return Err(template_error("unterminated quoted string")),
+                }
+            }
+        } else {
+            w.push(c);
+            while let Some(&x) = chars.peek() {
+                if x.is_whitespace() {
+                    break;
+                }
+                w.push(x);
+                chars.next();
+            }
+        }
+        out.push(w);
+    }
+    Ok(out)
+}
+
+fn lookup<'a>(
+    dot: &'a serde_json::Value,
+    path: &str,
+) -> Result<&'a serde_json::Value, DockerError> {
+    static NULL: serde_json::Value = serde_json::Value::Null;
+    if path == "." {
+        return Ok(dot);
+    }
+    let fields = path
+        .strip_prefix('.')
+        .ok_or_else(|| template_error(format!("unsupported argument {path:?}")))?;
+    let mut v = dot;
+    for f in fields.split('.') {
+        v = v.get(f).unwrap_or(&NULL);
+    }
+    Ok(v)
+}
+
+/// Go's default formatting of a value, as `{{.X}}` prints it.
+fn go_format(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Null => "<no value>".into(),
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(go_format).collect::<Vec<_>>().join(" ")
+        ),
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            let items: Vec<String> = keys
+                .iter()
+                .map(|k| format!("{k}:{}", go_format(&m[*k])))
+                .collect();
+            format!("map[{}]", items.join(" "))
+        }
+    }
+}
+
+fn eval_action(action: &str, dot: &serde_json::Value) -> Result<String, DockerError> {
+    let w = words(action)?;
+    match w.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [path] if path.starts_with('.') => Ok(go_format(lookup(dot, path)?)),
+        ["json", path] => {
+            serde_json::to_string(lookup(dot, path)?).map_err(|e| template_error(e.to_string()))
+        }
+        ["index", path, key] if key.starts_with('"') => Ok(go_format(
+            lookup(dot, path)?
+                .get(&key[1..])
+                .unwrap_or(&serde_json::Value::Null),
+        )),
+        ["println", args @ ..] | ["print", args @ ..] => {
+            let parts = args
+                .iter()
+                .map(|a| lookup(dot, a).map(go_format))
+                .collect::<Result<Vec<_>, _>>()?;
+            let nl = if w[0] == "println" { "\n" } else { "" };
+            Ok(format!("{}{nl}", parts.join(" ")))
+        }
+        _ => Err(template_error(format!(
+            "unsupported action {{{{{action}}}}}"
+        ))),
+    }
+}
+
+fn eval(tokens: &[Token], dot: &serde_json::Value, out: &mut String) -> Result<(), DockerError> {
+    let mut i = 0;
+    while i < tokens.len() {
+        match &tokens[i] {
+            Token::Text(t) => out.push_str(t),
+            Token::Action(a) if a.starts_with("range ") => {
+                // The matching {{end}}, past nested ranges.
+                let mut depth = 0;
+                let mut j = i + 1;
+                loop {
+                    match tokens.get(j) {
+                        None => return Err(template_error("range without end")),
+                        Some(Token::Action(x)) if x.starts_with("range ") => depth += 1,
+                        Some(Token::Action(x)) if x == "end" && depth == 0 => break,
+                        Some(Token::Action(x)) if x == "end" => depth -= 1,
+                        _ => {}
+                    }
+                    j += 1;
+                }
+                let over = lookup(dot, a["range ".len()..].trim())?;
+                match over {
+                    serde_json::Value::Array(items) => {
+                        for item in items {
+                            eval(&tokens[i + 1..j], item, out)?;
+                        }
+                    }
+                    serde_json::Value::Object(m) => {
+                        let mut keys: Vec<&String> = m.keys().collect();
+                        keys.sort();
+                        for k in keys {
+                            eval(&tokens[i + 1..j], &m[k], out)?;
+                        }
+                    }
+                    _ => {}
+                }
+                i = j;
+            }
+            Token::Action(a) if a == "end" => return Err(template_error("unexpected {{end}}")),
+            Token::Action(a) => out.push_str(&eval_action(a, dot)?),
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod template_tests {
+    use super::*;
+
+    fn doc() -> serde_json::Value {
+        serde_json::json!({
+            "Id": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "State": { "Running": true },
+            "Config": {
+                "Labels": { "openclaw.sandbox": "1", "openclaw.configHash": "abc" },
+                "Env": ["LANG=C.UTF-8", "OPENCLAW_EXEC=1"]
+            },
+            "Mounts": [{ "Type": "bind", "Source": "/cage/workspace", "Destination": "/workspace", "RW": true }],
+            "HostConfig": { "Tmpfs": { "/tmp": "" } }
+        })
+    }
+
+    #[test]
+    fn openclaws_formats_render_as_docker_renders_them() {
+        let d = doc();
+        assert_eq!(render_template("{{.State.Running}}", &d).unwrap(), "true");
+        assert_eq!(render_template("{{.Id}}", &d).unwrap().len(), 64);
+        assert_eq!(
+            render_template("{{ index .Config.Labels \"openclaw.configHash\" }}", &d).unwrap(),
+            "abc"
+        );
+        assert_eq!(
+            render_template("{{ index .Config.Labels \"missing\" }}", &d).unwrap(),
+            "<no value>"
+        );
+        assert_eq!(
+            render_template("{{range .Config.Env}}{{println .}}{{end}}", &d).unwrap(),
+            "LANG=C.UTF-8\nOPENCLAW_EXEC=1\n"
+        );
+        let out = render_template(
+            "{\"Mounts\":{{json .Mounts}},\"Tmpfs\":{{json .HostConfig.Tmpfs}}}",
+            &d,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["Mounts"][0]["Destination"], "/workspace");
+        assert_eq!(v["Tmpfs"]["/tmp"], "");
+        assert_eq!(
+            render_template("a {{- .State.Running -}} b", &d).unwrap(),
+            "atrueb"
+        );
+    }
+
+    #[test]
+    fn unknown_actions_are_errors_not_guesses() {
+        let d = doc();
+        assert!(render_template("{{.State.Running", &d).is_err());
+        assert!(render_template("{{call .X}}", &d).is_err());
+        assert!(render_template("{{range .Mounts}}x", &d).is_err());
+    }
+}
