@@ -838,26 +838,7 @@ fn images_keep_their_ownership_through_the_mapping() {
                 assert_eq!(inside.stdout, "1000\n65534\n");
             }
             Mode::Rootless { uid, .. } => {
-                let subuid = std::fs::read_to_string("/etc/subuid").unwrap();
-                let name = String::from_utf8(
-                    Command::new("id")
-                        .args(["-un", &uid.to_string()])
-                        .output()
-                        .unwrap()
-                        .stdout,
-                )
-                .unwrap();
-                let base: u32 = subuid
-                    .lines()
-                    .find(|l| l.starts_with(&format!("{}:", name.trim())))
-                    .expect(
-                        "the test user has subordinate ids (useradd gives them; .ci/run checks)",
-                    )
-                    .split(':')
-                    .nth(1)
-                    .unwrap()
-                    .parse()
-                    .unwrap();
+                let base = subordinate_base(uid);
                 // The image's user is the caller, the image's root a subordinate id ...
                 assert_eq!((owner("home/app/f"), owner("hello")), (uid, base));
                 // ... and inside, both are what the image said.
@@ -970,7 +951,7 @@ fn subordinate_base(uid: u32) -> u32 {
         .unwrap()
         .lines()
         .find(|l| l.starts_with(&format!("{}:", name.trim())))
-        .expect("the test user has subordinate ids (.ci/run gives them)")
+        .expect("the test user has subordinate ids (useradd gives them; .ci/run checks)")
         .split(':')
         .nth(1)
         .unwrap()
@@ -1027,17 +1008,20 @@ run = [
         let recipe = mine.path().join("recipe.toml");
         std::fs::write(&recipe, &good).unwrap();
         std::fs::set_permissions(&recipe, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let b = run(
-            mode,
-            &[
-                "build",
-                recipe.to_str().unwrap(),
-                "--store",
-                ss,
-                "--rootfs-dir",
-                rs,
-            ],
-        );
+        let build = || {
+            run(
+                mode,
+                &[
+                    "build",
+                    recipe.to_str().unwrap(),
+                    "--store",
+                    ss,
+                    "--rootfs-dir",
+                    rs,
+                ],
+            )
+        };
+        let b = build();
         assert_eq!(b.code, 0, "{}", b.stderr);
         assert!(b.stderr.contains("step 3/3"), "{}", b.stderr);
         let tree = r.join("sbx");
@@ -1086,17 +1070,7 @@ run = [
 
         // A failing step: one error naming it; the previous tree untouched; no work dir left.
         std::fs::write(&recipe, &bad).unwrap();
-        let b = run(
-            mode,
-            &[
-                "build",
-                recipe.to_str().unwrap(),
-                "--store",
-                ss,
-                "--rootfs-dir",
-                rs,
-            ],
-        );
+        let b = build();
         assert_eq!(b.code, 125, "{}", b.stderr);
         assert!(
             b.stderr

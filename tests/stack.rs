@@ -173,11 +173,8 @@ fn clawbot_stack_up_serves_an_agent_turn_stays_caged_and_comes_back_the_same() {
 
         // First run: token, onboarding, model, gateway, health, dashboard line.
         let started = Instant::now();
-        let r = cage.cagerun(&["up", "-d", "--wait"]);
-        assert_eq!(r.code, 0, "up failed: {}", r.stderr);
+        let (r, _) = cage.up_with(&["--wait"]);
         eprintln!("[{mode:?}] first up took {:?}", started.elapsed());
-        let line = r.stdout.lines().find(|l| l.contains(" is up")).unwrap();
-        cage.id = Some(line.split_whitespace().nth(1).unwrap().to_string());
         assert!(
             r.stderr.contains("generated OPENCLAW_GATEWAY_TOKEN"),
             "{}",
@@ -310,14 +307,11 @@ fn clawbot_stack_up_serves_an_agent_turn_stays_caged_and_comes_back_the_same() {
 
         // Second run: the same token, no onboarding, the same state (the session is there).
         let started = Instant::now();
-        let r = cage.cagerun(&["up", "-d", "--wait"]);
-        assert_eq!(r.code, 0, "second up failed: {}", r.stderr);
+        let (r, _) = cage.up_with(&["--wait"]);
         eprintln!("[{mode:?}] second up took {:?}", started.elapsed());
         assert!(!r.stderr.contains("generated"), "{}", r.stderr);
         assert!(!r.stderr.contains("running onboard"), "{}", r.stderr);
         assert_eq!(token_of(&env_file), token, "the token is reused");
-        let line = r.stdout.lines().find(|l| l.contains(" is up")).unwrap();
-        cage.id = Some(line.split_whitespace().nth(1).unwrap().to_string());
         assert_eq!(http(port, "GET", "/healthz", None).0, 200);
         assert!(
             mentions(&state, "cagerun-test"),

@@ -103,13 +103,23 @@ impl Cage {
 
     /// `up -d`; returns the supervisor's pid.
     pub fn up(&mut self) -> i32 {
-        let r = self.cagerun(&["up", "-d"]);
+        let (_, pid) = self.up_with(&[]);
+        pid
+    }
+
+    /// `up -d EXTRA...`, which must succeed; records the cage id and returns what up said
+    /// and the supervisor's pid.
+    pub fn up_with(&mut self, extra: &[&str]) -> (Run, i32) {
+        let mut args = vec!["up", "-d"];
+        args.extend_from_slice(extra);
+        let r = self.cagerun(&args);
         assert_eq!(r.code, 0, "up failed: {}", r.stderr);
         let line = r.stdout.lines().find(|l| l.contains(" is up")).unwrap();
         // "cage ID is up (supervisor pid N)"
         let words: Vec<&str> = line.split_whitespace().collect();
         self.id = Some(words[1].to_string());
-        words.last().unwrap().trim_end_matches(')').parse().unwrap()
+        let pid = words.last().unwrap().trim_end_matches(')').parse().unwrap();
+        (r, pid)
     }
 
     pub fn id(&self) -> &str {

@@ -126,14 +126,10 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
     };
     if let (Some(t), true) = (&terminal, privileged) {
         // The sandbox user re-opens the replica as /dev/console: it must own it.
-        let owner = |m: &[crate::plan::IdMap], id: u32| {
-            m.iter()
-                .find(|m| id >= m.inside && id - m.inside < m.count)
-                .map(|m| m.outside + (id - m.inside))
-        };
+        use crate::plan::IdMap;
         if let (Some(uid), Some(gid)) = (
-            owner(&plan.uid_map, plan.process.uid),
-            owner(&plan.gid_map, plan.process.gid),
+            IdMap::outside_of(&plan.uid_map, plan.process.uid),
+            IdMap::outside_of(&plan.gid_map, plan.process.gid),
         ) {
             nix::unistd::fchown(t.replica.as_raw_fd(), Some(uid.into()), Some(gid.into()))
                 .map_err(|e| SandboxError::os("chown of the pty", e))?;
@@ -258,13 +254,9 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
     // Rootless, only a process with our own uid may be moved into a cgroup: when the
     // sandbox's user is another host id (a build step's root is a subordinate id), move it
     // before the first release, after which it takes that identity.
-    let host_uid = nix::unistd::geteuid().as_raw();
     let becomes_other = !privileged
-        && plan
-            .uid_map
-            .iter()
-            .find(|m| (m.inside..m.inside + m.count).contains(&plan.process.uid))
-            .is_some_and(|m| m.outside + (plan.process.uid - m.inside) != host_uid);
+        && crate::plan::IdMap::outside_of(&plan.uid_map, plan.process.uid)
+            .is_some_and(|host| host != nix::unistd::geteuid().as_raw());
     let released = idmap::write_maps(pid.as_raw(), &plan.uid_map, &plan.gid_map, privileged)
         .and_then(|_| if becomes_other { join_cgroup() } else { Ok(()) })
         .and_then(|_| release())

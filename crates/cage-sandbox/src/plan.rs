@@ -20,6 +20,15 @@ pub struct IdMap {
     pub count: u32,
 }
 
+impl IdMap {
+    /// The host id `id` maps to through `maps`, if any line covers it.
+    pub fn outside_of(maps: &[IdMap], id: u32) -> Option<u32> {
+        maps.iter()
+            .find(|m| id >= m.inside && id - m.inside < m.count)
+            .map(|m| m.outside + (id - m.inside))
+    }
+}
+
 /// The process half of a spec: who runs what, with which privileges and filter. The sandbox
 /// engine starts it in namespaces it makes; `cagerun exec SVC` starts it in a running
 /// service's.

@@ -44,7 +44,7 @@ pub fn parse_recipe(file: &str, text: &str) -> Result<Recipe, CageError> {
     let err = |span: Option<Range<usize>>, key: &str, message: String| CageError {
         file: file.to_string(),
         line: span
-            .map(|s| text[..s.start].matches('\n').count() + 1)
+            .map(|s| crate::cage::line_of(text, s.start))
             .unwrap_or(1),
         key: key.to_string(),
         message,

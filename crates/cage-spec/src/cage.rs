@@ -250,7 +250,7 @@ pub struct Cage {
     pub models: Option<(String, Vec<String>)>,
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())]
         .bytes()
         .filter(|b| *b == b'\n')
@@ -616,12 +616,7 @@ pub fn parse_cage(file: &str, text: &str) -> Result<Cage, CageError> {
         }
     }
     for g in &parsed.generate {
-        let ok = g
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && g.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !ok {
+        if !crate::interpolate::valid_var(g) {
             return Err(err(
                 None,
                 "generate",

@@ -364,18 +364,6 @@ fn map_source(policy: &BrokerPolicy, src: &str) -> Option<(String, bool)> {
         })
 }
 
-fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim().to_ascii_lowercase();
-    let (num, mult) = match s.chars().last()? {
-        'k' => (&s[..s.len() - 1], 1u64 << 10),
-        'm' => (&s[..s.len() - 1], 1 << 20),
-        'g' => (&s[..s.len() - 1], 1 << 30),
-        'b' => (&s[..s.len() - 1], 1),
-        _ => (s.as_str(), 1),
-    };
-    num.parse::<u64>().ok()?.checked_mul(mult)
-}
-
 /// The broker's judgement of a `create`: a shape to run, or docker's kind of refusal.
 pub fn judge_create(c: &Create, policy: &BrokerPolicy) -> Result<SandboxShape, DockerError> {
     let refuse = |what: &str| {
@@ -471,8 +459,8 @@ pub fn judge_create(c: &Create, policy: &BrokerPolicy) -> Result<SandboxShape, D
     }
     let memory = match &c.memory {
         None => policy.max_memory,
-        Some(m) => parse_size(m)
-            .ok_or_else(|| {
+        Some(m) => crate::size::parse_size(m)
+            .map_err(|_| {
                 usage(format!(
                     "invalid argument \"{m}\" for \"-m, --memory\" flag"
                 ))

@@ -9,7 +9,7 @@
 
 use crate::cage::CageError;
 
-fn valid_var(name: &str) -> bool {
+pub(crate) fn valid_var(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')

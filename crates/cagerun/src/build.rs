@@ -27,14 +27,6 @@ pub struct BuildArgs {
     store: crate::image::StoreArg,
 }
 
-fn sibling(target: &Path, what: &str) -> PathBuf {
-    target.with_file_name(format!(
-        ".{}.{what}-{}",
-        target.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ))
-}
-
 pub fn run(args: BuildArgs) -> Result<i32> {
     let started = Instant::now();
     let text = std::fs::read_to_string(&args.recipe)
@@ -42,7 +34,7 @@ pub fn run(args: BuildArgs) -> Result<i32> {
     let recipe = parse_recipe(&args.recipe.display().to_string(), &text)?;
     let store = args.store.open()?;
     let target = args.rootfs_dir.join(&recipe.name);
-    let work = sibling(&target, "build");
+    let work = crate::image::beside(&target, "build");
     eprintln!("cagerun: base {}", recipe.from);
     let opts = cage_image::registry::PullOptions {
         insecure_registries: args.insecure.clone(),
@@ -56,7 +48,7 @@ pub fn run(args: BuildArgs) -> Result<i32> {
         .and_then(|()| run_steps(&recipe.run, &work));
     let built = built.and_then(|()| {
         // Swap in the new tree; the old one goes only after the new one is in place.
-        let old = sibling(&target, "old");
+        let old = crate::image::beside(&target, "old");
         let had_old = target.exists();
         if had_old {
             std::fs::rename(&target, &old)
@@ -120,15 +112,7 @@ fn run_steps(steps: &[String], tree: &Path) -> Result<()> {
             });
         }
         let spec = render_build_step(&req, host)?;
-        let plan = cage_sandbox::Plan::from_spec(&spec, Path::new("/"))?;
-        let outcome = cage_sandbox::run(
-            &plan,
-            &cage_sandbox::RunOptions {
-                interactive: false,
-                timeout: None,
-            },
-        )?;
-        let code = outcome.code();
+        let code = crate::exec::run_spec(&spec, false)?;
         if code != 0 {
             bail!(
                 "step {} ({step}) exited with {code}: nothing was kept; fix the recipe and build again",

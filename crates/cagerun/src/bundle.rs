@@ -151,28 +151,25 @@ pub fn write_config(dir: &Path, spec: &oci_spec::runtime::Spec) -> Result<()> {
 /// `.env`; a secret listed in `generate` that is not there yet reads as empty (only `up`
 /// and `run` create it: see [`load_cage_generating`]).
 pub fn load_cage(config: &Path) -> Result<cage_spec::cage::Cage> {
-    load(config, false).map(|(c, _)| c)
+    load(config, false)
 }
 
-/// As [`load_cage`], first creating the `generate`d secrets `.env` lacks; also returns
-/// the names created.
-pub fn load_cage_generating(config: &Path) -> Result<(cage_spec::cage::Cage, Vec<String>)> {
+/// As [`load_cage`], first creating (and announcing) the `generate`d secrets `.env` lacks.
+pub fn load_cage_generating(config: &Path) -> Result<cage_spec::cage::Cage> {
     load(config, true)
 }
 
-fn load(config: &Path, generate: bool) -> Result<(cage_spec::cage::Cage, Vec<String>)> {
+fn load(config: &Path, generate: bool) -> Result<cage_spec::cage::Cage> {
     use crate::services::dotenv;
     let text =
         std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
     let file = config.display().to_string();
     let secrets = cage_spec::interpolate::generated_names(&file, &text)?;
     let cage = cage_dir(config);
-    let created = if generate {
-        dotenv::ensure_generated(&cage, &secrets)?
-    } else {
-        Vec::new()
-    };
-    let vars = dotenv::read(&cage)?;
+    let mut vars = dotenv::read(&cage)?;
+    if generate {
+        dotenv::ensure_generated(&cage, &secrets, &mut vars)?;
+    }
     let lookup = |name: &str| {
         std::env::var(name)
             .ok()
@@ -180,7 +177,7 @@ fn load(config: &Path, generate: bool) -> Result<(cage_spec::cage::Cage, Vec<Str
             .or_else(|| secrets.iter().any(|s| s == name).then(String::new))
     };
     let text = cage_spec::interpolate::interpolate(&file, &text, &lookup)?;
-    Ok((cage_spec::cage::parse_cage(&file, &text)?, created))
+    Ok(cage_spec::cage::parse_cage(&file, &text)?)
 }
 
 pub fn find_service<'a>(

@@ -164,6 +164,17 @@ pub fn run(args: ExecArgs) -> Result<i32> {
     Ok(outcome.code())
 }
 
+/// Run a rendered spec (absolute paths) in the fast engine to its end: its exit code.
+/// `interactive` keeps stdin attached.
+pub fn run_spec(spec: &oci_spec::runtime::Spec, interactive: bool) -> Result<i32> {
+    let plan = Plan::from_spec(spec, Path::new("/"))?;
+    let opts = RunOptions {
+        interactive,
+        timeout: None,
+    };
+    Ok(cage_sandbox::run(&plan, &opts)?.code())
+}
+
 pub fn print_spec(args: ExecArgs) -> Result<()> {
     if args.bundle.is_some() {
         bail!("spec renders flags; a bundle already has its config.json");

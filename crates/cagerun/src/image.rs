@@ -243,6 +243,16 @@ pub fn progress() -> std::sync::Arc<dyn cage_image::registry::PullProgress> {
     })
 }
 
+/// A hidden sibling of `target` for work in progress (`.NAME.WHAT-PID`): built there, then
+/// renamed into place.
+pub(crate) fn beside(target: &std::path::Path, what: &str) -> std::path::PathBuf {
+    target.with_file_name(format!(
+        ".{}.{what}-{}",
+        target.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ))
+}
+
 /// Pull `reference` (with progress) and unpack it to `target` (a service's rootfs).
 pub fn pull_to(store: &Store, reference: &str, target: &std::path::Path) -> Result<()> {
     let name = default_name(reference);
@@ -255,11 +265,7 @@ pub fn pull_to(store: &Store, reference: &str, target: &std::path::Path) -> Resu
     .with_context(|| format!("pulling {reference}"))?;
     // Unpacked beside the target and renamed into place: an interrupted unpack never
     // leaves a tree that a later `up` would take for a finished one.
-    let partial = target.with_file_name(format!(
-        ".{}.partial-{}",
-        target.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
+    let partial = beside(target, "partial");
     let unpacked = unpack_and_record(store, &name, &canonical, &image, &partial).and_then(|_| {
         std::fs::rename(&partial, target)
             .with_context(|| format!("moving {} into place", target.display()))

@@ -35,18 +35,20 @@ fn random_hex(bytes: usize) -> Result<String> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Adds each of `names` that `.env` (or the environment) lacks as 32 random bytes in hex;
-/// creates `.env` 0600, and narrows an existing one to 0600 when it gains a secret.
-/// Returns the names it created.
-pub fn ensure_generated(cage_dir: &Path, names: &[String]) -> Result<Vec<String>> {
-    let existing = read(cage_dir)?;
-    let missing: Vec<String> = names
+/// Adds each of `names` that `.env` (its variables: `vars`, updated here) or the
+/// environment lacks as 32 random bytes in hex, and says so; creates `.env` 0600, and
+/// narrows an existing one to 0600 when it gains a secret.
+pub fn ensure_generated(
+    cage_dir: &Path,
+    names: &[String],
+    vars: &mut BTreeMap<String, String>,
+) -> Result<()> {
+    let missing: Vec<&String> = names
         .iter()
-        .filter(|n| !existing.contains_key(*n) && std::env::var_os(n).is_none())
-        .cloned()
+        .filter(|n| !vars.contains_key(*n) && std::env::var_os(n).is_none())
         .collect();
     if missing.is_empty() {
-        return Ok(missing);
+        return Ok(());
     }
     let file = path(cage_dir);
     let mut lines = String::new();
@@ -54,8 +56,11 @@ pub fn ensure_generated(cage_dir: &Path, names: &[String]) -> Result<Vec<String>
     if !old.is_empty() && !old.ends_with(b"\n") {
         lines.push('\n');
     }
-    for n in &missing {
-        lines.push_str(&format!("{n}={}\n", random_hex(32)?));
+    let mut generated = Vec::new();
+    for n in missing {
+        let value = random_hex(32)?;
+        lines.push_str(&format!("{n}={value}\n"));
+        generated.push((n.clone(), value));
     }
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -80,5 +85,12 @@ pub fn ensure_generated(cage_dir: &Path, names: &[String]) -> Result<Vec<String>
     }
     f.write_all(lines.as_bytes())
         .with_context(|| format!("writing {}", file.display()))?;
-    Ok(missing)
+    for (name, value) in generated {
+        eprintln!(
+            "cagerun: generated {name} in {} (mode 0600)",
+            file.display()
+        );
+        vars.insert(name, value);
+    }
+    Ok(())
 }

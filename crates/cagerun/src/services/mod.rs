@@ -97,10 +97,10 @@ pub fn up(args: UpArgs) -> Result<i32> {
     // The first-run steps happen in the `up` the user started; the supervisor it detaches
     // (`--ready-fd`) finds them done.
     let first = args.ready_fd.is_none();
-    let (cage, created) = if first {
+    let cage = if first {
         crate::bundle::load_cage_generating(&args.cage.config)?
     } else {
-        (crate::bundle::load_cage(&args.cage.config)?, Vec::new())
+        crate::bundle::load_cage(&args.cage.config)?
     };
     let paths = CagePaths::new(&args.cage.config, cage.name.as_deref())?;
     if control::request(&paths, &control::Request::Ps).is_ok() {
@@ -116,12 +116,6 @@ pub fn up(args: UpArgs) -> Result<i32> {
         );
     }
     if first {
-        for name in &created {
-            eprintln!(
-                "cagerun: generated {name} in {} (mode 0600)",
-                dotenv::path(&paths.cage_dir).display()
-            );
-        }
         let started: Vec<&cage_spec::cage::Service> =
             cage.services.iter().filter(|s| !s.on_demand).collect();
         setup::pull_images(&paths, &started, &args.store)?;
@@ -484,14 +478,8 @@ pub struct RunArgs {
 
 /// `cagerun run SVC -- ARGS`: one-shot, attached to this terminal, no network.
 pub fn run(args: RunArgs) -> Result<i32> {
-    let (cage, created) = crate::bundle::load_cage_generating(&args.cage.config)?;
+    let cage = crate::bundle::load_cage_generating(&args.cage.config)?;
     let paths = CagePaths::new(&args.cage.config, cage.name.as_deref())?;
-    for name in &created {
-        eprintln!(
-            "cagerun: generated {name} in {} (mode 0600)",
-            dotenv::path(&paths.cage_dir).display()
-        );
-    }
     let service = crate::bundle::find_service(&cage, &args.service, &paths.config)?;
     setup::run_job(&paths, service, &args.args, &args.store, true)
 }

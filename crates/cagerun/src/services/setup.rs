@@ -17,10 +17,6 @@ fn step(message: &str) {
     eprintln!("cagerun: {message}");
 }
 
-fn rootfs_dir(paths: &CagePaths) -> PathBuf {
-    paths.cage_dir.join("rootfs")
-}
-
 /// The marker a finished `once` job leaves (removed by `down --volumes`).
 pub fn once_marker(paths: &CagePaths, name: &str) -> PathBuf {
     paths.cage_dir.join(".cagerun/once").join(name)
@@ -37,7 +33,7 @@ pub fn pull_images(
         let ServiceRoot::Image(reference) = &s.root else {
             continue;
         };
-        let target = rootfs_dir(paths).join(crate::image::default_name(reference));
+        let target = paths.rootfs().join(crate::image::default_name(reference));
         if target.exists() {
             continue;
         }
@@ -122,7 +118,7 @@ pub fn run_job(
     };
     let mut spec = crate::bundle::render_service(
         &paths.config,
-        &rootfs_dir(paths),
+        &paths.rootfs(),
         store.as_ref(),
         service,
         &command,
@@ -133,13 +129,5 @@ pub fn run_job(
     if let Some(p) = spec.process_mut() {
         p.set_terminal(Some(tty));
     }
-    let plan = cage_sandbox::Plan::from_spec(&spec, std::path::Path::new("/"))?;
-    let outcome = cage_sandbox::run(
-        &plan,
-        &cage_sandbox::RunOptions {
-            interactive: attach,
-            timeout: None,
-        },
-    )?;
-    Ok(outcome.code())
+    crate::exec::run_spec(&spec, attach)
 }

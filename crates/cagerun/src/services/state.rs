@@ -95,6 +95,10 @@ impl CagePaths {
     pub fn log(&self, svc: &str) -> PathBuf {
         self.logs().join(format!("{svc}.log"))
     }
+    /// Unpacked images of the cage's services (`rootfs/NAME`).
+    pub fn rootfs(&self) -> PathBuf {
+        self.cage_dir.join("rootfs")
+    }
     pub fn volumes(&self) -> PathBuf {
         self.cage_dir.join(".cagerun/volumes")
     }

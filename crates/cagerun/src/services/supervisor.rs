@@ -224,7 +224,7 @@ pub fn prepare(
     } else {
         None
     };
-    let rootfs_dir = paths.cage_dir.join("rootfs");
+    let rootfs_dir = paths.rootfs();
     let mut specs = BTreeMap::new();
     for s in &cage.services {
         let spec =
