@@ -101,6 +101,19 @@ struct ServiceFile {
     once: bool,
     #[serde(default)]
     on_demand: bool,
+    sandboxes: Option<Spanned<SandboxesFile>>,
+}
+
+/// `[services.NAME.sandboxes]`: the service may ask for tool sandboxes with the docker CLI
+/// (a `docker` shim on its PATH talks to the supervisor's broker).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SandboxesFile {
+    /// Image names the service may ask for → the tree each runs from: a directory (relative
+    /// to the cage) or "host".
+    images: BTreeMap<String, String>,
+    memory: Option<String>,
+    pids: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,6 +243,19 @@ pub struct Service {
     pub once: bool,
     /// Never started by `up`; run one-shot by `cagerun run NAME -- ARGS` (e.g. a CLI).
     pub on_demand: bool,
+    /// Tool sandboxes this service may ask for through its `docker` shim.
+    pub sandboxes: Option<Sandboxes>,
+}
+
+/// The broker's policy for one service's sandboxes; everything else about a sandbox
+/// (network none, read-only root, no capabilities, seccomp) is not configurable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sandboxes {
+    /// (image name as the service asks for it, tree: a directory relative to the cage or "host")
+    pub images: Vec<(String, String)>,
+    /// Caps on what a `create` may ask for (and the values when it asks for none).
+    pub memory: u64,
+    pub pids: i64,
 }
 
 impl Service {
@@ -443,6 +469,56 @@ pub fn parse_cage(file: &str, text: &str) -> Result<Cage, CageError> {
                 healthy,
             });
         }
+        let sandboxes = match &s.sandboxes {
+            None => None,
+            Some(sb) => {
+                let sp = Some(sb.span());
+                let f = sb.get_ref();
+                if s.once || s.on_demand {
+                    return Err(err(
+                        sp,
+                        &key("sandboxes"),
+                        "only a service (not a one-shot job) can have sandboxes".into(),
+                    ));
+                }
+                if f.images.is_empty() {
+                    return Err(err(sp, &key("sandboxes.images"), "name at least one image: { \"NAME:TAG\" = \"DIR\" } (DIR relative to the cage, or \"host\")".into()));
+                }
+                if let Some((n, _)) = f
+                    .images
+                    .iter()
+                    .find(|(n, t)| n.is_empty() || n.contains(char::is_whitespace) || t.is_empty())
+                {
+                    return Err(err(
+                        sp,
+                        &key("sandboxes.images"),
+                        format!("{n:?}: an image name and a directory (or \"host\")"),
+                    ));
+                }
+                let memory = match &f.memory {
+                    Some(m) => parse_size(m)
+                        .map_err(|e| err(sp.clone(), &key("sandboxes.memory"), e.to_string()))?,
+                    None => 1 << 30,
+                };
+                let pids = f.pids.unwrap_or(256);
+                if pids <= 0 {
+                    return Err(err(
+                        sp,
+                        &key("sandboxes.pids"),
+                        format!("{pids}: a positive number"),
+                    ));
+                }
+                Some(Sandboxes {
+                    images: f
+                        .images
+                        .iter()
+                        .map(|(a, b)| (a.clone(), b.clone()))
+                        .collect(),
+                    memory,
+                    pids,
+                })
+            }
+        };
         let restart = match s.restart.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
             None | Some(("no", _)) => Restart::No,
             Some(("on-failure", _)) => Restart::OnFailure,
@@ -575,6 +651,7 @@ pub fn parse_cage(file: &str, text: &str) -> Result<Cage, CageError> {
             gpu: s.gpu,
             once: s.once,
             on_demand: s.on_demand,
+            sandboxes,
         });
     }
     // One-shot jobs: no ports, health or restarts; the supervisor never waits on them.

@@ -316,6 +316,8 @@ pub struct BrokerPolicy {
 /// A bind the sandbox gets: a host path, where it appears, and whether read-only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bind {
+    /// The source as the gateway named it (what `inspect` reports back).
+    pub source: String,
     pub host: String,
     pub inside: String,
     pub read_only: bool,
@@ -335,6 +337,12 @@ pub struct SandboxShape {
     pub memory: u64,
     pub pids: i64,
     pub command: Vec<String>,
+    /// `--user` as given (resolved against the image when a sandbox runs; never root).
+    pub user: Option<String>,
+    pub image: String,
+    /// `-e` values of the create (its `--env-file` contents come from the shim).
+    pub env: Vec<String>,
+    pub env_files: Vec<String>,
 }
 
 fn clean_path(p: &str) -> bool {
@@ -446,16 +454,14 @@ pub fn judge_create(c: &Create, policy: &BrokerPolicy) -> Result<SandboxShape, D
             )));
         };
         binds.push(Bind {
+            source: src.to_string(),
             host,
             inside: dst.to_string(),
             read_only: gateway_ro || opts.contains(&"ro"),
         });
     }
     for t in &c.tmpfs {
-        let dst = t.split(':').next().unwrap_or_default();
-        if !clean_path(dst) {
-            return Err(daemon(format!("invalid tmpfs mount: '{t}'")));
-        }
+        tmpfs_mount(t)?;
     }
     let memory = match &c.memory {
         None => policy.max_memory,
@@ -482,6 +488,152 @@ pub fn judge_create(c: &Create, policy: &BrokerPolicy) -> Result<SandboxShape, D
         memory,
         pids,
         command: c.command.clone(),
+        user: c.user.clone(),
+        image: c.image.clone(),
+        env: c.env.clone(),
+        env_files: c.env_files.clone(),
+    })
+}
+
+/// Default size of a `--tmpfs` that names none (it counts toward the sandbox's memory).
+pub const TMPFS_DEFAULT_SIZE: u64 = 64 << 20;
+
+/// `--tmpfs DST[:OPTIONS]`: where, and its size. Options beyond size, mode and the flags
+/// every sandbox mount has anyway are refused (`exec` included: tmpfs stays noexec-free
+/// like docker's, but nothing else is the gateway's to choose).
+pub fn tmpfs_mount(t: &str) -> Result<(String, u64), DockerError> {
+    let (dst, opts) = t.split_once(':').unwrap_or((t, ""));
+    if !clean_path(dst) || dst == "/" {
+        return Err(daemon(format!("invalid tmpfs mount: '{t}'")));
+    }
+    let mut size = TMPFS_DEFAULT_SIZE;
+    for o in opts.split(',').filter(|o| !o.is_empty()) {
+        match o.split_once('=') {
+            Some(("size", v)) => {
+                size = crate::size::parse_size(v)
+                    .map_err(|_| daemon(format!("invalid tmpfs size in '{t}'")))?
+            }
+            Some(("mode", _)) => {}
+            None if matches!(o, "rw" | "nosuid" | "nodev" | "noexec" | "exec") => {}
+            _ => {
+                return Err(daemon(format!(
+                    "tmpfs option {o:?} in '{t}' is not allowed in a cagerun sandbox"
+                )))
+            }
+        }
+    }
+    Ok((dst.to_string(), size))
+}
+
+/// What one `exec` of a created sandbox runs: the shape, the command, its environment
+/// (the create's, then the exec's; later wins) and the user resolved against the image.
+pub struct ExecPlan<'a> {
+    pub shape: &'a SandboxShape,
+    pub exec: &'a Exec,
+    pub env: Vec<(String, String)>,
+    pub rootfs: crate::RootfsSource,
+    pub user: crate::sandbox::IdPair,
+    pub hostname: String,
+}
+
+/// The sandbox request for one `exec`: a fresh sandbox of the created shape. The hardening
+/// is the sandbox renderer's (network none, read-only root, no capabilities, seccomp).
+pub fn exec_request(p: ExecPlan<'_>) -> Result<crate::SandboxRequest, DockerError> {
+    if p.user.uid == 0 {
+        return Err(daemon("--user root is not allowed in a cagerun sandbox"));
+    }
+    let mut req = crate::SandboxRequest::new(p.exec.command.clone(), p.rootfs);
+    req.user = p.user;
+    req.env = p.env;
+    req.cwd = p.exec.workdir.clone().or_else(|| p.shape.workdir.clone());
+    req.memory = Some(p.shape.memory);
+    req.pids = Some(p.shape.pids);
+    req.terminal = p.exec.tty;
+    req.hostname = Some(p.hostname);
+    for b in &p.shape.binds {
+        req.extra_mounts.push(crate::sandbox::ExtraMount::Bind {
+            src: b.host.clone().into(),
+            dst: b.inside.clone(),
+            ro: b.read_only,
+        });
+    }
+    for t in &p.shape.tmpfs {
+        let (dst, size) = tmpfs_mount(t)?;
+        req.extra_mounts
+            .push(crate::sandbox::ExtraMount::Tmpfs { dst, size });
+    }
+    Ok(req)
+}
+
+/// The broker's `inspect` document of a created sandbox: the fields OpenClaw reads, in
+/// docker's names. Mount sources are the gateway's paths, as it asked for them.
+pub fn inspect_document(
+    id: &str,
+    shape: &SandboxShape,
+    running: bool,
+    env: &[(String, String)],
+    created: &str,
+) -> serde_json::Value {
+    use serde_json::{json, Map, Value};
+    let labels: Map<String, Value> = shape
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    let tmpfs: Map<String, Value> = shape
+        .tmpfs
+        .iter()
+        .map(|t| {
+            let (dst, opts) = t.split_once(':').unwrap_or((t, ""));
+            (dst.to_string(), Value::String(opts.to_string()))
+        })
+        .collect();
+    let mounts: Vec<Value> = shape
+        .binds
+        .iter()
+        .map(|b| {
+            json!({
+                "Type": "bind",
+                "Source": b.source,
+                "Destination": b.inside,
+                "Mode": if b.read_only { "ro" } else { "" },
+                "RW": !b.read_only,
+                "Propagation": "rprivate",
+            })
+        })
+        .collect();
+    let name = shape.name.clone().unwrap_or_else(|| id[..12].to_string());
+    json!({
+        "Id": id,
+        "ID": id,
+        "Name": format!("/{name}"),
+        "Created": created,
+        "Image": shape.image,
+        "State": {
+            "Status": if running { "running" } else { "created" },
+            "Running": running,
+            "Paused": false,
+            "ExitCode": 0,
+        },
+        "Config": {
+            "Hostname": &id[..12],
+            "User": shape.user.clone().unwrap_or_default(),
+            "Env": env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+            "Cmd": shape.command,
+            "Image": shape.image,
+            "WorkingDir": shape.workdir.clone().unwrap_or_default(),
+            "Labels": labels,
+        },
+        "HostConfig": {
+            "NetworkMode": "none",
+            "ReadonlyRootfs": true,
+            "Tmpfs": tmpfs,
+            "Memory": shape.memory,
+            "PidsLimit": shape.pids,
+            "CapDrop": ["ALL"],
+            "SecurityOpt": ["no-new-privileges"],
+        },
+        "Mounts": mounts,
     })
 }
 
@@ -585,11 +737,13 @@ mod tests {
             s.binds,
             [
                 Bind {
+                    source: "/workspace".into(),
                     host: "/cage/workspace".into(),
                     inside: "/workspace".into(),
                     read_only: false
                 },
                 Bind {
+                    source: "/state/sandbox/skills/main".into(),
                     host: "/cage/.cagerun/volumes/state/sandbox/skills/main".into(),
                     inside: "/workspace/.openclaw/sandbox-skills/skills".into(),
                     read_only: true

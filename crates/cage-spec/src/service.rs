@@ -25,6 +25,16 @@ pub struct Wiring {
     /// An init to run as pid 1 in front of the command: (host binary, path inside, its
     /// arguments before the command). Bound read-only.
     pub init: Option<(PathBuf, String, Vec<String>)>,
+    /// The sandbox broker's directory (its socket) and the shim binary, for a service with
+    /// sandboxes: the directory is bound at `inside`, the shim at `inside/docker`, and
+    /// `inside` goes first on PATH (OpenClaw finds `docker` there).
+    pub broker: Option<BrokerWiring>,
+}
+
+pub struct BrokerWiring {
+    pub dir: PathBuf,
+    pub inside: String,
+    pub shim: PathBuf,
 }
 
 /// What the caller must create in [`Wiring::host_root_dir`] before the engine starts: the
@@ -101,6 +111,41 @@ pub fn wire_service(
             args.extend(init_args.iter().cloned());
             args.extend(process.args().clone().unwrap_or_default());
             process.set_args(Some(args));
+            spec.set_process(Some(process));
+        }
+    }
+
+    if let Some(b) = &wiring.broker {
+        mounts.push(
+            MountBuilder::default()
+                .destination(&b.inside)
+                .typ("bind")
+                .source(b.dir.clone())
+                .options(
+                    ["bind", "ro", "nosuid", "nodev", "noexec"]
+                        .map(String::from)
+                        .to_vec(),
+                )
+                .build()?,
+        );
+        mounts.push(
+            MountBuilder::default()
+                .destination(format!("{}/docker", b.inside))
+                .typ("bind")
+                .source(b.shim.clone())
+                .options(["bind", "ro", "nosuid", "nodev"].map(String::from).to_vec())
+                .build()?,
+        );
+        if let Some(mut process) = spec.process().clone() {
+            let mut env = process.env().clone().unwrap_or_default();
+            match env.iter_mut().find(|e| e.starts_with("PATH=")) {
+                Some(path) => *path = format!("PATH={}:{}", b.inside, &path[5..]),
+                None => env.push(format!(
+                    "PATH={}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    b.inside
+                )),
+            }
+            process.set_env(Some(env));
             spec.set_process(Some(process));
         }
     }

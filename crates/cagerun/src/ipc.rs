@@ -80,3 +80,47 @@ pub fn call(sock: &impl AsRawFd, request: &str) -> Result<(String, Option<OwnedF
         None => bail!("the network holder is gone"),
     }
 }
+
+/// One message with several descriptors (the docker shim's stdin, stdout and stderr).
+pub fn send_fds(sock: &impl AsRawFd, bytes: &[u8], fds: &[RawFd]) -> Result<()> {
+    let iov = [IoSlice::new(bytes)];
+    let cmsgs = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsgs };
+    sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
+        .context("sending a message")?;
+    Ok(())
+}
+
+/// The next message of at most `max` bytes with up to 3 descriptors; None when the peer is
+/// gone. A longer message is an error (SOCK_SEQPACKET would cut it).
+pub fn recv_fds(sock: &impl AsRawFd, max: usize) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+    let mut buf = vec![0u8; max + 1];
+    let mut cmsg = nix::cmsg_space!([RawFd; 3]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .context("receiving a message")?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().context("reading control messages")? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: the kernel just installed these descriptors for us.
+            fds.extend(raw.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
+        }
+    }
+    let n = msg.bytes;
+    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+        bail!("a message carried more descriptors than expected");
+    }
+    if n == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    if n > max {
+        bail!("a message over {max} bytes");
+    }
+    buf.truncate(n);
+    Ok(Some((buf, fds)))
+}

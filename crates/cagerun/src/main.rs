@@ -14,6 +14,7 @@ mod ipc;
 mod model;
 mod monitor;
 mod services;
+mod shim;
 
 use std::process::ExitCode;
 
@@ -107,6 +108,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Inside a service with sandboxes, this binary is also its `docker` (the broker's shim).
+    if shim::invoked_as_docker() {
+        return ExitCode::from(shim::main().clamp(0, 255) as u8);
+    }
     // `cagerun exec SVC -- CMD` (into a running service) beside `cagerun exec [FLAGS] -- CMD`.
     let argv: Vec<String> = std::env::args().collect();
     if let Some((config, service, command)) = services::enter::parse(&argv) {

@@ -1,6 +1,7 @@
 //! The compose half of cagerun: `up`, `down`, `ps`, `logs`, `restart` for the services of a
 //! cage's config/cage.toml.
 
+pub mod broker;
 pub mod cgroup;
 pub mod control;
 pub mod dotenv;

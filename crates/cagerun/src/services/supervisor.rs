@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use cage_net::topology;
 use cage_sandbox::plan::IdMap;
 use cage_spec::cage::{Cage, HealthProbe, Restart, Service};
-use cage_spec::service::{wire_service, HostRoot, Wiring};
+use cage_spec::service::{wire_service, BrokerWiring, HostRoot, Wiring};
 use tokio::sync::{mpsc, Notify};
 
 use super::cgroup::{self, CageCgroup};
@@ -43,6 +43,7 @@ pub struct Supervisor {
     cgroup: CageCgroup,
     /// The host ids of the cage's root, when they are not the caller's (as root).
     owner: Option<(u32, u32)>,
+    brokers: Mutex<Vec<Arc<super::broker::Broker>>>,
 }
 
 struct Svc {
@@ -168,6 +169,8 @@ pub struct Prepared {
     pub specs: BTreeMap<String, oci_spec::runtime::Spec>,
     /// (service, the bound host listener, the service's port)
     pub listeners: Vec<(String, std::net::TcpListener, u16)>,
+    /// The sandbox brokers' policies, one per service with sandboxes.
+    pub brokers: Vec<super::broker::Setup>,
 }
 
 pub fn prepare(
@@ -232,6 +235,19 @@ pub fn prepare(
                 .with_context(|| format!("service {}", s.name))?;
         specs.insert(s.name.clone(), spec);
     }
+    let mut brokers = Vec::new();
+    let cage_dir = crate::bundle::cage_dir(&paths.config);
+    for s in &cage.services {
+        if s.sandboxes.is_some()
+            && !matches!(s.root, cage_spec::cage::ServiceRoot::Host)
+            && !crate::init::self_is_static(&super::self_exe()?)
+        {
+            bail!("service {}: its docker shim is this cagerun binary, which must be static to run in an image (scripts/install builds one)", s.name);
+        }
+        if let Some(b) = super::broker::setup(&cage_dir, s, &specs[&s.name])? {
+            brokers.push(b);
+        }
+    }
     // Ports last: a port in use is reported before anything starts, and nothing is left.
     let mut listeners = Vec::new();
     for s in &cage.services {
@@ -252,6 +268,7 @@ pub fn prepare(
         cage,
         specs,
         listeners,
+        brokers,
     })
 }
 
@@ -260,6 +277,7 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
         cage,
         specs,
         listeners,
+        brokers,
     } = prepared;
     paths.create_runtime()?;
     let mut record = Record {
@@ -361,10 +379,15 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
         holder,
         cgroup: cg,
         owner,
+        brokers: Mutex::new(Vec::new()),
     });
 
     // Networks and bundles for every service before the first one starts.
     let wiring = async {
+        for b in brokers {
+            let broker = super::broker::Broker::start(b, &sup.paths.runtime, super::self_exe()?)?;
+            sup.brokers.lock().unwrap().push(broker);
+        }
         for name in &sup.order {
             let svc = &sup.services[name];
             let addr = topology::service_address(subnet, svc.slot)?;
@@ -382,6 +405,11 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
                     hosts_file: dir.join("hosts"),
                     host_root_dir: dir.join("root"),
                     init: init_for(&svc.service)?,
+                    broker: svc.service.sandboxes.as_ref().map(|_| BrokerWiring {
+                        dir: super::broker::service_dir(&sup.paths.runtime, name),
+                        inside: crate::shim::BROKER_DIR.to_string(),
+                        shim: super::self_exe().unwrap_or_default(),
+                    }),
                 },
             )?;
             if let Some(hr) = host_root {
@@ -576,6 +604,9 @@ impl Supervisor {
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+        }
+        for b in self.brokers.lock().unwrap().iter() {
+            b.shutdown();
         }
         let rec = self.record.lock().unwrap().clone();
         for p in rec.containers.iter().chain(rec.monitors.iter()) {
