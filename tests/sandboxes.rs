@@ -103,7 +103,11 @@ fn every_tool_command_runs_in_a_fresh_sandbox_with_the_shims_stdio() {
         let mut l = r.stdout.lines();
         assert_eq!(l.next(), Some("gw"));
         let gw_ifaces: usize = l.next().unwrap().parse().unwrap();
-        assert!(gw_ifaces >= 2, "the gateway has lo and its veth: {}", r.stdout);
+        assert!(
+            gw_ifaces >= 2,
+            "the gateway has lo and its veth: {}",
+            r.stdout
+        );
         assert_eq!(l.next(), Some("/dev/.cagerun/docker"), "{}", r.stdout);
 
         let script = format!(
@@ -229,7 +233,11 @@ fn the_broker_refuses_what_the_gateway_may_not_ask_for_and_starts_nothing() {
         ("outside the workspace", "-v /opt:/workspace/opt", image),
         ("the gateway's own tmp", "-v /tmp:/workspace/t", image),
         ("a climb out", "-v /workspace/../etc:/workspace/e", image),
-        ("a read-only gateway mount", "-v /skills:/workspace/s", image),
+        (
+            "a read-only gateway mount",
+            "-v /skills:/workspace/s",
+            image,
+        ),
         ("an unknown flag", "--pid host", image),
         ("an image not in the cage", "", "docker.io/library/alpine:3"),
     ];

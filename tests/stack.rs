@@ -54,12 +54,27 @@ fn assets() -> Assets {
 
 /// A raw HTTP/1.0 request to the host's 127.0.0.1:port: (status, body).
 fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    http_body(
+        port,
+        method,
+        path,
+        token,
+        if method == "POST" { "{}" } else { "" },
+    )
+}
+
+fn http_body(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the gateway");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    let body = if method == "POST" { "{}" } else { "" };
     write!(
         s,
         "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -227,6 +242,23 @@ fn clawbot_stack_up_serves_an_agent_turn_stays_caged_and_comes_back_the_same() {
             .unwrap_or("");
         assert!(text.len() > 4, "the model's answer is in the reply: {out}");
         assert!(out.contains("\"winnerModel\": \"smollm2\""), "{out}");
+
+        // The gateway's `docker` is cagerun's shim, and its broker answers for the image the
+        // cage provides (tests/sandboxes.rs drives the whole create/exec/rm cycle).
+        let r = cage.cagerun(&[
+            "exec",
+            "gateway",
+            "--",
+            "sh",
+            "-c",
+            "command -v docker; docker image inspect openclaw-sandbox:bookworm-slim >/dev/null && echo image-ok",
+        ]);
+        assert_eq!(
+            r.stdout.lines().collect::<Vec<_>>(),
+            ["/dev/.cagerun/docker", "image-ok"],
+            "{}",
+            r.stderr
+        );
 
         // Inside the gateway: the root and the config are read-only (a tmpfs is writable:
         // the probe works); the model answers by name; the host's 127.0.0.1 does not.
