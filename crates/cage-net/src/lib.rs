@@ -11,6 +11,7 @@ pub mod error;
 pub mod hosts;
 pub mod netlink;
 pub mod netns;
+pub mod nft;
 pub mod topology;
 
 pub use error::{Error, Result};

@@ -131,4 +131,14 @@ impl Netlink {
             .block_on(self.handle.address().add(index, addr, prefix).execute())
             .map_err(nl(format!("adding {addr}/{prefix} to link {index}")))
     }
+
+    /// The default route of this namespace, via `gateway`.
+    pub fn add_default_route(&self, gateway: std::net::Ipv4Addr) -> Result<()> {
+        let route = rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .gateway(gateway)
+            .build();
+        self.rt
+            .block_on(self.handle.route().add(route).execute())
+            .map_err(nl(format!("adding the default route via {gateway}")))
+    }
 }

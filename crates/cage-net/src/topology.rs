@@ -45,6 +45,30 @@ pub fn peer_veth(slot: usize) -> String {
     format!("vp{slot}")
 }
 
+/// The router's interface out of the cage (slirp4netns's tap rootless, a veth to the host
+/// as root), inside the router namespace.
+pub const UPLINK_IFACE: &str = "uplink";
+
+/// As root, the uplink veth's /30 in 10.88.0.0/16: the host's end (.1), the router's (.2).
+/// One per cage subnet, so two cages never share one.
+pub fn uplink_host_address(subnet: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 88, subnet, 1)
+}
+pub fn uplink_router_address(subnet: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 88, subnet, 2)
+}
+pub const UPLINK_PREFIX: u8 = 30;
+
+/// The host-side name of a cage's uplink veth as root (in the host's namespace: it carries
+/// the subnet so cages side by side differ).
+pub fn uplink_host_veth(subnet: u8) -> String {
+    format!("cagerun{subnet}")
+}
+
+/// slirp4netns's fixed addresses: its gateway (which is also the host's loopback) and DNS.
+pub const SLIRP_HOST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+pub const SLIRP_DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,9 @@
 //! the bridge, answered `ok FD` with the namespace's descriptor attached (FD names it in later
 //! requests); `connect FD PORT` →
 //! a TCP socket connecting to 127.0.0.1:PORT inside it (non-blocking, in progress), passed back;
-//! `drop FD`.
+//! `drop FD`; `internet ADDR...` → exactly these service addresses may use the uplink (none:
+//! internet off); `uplink NAME ADDR PREFIX GATEWAY` → the uplink veth the supervisor moved in, renamed, its address and default route
+//! the supervisor moved in (as root).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
@@ -31,6 +33,10 @@ pub struct HolderArgs {
     /// The cage's id (only so that `ps` on the host says whose holder this is).
     #[arg(long)]
     cage: Option<String>,
+    /// Some service may get internet: the router forwards, and its nft table starts empty
+    /// (internet off) until `internet ADDR...`.
+    #[arg(long)]
+    internet: bool,
 }
 
 pub const CONTROL_FD: i32 = 3;
@@ -56,13 +62,28 @@ pub fn run(args: HolderArgs) -> Result<()> {
         topology::PREFIX,
     )?;
     nl.set_up(bridge)?;
+    if args.internet {
+        // This namespace's own sysctl: the host's forwarding is untouched.
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+            .context("enabling forwarding in the router namespace")?;
+        nft(&cage_net::nft::router_table(topology::UPLINK_IFACE))?;
+    }
     ipc::send(&ctl, "ready", None)?;
 
     let mut held: HashMap<i32, OwnedFd> = HashMap::new();
     while let Some((request, _)) = ipc::recv(&ctl)? {
         let words: Vec<&str> = request.split_whitespace().collect();
         let outcome = match words.as_slice() {
-            ["add", slot, addr] => add_service(&nl, &router, bridge, slot, addr).and_then(|ns| {
+            ["add", slot, addr, route @ ..] => add_service(
+                &nl,
+                &router,
+                bridge,
+                slot,
+                addr,
+                route == ["route"],
+                args.subnet,
+            )
+            .and_then(|ns| {
                 let fd = ns.as_raw_fd();
                 let copy = ns.try_clone()?;
                 held.insert(fd, ns);
@@ -77,6 +98,15 @@ pub fn run(args: HolderArgs) -> Result<()> {
                 }
                 _ => Err(anyhow::anyhow!("connect: no such namespace or bad port")),
             },
+            ["internet", addrs @ ..] => addrs
+                .iter()
+                .map(|a| a.parse::<Ipv4Addr>().context("bad address"))
+                .collect::<Result<Vec<_>>>()
+                .and_then(|a| nft(&cage_net::nft::router_internet(&a)))
+                .map(|_| ("ok".to_string(), None)),
+            ["uplink", name, addr, prefix, gateway] => {
+                uplink(&nl, name, addr, prefix, gateway).map(|_| ("ok".to_string(), None))
+            }
             ["drop", fd] => {
                 fd.parse::<i32>().ok().and_then(|f| held.remove(&f));
                 Ok(("ok".to_string(), None))
@@ -91,12 +121,32 @@ pub fn run(args: HolderArgs) -> Result<()> {
     Ok(())
 }
 
+/// Run an nft script in this (the router's) namespace.
+fn nft(script: &str) -> Result<()> {
+    crate::services::uplink::run_nft_as(script, true).context("in the router namespace")
+}
+
+/// The router's end of a veth the supervisor moved in (as root): address and default route.
+fn uplink(nl: &Netlink, name: &str, addr: &str, prefix: &str, gateway: &str) -> Result<()> {
+    let addr: Ipv4Addr = addr.parse().context("bad address")?;
+    let prefix: u8 = prefix.parse().context("bad prefix")?;
+    let gateway: Ipv4Addr = gateway.parse().context("bad gateway")?;
+    let link = nl.index(name)?;
+    nl.rename(link, topology::UPLINK_IFACE)?;
+    nl.add_address(link, IpAddr::V4(addr), prefix)?;
+    nl.set_up(link)?;
+    nl.add_default_route(gateway)?;
+    Ok(())
+}
+
 fn add_service(
     nl: &Netlink,
     router: &OwnedFd,
     bridge: u32,
     slot: &str,
     addr: &str,
+    route: bool,
+    subnet: u8,
 ) -> Result<OwnedFd> {
     let slot: usize = slot.parse().context("bad slot")?;
     let addr: Ipv4Addr = addr.parse().context("bad address")?;
@@ -113,6 +163,11 @@ fn add_service(
             inner.rename(eth, topology::SERVICE_IFACE)?;
             inner.add_address(eth, IpAddr::V4(addr), topology::PREFIX)?;
             inner.set_up(eth)?;
+            if route {
+                // An internet service routes through the router; whether anything passes
+                // is the router's nft set (internet on/off), not this route.
+                inner.add_default_route(topology::router_address(subnet))?;
+            }
             Ok(())
         })?;
         Ok(())

@@ -87,6 +87,9 @@ enum Command {
     Logs(services::LogsArgs),
     /// Restart one service of a running cage.
     Restart(services::RestartArgs),
+    /// Internet mode, live: `on` gives services with `internet = true` a way out through the
+    /// cage's NAT uplink, `off` takes it away (and cuts live connections).
+    Internet(services::InternetArgs),
     /// Run a one-shot job of the cage (an `on_demand` or `once` service) with ARGS appended
     /// to its command: attached to this terminal, in the sandbox engine, no network.
     Run(services::RunArgs),
@@ -156,6 +159,7 @@ fn main() -> ExitCode {
         Command::Ps(args) => services::ps(args),
         Command::Logs(args) => services::logs(args),
         Command::Restart(args) => services::restart(args),
+        Command::Internet(args) => services::internet(args),
         Command::Run(args) => services::run(args),
         Command::Cli(args) => services::cli(args),
         Command::Holder(args) => holder::run(args).map(|()| 0),

@@ -19,7 +19,21 @@ use super::Status;
 pub enum Request {
     Ps,
     Down,
-    Restart { service: String },
+    Restart {
+        service: String,
+    },
+    /// Some(on) switches internet mode; None asks.
+    Internet {
+        on: Option<bool>,
+    },
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, Default, Clone)]
+pub struct InternetStatus {
+    pub on: bool,
+    pub services: Vec<String>,
+    pub uplink: String,
+    pub host_loopback: String,
 }
 
 #[derive(serde::Serialize, serde::Deserialize, Debug, Default)]
@@ -28,6 +42,7 @@ pub struct Reply {
     pub error: Option<String>,
     pub services: Option<Vec<Status>>,
     pub cgroup: Option<String>,
+    pub internet: Option<InternetStatus>,
 }
 
 pub fn request(paths: &CagePaths, req: &Request) -> Result<Reply> {
@@ -74,6 +89,24 @@ pub fn serve(sup: Arc<Supervisor>) -> Result<tokio::task::JoinHandle<()>> {
                             services: Some(services),
                             cgroup: Some(sup.cgroup_path()),
                             ..Default::default()
+                        }
+                    }
+                    Ok(Request::Internet { on }) => {
+                        let result = match on {
+                            Some(on) => sup.set_internet(on).await,
+                            None => Ok(()),
+                        };
+                        match result {
+                            Ok(()) => Reply {
+                                ok: true,
+                                internet: Some(sup.internet_status()),
+                                ..Default::default()
+                            },
+                            Err(e) => Reply {
+                                ok: false,
+                                error: Some(format!("{e:#}")),
+                                ..Default::default()
+                            },
                         }
                     }
                     Ok(Request::Restart { service }) => match sup.restart(&service) {

@@ -46,11 +46,20 @@ pub fn pass_fds(cmd: &mut Command, fds: &[i32]) {
     }
 }
 
-pub fn spawn(cage: &str, subnet: u8, uid_map: &[IdMap], gid_map: &[IdMap]) -> Result<Arc<Holder>> {
+pub fn spawn(
+    cage: &str,
+    subnet: u8,
+    internet: bool,
+    uid_map: &[IdMap],
+    gid_map: &[IdMap],
+) -> Result<Arc<Holder>> {
     let (ours, theirs) = ipc::pair()?;
     let mut cmd = Command::new(crate::services::self_exe()?);
     cmd.args(["holder", "--subnet", &subnet.to_string(), "--cage", cage])
         .stdin(Stdio::null());
+    if internet {
+        cmd.arg("--internet");
+    }
     pass_fd_as_3(&mut cmd, &theirs);
     let child = cmd.spawn().context("starting the network holder")?;
     drop(theirs);
@@ -91,8 +100,14 @@ impl Holder {
     /// A service network namespace: the holder's name for it, and a descriptor of it (which
     /// monitors pass to libcontainer as `/proc/self/fd/N`: opening another process's fd
     /// link would need ptrace rights over the holder).
-    pub fn add_service(&self, slot: usize, addr: std::net::Ipv4Addr) -> Result<(i32, OwnedFd)> {
-        let (name, fd) = self.call(&format!("add {slot} {addr}"))?;
+    pub fn add_service(
+        &self,
+        slot: usize,
+        addr: std::net::Ipv4Addr,
+        internet: bool,
+    ) -> Result<(i32, OwnedFd)> {
+        let route = if internet { " route" } else { "" };
+        let (name, fd) = self.call(&format!("add {slot} {addr}{route}"))?;
         Ok((
             name.parse().context("holder answered no name")?,
             fd.context("holder passed no namespace")?,
@@ -103,5 +118,24 @@ impl Holder {
     pub fn connect(&self, netns_fd: i32, port: u16) -> Result<OwnedFd> {
         let (_, fd) = self.call(&format!("connect {netns_fd} {port}"))?;
         fd.context("holder passed no socket")
+    }
+
+    /// Exactly these service addresses may use the uplink (empty: internet off).
+    pub fn set_internet(&self, addrs: &[std::net::Ipv4Addr]) -> Result<()> {
+        let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+        self.call(&format!("internet {}", list.join(" ")))?;
+        Ok(())
+    }
+
+    /// Configure the router's end of the uplink veth (as root).
+    pub fn configure_uplink(
+        &self,
+        name: &str,
+        addr: std::net::Ipv4Addr,
+        prefix: u8,
+        gateway: std::net::Ipv4Addr,
+    ) -> Result<()> {
+        self.call(&format!("uplink {name} {addr} {prefix} {gateway}"))?;
+        Ok(())
     }
 }

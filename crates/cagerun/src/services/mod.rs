@@ -12,6 +12,7 @@ pub mod holder_client;
 pub mod setup;
 pub mod state;
 pub mod supervisor;
+pub mod uplink;
 
 use std::io::{BufRead, Read, Seek, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -87,6 +88,10 @@ pub struct UpArgs {
     cage: CageArg,
     #[command(flatten)]
     store: crate::image::StoreArg,
+    /// Start with internet mode on: services with `internet = true` reach out through the
+    /// cage's NAT uplink (`cagerun internet off` turns it off, live).
+    #[arg(long)]
+    internet: bool,
     /// (internal) a descriptor to write "ready" to.
     #[arg(long, hide = true)]
     ready_fd: Option<i32>,
@@ -134,7 +139,8 @@ pub fn up(args: UpArgs) -> Result<i32> {
         return Ok(0);
     }
     let dashboard = cage.dashboard.clone();
-    let prepared = supervisor::prepare(&paths, cage, &args.services, &args.store)?;
+    let mut prepared = supervisor::prepare(&paths, cage, &args.services, &args.store)?;
+    prepared.internet = args.internet;
     if let (Some(line), true) = (dashboard, first) {
         println!("{line}");
     }
@@ -207,6 +213,7 @@ fn detach(args: &UpArgs, paths: &CagePaths) -> Result<i32> {
         .arg(&paths.config)
         .arg("--ready-fd")
         .arg("3")
+        .args(args.internet.then_some("--internet"))
         .args(&args.services)
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
@@ -505,4 +512,34 @@ pub fn cli(args: CliArgs) -> Result<i32> {
         service: "cli".into(),
         args: args.args,
     })
+}
+
+#[derive(Args, Debug)]
+pub struct InternetArgs {
+    /// on | off (live, no restart); without it, say which it is.
+    #[arg(value_parser = ["on", "off"])]
+    state: Option<String>,
+    #[command(flatten)]
+    cage: CageArg,
+}
+
+/// `cagerun internet [on|off]`: services with `internet = true` get (or lose) their way out
+/// through the cage's NAT uplink; live connections are cut when it goes off.
+pub fn internet(args: InternetArgs) -> Result<i32> {
+    let (paths, _) = args.cage.paths()?;
+    let on = args.state.as_deref().map(|s| s == "on");
+    let reply = control::request(&paths, &control::Request::Internet { on })
+        .with_context(|| format!("cage {} is not up (`cagerun up`)", paths.id))?;
+    let st = reply.internet.unwrap_or_default();
+    if st.on {
+        println!(
+            "internet: on for {} (uplink: {}; the host's 127.0.0.1 is {} inside)",
+            st.services.join(", "),
+            st.uplink,
+            st.host_loopback
+        );
+    } else {
+        println!("internet: off");
+    }
+    Ok(0)
 }

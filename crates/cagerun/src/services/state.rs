@@ -192,6 +192,11 @@ pub struct Record {
     pub containers: Vec<Proc>,
     /// Every cgroup directory made for the cage (removed deepest first).
     pub cgroups: Vec<PathBuf>,
+    /// Internet mode's uplink: slirp4netns (rootless), or the host veth and nft table (root).
+    #[serde(default)]
+    pub uplink: Option<Proc>,
+    #[serde(default)]
+    pub host_uplink: Option<(String, String)>,
 }
 
 impl Record {

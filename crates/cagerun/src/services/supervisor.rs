@@ -44,6 +44,10 @@ pub struct Supervisor {
     /// The host ids of the cage's root, when they are not the caller's (as root).
     owner: Option<(u32, u32)>,
     brokers: Mutex<Vec<Arc<super::broker::Broker>>>,
+    subnet: u8,
+    /// Internet mode: on or off, and the uplink once it was first needed.
+    internet_on: AtomicBool,
+    uplink: Mutex<Option<super::uplink::Uplink>>,
 }
 
 struct Svc {
@@ -171,6 +175,8 @@ pub struct Prepared {
     pub listeners: Vec<(String, std::net::TcpListener, u16)>,
     /// The sandbox brokers' policies, one per service with sandboxes.
     pub brokers: Vec<super::broker::Setup>,
+    /// Internet mode on from the start (`up --internet`).
+    pub internet: bool,
 }
 
 pub fn prepare(
@@ -269,6 +275,7 @@ pub fn prepare(
         specs,
         listeners,
         brokers,
+        internet: false,
     })
 }
 
@@ -278,6 +285,7 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
         specs,
         listeners,
         brokers,
+        internet: internet_at_start,
     } = prepared;
     paths.create_runtime()?;
     let mut record = Record {
@@ -289,6 +297,7 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
     record.subnet = subnet;
     record.save(&paths)?;
 
+    let any_internet = cage.services.iter().any(|s| s.internet);
     let setup = async {
         let CageMaps {
             uid: umap,
@@ -308,7 +317,7 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
         }
         let cage_id = paths.id.clone();
         let holder = tokio::task::spawn_blocking(move || {
-            holder_client::spawn(&cage_id, subnet, &umap, &gmap)
+            holder_client::spawn(&cage_id, subnet, any_internet, &umap, &gmap)
         })
         .await??;
         record.holder = Proc::of(holder.pid());
@@ -380,6 +389,9 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
         cgroup: cg,
         owner,
         brokers: Mutex::new(Vec::new()),
+        subnet,
+        internet_on: AtomicBool::new(false),
+        uplink: Mutex::new(None),
     });
 
     // Networks and bundles for every service before the first one starts.
@@ -393,7 +405,9 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
             let addr = topology::service_address(subnet, svc.slot)?;
             let h = sup.holder.clone();
             let slot = svc.slot;
-            let (fd, ns) = tokio::task::spawn_blocking(move || h.add_service(slot, addr)).await??;
+            let internet = svc.service.internet;
+            let (fd, ns) =
+                tokio::task::spawn_blocking(move || h.add_service(slot, addr, internet)).await??;
             svc.netns_fd.store(fd, Ordering::Relaxed);
             *svc.netns.lock().unwrap() = Some(Arc::new(ns));
             let dir = sup.paths.service_dir(name);
@@ -430,6 +444,12 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
         return Err(e);
     }
 
+    if internet_at_start {
+        if let Err(e) = sup.set_internet(true).await {
+            sup.teardown().await;
+            return Err(e);
+        }
+    }
     let control = control::serve(sup.clone())?;
     for (name, l, port) in listeners {
         let l = tokio::net::TcpListener::from_std(l)?;
@@ -561,6 +581,75 @@ impl Supervisor {
             .collect()
     }
 
+    fn internet_services(&self) -> Vec<(String, std::net::Ipv4Addr)> {
+        self.order
+            .iter()
+            .filter(|n| self.services[*n].service.internet)
+            .filter_map(|n| {
+                topology::service_address(self.subnet, self.services[n].slot)
+                    .ok()
+                    .map(|a| (n.clone(), a))
+            })
+            .collect()
+    }
+
+    /// Internet mode on or off, live. On starts the uplink the first time; off empties the
+    /// router's set, which resets live connections (the uplink stays until `down`).
+    pub async fn set_internet(self: &Arc<Self>, on: bool) -> Result<()> {
+        let services = self.internet_services();
+        if on && services.is_empty() {
+            bail!("no service of this cage has `internet = true` (cage.toml): internet mode would change nothing");
+        }
+        if on && self.uplink.lock().unwrap().is_none() {
+            let sup = self.clone();
+            let uplink = tokio::task::spawn_blocking(move || {
+                if nix::unistd::geteuid().is_root() {
+                    super::uplink::start_veth(&sup.holder, sup.subnet, &sup.paths.id)
+                } else {
+                    super::uplink::start_slirp(sup.holder.pid())
+                }
+            })
+            .await??;
+            self.remember(|r| {
+                r.uplink = uplink.pid();
+                if let super::uplink::Uplink::Veth { host_veth, table } = &uplink {
+                    r.host_uplink = Some((host_veth.clone(), table.clone()));
+                }
+            });
+            *self.uplink.lock().unwrap() = Some(uplink);
+        }
+        let addrs: Vec<std::net::Ipv4Addr> = if on {
+            services.iter().map(|(_, a)| *a).collect()
+        } else {
+            Vec::new()
+        };
+        let h = self.holder.clone();
+        tokio::task::spawn_blocking(move || h.set_internet(&addrs)).await??;
+        self.internet_on.store(on, Ordering::SeqCst);
+        tracing::info!("internet {}", if on { "on" } else { "off" });
+        Ok(())
+    }
+
+    pub fn internet_status(&self) -> super::control::InternetStatus {
+        let uplink = self.uplink.lock().unwrap();
+        super::control::InternetStatus {
+            on: self.internet_on.load(Ordering::SeqCst),
+            services: self
+                .internet_services()
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect(),
+            uplink: uplink
+                .as_ref()
+                .map(|u| u.kind().to_string())
+                .unwrap_or_default(),
+            host_loopback: uplink
+                .as_ref()
+                .map(|u| u.host_loopback(self.subnet).to_string())
+                .unwrap_or_default(),
+        }
+    }
+
     pub fn cgroup_path(&self) -> String {
         self.cgroup.relative.display().to_string()
     }
@@ -607,6 +696,10 @@ impl Supervisor {
         }
         for b in self.brokers.lock().unwrap().iter() {
             b.shutdown();
+        }
+        let uplink = self.uplink.lock().unwrap().take();
+        if let Some(u) = uplink {
+            let _ = tokio::task::spawn_blocking(move || u.stop()).await;
         }
         let rec = self.record.lock().unwrap().clone();
         for p in rec.containers.iter().chain(rec.monitors.iter()) {
@@ -914,6 +1007,12 @@ pub fn clean_stale(paths: &CagePaths) -> bool {
     }
     if let Some(h) = &rec.holder {
         h.kill();
+    }
+    if let Some(u) = &rec.uplink {
+        u.kill();
+    }
+    if let Some((veth, table)) = &rec.host_uplink {
+        super::uplink::remove_host_side(veth, table);
     }
     // Killed processes leave their cgroups a moment later.
     let deadline = Instant::now() + Duration::from_secs(5);
