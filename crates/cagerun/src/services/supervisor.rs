@@ -136,6 +136,34 @@ fn init_for(service: &Service) -> Result<Option<(PathBuf, String, Vec<String>)>>
     }))
 }
 
+/// lchown every entry of a tree (a materialized host root: small, made by us).
+fn give_tree(dir: &Path, owner: (u32, u32)) -> Result<()> {
+    use nix::fcntl::AtFlags;
+    use nix::unistd::{fchownat, Gid, Uid};
+    fchownat(
+        None,
+        dir,
+        Some(Uid::from_raw(owner.0)),
+        Some(Gid::from_raw(owner.1)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            give_tree(&entry.path(), owner)?;
+        } else {
+            fchownat(
+                None,
+                &entry.path(),
+                Some(Uid::from_raw(owner.0)),
+                Some(Gid::from_raw(owner.1)),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// Make the host-binds root the sandbox engine would have assembled in a tmpfs.
 fn materialize_host_root(dir: &Path, hr: &HostRoot) -> Result<()> {
     std::fs::create_dir_all(dir)?;
@@ -429,6 +457,14 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
             if let Some(hr) = host_root {
                 materialize_host_root(&dir.join("root"), &hr)
                     .with_context(|| format!("service {name}: building its root"))?;
+                if let Some(owner) = sup.owner {
+                    // As root, the root the service sees belongs to its own root (not to an
+                    // unmapped host root showing as nobody: programs that check the
+                    // ownership of their paths' ancestry, like OpenClaw's temp dirs, refuse
+                    // that).
+                    give_tree(&dir.join("root"), owner)
+                        .with_context(|| format!("service {name}: owning its root"))?;
+                }
             }
             if let Some(mut linux) = spec.linux().clone() {
                 *svc.resources.lock().unwrap() = linux.resources().clone();
