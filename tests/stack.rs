@@ -171,7 +171,10 @@ fn clawbot_stack_up_serves_an_agent_turn_stays_caged_and_comes_back_the_same() {
                 ),
                 (".env", &env),
                 ("workspace/.keep", ""),
-                ("app/scripted_model.py", include_str!("stack/scripted_model.py")),
+                (
+                    "app/scripted_model.py",
+                    include_str!("stack/scripted_model.py"),
+                ),
             ],
         );
         // As root the service user 1000 is host uid 1000: onboarding writes config/ and
@@ -262,8 +265,13 @@ fn clawbot_stack_up_serves_an_agent_turn_stays_caged_and_comes_back_the_same() {
             "run the probe",
             "--json",
         ]);
-        assert_eq!(r.code, 0, "the tools agent's turn: {}\n{}", r.stdout, r.stderr);
-        let reply: serde_json::Value = serde_json::from_str(&r.stdout).expect("agent --json output");
+        assert_eq!(
+            r.code, 0,
+            "the tools agent's turn: {}\n{}",
+            r.stdout, r.stderr
+        );
+        let reply: serde_json::Value =
+            serde_json::from_str(&r.stdout).expect("agent --json output");
         assert_eq!(reply["status"], "ok", "{}", r.stdout);
         let text = reply["result"]["payloads"][0]["text"]
             .as_str()
@@ -272,12 +280,23 @@ fn clawbot_stack_up_serves_an_agent_turn_stays_caged_and_comes_back_the_same() {
         let host = text
             .split("host=")
             .nth(1)
-            .map(|h| h.chars().take_while(|c| c.is_ascii_hexdigit()).collect::<String>())
+            .map(|h| {
+                h.chars()
+                    .take_while(|c| c.is_ascii_hexdigit())
+                    .collect::<String>()
+            })
             .unwrap_or_default();
-        assert_eq!(host.len(), 12, "the sandbox's host name (docker's: the id's first 12): {text}");
+        assert_eq!(
+            host.len(),
+            12,
+            "the sandbox's host name (docker's: the id's first 12): {text}"
+        );
         assert!(text.contains("uid=1000"), "{text}");
         assert!(text.contains("CapEff:\t0000000000000000"), "{text}");
-        assert!(text.contains("ifaces=lo") && !text.contains("ifaces=lo e"), "only lo: {text}");
+        assert!(
+            text.contains("ifaces=lo") && !text.contains("ifaces=lo e"),
+            "only lo: {text}"
+        );
         assert_eq!(
             std::fs::read_to_string(cage.root.join("workspace/tool-call.txt")).unwrap(),
             "from-the-sandbox\n"

@@ -28,16 +28,34 @@ pub struct BuildArgs {
 }
 
 pub fn run(args: BuildArgs) -> Result<i32> {
+    build(&args.recipe, &args.rootfs_dir, &args.insecure, &args.store)?;
+    Ok(0)
+}
+
+/// The name a recipe builds (its tree is ROOTFS_DIR/NAME).
+pub fn recipe_name(recipe: &Path) -> Result<String> {
+    let text =
+        std::fs::read_to_string(recipe).with_context(|| format!("reading {}", recipe.display()))?;
+    Ok(parse_recipe(&recipe.display().to_string(), &text)?.name)
+}
+
+/// Build `recipe` into `rootfs_dir`/NAME (swapped in only when every step succeeded).
+pub fn build(
+    recipe_path: &Path,
+    rootfs_dir: &Path,
+    insecure: &[String],
+    store: &crate::image::StoreArg,
+) -> Result<()> {
     let started = Instant::now();
-    let text = std::fs::read_to_string(&args.recipe)
-        .with_context(|| format!("reading {}", args.recipe.display()))?;
-    let recipe = parse_recipe(&args.recipe.display().to_string(), &text)?;
-    let store = args.store.open()?;
-    let target = args.rootfs_dir.join(&recipe.name);
+    let text = std::fs::read_to_string(recipe_path)
+        .with_context(|| format!("reading {}", recipe_path.display()))?;
+    let recipe = parse_recipe(&recipe_path.display().to_string(), &text)?;
+    let store = store.open()?;
+    let target = rootfs_dir.join(&recipe.name);
     let work = crate::image::beside(&target, "build");
     eprintln!("cagerun: base {}", recipe.from);
     let opts = cage_image::registry::PullOptions {
-        insecure_registries: args.insecure.clone(),
+        insecure_registries: insecure.to_vec(),
         ..Default::default()
     };
     let (canonical, image) =
@@ -74,7 +92,7 @@ pub fn run(args: BuildArgs) -> Result<i32> {
         recipe.run.len(),
         target.display()
     );
-    Ok(0)
+    Ok(())
 }
 
 fn run_steps(steps: &[String], tree: &Path) -> Result<()> {

@@ -153,10 +153,18 @@ pub fn run() -> Result<i32> {
     // Internet mode's uplink: as root a veth to the host; rootless slirp4netns (chosen over
     // pasta by measurement: Debian 12's pasta tap path stalls), which opens /dev/net/tun.
     if uid == 0 {
-        r.ok("uplink", "internet mode uses a veth to the host and a cagerun nft table");
+        r.ok(
+            "uplink",
+            "internet mode uses a veth to the host and a cagerun nft table",
+        );
     } else if !on_path("slirp4netns") {
         r.warn("uplink", "slirp4netns is missing: `cagerun internet on` cannot work rootless; fix: sudo apt-get install slirp4netns");
-    } else if nix::unistd::access("/dev/net/tun", nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK).is_err() {
+    } else if nix::unistd::access(
+        "/dev/net/tun",
+        nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK,
+    )
+    .is_err()
+    {
         r.warn("uplink", "slirp4netns cannot open /dev/net/tun as you: `cagerun internet on` fails; fix: sudo chmod 0666 /dev/net/tun (Debian's default)");
     } else {
         r.ok("uplink", "internet mode uses slirp4netns");

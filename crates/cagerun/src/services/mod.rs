@@ -125,6 +125,7 @@ pub fn up(args: UpArgs) -> Result<i32> {
         let started: Vec<&cage_spec::cage::Service> =
             cage.services.iter().filter(|s| !s.on_demand).collect();
         setup::pull_images(&paths, &started, &args.store)?;
+        setup::build_sandbox_images(&paths, &cage, &args.store)?;
         setup::pull_models(&paths, &cage)?;
         setup::run_once_jobs(&paths, &cage, &args.store)?;
     }

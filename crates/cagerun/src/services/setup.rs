@@ -47,6 +47,37 @@ pub fn pull_images(
     Ok(())
 }
 
+/// Build every sandbox image tree a service's `sandboxes` names that is missing, when the
+/// cage's recipe (config/sandbox-image.toml) is the one that makes it (its tree is
+/// rootfs/NAME); anything else missing is left for the broker's check to name.
+pub fn build_sandbox_images(
+    paths: &CagePaths,
+    cage: &Cage,
+    store: &crate::image::StoreArg,
+) -> Result<()> {
+    let recipe = paths.config.with_file_name("sandbox-image.toml");
+    let rootfs = paths.rootfs();
+    for s in &cage.services {
+        let Some(sb) = &s.sandboxes else { continue };
+        for (image, tree) in &sb.images {
+            let dir = paths.cage_dir.join(tree);
+            if tree == "host" || dir.exists() || !recipe.exists() {
+                continue;
+            }
+            if dir != rootfs.join(crate::build::recipe_name(&recipe)?) {
+                continue;
+            }
+            step(&format!(
+                "building the sandbox image {image} from {} (first run only)",
+                recipe.display()
+            ));
+            crate::build::build(&recipe, &rootfs, &[], store)
+                .with_context(|| format!("service {}: sandbox image {image}", s.name))?;
+        }
+    }
+    Ok(())
+}
+
 /// Pull the cage's `models` into their volume (Ollama's layout), each unless present.
 pub fn pull_models(paths: &CagePaths, cage: &Cage) -> Result<()> {
     let Some((volume, names)) = &cage.models else {
