@@ -72,6 +72,13 @@ impl Netlink {
         )
     }
 
+    pub fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        self.set(
+            format!("setting link {index}'s MTU to {mtu}"),
+            LinkUnspec::new_with_index(index).mtu(mtu).build(),
+        )
+    }
+
     pub fn rename(&self, index: u32, name: &str) -> Result<()> {
         self.set(
             format!("renaming link {index} to {name}"),

@@ -56,6 +56,7 @@ pub fn run(args: HolderArgs) -> Result<()> {
     let nl = Netlink::open()?;
     nl.set_up(nl.index("lo")?)?;
     let bridge = nl.add_bridge(topology::BRIDGE)?;
+    nl.set_mtu(bridge, topology::MTU)?;
     nl.add_address(
         bridge,
         IpAddr::V4(topology::router_address(args.subnet)),
@@ -153,6 +154,8 @@ fn add_service(
     let ns = netns::create()?;
     let (outer, peer) = nl.add_veth(&topology::router_veth(slot), &topology::peer_veth(slot))?;
     let setup = || -> Result<()> {
+        nl.set_mtu(outer, topology::MTU)?;
+        nl.set_mtu(peer, topology::MTU)?;
         nl.move_to(peer, ns.as_fd())?;
         nl.attach_to_bridge(outer, bridge)?;
         nl.set_up(outer)?;

@@ -14,13 +14,12 @@
 //! exit, so a supervisor that dies takes its sandboxes with it.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use cage_spec::docker::{self, BrokerPolicy, Call, DockerError, GatewayMount, SandboxShape};
@@ -496,25 +495,7 @@ impl Broker {
                 }
             }
         }
-        let code = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    use std::os::unix::process::ExitStatusExt;
-                    break status
-                        .code()
-                        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-                }
-                Ok(None) => {}
-                Err(_) => break 125,
-            }
-            if peer_gone(conn) {
-                // The shim was killed (OpenClaw's timeout): so is its sandbox.
-                let _ = child.kill();
-                let _ = child.wait();
-                break 137;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let code = wait_or_hangup(&mut child, conn);
         let mut containers = self.containers.lock().unwrap();
         if let Some(c) = find(&mut containers, id) {
             c.running_execs.retain(|p| *p != pid);
@@ -581,6 +562,47 @@ fn env_file(req: &Request, path: &str) -> Result<Vec<(String, String)>, DockerEr
 /// The call without its values (env files' contents are never logged).
 fn summary(argv: &[String]) -> String {
     argv.iter().take(3).cloned().collect::<Vec<_>>().join(" ")
+}
+
+/// The sandbox's exit code; or, if the shim goes away first (OpenClaw's timeout killed it),
+/// kill the sandbox and answer 137. Waits on a pidfd and the connection together (no
+/// polling interval: a tool call's latency is the sandbox's own).
+fn wait_or_hangup(child: &mut std::process::Child, conn: &std::os::unix::net::UnixStream) -> i32 {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::FromRawFd;
+    use std::os::unix::process::ExitStatusExt;
+    let code = |status: std::process::ExitStatus| {
+        status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+    };
+    // SAFETY: pidfd_open returns a new descriptor (or -1); the child is ours and unreaped.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) } as i32;
+    if raw < 0 {
+        // Kernels before 5.3: no pidfd; wait without watching the shim.
+        return child.wait().map(code).unwrap_or(125);
+    }
+    // SAFETY: just opened, owned here.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
+    loop {
+        let mut fds = [
+            PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(conn.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return child.wait().map(code).unwrap_or(125),
+        }
+        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
+            return child.wait().map(code).unwrap_or(125);
+        }
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) && peer_gone(conn) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return 137;
+        }
+    }
 }
 
 fn peer_gone(conn: &std::os::unix::net::UnixStream) -> bool {

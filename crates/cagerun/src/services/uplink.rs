@@ -86,7 +86,7 @@ pub fn start_slirp(holder_pid: i32) -> Result<Uplink> {
     let mut cmd = std::process::Command::new(bin);
     cmd.args([
         "--configure",
-        "--mtu=65520",
+        &format!("--mtu={}", topology::MTU),
         "--exit-fd=3",
         "--ready-fd=4",
         &format!("--userns-path=/proc/{holder_pid}/ns/user"),
@@ -135,6 +135,8 @@ pub fn start_veth(holder: &Holder, subnet: u8, cage_id: &str) -> Result<Uplink> 
     let made = (|| -> Result<()> {
         let nl = cage_net::netlink::Netlink::open()?;
         let (host, peer) = nl.add_veth(&host_veth, &temp_peer)?;
+        nl.set_mtu(host, topology::MTU)?;
+        nl.set_mtu(peer, topology::MTU)?;
         let router_ns = std::fs::File::open(format!("/proc/{}/ns/net", holder.pid()))
             .context("opening the router namespace")?;
         nl.move_to(peer, std::os::fd::AsFd::as_fd(&router_ns))?;
