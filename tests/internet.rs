@@ -102,6 +102,14 @@ fn internet_mode_is_live_only_for_internet_services_and_leaves_nothing() {
             in_service(&cage, "gw", &probe(&host, secret)),
             "connected:HOSTSECRET"
         );
+        // Its resolver is the uplink's (slirp4netns's DNS, or the host's upstream servers as
+        // root), never a loopback address it could not reach.
+        let resolv = in_service(&cage, "gw", "cat /etc/resolv.conf");
+        assert!(resolv.starts_with("nameserver "), "{resolv}");
+        assert!(!resolv.contains("nameserver 127."), "{resolv}");
+        if let Mode::Rootless { .. } = mode {
+            assert_eq!(resolv, "nameserver 10.0.2.3");
+        }
         // ...the other service does not (no route), nor does a tool sandbox (only lo).
         assert!(in_service(&cage, "model", &probe(&host, secret)).starts_with("failed:"));
         let sandbox = in_service(

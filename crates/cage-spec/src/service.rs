@@ -20,6 +20,9 @@ pub struct Wiring {
     pub cgroups_path: PathBuf,
     /// The cage's hosts file for this service, bound read-only at /etc/hosts.
     pub hosts_file: PathBuf,
+    /// For a service with internet: its resolver file (the uplink's DNS), bound read-only at
+    /// /etc/resolv.conf.
+    pub resolv_file: Option<PathBuf>,
     /// Where a host-binds root is materialized, when the spec has no root directory.
     pub host_root_dir: PathBuf,
     /// An init to run as pid 1 in front of the command: (host binary, path inside, its
@@ -84,6 +87,21 @@ pub fn wire_service(
 
     let mut mounts = spec.mounts().clone().unwrap_or_default();
     mounts.retain(|m| m.destination() != Path::new("/etc/hosts"));
+    if let Some(resolv) = &wiring.resolv_file {
+        mounts.retain(|m| m.destination() != Path::new("/etc/resolv.conf"));
+        mounts.push(
+            MountBuilder::default()
+                .destination("/etc/resolv.conf")
+                .typ("bind")
+                .source(resolv.clone())
+                .options(
+                    ["bind", "ro", "nosuid", "nodev", "noexec"]
+                        .map(String::from)
+                        .to_vec(),
+                )
+                .build()?,
+        );
+    }
     mounts.push(
         MountBuilder::default()
             .destination("/etc/hosts")
@@ -168,6 +186,10 @@ pub fn wire_service(
             }
         });
         hr.files.push(("/etc/hosts".into(), String::new()));
+        if wiring.resolv_file.is_some() {
+            hr.files.retain(|(f, _)| f != "/etc/resolv.conf");
+            hr.files.push(("/etc/resolv.conf".into(), String::new()));
+        }
         hr.files.sort();
         hr.symlinks.sort();
         for m in &mounts {

@@ -445,6 +445,13 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
                     netns: PathBuf::from(format!("/proc/self/fd/{}", crate::monitor::NETNS_FD)),
                     cgroups_path: sup.cgroup.relative.join(name),
                     hosts_file: dir.join("hosts"),
+                    resolv_file: if svc.service.internet {
+                        let f = dir.join("resolv.conf");
+                        std::fs::write(&f, super::uplink::resolv_conf())?;
+                        Some(f)
+                    } else {
+                        None
+                    },
                     host_root_dir: dir.join("root"),
                     init: init_for(&svc.service)?,
                     broker: svc.service.sandboxes.as_ref().map(|_| BrokerWiring {

@@ -66,6 +66,37 @@ impl Uplink {
     }
 }
 
+/// The resolver file of an internet service. Rootless: slirp4netns's DNS (it forwards to
+/// the host's resolvers). As root: the host's nameservers, from systemd-resolved's upstream
+/// list when /etc/resolv.conf names only its local stub (a loopback address the cage cannot
+/// use), reached through the NAT like any server. Without internet mode, lookups fail like
+/// every other packet.
+pub fn resolv_conf() -> String {
+    if !nix::unistd::geteuid().is_root() {
+        return format!("nameserver {}\n", topology::SLIRP_DNS);
+    }
+    let servers = |path: &str| -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("nameserver"))
+            .map(|a| a.trim().to_string())
+            .filter(|a| {
+                a.parse::<std::net::Ipv4Addr>()
+                    .is_ok_and(|ip| !ip.is_loopback())
+            })
+            .collect()
+    };
+    let mut list = servers("/etc/resolv.conf");
+    if list.is_empty() {
+        list = servers("/run/systemd/resolve/resolv.conf");
+    }
+    list.iter()
+        .take(3)
+        .map(|a| format!("nameserver {a}\n"))
+        .collect()
+}
+
 fn find_binary(name: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
     let found = path
