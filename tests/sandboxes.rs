@@ -283,3 +283,39 @@ fn the_broker_refuses_what_the_gateway_may_not_ask_for_and_starts_nothing() {
         cage.assert_gone(&netns);
     }
 }
+
+#[test]
+fn a_gateway_root_that_says_it_is_a_container_is_refused_before_anything_starts() {
+    let _serial = serial();
+    for mode in modes() {
+        for marker in [".dockerenv", "run/.containerenv"] {
+            let cage = Cage::new(
+                mode,
+                "sbxenv",
+                &[
+                    (
+                        "config/cage.toml",
+                        "[services.gw]\nrootfs = \"tree\"\ncommand = [\"/bin/sh\"]\nenv = { M = \"{MARKER}\" }\n\n[services.gw.sandboxes]\nimages = { \"sb:1\" = \"host\" }\n",
+                    ),
+                    (&format!("tree/{marker}"), ""),
+                    ("tree/bin/.keep", ""),
+                ],
+            );
+            let r = cage.cagerun(&["up", "-d"]);
+            assert_eq!(r.code, 125, "{}", r.stdout);
+            assert!(
+                r.stderr.contains(&format!("/{marker}")) && r.stderr.contains("inspect itself"),
+                "{}",
+                r.stderr
+            );
+            // Nothing started, nothing left running.
+            let ps = cage.cagerun(&["ps"]);
+            assert!(
+                ps.code == 125 && ps.stderr.contains("is not up"),
+                "the cage must not be up: {}",
+                ps.stdout
+            );
+            wait_until_gone(&cage.marker);
+        }
+    }
+}

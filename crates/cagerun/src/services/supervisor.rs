@@ -272,13 +272,12 @@ pub fn prepare(
     let mut brokers = Vec::new();
     let cage_dir = crate::bundle::cage_dir(&paths.config);
     for s in &cage.services {
-        if s.sandboxes.is_some()
-            && !matches!(s.root, cage_spec::cage::ServiceRoot::Host)
-            && !crate::init::self_is_static(&super::self_exe()?)
-        {
-            bail!("service {}: its docker shim is this cagerun binary, which must be static to run in an image (scripts/install builds one)", s.name);
-        }
         if let Some(b) = super::broker::setup(&cage_dir, s, &specs[&s.name])? {
+            if !matches!(s.root, cage_spec::cage::ServiceRoot::Host)
+                && !crate::init::self_is_static(&super::self_exe()?)
+            {
+                bail!("service {}: its docker shim is this cagerun binary, which must be static to run in an image (scripts/install builds one)", s.name);
+            }
             brokers.push(b);
         }
     }
