@@ -103,8 +103,8 @@ fn token_of(env_file: &Path) -> String {
 
 /// `openclaw agent` run inside the gateway (its CLI talks to the gateway over its own
 /// 127.0.0.1, so the client has no route off this machine either).
-fn agent_turn(cage: &Cage) -> (i32, String) {
-    let r = cage.cagerun(&[
+fn agent_turn(cage: &Cage, agent: &str, session: &str, message: &str) -> Run {
+    cage.cagerun(&[
         "exec",
         "gateway",
         "--",
@@ -112,14 +112,13 @@ fn agent_turn(cage: &Cage) -> (i32, String) {
         "/opt/openclaw/node_modules/openclaw/openclaw.mjs",
         "agent",
         "--agent",
-        "main",
+        agent,
         "--session-id",
-        "cagerun-test",
+        session,
         "--message",
-        "Say hello in one word.",
+        message,
         "--json",
-    ]);
-    (r.code, r.stdout)
+    ])
 }
 
 /// Some file under `dir` contains `needle` (OpenClaw keeps sessions in SQLite files).
@@ -235,7 +234,8 @@ fn clawbot_stack_up_serves_an_agent_turn_stays_caged_and_comes_back_the_same() {
         );
 
         // An agent turn through the gateway to the model, and back.
-        let (code, out) = agent_turn(&cage);
+        let turn = agent_turn(&cage, "main", "cagerun-test", "Say hello in one word.");
+        let (code, out) = (turn.code, turn.stdout);
         assert_eq!(code, 0, "openclaw agent failed: {out}");
         let reply: serde_json::Value = serde_json::from_str(&out).expect("agent --json output");
         assert_eq!(reply["status"], "ok", "{out}");
@@ -250,21 +250,7 @@ fn clawbot_stack_up_serves_an_agent_turn_stays_caged_and_comes_back_the_same() {
         // A tool call of the `tools` agent (sandbox mode "all"): OpenClaw's exec tool runs the
         // command through its docker sandbox backend, i.e. `docker` on its PATH = cagerun's
         // shim → the broker → a fresh sandbox; the output comes back into the agent's reply.
-        let r = cage.cagerun(&[
-            "exec",
-            "gateway",
-            "--",
-            "/opt/node/bin/node",
-            "/opt/openclaw/node_modules/openclaw/openclaw.mjs",
-            "agent",
-            "--agent",
-            "tools",
-            "--session-id",
-            "cagerun-sandbox-test",
-            "--message",
-            "run the probe",
-            "--json",
-        ]);
+        let r = agent_turn(&cage, "tools", "cagerun-sandbox-test", "run the probe");
         assert_eq!(
             r.code, 0,
             "the tools agent's turn: {}\n{}",

@@ -51,6 +51,24 @@ pub struct HostRoot {
     pub mountpoints: Vec<(String, Option<PathBuf>)>,
 }
 
+/// A read-only bind (nosuid, nodev; noexec unless it is a binary to run).
+fn ro_bind(
+    source: &Path,
+    destination: &str,
+    executable: bool,
+) -> Result<oci_spec::runtime::Mount, SpecError> {
+    let mut options = vec!["bind", "ro", "nosuid", "nodev"];
+    if !executable {
+        options.push("noexec");
+    }
+    Ok(MountBuilder::default()
+        .destination(destination)
+        .typ("bind")
+        .source(source)
+        .options(options.into_iter().map(String::from).collect::<Vec<_>>())
+        .build()?)
+}
+
 pub fn wire_service(
     mut spec: Spec,
     wiring: &Wiring,
@@ -89,41 +107,12 @@ pub fn wire_service(
     mounts.retain(|m| m.destination() != Path::new("/etc/hosts"));
     if let Some(resolv) = &wiring.resolv_file {
         mounts.retain(|m| m.destination() != Path::new("/etc/resolv.conf"));
-        mounts.push(
-            MountBuilder::default()
-                .destination("/etc/resolv.conf")
-                .typ("bind")
-                .source(resolv.clone())
-                .options(
-                    ["bind", "ro", "nosuid", "nodev", "noexec"]
-                        .map(String::from)
-                        .to_vec(),
-                )
-                .build()?,
-        );
+        mounts.push(ro_bind(resolv, "/etc/resolv.conf", false)?);
     }
-    mounts.push(
-        MountBuilder::default()
-            .destination("/etc/hosts")
-            .typ("bind")
-            .source(wiring.hosts_file.clone())
-            .options(
-                ["bind", "ro", "nosuid", "nodev", "noexec"]
-                    .map(String::from)
-                    .to_vec(),
-            )
-            .build()?,
-    );
+    mounts.push(ro_bind(&wiring.hosts_file, "/etc/hosts", false)?);
 
     if let Some((binary, inside, init_args)) = &wiring.init {
-        mounts.push(
-            MountBuilder::default()
-                .destination(inside)
-                .typ("bind")
-                .source(binary.clone())
-                .options(["bind", "ro", "nosuid", "nodev"].map(String::from).to_vec())
-                .build()?,
-        );
+        mounts.push(ro_bind(binary, inside, true)?);
         if let Some(mut process) = spec.process().clone() {
             let mut args = vec![inside.clone()];
             args.extend(init_args.iter().cloned());
@@ -134,26 +123,8 @@ pub fn wire_service(
     }
 
     if let Some(b) = &wiring.broker {
-        mounts.push(
-            MountBuilder::default()
-                .destination(&b.inside)
-                .typ("bind")
-                .source(b.dir.clone())
-                .options(
-                    ["bind", "ro", "nosuid", "nodev", "noexec"]
-                        .map(String::from)
-                        .to_vec(),
-                )
-                .build()?,
-        );
-        mounts.push(
-            MountBuilder::default()
-                .destination(format!("{}/docker", b.inside))
-                .typ("bind")
-                .source(b.shim.clone())
-                .options(["bind", "ro", "nosuid", "nodev"].map(String::from).to_vec())
-                .build()?,
-        );
+        mounts.push(ro_bind(&b.dir, &b.inside, false)?);
+        mounts.push(ro_bind(&b.shim, &format!("{}/docker", b.inside), true)?);
         if let Some(mut process) = spec.process().clone() {
             let mut env = process.env().clone().unwrap_or_default();
             match env.iter_mut().find(|e| e.starts_with("PATH=")) {

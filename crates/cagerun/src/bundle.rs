@@ -274,16 +274,7 @@ impl Source<'_> {
         let mut req = SandboxRequest::new(command, rootfs.clone());
         req.env = defaults.env.clone();
         req.cwd = defaults.cwd.clone();
-        let (pw, gr) = match rootfs {
-            RootfsSource::Dir(d) => (
-                std::fs::read_to_string(d.join("etc/passwd")).unwrap_or_default(),
-                std::fs::read_to_string(d.join("etc/group")).unwrap_or_default(),
-            ),
-            RootfsSource::Host { .. } => (
-                passwd::synthesized_passwd(DEFAULT_USER),
-                passwd::synthesized_group(DEFAULT_USER),
-            ),
-        };
+        let (pw, gr) = crate::exec::passwd_files(rootfs);
         let chosen = user
             .map(str::to_string)
             .or_else(|| service.and_then(|s| s.user.clone()))

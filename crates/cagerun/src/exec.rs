@@ -184,6 +184,21 @@ pub fn print_spec(args: ExecArgs) -> Result<()> {
     Ok(())
 }
 
+/// The /etc/passwd and /etc/group user names resolve against: the image's, or those a
+/// host-binds root is given.
+pub fn passwd_files(rootfs: &RootfsSource) -> (String, String) {
+    match rootfs {
+        RootfsSource::Dir(d) => (
+            read_optional(&d.join("etc/passwd")),
+            read_optional(&d.join("etc/group")),
+        ),
+        RootfsSource::Host { .. } => (
+            passwd::synthesized_passwd(DEFAULT_USER),
+            passwd::synthesized_group(DEFAULT_USER),
+        ),
+    }
+}
+
 /// Rootless, a rootfs unpacked with its image's ownership is run with the same mapping.
 pub fn mapped_ownership(rootfs: &RootfsSource) -> Option<cage_spec::SubordinateIds> {
     let RootfsSource::Dir(dir) = rootfs else {
@@ -201,16 +216,7 @@ fn render_from_flags(args: &ExecArgs) -> Result<oci_spec::runtime::Spec> {
         req.workspace = Some(workspace_dir(ws)?);
     }
     if let Some(user) = &args.user {
-        let (pw, gr) = match &rootfs {
-            RootfsSource::Dir(d) => (
-                read_optional(&d.join("etc/passwd")),
-                read_optional(&d.join("etc/group")),
-            ),
-            RootfsSource::Host { .. } => (
-                passwd::synthesized_passwd(DEFAULT_USER),
-                passwd::synthesized_group(DEFAULT_USER),
-            ),
-        };
+        let (pw, gr) = passwd_files(&rootfs);
         req.user = passwd::resolve_user(user, &pw, &gr)?;
     }
     for file in &args.env_file {

@@ -37,36 +37,10 @@ pub fn send(sock: &impl AsRawFd, text: &str, fd: Option<RawFd>) -> Result<()> {
 
 /// The next message, or None when the peer is gone.
 pub fn recv(sock: &impl AsRawFd) -> Result<Option<(String, Option<OwnedFd>)>> {
-    let mut buf = [0u8; 4096];
-    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .context("receiving from a helper")?;
-    let mut fd = None;
-    for c in msg.cmsgs().context("reading control messages")? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            for f in fds {
-                // SAFETY: the kernel just installed this descriptor for us.
-                let owned = unsafe { OwnedFd::from_raw_fd(f) };
-                if fd.is_none() {
-                    fd = Some(owned);
-                }
-            }
-        }
-    }
-    let n = msg.bytes;
-    if n == 0 && fd.is_none() {
-        return Ok(None);
-    }
-    let text = std::str::from_utf8(&buf[..n])
-        .map(str::to_string)
-        .unwrap_or_default();
-    Ok(Some((text, fd)))
+    Ok(recv_fds(sock, 4096)?.map(|(bytes, fds)| {
+        let text = String::from_utf8(bytes).unwrap_or_default();
+        (text, fds.into_iter().next())
+    }))
 }
 
 /// Send a request and wait for its answer: `ok ...` (with an optional descriptor) or `err MSG`.

@@ -417,16 +417,7 @@ impl Broker {
                 shape.image
             ))
         })?;
-        let (pw, gr) = match &rootfs {
-            RootfsSource::Dir(d) => (
-                std::fs::read_to_string(d.join("etc/passwd")).unwrap_or_default(),
-                std::fs::read_to_string(d.join("etc/group")).unwrap_or_default(),
-            ),
-            RootfsSource::Host { .. } => (
-                passwd::synthesized_passwd(DEFAULT_USER),
-                passwd::synthesized_group(DEFAULT_USER),
-            ),
-        };
+        let (pw, gr) = crate::exec::passwd_files(&rootfs);
         let user = match e.user.as_ref().or(shape.user.as_ref()) {
             Some(u) => passwd::resolve_user(u, &pw, &gr)
                 .map_err(|err| DockerError(format!("Error response from daemon: {err}")))?,
@@ -517,7 +508,6 @@ impl Io {
     }
     fn fail(&self, e: &DockerError, code: i32) -> i32 {
         let _ = nix::unistd::write(&self.stderr, format!("{e}\n").as_bytes());
-        let _ = &self.stdin;
         code
     }
 }
