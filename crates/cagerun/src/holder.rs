@@ -123,8 +123,8 @@ pub fn run(args: HolderArgs) -> Result<()> {
 }
 
 /// Run an nft script in this (the router's) namespace.
-fn nft(script: &str) -> Result<()> {
-    crate::services::uplink::run_nft_as(script, true).context("in the router namespace")
+fn nft(rules: &nftables::schema::Nftables<'_>) -> Result<()> {
+    crate::services::uplink::run_nft_as(rules, true).context("in the router namespace")
 }
 
 /// The router's end of a veth the supervisor moved in (as root): address and default route.

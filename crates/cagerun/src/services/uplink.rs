@@ -218,29 +218,28 @@ fn nft_binary() -> Option<std::path::PathBuf> {
     find_binary("nft")
 }
 
-fn run_nft(script: &str) -> Result<()> {
-    run_nft_as(script, false)
+fn run_nft(rules: &nftables::schema::Nftables<'_>) -> Result<()> {
+    run_nft_as(rules, false)
 }
 
-/// `nft -f -` with `script`. `as_ns_root`: run it as uid 0 of the caller's user namespace
-/// (the holder is the cage's user 1000 there, and exec would drop its capabilities).
-pub fn run_nft_as(script: &str, as_ns_root: bool) -> Result<()> {
-    use std::io::Write;
+/// `nft -j JSON` with `rules` (the `nftables` crate's helper runs nft too, but cannot run it
+/// as another user). The document goes as an argument: with `-j`, nft opens `/dev/stdin` by
+/// name, which a process that changed its uid may not reopen. `as_ns_root`: run it as uid 0
+/// of the caller's user namespace (the holder is the cage's user 1000 there, and exec would
+/// drop its capabilities).
+pub fn run_nft_as(rules: &nftables::schema::Nftables<'_>, as_ns_root: bool) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let bin = nft_binary().context("internet mode needs nft: apt-get install nftables")?;
     let mut cmd = std::process::Command::new(bin);
     if as_ns_root {
         cmd.uid(0).gid(0);
     }
-    let mut child = cmd
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+    let out = cmd
+        .arg("-j")
+        .arg(nft::to_json(rules))
+        .stdin(std::process::Stdio::null())
+        .output()
         .context("running nft")?;
-    child.stdin.take().unwrap().write_all(script.as_bytes())?;
-    let out = child.wait_with_output()?;
     if !out.status.success() {
         bail!("nft: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
