@@ -126,20 +126,14 @@ fn internet_mode_is_live_only_for_internet_services_and_leaves_nothing() {
         );
 
         // A live connection, then internet off: it is cut, and new ones fail.
-        let config = cage.config();
         let client = format!(
             "python3 -u -c \"import socket,time\ns=socket.create_connection(('{host}',{echo}),timeout=3)\nfor i in range(100):\n try:\n  s.sendall(b'ping'); d=s.recv(16)\n  if not d: print('cut:eof'); break\n  print('ok', i)\n except Exception as e: print('cut:'+type(e).__name__); break\n time.sleep(0.1)\""
         );
-        let mut cmd = cagerun_cmd(
-            mode,
-            &["exec", "gw", "--config", &config, "--", "sh", "-c", &client],
-        );
-        cmd.env_remove("XDG_RUNTIME_DIR")
-            .stdout(std::process::Stdio::piped());
-        if let Mode::Rootless { uid, .. } = mode {
-            cmd.env("HOME", home_of(uid));
-        }
-        let mut live = cmd.spawn().unwrap();
+        let mut live = cage
+            .command(&["exec", "gw", "--", "sh", "-c", &client])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
         let mut out = live.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

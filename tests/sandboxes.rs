@@ -179,17 +179,11 @@ docker inspect sbx-main >/dev/null 2>&1 && echo still-there || echo "removed: ye
         );
         assert_eq!(r.code, 0, "{}", r.stderr);
         let tag = format!("{}-sandbox", cage.marker);
-        let config = cage.config();
         let script = format!("docker exec sbx-kill sh -c 'sleep 600; : {tag}'");
-        let mut cmd = cagerun_cmd(
-            mode,
-            &["exec", "gw", "--config", &config, "--", "sh", "-c", &script],
-        );
-        cmd.env_remove("XDG_RUNTIME_DIR");
-        if let Mode::Rootless { uid, .. } = mode {
-            cmd.env("HOME", home_of(uid));
-        }
-        let mut entering = cmd.spawn().unwrap();
+        let mut entering = cage
+            .command(&["exec", "gw", "--", "sh", "-c", &script])
+            .spawn()
+            .unwrap();
         // The probe is valid: the sandbox's own shell (not only the shim) runs.
         let sandbox_shell = |cmd: &str| cmd.starts_with("sh -c sleep 600");
         let mut shim = None;

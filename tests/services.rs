@@ -124,14 +124,11 @@ fn two_services_talk_by_name_publish_only_what_is_published_and_leave_nothing() 
             "{}",
             r.stdout
         );
-        let config = cage.config();
-        let mut cmd = cagerun_cmd(
-            mode,
-            &["logs", "--config", &config, "-f", "--tail", "0", "web"],
-        );
-        cmd.env_remove("XDG_RUNTIME_DIR")
-            .stdout(std::process::Stdio::piped());
-        let mut follower = cmd.spawn().unwrap();
+        let mut follower = cage
+            .command(&["logs", "-f", "--tail", "0", "web"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
         let stdout = follower.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

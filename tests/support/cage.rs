@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -87,7 +88,8 @@ impl Cage {
             .into_owned()
     }
 
-    pub fn cagerun(&self, args: &[&str]) -> Run {
+    /// `cagerun SUBCOMMAND --config FILE ARGS...` for this cage, not yet spawned.
+    pub fn command(&self, args: &[&str]) -> Command {
         let config = self.config();
         // `SUBCOMMAND --config FILE ...`: before any `--` that starts a command.
         let mut all: Vec<&str> = vec![args[0], "--config", &config];
@@ -98,7 +100,11 @@ impl Cage {
         if let Mode::Rootless { uid, .. } = self.mode {
             cmd.env("HOME", home_of(uid));
         }
-        run_cmd(self.mode, cmd, args)
+        cmd
+    }
+
+    pub fn cagerun(&self, args: &[&str]) -> Run {
+        run_cmd(self.mode, self.command(args), args)
     }
 
     /// `up -d`; returns the supervisor's pid.
@@ -306,9 +312,7 @@ pub fn nsfs_dev() -> u64 {
 impl Drop for Cage {
     fn drop(&mut self) {
         if self.id.is_some() {
-            let mut cmd = cagerun_cmd(self.mode, &["down", "--config", &self.config()]);
-            cmd.env_remove("XDG_RUNTIME_DIR");
-            let _ = cmd.output();
+            let _ = self.command(&["down"]).output();
         }
     }
 }

@@ -145,11 +145,8 @@ pub fn run() -> Result<i32> {
     }
     services(&mut r, uid);
     // Networking for services: which uplinks and firewall tools this host has.
-    let on_path = |tool: &str| {
-        std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-            .unwrap_or(false)
-    };
+    // The same lookup internet mode uses (PATH, then the system directories).
+    let on_path = |tool: &str| crate::services::uplink::find_binary(tool).is_some();
     // Internet mode's uplink: as root a veth to the host; rootless slirp4netns (chosen over
     // pasta by measurement: Debian 12's pasta tap path stalls), which opens /dev/net/tun.
     if uid == 0 {

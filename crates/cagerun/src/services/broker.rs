@@ -124,6 +124,19 @@ struct Container {
     running_execs: Vec<i32>,
 }
 
+impl Container {
+    /// SIGKILL the `cagerun exec` processes of its running sandboxes (each takes its sandbox
+    /// with it).
+    fn kill_running(&self) {
+        for pid in &self.running_execs {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 pub struct Broker {
     setup: Setup,
     exe: PathBuf,
@@ -180,12 +193,7 @@ impl Broker {
     /// Kill every sandbox still running (the cage is going down).
     pub fn shutdown(&self) {
         for c in self.containers.lock().unwrap().iter() {
-            for pid in &c.running_execs {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(*pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+            c.kill_running();
         }
     }
 
@@ -247,17 +255,8 @@ impl Broker {
                     Err(e) => return io.fail(&e, 125),
                 };
                 let mut env = Vec::new();
-                for f in &shape.env_files {
-                    match env_file(req, f) {
-                        Ok(mut vars) => env.append(&mut vars),
-                        Err(e) => return io.fail(&e, 125),
-                    }
-                }
-                for e in &shape.env {
-                    match cage_spec::envfile::parse_env_arg(e) {
-                        Ok(kv) => env.push(kv),
-                        Err(e) => return io.fail(&DockerError(format!("invalid env: {e}")), 125),
-                    }
+                if let Err(e) = add_env(&mut env, req, &shape.env_files, &shape.env) {
+                    return io.fail(&e, 125);
                 }
                 let mut containers = self.containers.lock().unwrap();
                 if let Some(n) = &shape.name {
@@ -335,13 +334,7 @@ impl Broker {
                     else {
                         return io.fail(&no_such_container(n), 1);
                     };
-                    let c = containers.remove(i);
-                    for pid in c.running_execs {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
+                    containers.remove(i).kill_running();
                     io.out(&format!("{n}\n"));
                 }
                 0
@@ -374,17 +367,8 @@ impl Broker {
                 None => return io.fail(&no_such_container(&e.container), 1),
             }
         };
-        for f in &e.env_files {
-            match env_file(req, f) {
-                Ok(mut vars) => env.append(&mut vars),
-                Err(err) => return io.fail(&err, 125),
-            }
-        }
-        for kv in &e.env {
-            match cage_spec::envfile::parse_env_arg(kv) {
-                Ok(kv) => env.push(kv),
-                Err(err) => return io.fail(&DockerError(format!("invalid env: {err}")), 125),
-            }
+        if let Err(err) = add_env(&mut env, req, &e.env_files, &e.env) {
+            return io.fail(&err, 125);
         }
         let spec = match self.render(&shape, e, env, &id) {
             Ok(s) => s,
@@ -538,15 +522,32 @@ fn no_such_container(n: &str) -> DockerError {
     ))
 }
 
-fn env_file(req: &Request, path: &str) -> Result<Vec<(String, String)>, DockerError> {
-    let text = req
-        .files
-        .get(path)
-        .ok_or_else(|| DockerError(format!("open {path}: no such file or directory")))?;
-    // A bare KEY would take its value from the caller's environment: that is the service's,
-    // which the broker does not have (and must not substitute its own).
-    cage_spec::envfile::parse_env_file(path, text, |_| None)
-        .map_err(|e| DockerError(format!("invalid env file {path}: {e}")))
+/// Append a call's environment: its `--env-file`s (as the shim read them), then its `-e`s.
+fn add_env(
+    env: &mut Vec<(String, String)>,
+    req: &Request,
+    files: &[String],
+    vars: &[String],
+) -> Result<(), DockerError> {
+    for path in files {
+        let text = req
+            .files
+            .get(path)
+            .ok_or_else(|| DockerError(format!("open {path}: no such file or directory")))?;
+        // A bare KEY would take its value from the caller's environment: that is the
+        // service's, which the broker does not have (and must not substitute its own).
+        env.extend(
+            cage_spec::envfile::parse_env_file(path, text, |_| None)
+                .map_err(|e| DockerError(format!("invalid env file {path}: {e}")))?,
+        );
+    }
+    for kv in vars {
+        env.push(
+            cage_spec::envfile::parse_env_arg(kv)
+                .map_err(|e| DockerError(format!("invalid env: {e}")))?,
+        );
+    }
+    Ok(())
 }
 
 /// The call without its values (env files' contents are never logged).
@@ -587,23 +588,12 @@ fn wait_or_hangup(child: &mut std::process::Child, conn: &std::os::unix::net::Un
         if fds[0].revents().is_some_and(|r| !r.is_empty()) {
             return child.wait().map(code).unwrap_or(125);
         }
-        if fds[1].revents().is_some_and(|r| !r.is_empty()) && peer_gone(conn) {
+        // The shim sends nothing after its request: anything readable is its end closing.
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
             let _ = child.kill();
             let _ = child.wait();
             return 137;
         }
-    }
-}
-
-fn peer_gone(conn: &std::os::unix::net::UnixStream) -> bool {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(conn.as_raw_fd()) };
-    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-    match poll(&mut fds, PollTimeout::ZERO) {
-        Ok(n) if n > 0 => fds[0].revents().is_some_and(|r| {
-            r.intersects(PollFlags::POLLHUP | PollFlags::POLLIN | PollFlags::POLLERR)
-        }),
-        _ => false,
     }
 }
 

@@ -137,28 +137,17 @@ fn init_for(service: &Service) -> Result<Option<(PathBuf, String, Vec<String>)>>
 }
 
 /// lchown every entry of a tree (a materialized host root: small, made by us).
-fn give_tree(dir: &Path, owner: (u32, u32)) -> Result<()> {
-    use nix::fcntl::AtFlags;
-    use nix::unistd::{fchownat, Gid, Uid};
-    fchownat(
+fn give_tree(path: &Path, owner: (u32, u32)) -> Result<()> {
+    nix::unistd::fchownat(
         None,
-        dir,
-        Some(Uid::from_raw(owner.0)),
-        Some(Gid::from_raw(owner.1)),
-        AtFlags::AT_SYMLINK_NOFOLLOW,
+        path,
+        Some(nix::unistd::Uid::from_raw(owner.0)),
+        Some(nix::unistd::Gid::from_raw(owner.1)),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
     )?;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            give_tree(&entry.path(), owner)?;
-        } else {
-            fchownat(
-                None,
-                &entry.path(),
-                Some(Uid::from_raw(owner.0)),
-                Some(Gid::from_raw(owner.1)),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            )?;
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            give_tree(&entry?.path(), owner)?;
         }
     }
     Ok(())

@@ -97,7 +97,8 @@ pub fn resolv_conf() -> String {
         .collect()
 }
 
-fn find_binary(name: &str) -> Option<std::path::PathBuf> {
+/// A tool on PATH or in the usual system directories (a user's PATH often lacks /usr/sbin).
+pub fn find_binary(name: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
     let found = path
         .split(':')
@@ -203,15 +204,8 @@ pub fn remove_host_side(host_veth: &str, table: &str) {
             let _ = nl.delete(i);
         }
     }
-    let listed = std::process::Command::new(nft_binary().unwrap_or_default())
-        .args(["list", "table", "ip", table])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if listed {
-        let _ = run_nft(&nft::delete_table(table));
-    }
+    // Absent already (never made, or removed): nft says so, and that is fine.
+    let _ = run_nft(&nft::delete_table(table));
 }
 
 fn nft_binary() -> Option<std::path::PathBuf> {
