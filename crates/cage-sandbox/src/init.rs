@@ -253,14 +253,37 @@ fn setup_stdio(f: &ChildFds) -> Result<()> {
 }
 
 /// O_PATH descriptors for every bind source and the rootfs, opened in our mount namespace
-/// before the identity change (see [`rootfs::SourceFds`]).
+/// before the identity change (see [`rootfs::SourceFds`]). A source hostile code can write
+/// is resolved beneath its root ([`crate::beneath`]); it is opened first, so a trusted bind
+/// naming the same path gets the safely resolved descriptor too.
 fn open_sources(plan: &Plan) -> Result<rootfs::SourceFds> {
+    use std::os::fd::IntoRawFd;
     let mut map = rootfs::SourceFds::new();
-    let binds = plan.mounts.iter().filter_map(|m| match &m.kind {
-        crate::mounts::MountKind::Bind { source, .. } => Some(source.clone()),
+    for m in &plan.mounts {
+        let crate::mounts::MountKind::Bind {
+            source,
+            beneath: Some(root),
+            ..
+        } = &m.kind
+        else {
+            continue;
+        };
+        let root_fd = crate::beneath::open_root(root)?;
+        let below = source.strip_prefix(root).unwrap_or(Path::new(""));
+        let fd = crate::beneath::open_beneath(&root_fd, below, source)?;
+        if let Some(old) = map.insert(source.clone(), fd.into_raw_fd()) {
+            unsafe { libc::close(old) };
+        }
+    }
+    let trusted = plan.mounts.iter().filter_map(|m| match &m.kind {
+        crate::mounts::MountKind::Bind {
+            source,
+            beneath: None,
+            ..
+        } => Some(source.clone()),
         _ => None,
     });
-    for path in binds.chain(plan.root.clone()) {
+    for path in trusted.chain(plan.root.clone()) {
         if map.contains_key(&path) {
             continue;
         }

@@ -9,6 +9,7 @@
 //! [`plan::Plan`] lowers the `Spec` first and refuses any field this engine does not
 //! implement, so nothing in a `Spec` is ever silently ignored.
 
+pub mod beneath;
 pub mod capabilities;
 pub mod cgroups;
 pub mod error;

@@ -8,9 +8,13 @@ use crate::error::{Result, SandboxError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MountKind {
     /// Bind a host path (absolute, resolved by the plan). `recursive` = rbind.
+    /// `beneath`: the source is below this directory and hostile code can write there, so
+    /// the part below it is resolved beneath the directory's descriptor (openat2
+    /// RESOLVE_IN_ROOT), never by a host path walk (see [`crate::beneath`]).
     Bind {
         source: std::path::PathBuf,
         recursive: bool,
+        beneath: Option<std::path::PathBuf>,
     },
     /// A fresh kernel filesystem: proc, sysfs, tmpfs, devpts, mqueue.
     Fs { fstype: String, source: String },

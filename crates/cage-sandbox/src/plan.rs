@@ -12,6 +12,7 @@ use crate::namespaces::{self, NamespaceSet};
 
 const FILE_ANNOTATION_PREFIX: &str = "run.cagerun.file:";
 const SYMLINK_ANNOTATION_PREFIX: &str = "run.cagerun.symlink:";
+const BENEATH_ANNOTATION_PREFIX: &str = "run.cagerun.beneath:";
 
 #[derive(Debug, Clone, Copy)]
 pub struct IdMap {
@@ -321,6 +322,7 @@ impl Plan {
                 MountKind::Bind {
                     source: src,
                     recursive,
+                    beneath: None,
                 }
             } else {
                 let fstype = m.typ().clone().unwrap_or_default();
@@ -362,6 +364,8 @@ impl Plan {
                     ));
                 }
                 symlinks.push((PathBuf::from(link), PathBuf::from(v)));
+            } else if let Some(dest) = k.strip_prefix(BENEATH_ANNOTATION_PREFIX) {
+                mark_beneath(&mut mounts, Path::new(dest), Path::new(v))?;
             } else if k.starts_with("run.cagerun.") {
                 return Err(unsupported(&format!("annotation {k}")));
             }
@@ -401,4 +405,43 @@ impl Plan {
             .map(|m| m.destination.clone())
             .collect()
     }
+}
+
+/// `run.cagerun.beneath:DEST` = ROOT: the one bind at DEST has its source below ROOT, and the
+/// part below ROOT is resolved beneath it when the sandbox is made. A source that is not
+/// lexically below ROOT (or has `..`), or no single bind at DEST, is an invalid spec.
+fn mark_beneath(mounts: &mut [MountStep], dest: &Path, root: &Path) -> Result<()> {
+    let invalid = |why: &str| {
+        Err(SandboxError::InvalidSpec(format!(
+            "annotation {BENEATH_ANNOTATION_PREFIX}{}: {why}",
+            dest.display()
+        )))
+    };
+    let mut at_dest = mounts.iter_mut().filter(|m| m.destination == dest);
+    let (Some(m), None) = (at_dest.next(), at_dest.next()) else {
+        return invalid("there must be exactly one mount at that destination");
+    };
+    let MountKind::Bind {
+        source, beneath, ..
+    } = &mut m.kind
+    else {
+        return invalid("the mount there is not a bind");
+    };
+    let plain = |p: &Path| {
+        p.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::RootDir
+            )
+        })
+    };
+    if !root.is_absolute() || !plain(root) || !plain(source) || !source.starts_with(root) {
+        return invalid(&format!(
+            "the source {} must lie below {} (absolute, without '..')",
+            source.display(),
+            root.display()
+        ));
+    }
+    *beneath = Some(root.to_path_buf());
+    Ok(())
 }

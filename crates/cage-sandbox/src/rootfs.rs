@@ -239,7 +239,9 @@ fn source_is_dir(source: &Path, fds: &SourceFds) -> Result<bool> {
 
 fn mount_step(m: &MountStep, fds: &SourceFds, seen: &mut HashSet<PathBuf>) -> Result<()> {
     match &m.kind {
-        MountKind::Bind { source, recursive } => {
+        MountKind::Bind {
+            source, recursive, ..
+        } => {
             let src = outside(source, fds);
             let dst = ensure_mountpoint(&m.destination, source_is_dir(source, fds)?, seen)?;
             bind(&src, &dst, m.flags, *recursive)

@@ -114,6 +114,8 @@ struct SandboxesFile {
     images: BTreeMap<String, String>,
     memory: Option<String>,
     pids: Option<i64>,
+    /// How many sandboxes may run at once (each exec is one).
+    max: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -256,7 +258,14 @@ pub struct Sandboxes {
     /// Caps on what a `create` may ask for (and the values when it asks for none).
     pub memory: u64,
     pub pids: i64,
+    /// Sandboxes running at once; an exec beyond it is refused in docker's words.
+    pub max: u32,
 }
+
+/// Sandboxes a service may run at once unless `[services.X.sandboxes] max` says otherwise,
+/// and the most it may say.
+pub const SANDBOXES_MAX_DEFAULT: u32 = 8;
+pub const SANDBOXES_MAX_LIMIT: u32 = 64;
 
 impl Service {
     /// A long-running service the supervisor starts (not a one-shot job).
@@ -508,6 +517,14 @@ pub fn parse_cage(file: &str, text: &str) -> Result<Cage, CageError> {
                         format!("{pids}: a positive number"),
                     ));
                 }
+                let max = f.max.unwrap_or(SANDBOXES_MAX_DEFAULT);
+                if max == 0 || max > SANDBOXES_MAX_LIMIT {
+                    return Err(err(
+                        sp,
+                        &key("sandboxes.max"),
+                        format!("{max}: between 1 and {SANDBOXES_MAX_LIMIT} sandboxes at once"),
+                    ));
+                }
                 Some(Sandboxes {
                     images: f
                         .images
@@ -516,6 +533,7 @@ pub fn parse_cage(file: &str, text: &str) -> Result<Cage, CageError> {
                         .collect(),
                     memory,
                     pids,
+                    max,
                 })
             }
         };

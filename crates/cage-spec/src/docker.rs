@@ -143,6 +143,76 @@ fn unknown(flag: &str) -> DockerError {
     usage(format!("unknown flag: {flag}"))
 }
 
+/// Bounds on what the gateway may send the broker: it is hostile, so every input has a size.
+/// Over a bound the call is refused in docker's words and nothing is recorded.
+pub mod limits {
+    /// Arguments in one call, and bytes in one argument (a `sh -c` script).
+    pub const ARGS: usize = 1024;
+    pub const ARG_BYTES: usize = 128 << 10;
+    /// `--env-file`s in one call, and bytes in one (the shim sends their contents).
+    pub const ENV_FILES: usize = 8;
+    pub const ENV_FILE_BYTES: usize = 64 << 10;
+    /// Per create: labels, `-e`s, volumes, tmpfs mounts.
+    pub const LABELS: usize = 64;
+    pub const ENV_VARS: usize = 1024;
+    pub const VOLUMES: usize = 16;
+    pub const TMPFS: usize = 16;
+    /// A container name: docker's alphabet, at most this long (never a path component).
+    pub const NAME_BYTES: usize = 128;
+    /// Containers the broker keeps for one service (created and not removed).
+    pub const CONTAINERS: usize = 64;
+}
+
+/// The call's size against [`limits`], before it is parsed: `env_file_sizes` are the
+/// lengths of the env files' contents the caller sent.
+pub fn check_bounds(argv: &[String], env_file_sizes: &[usize]) -> Result<(), DockerError> {
+    if argv.len() > limits::ARGS {
+        return Err(usage(format!(
+            "docker: {} arguments: a cagerun sandbox call takes at most {}",
+            argv.len(),
+            limits::ARGS
+        )));
+    }
+    if let Some(a) = argv.iter().find(|a| a.len() > limits::ARG_BYTES) {
+        return Err(usage(format!(
+            "docker: an argument of {} bytes: at most {} in a cagerun sandbox call",
+            a.len(),
+            limits::ARG_BYTES
+        )));
+    }
+    if env_file_sizes.len() > limits::ENV_FILES {
+        return Err(usage(format!(
+            "docker: {} env files: at most {} in one call",
+            env_file_sizes.len(),
+            limits::ENV_FILES
+        )));
+    }
+    if let Some(n) = env_file_sizes.iter().find(|n| **n > limits::ENV_FILE_BYTES) {
+        return Err(usage(format!(
+            "docker: an env file of {n} bytes: at most {} each",
+            limits::ENV_FILE_BYTES
+        )));
+    }
+    Ok(())
+}
+
+/// Docker's container name rule (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`), bounded: a name is a key,
+/// never a path component.
+fn check_name(name: &str) -> Result<(), DockerError> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_ok
+        || name.len() > limits::NAME_BYTES
+        || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        return Err(daemon(format!(
+            "Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed (at most {} characters in a cage)",
+            limits::NAME_BYTES
+        )));
+    }
+    Ok(())
+}
+
 pub fn parse(argv: &[String]) -> Result<Call, DockerError> {
     let (cmd, rest) = argv
         .split_first()
@@ -265,6 +335,22 @@ fn parse_create(a: &mut Args) -> Result<Create, DockerError> {
     }
     c.image = rest.remove(0);
     c.command = rest;
+    if let Some(n) = &c.name {
+        check_name(n)?;
+    }
+    for (what, n, max) in [
+        ("labels", c.labels.len(), limits::LABELS),
+        ("-e values", c.env.len(), limits::ENV_VARS),
+        ("volumes", c.volumes.len(), limits::VOLUMES),
+        ("tmpfs mounts", c.tmpfs.len(), limits::TMPFS),
+        ("env files", c.env_files.len(), limits::ENV_FILES),
+    ] {
+        if n > max {
+            return Err(daemon(format!(
+                "{n} {what}: a cagerun sandbox takes at most {max}"
+            )));
+        }
+    }
     Ok(c)
 }
 
@@ -313,12 +399,18 @@ pub struct BrokerPolicy {
     pub max_pids: i64,
 }
 
-/// A bind the sandbox gets: a host path, where it appears, and whether read-only.
+/// A bind the sandbox gets: where its source lies (a path beneath the host directory behind
+/// a gateway mount), where it appears, and whether read-only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bind {
     /// The source as the gateway named it (what `inspect` reports back).
     pub source: String,
-    pub host: String,
+    /// The host directory behind the gateway mount the source lies in (the cage's own path).
+    pub root: String,
+    /// The rest of the source below `root`: plain names, resolved beneath `root` by the engine
+    /// when the sandbox is made (the gateway may have made any of them a symlink). Empty for
+    /// the mount's root itself.
+    pub path: String,
     pub inside: String,
     pub read_only: bool,
 }
@@ -349,9 +441,10 @@ fn clean_path(p: &str) -> bool {
     p.starts_with('/') && !p.split('/').any(|c| c == ".." || c == ".")
 }
 
-/// The host path behind a gateway path, if it lies in one of the gateway's mounts: the
-/// innermost mount wins, and its read-only flag stays (never widened).
-fn map_source(policy: &BrokerPolicy, src: &str) -> Option<(String, bool)> {
+/// The gateway mount a gateway path lies in (the innermost wins) and the rest of the path
+/// below it: (host root, relative rest, read-only). The read-only flag stays (never widened).
+/// Nothing here touches the host: the rest is resolved beneath the root when a sandbox is made.
+fn map_source(policy: &BrokerPolicy, src: &str) -> Option<(String, String, bool)> {
     if !clean_path(src) {
         return None;
     }
@@ -364,11 +457,12 @@ fn map_source(policy: &BrokerPolicy, src: &str) -> Option<(String, bool)> {
         })
         .max_by_key(|m| m.inside.len())
         .map(|m| {
-            let rest = &src[m.inside.trim_end_matches('/').len()..];
-            (
-                format!("{}{rest}", m.host.trim_end_matches('/')),
-                m.read_only,
-            )
+            let rest = src[m.inside.trim_end_matches('/').len()..]
+                .split('/')
+                .filter(|c| !c.is_empty())
+                .collect::<Vec<_>>()
+                .join("/");
+            (m.host.clone(), rest, m.read_only)
         })
 }
 
@@ -448,20 +542,30 @@ pub fn judge_create(c: &Create, policy: &BrokerPolicy) -> Result<SandboxShape, D
         if !clean_path(dst) {
             return Err(daemon(format!("invalid mount path: '{dst}'")));
         }
-        let Some((host, gateway_ro)) = map_source(policy, src) else {
+        let Some((root, path, gateway_ro)) = map_source(policy, src) else {
             return Err(daemon(format!(
                 "bind source {src} is outside the gateway's workspace and state: refused"
             )));
         };
         binds.push(Bind {
             source: src.to_string(),
-            host,
+            root,
+            path,
             inside: dst.to_string(),
             read_only: gateway_ro || opts.contains(&"ro"),
         });
     }
+    let mut destinations: Vec<String> = binds.iter().map(|b| b.inside.clone()).collect();
     for t in &c.tmpfs {
-        tmpfs_mount(t)?;
+        destinations.push(tmpfs_mount(t)?.0);
+    }
+    destinations.iter_mut().for_each(|d| {
+        let trimmed = d.trim_end_matches('/').to_string();
+        *d = trimmed;
+    });
+    destinations.sort();
+    if let Some(w) = destinations.windows(2).find(|w| w[0] == w[1]) {
+        return Err(daemon(format!("Duplicate mount point: {}", w[0])));
     }
     let memory = match &c.memory {
         None => policy.max_memory,
@@ -551,11 +655,13 @@ pub fn exec_request(p: ExecPlan<'_>) -> Result<crate::SandboxRequest, DockerErro
     req.terminal = p.exec.tty;
     req.hostname = Some(p.hostname);
     for b in &p.shape.binds {
-        req.extra_mounts.push(crate::sandbox::ExtraMount::Bind {
-            src: b.host.clone().into(),
-            dst: b.inside.clone(),
-            ro: b.read_only,
-        });
+        req.extra_mounts
+            .push(crate::sandbox::ExtraMount::BindBeneath {
+                root: b.root.clone().into(),
+                path: b.path.clone().into(),
+                dst: b.inside.clone(),
+                ro: b.read_only,
+            });
     }
     for t in &p.shape.tmpfs {
         let (dst, size) = tmpfs_mount(t)?;
@@ -738,13 +844,15 @@ mod tests {
             [
                 Bind {
                     source: "/workspace".into(),
-                    host: "/cage/workspace".into(),
+                    root: "/cage/workspace".into(),
+                    path: "".into(),
                     inside: "/workspace".into(),
                     read_only: false
                 },
                 Bind {
                     source: "/state/sandbox/skills/main".into(),
-                    host: "/cage/.cagerun/volumes/state/sandbox/skills/main".into(),
+                    root: "/cage/.cagerun/volumes/state".into(),
+                    path: "sandbox/skills/main".into(),
                     inside: "/workspace/.openclaw/sandbox-skills/skills".into(),
                     read_only: true
                 },

@@ -39,6 +39,13 @@ pub enum SpecError {
     UnknownGroup { name: String },
     #[error("refusing to run the sandbox as host root: as root, cagerun maps the sandbox user to the same unprivileged host id, so --user 0 would be uid 0 on the host; pick a non-zero --user")]
     HostRootUser,
+    #[error("bind beneath {root:?}: {path:?} must be a relative path of plain names (no '..', '.' or leading '/')")]
+    BindBeneath {
+        root: std::path::PathBuf,
+        path: std::path::PathBuf,
+    },
+    #[error("two mounts at {0}: a destination may be mounted once")]
+    DuplicateMount(String),
     #[error("building the OCI spec: {0}")]
     Oci(#[from] oci_spec::OciSpecError),
 }

@@ -15,7 +15,10 @@ use oci_spec::runtime::{
 };
 
 use crate::passwd::{synthesized_group, synthesized_hosts, synthesized_passwd};
-use crate::{seccomp, SpecError, FILE_ANNOTATION_PREFIX, SYMLINK_ANNOTATION_PREFIX};
+use crate::{
+    seccomp, SpecError, BENEATH_ANNOTATION_PREFIX, FILE_ANNOTATION_PREFIX,
+    SYMLINK_ANNOTATION_PREFIX,
+};
 
 pub const HOSTNAME: &str = "sandbox";
 pub const WORKSPACE_DEST: &str = "/workspace";
@@ -176,6 +179,17 @@ pub enum ExtraMount {
     /// An absolute host path (resolved by the caller) at `dst`; read-only unless `ro` is false.
     Bind {
         src: PathBuf,
+        dst: String,
+        ro: bool,
+    },
+    /// A host directory or file that hostile code can write (the gateway's workspace or state
+    /// volume, as a sandbox bind source the broker mapped): `path` is resolved beneath `root`
+    /// by the engine when it mounts it (openat2 RESOLVE_IN_ROOT, never a host path walk), so
+    /// a symlink planted anywhere under `root` cannot lead out of it. `root` is the cage's
+    /// own path (from cage.toml), out of the hostile side's reach.
+    BindBeneath {
+        root: PathBuf,
+        path: PathBuf,
         dst: String,
         ro: bool,
     },
@@ -360,6 +374,7 @@ pub fn render_sandbox(req: &SandboxRequest, host: HostIds) -> Result<Spec, SpecE
             &["bind", "rw", "nosuid", "nodev"],
         )?);
     }
+    let mut beneath = Vec::new();
     for m in &req.extra_mounts {
         match m {
             ExtraMount::Bind { src, dst, ro } => {
@@ -370,6 +385,32 @@ pub fn render_sandbox(req: &SandboxRequest, host: HostIds) -> Result<Spec, SpecE
                     &src.to_string_lossy(),
                     &["bind", access, "nosuid", "nodev"],
                 )?);
+            }
+            ExtraMount::BindBeneath {
+                root,
+                path,
+                dst,
+                ro,
+            } => {
+                if !root.is_absolute()
+                    || path.is_absolute()
+                    || path
+                        .components()
+                        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+                {
+                    return Err(SpecError::BindBeneath {
+                        root: root.clone(),
+                        path: path.clone(),
+                    });
+                }
+                let access = if *ro { "ro" } else { "rw" };
+                mounts.push(mount(
+                    dst,
+                    "bind",
+                    &root.join(path).to_string_lossy(),
+                    &["bind", access, "nosuid", "nodev"],
+                )?);
+                beneath.push((dst.clone(), root.clone()));
             }
             ExtraMount::Device { path } => {
                 mounts.push(mount(
@@ -389,6 +430,17 @@ pub fn render_sandbox(req: &SandboxRequest, host: HostIds) -> Result<Spec, SpecE
                     &["nosuid", "nodev", "mode=1777", &size],
                 )?);
             }
+        }
+    }
+    for (dst, root) in beneath {
+        if annotations
+            .insert(
+                format!("{BENEATH_ANNOTATION_PREFIX}{dst}"),
+                root.to_string_lossy().into_owned(),
+            )
+            .is_some()
+        {
+            return Err(SpecError::DuplicateMount(dst));
         }
     }
     // Last: sysfs shows the mounting namespace's network devices, and the engine joins the

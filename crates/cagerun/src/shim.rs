@@ -89,11 +89,19 @@ pub fn main() -> i32 {
         eprintln!("docker: {e:#}");
         return 125;
     }
-    match crate::ipc::recv_fds(&sock, 64) {
-        Ok(Some((reply, _))) => String::from_utf8_lossy(&reply)
-            .strip_prefix("exit ")
-            .and_then(|c| c.trim().parse().ok())
-            .unwrap_or(125),
+    match crate::ipc::recv_fds(&sock, 1024) {
+        Ok(Some((reply, _))) => {
+            let reply = String::from_utf8_lossy(&reply);
+            if let Some(why) = reply.strip_prefix("error ") {
+                // The broker refused the call before it could answer on our stderr.
+                eprintln!("{why}");
+                return 125;
+            }
+            reply
+                .strip_prefix("exit ")
+                .and_then(|c| c.trim().parse().ok())
+                .unwrap_or(125)
+        }
         Ok(None) => {
             eprintln!("docker: the sandbox broker went away (is the cage stopping?)");
             125

@@ -18,8 +18,9 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use cage_spec::docker::{self, BrokerPolicy, Call, DockerError, GatewayMount, SandboxShape};
@@ -35,6 +36,8 @@ pub struct Setup {
     pub policy: BrokerPolicy,
     /// image name → the tree its sandboxes run from
     pub roots: HashMap<String, RootfsSource>,
+    /// Sandboxes running at once (`[services.X.sandboxes] max`).
+    pub max_running: usize,
 }
 
 /// The broker's policy for a service: its images (resolved now, so a missing tree is an error
@@ -109,6 +112,7 @@ pub fn setup(
             max_memory: sb.memory,
             max_pids: sb.pids,
         },
+        max_running: sb.max as usize,
         roots,
     }))
 }
@@ -144,7 +148,20 @@ pub struct Broker {
     runs: PathBuf,
     containers: Mutex<Vec<Container>>,
     next_run: AtomicU64,
+    /// Sandboxes running now (the budget's count).
+    running: AtomicUsize,
+    /// Calls being served now (each holds a thread and the shim's descriptors).
+    connections: AtomicUsize,
 }
+
+/// Calls served at once; one more is answered "busy" and closed at once. A tool command
+/// holds its call for as long as it runs, so this is well above any sandbox budget.
+const MAX_CONNECTIONS: usize = 128;
+/// A caller that connects and sends nothing is dropped after this long.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the broker waits to write its answer to a caller's stdout/stderr (a full pipe
+/// or a FIFO nobody reads must not hold a thread, let alone the container table).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The directory bound into the service at [`crate::shim::BROKER_DIR`]: the socket, and an
 /// empty file the shim binary is bound onto.
@@ -174,17 +191,44 @@ impl Broker {
             runs,
             containers: Mutex::new(Vec::new()),
             next_run: AtomicU64::new(0),
+            connections: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
         });
         let b = broker.clone();
         std::thread::Builder::new()
             .name("broker".into())
             .spawn(move || {
                 for conn in listener.incoming() {
-                    let Ok(conn) = conn else { continue };
-                    let b = b.clone();
-                    let _ = std::thread::Builder::new()
+                    let conn = match conn {
+                        Ok(c) => c,
+                        Err(e) => {
+                            // Out of descriptors (or any other accept failure): back off
+                            // instead of spinning on an error that will repeat.
+                            tracing::warn!("broker: accepting a call: {e}");
+                            std::thread::sleep(Duration::from_millis(100));
+                            continue;
+                        }
+                    };
+                    if b.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                        b.connections.fetch_sub(1, Ordering::SeqCst);
+                        let _ = crate::ipc::send_fds(
+                            &conn,
+                            format!("error the sandbox broker is busy ({MAX_CONNECTIONS} calls in progress); try again").as_bytes(),
+                            &[],
+                        );
+                        continue;
+                    }
+                    let b2 = b.clone();
+                    let spawned = std::thread::Builder::new()
                         .name("broker-call".into())
-                        .spawn(move || b.serve(conn));
+                        .spawn(move || {
+                            b2.serve(conn);
+                            b2.connections.fetch_sub(1, Ordering::SeqCst);
+                        });
+                    if spawned.is_err() {
+                        b.connections.fetch_sub(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
                 }
             })?;
         Ok(broker)
@@ -198,9 +242,11 @@ impl Broker {
     }
 
     fn serve(&self, conn: std::os::unix::net::UnixStream) {
+        let _ = conn.set_read_timeout(Some(REQUEST_TIMEOUT));
         let Ok(Some((body, mut fds))) = crate::ipc::recv_fds(&conn, MAX_REQUEST) else {
             return;
         };
+        let _ = conn.set_read_timeout(None);
         let code = match (serde_json::from_slice::<Request>(&body), fds.len()) {
             (Ok(req), 3) => {
                 let stderr = fds.pop().unwrap();
@@ -211,7 +257,13 @@ impl Broker {
                     stdout,
                     stderr,
                 };
-                self.call(&req, io, &conn)
+                match io.check() {
+                    Ok(()) => self.call(&req, io, &conn),
+                    Err(why) => {
+                        let _ = crate::ipc::send_fds(&conn, format!("error {why}").as_bytes(), &[]);
+                        return;
+                    }
+                }
             }
             _ => 125,
         };
@@ -219,128 +271,153 @@ impl Broker {
     }
 
     fn call(&self, req: &Request, io: Io, conn: &std::os::unix::net::UnixStream) -> i32 {
+        let file_sizes: Vec<usize> = req.files.values().map(String::len).collect();
+        if let Err(e) = docker::check_bounds(&req.argv, &file_sizes) {
+            return io.fail(&e, 125);
+        }
         let call = match docker::parse(&req.argv) {
             Ok(c) => c,
             Err(e) => return io.fail(&e, 125),
         };
         tracing::info!(service = %self.setup.service, "docker {}", summary(&req.argv));
-        match call {
-            Call::Version => {
-                io.out(&format!(
-                    "cagerun sandbox broker {} (docker CLI subset for OpenClaw)\n",
-                    env!("CARGO_PKG_VERSION")
-                ));
-                0
-            }
+        // Each arm decides under the container table's lock and answers after it is
+        // released: a caller's descriptor may block, the table must not.
+        let answer: Result<String, (DockerError, i32)> = match call {
+            Call::Version => Ok(format!(
+                "cagerun sandbox broker {} (docker CLI subset for OpenClaw)\n",
+                env!("CARGO_PKG_VERSION")
+            )),
             Call::ImageInspect { image } => match self.setup.roots.get(&image) {
                 Some(_) => {
                     // A stable id for the name: docker shows a digest; nothing here reads it.
                     let id = cage_image::digest::Digest::of(image.as_bytes());
-                    io.out(&format!(
+                    Ok(format!(
                         "{}\n",
                         serde_json::json!([{"Id": id.to_string(), "RepoTags": [image]}])
-                    ));
-                    0
+                    ))
                 }
-                None => io.fail(
-                    &DockerError(format!(
+                None => Err((
+                    DockerError(format!(
                         "Error response from daemon: No such image: {image}"
                     )),
                     1,
-                ),
+                )),
             },
-            Call::Create(c) => {
-                let shape = match docker::judge_create(&c, &self.setup.policy) {
-                    Ok(s) => s,
-                    Err(e) => return io.fail(&e, 125),
-                };
-                let mut env = Vec::new();
-                if let Err(e) = add_env(&mut env, req, &shape.env_files, &shape.env) {
-                    return io.fail(&e, 125);
-                }
-                let mut containers = self.containers.lock().unwrap();
-                if let Some(n) = &shape.name {
-                    if containers.iter().any(|c| c.shape.name.as_ref() == Some(n)) {
-                        return io.fail(&DockerError(format!("Error response from daemon: Conflict. The container name \"/{n}\" is already in use")), 125);
-                    }
-                }
-                let id = random_id();
-                io.out(&format!("{id}\n"));
-                containers.push(Container {
-                    id,
-                    shape,
-                    env,
-                    running: false,
-                    created: now_rfc3339(),
-                    running_execs: Vec::new(),
-                });
-                0
-            }
+            Call::Create(c) => self.create(req, &c),
             Call::Start { containers: names } => {
                 let mut containers = self.containers.lock().unwrap();
+                let mut out = String::new();
+                let mut result = Ok(());
                 for n in &names {
                     match find(&mut containers, n) {
                         Some(c) => {
                             c.running = true;
-                            io.out(&format!("{n}\n"));
+                            out.push_str(&format!("{n}\n"));
                         }
-                        None => return io.fail(&no_such_container(n), 1),
+                        None => {
+                            result = Err((no_such_container(n), 1));
+                            break;
+                        }
                     }
                 }
-                0
+                drop(containers);
+                io.out(&out);
+                result.map(|()| String::new())
             }
             Call::Inspect {
                 format, targets, ..
             } => {
                 let mut containers = self.containers.lock().unwrap();
                 let mut docs = Vec::new();
+                let mut missing = None;
                 for t in &targets {
                     match find(&mut containers, t) {
                         Some(c) => docs.push(docker::inspect_document(
                             &c.id, &c.shape, c.running, &c.env, &c.created,
                         )),
                         None => {
-                            return io.fail(&DockerError(format!("Error: No such object: {t}")), 1)
+                            missing = Some(t.clone());
+                            break;
                         }
                     }
                 }
                 drop(containers);
-                match format {
-                    None => {
-                        io.out(&format!(
-                            "{}\n",
-                            serde_json::to_string_pretty(&docs).unwrap_or_default()
-                        ));
-                    }
-                    Some(f) => {
-                        for d in &docs {
-                            match docker::render_template(&f, d) {
-                                Ok(s) => io.out(&format!("{s}\n")),
-                                Err(e) => return io.fail(&e, 1),
-                            }
-                        }
-                    }
+                match (missing, format) {
+                    (Some(t), _) => Err((DockerError(format!("Error: No such object: {t}")), 1)),
+                    (None, None) => Ok(format!(
+                        "{}\n",
+                        serde_json::to_string_pretty(&docs).unwrap_or_default()
+                    )),
+                    (None, Some(f)) => docs
+                        .iter()
+                        .map(|d| docker::render_template(&f, d).map(|s| format!("{s}\n")))
+                        .collect::<Result<String, _>>()
+                        .map_err(|e| (e, 1)),
                 }
-                0
             }
             Call::Remove {
                 containers: names, ..
             } => {
                 let mut containers = self.containers.lock().unwrap();
+                let mut out = String::new();
+                let mut result = Ok(());
                 for n in &names {
                     let Some(i) = containers
                         .iter()
                         .position(|c| c.id == *n || c.shape.name.as_deref() == Some(n))
                     else {
-                        return io.fail(&no_such_container(n), 1);
+                        result = Err((no_such_container(n), 1));
+                        break;
                     };
                     containers.remove(i).kill_running();
-                    io.out(&format!("{n}\n"));
+                    out.push_str(&format!("{n}\n"));
                 }
+                drop(containers);
+                io.out(&out);
+                result.map(|()| String::new())
+            }
+            Call::Exec(e) => return self.exec(req, &e, io, conn),
+        };
+        match answer {
+            Ok(text) => {
+                io.out(&text);
                 0
             }
-            Call::Exec(e) => self.exec(req, &e, io, conn),
+            Err((e, code)) => io.fail(&e, code),
         }
+    }
+
+    /// `create`: judge it, record it, answer its id. Over the container bound, a name in
+    /// use, or a refusal: nothing is recorded.
+    fn create(&self, req: &Request, c: &docker::Create) -> Result<String, (DockerError, i32)> {
+        let shape = docker::judge_create(c, &self.setup.policy).map_err(|e| (e, 125))?;
+        let mut env = Vec::new();
+        add_env(&mut env, req, &shape.env_files, &shape.env).map_err(|e| (e, 125))?;
+        let mut containers = self.containers.lock().unwrap();
+        if containers.len() >= docker::limits::CONTAINERS {
+            return Err((
+                DockerError(format!(
+                    "Error response from daemon: a cagerun cage keeps at most {} sandbox containers: remove some (docker rm -f)",
+                    docker::limits::CONTAINERS
+                )),
+                125,
+            ));
+        }
+        if let Some(n) = &shape.name {
+            if containers.iter().any(|c| c.shape.name.as_ref() == Some(n)) {
+                return Err((DockerError(format!("Error response from daemon: Conflict. The container name \"/{n}\" is already in use")), 125));
+            }
+        }
+        let id = random_id();
+        containers.push(Container {
+            id: id.clone(),
+            shape,
+            env,
+            running: false,
+            created: now_rfc3339(),
+            running_execs: Vec::new(),
+        });
+        Ok(format!("{id}\n"))
     }
 
     /// One tool command: a fresh sandbox of the container's shape, to its end.
@@ -351,22 +428,47 @@ impl Broker {
         io: Io,
         conn: &std::os::unix::net::UnixStream,
     ) -> i32 {
-        let (id, shape, mut env) = {
+        let found = {
             let mut containers = self.containers.lock().unwrap();
             match find(&mut containers, &e.container) {
-                Some(c) if c.running => (c.id.clone(), c.shape.clone(), c.env.clone()),
-                Some(c) => {
-                    return io.fail(
-                        &DockerError(format!(
-                            "Error response from daemon: container {} is not running",
-                            c.id
-                        )),
-                        1,
-                    )
-                }
-                None => return io.fail(&no_such_container(&e.container), 1),
+                Some(c) if c.running => Ok((c.id.clone(), c.shape.clone(), c.env.clone())),
+                Some(c) => Err(DockerError(format!(
+                    "Error response from daemon: container {} is not running",
+                    c.id
+                ))),
+                None => Err(no_such_container(&e.container)),
             }
         };
+        let (id, shape, env) = match found {
+            Ok(f) => f,
+            Err(err) => return io.fail(&err, 1),
+        };
+        // The sandbox budget: a slot is taken before anything starts and given back when
+        // the sandbox has ended.
+        let max = self.setup.max_running;
+        if self.running.fetch_add(1, Ordering::SeqCst) >= max {
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            return io.fail(
+                &DockerError(format!(
+                    "Error response from daemon: the cage's sandbox budget is spent ({max} sandboxes running, `[services.{}.sandboxes] max`): try again when one has ended",
+                    self.setup.service
+                )),
+                125,
+            );
+        }
+        let code = self.exec_within_budget(req, e, io, conn, (id, shape, env));
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        code
+    }
+
+    fn exec_within_budget(
+        &self,
+        req: &Request,
+        e: &docker::Exec,
+        io: Io,
+        conn: &std::os::unix::net::UnixStream,
+        (id, shape, mut env): (String, SandboxShape, Vec<(String, String)>),
+    ) -> i32 {
         if let Err(err) = add_env(&mut env, req, &e.env_files, &e.env) {
             return io.fail(&err, 125);
         }
@@ -487,13 +589,114 @@ struct Io {
 }
 
 impl Io {
+    /// The shim's stdio must be what a process's stdio is: a pipe, a unix socket, a
+    /// terminal, or /dev/null. Anything else (a directory, a regular file, an O_PATH
+    /// descriptor, another kind of socket) would hand the sandbox a way into the gateway's
+    /// filesystem or network, so the call is refused before anything is recorded.
+    fn check(&self) -> Result<(), String> {
+        for (name, fd) in [
+            ("stdin", &self.stdin),
+            ("stdout", &self.stdout),
+            ("stderr", &self.stderr),
+        ] {
+            let kind = stdio_kind(fd);
+            if let Err(what) = kind {
+                return Err(format!(
+                    "docker: {name} is {what}: a cagerun sandbox takes a pipe, a unix socket, a terminal or /dev/null"
+                ));
+            }
+        }
+        Ok(())
+    }
     fn out(&self, text: &str) {
-        let _ = nix::unistd::write(&self.stdout, text.as_bytes());
+        write_bounded(&self.stdout, text.as_bytes());
     }
     fn fail(&self, e: &DockerError, code: i32) -> i32 {
-        let _ = nix::unistd::write(&self.stderr, format!("{e}\n").as_bytes());
+        write_bounded(&self.stderr, format!("{e}\n").as_bytes());
         code
     }
+}
+
+/// What a stdio descriptor is, or why it is refused.
+fn stdio_kind(fd: &OwnedFd) -> Result<(), String> {
+    use nix::sys::socket::{getsockopt, sockopt};
+    use nix::sys::stat::{fstat, SFlag};
+    // O_PATH descriptors have no I/O: refuse them whatever they name.
+    let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)
+        .map_err(|e| format!("unreadable ({e})"))?;
+    if flags & libc::O_PATH != 0 {
+        return Err("an O_PATH descriptor".into());
+    }
+    let st = fstat(fd.as_raw_fd()).map_err(|e| format!("unreadable ({e})"))?;
+    let kind = SFlag::from_bits_truncate(st.st_mode & libc::S_IFMT);
+    if kind == SFlag::S_IFIFO {
+        return Ok(());
+    }
+    if kind == SFlag::S_IFSOCK {
+        let mut domain: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt into a c_int of the size we pass.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_DOMAIN,
+                (&mut domain as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        let unix = rc == 0 && domain == libc::AF_UNIX;
+        let listening = getsockopt(fd, sockopt::AcceptConn).unwrap_or(true);
+        return match (unix, listening) {
+            (true, false) => Ok(()),
+            (true, true) => Err("a listening socket".into()),
+            (false, _) => Err("a socket that is not a unix socket".into()),
+        };
+    }
+    if kind == SFlag::S_IFCHR {
+        let dev_null = libc::makedev(1, 3);
+        if st.st_rdev == dev_null || nix::unistd::isatty(fd.as_raw_fd()).unwrap_or(false) {
+            return Ok(());
+        }
+        return Err("a device that is not a terminal".into());
+    }
+    Err(match kind {
+        SFlag::S_IFDIR => "a directory".into(),
+        SFlag::S_IFREG => "a regular file".into(),
+        _ => "not a pipe, socket or terminal".into(),
+    })
+}
+
+/// Write all of `bytes` to a caller's descriptor within [`WRITE_TIMEOUT`], or give up: the
+/// descriptor is made non-blocking for the write (and restored after), so a pipe nobody
+/// reads costs this thread two seconds, never forever.
+fn write_bounded(fd: &OwnedFd, bytes: &[u8]) {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let Ok(old) = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL) else {
+        return;
+    };
+    let old = OFlag::from_bits_truncate(old);
+    let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(old | OFlag::O_NONBLOCK));
+    let deadline = std::time::Instant::now() + WRITE_TIMEOUT;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match nix::unistd::write(fd, rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    tracing::warn!("broker: a caller's descriptor stayed full; answer dropped");
+                    break;
+                }
+                let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+                let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
+                let _ = poll(&mut fds, PollTimeout::from(ms));
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(old));
 }
 
 fn find<'a>(containers: &'a mut [Container], key: &str) -> Option<&'a mut Container> {

@@ -1,0 +1,617 @@
+//! The gateway is hostile: attacks on the sandbox broker from inside a gateway service, as
+//! root and rootless. The gateway writes its workspace and its state volume and sends the
+//! broker whatever docker calls it likes; none of it may reach the host.
+//!
+//! Every case first proves its probe: the name the gateway plants, resolved by a plain host
+//! path walk (what the broker did before it resolved bind sources beneath their root),
+//! reaches a host marker file the sandbox user could read. Then it shows that the sandbox
+//! cannot read it and that the marker is unchanged.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::cage::*;
+use support::*;
+
+const IMAGE: &str = "openclaw-sandbox:bookworm-slim";
+
+const GATEWAY_TOML: &str = r#"
+[services.gw]
+host = true
+command = ["sleep", "100000"]
+env = { CAGE_MARKER = "{MARKER}" }
+mounts = [{ src = "workspace", dst = "/workspace", ro = false }]
+volumes = ["state:/state"]
+
+[services.gw.sandboxes]
+images = { "openclaw-sandbox:bookworm-slim" = "host" }
+max = 2
+"#;
+
+/// A host directory outside the cage with a secret the sandbox user could read if it got
+/// there: `secret`, and `x/secret` for paths that go through a middle component.
+struct Marker {
+    dir: TempDir,
+    secret: String,
+}
+
+impl Marker {
+    fn new() -> Marker {
+        let dir = TempDir::new("marker", None);
+        let secret = unique("host-secret");
+        std::fs::write(dir.path().join("secret"), &secret).unwrap();
+        std::fs::create_dir(dir.path().join("x")).unwrap();
+        std::fs::write(dir.path().join("x/secret"), &secret).unwrap();
+        for f in ["secret", "x/secret"] {
+            set_mode(&dir.path().join(f), 0o644);
+        }
+        set_mode(&dir.path().join("x"), 0o755);
+        Marker { dir, secret }
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    /// (contents, owner, mode, links) of both secrets: what "unchanged" means.
+    fn state(&self) -> Vec<(String, u32, u32, u32, u64)> {
+        ["secret", "x/secret"]
+            .iter()
+            .map(|f| {
+                let p = self.path().join(f);
+                let m = std::fs::symlink_metadata(&p).unwrap();
+                (
+                    std::fs::read_to_string(&p).unwrap(),
+                    m.uid(),
+                    m.gid(),
+                    m.mode(),
+                    m.nlink(),
+                )
+            })
+            .collect()
+    }
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn new_cage(mode: Mode) -> Cage {
+    let cage = Cage::new(
+        mode,
+        "atk",
+        &[("config/cage.toml", GATEWAY_TOML), ("workspace/.keep", "")],
+    );
+    std::os::unix::fs::chown(
+        cage.root.join("workspace"),
+        Some(mode.sandbox_host_uid()),
+        Some(mode.sandbox_host_gid()),
+    )
+    .unwrap();
+    cage
+}
+
+fn gateway(cage: &Cage, script: &str) -> Run {
+    cage.cagerun(&["exec", "gw", "--", "sh", "-c", script])
+}
+
+/// A shell function in the gateway: `sbx NAME SRC DST` creates and starts a sandbox with
+/// one bind, the way OpenClaw does (`-v SRC:DST:z`).
+fn sbx_fn() -> String {
+    format!(
+        "printf 'A=1\\n' > /tmp/sbx.env\n\
+         sbx() {{ docker create --name \"$1\" --read-only --network none --user 1000:1000 \
+         --cap-drop ALL --security-opt no-new-privileges --env-file /tmp/sbx.env \
+         -v \"$2:$3:z\" {IMAGE} sleep infinity >/dev/null && docker start \"$1\" >/dev/null; }}\n"
+    )
+}
+
+fn line_after<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key:?} in {out}"))
+        .trim()
+}
+
+/// The probe is valid: a plain host walk of `planted` (inside the cage's workspace or
+/// volume) reaches the marker's secret.
+fn assert_host_walk_reaches(planted: &Path, marker: &Marker, case: &str) {
+    let got = std::fs::read_to_string(planted).unwrap_or_else(|e| {
+        panic!(
+            "{case}: the probe is invalid: a host walk of {} does not reach the marker ({e})",
+            planted.display()
+        )
+    });
+    assert_eq!(got, marker.secret, "{case}: the probe is invalid");
+}
+
+#[test]
+fn symlinks_of_every_shape_in_a_bind_source_stay_inside_the_gateways_mount() {
+    let _serial = serial();
+    for mode in modes() {
+        let marker = Marker::new();
+        let before = marker.state();
+        let mut cage = new_cage(mode);
+        cage.up();
+        let netns = cage.netns_inodes();
+        let m = marker.path().display().to_string();
+        let parent = marker.path().parent().unwrap().display().to_string();
+        let base = marker
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        // (case, what the gateway plants in /workspace, bind source, destination, what the
+        // sandbox reads, the host path a plain walk of the source + read path resolves)
+        let climb = "../".repeat(30);
+        let cases: Vec<(&str, String, String, &str, String, String)> = vec![
+            (
+                "absolute",
+                format!("ln -s {m} abs"),
+                "/workspace/abs".into(),
+                "/mnt",
+                "/mnt/secret".into(),
+                "abs/secret".into(),
+            ),
+            (
+                "relative",
+                format!("ln -s {climb}{} rel", m.trim_start_matches('/')),
+                "/workspace/rel".into(),
+                "/mnt",
+                "/mnt/secret".into(),
+                "rel/secret".into(),
+            ),
+            (
+                "proc-root",
+                format!("ln -s /proc/self/root{m} proc"),
+                "/workspace/proc".into(),
+                "/mnt",
+                "/mnt/secret".into(),
+                "proc/secret".into(),
+            ),
+            (
+                "middle",
+                format!("ln -s {parent} mid"),
+                format!("/workspace/mid/{base}"),
+                "/mnt",
+                "/mnt/secret".into(),
+                format!("mid/{base}/secret"),
+            ),
+            (
+                "chain",
+                format!("ln -s chain2 chain1 && ln -s {m} chain2"),
+                "/workspace/chain1".into(),
+                "/mnt",
+                "/mnt/secret".into(),
+                "chain1/secret".into(),
+            ),
+            (
+                "file",
+                format!("ln -s {m}/secret file"),
+                "/workspace/file".into(),
+                "/mnt/f",
+                "/mnt/f".into(),
+                "file".into(),
+            ),
+            (
+                "dotdot-inside",
+                format!(
+                    "mkdir -p d/e && ln -s ../../{climb}{} d/e/up",
+                    m.trim_start_matches('/')
+                ),
+                "/workspace/d/e/up".into(),
+                "/mnt",
+                "/mnt/secret".into(),
+                "d/e/up/secret".into(),
+            ),
+        ];
+        let mut script = sbx_fn();
+        script.push_str("cd /workspace\n");
+        for (case, plant, src, dst, read, _) in &cases {
+            script.push_str(&format!(
+                "{plant}\nif sbx c-{case} {src} {dst}; then echo \"{case}: $(docker exec c-{case} cat {read} 2>&1 | tr '\\n' ' ')\"; else echo \"{case}: create refused\"; fi\n"
+            ));
+        }
+        let r = gateway(&cage, &script);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        for (case, _, _, _, _, walk) in &cases {
+            assert_host_walk_reaches(&cage.root.join("workspace").join(walk), &marker, case);
+            let seen = line_after(&r.stdout, &format!("{case}:"));
+            assert!(
+                !seen.contains(&marker.secret),
+                "{case}: the sandbox read the host's secret: {seen}"
+            );
+        }
+        // The probe's other half: the bind itself works when the source is what it says.
+        std::fs::create_dir_all(cage.root.join("workspace/real")).unwrap();
+        std::fs::write(cage.root.join("workspace/real/secret"), "benign").unwrap();
+        chown_tree(
+            &cage.root.join("workspace/real"),
+            (mode.sandbox_host_uid(), mode.sandbox_host_gid()),
+        );
+        let r = gateway(
+            &cage,
+            &format!(
+                "{}sbx c-real /workspace/real /mnt && docker exec c-real cat /mnt/secret",
+                sbx_fn()
+            ),
+        );
+        assert_eq!(r.stdout.trim(), "benign", "{}", r.stderr);
+        assert_eq!(marker.state(), before, "the marker changed");
+        cage.down();
+        cage.assert_gone(&netns);
+    }
+}
+
+#[test]
+fn a_source_swapped_for_a_symlink_after_create_or_while_sandboxes_start_stays_inside() {
+    let _serial = serial();
+    for mode in modes() {
+        let marker = Marker::new();
+        let before = marker.state();
+        let mut cage = new_cage(mode);
+        cage.up();
+        let netns = cage.netns_inodes();
+        let m = marker.path().display().to_string();
+        let ws = cage.root.join("workspace");
+
+        // The last component swapped between create and exec.
+        let r = gateway(
+            &cage,
+            &format!(
+                "{}mkdir -p /workspace/sub && echo benign > /workspace/sub/secret\n\
+                 sbx c-swap /workspace/sub /mnt\n\
+                 echo \"before: $(docker exec c-swap cat /mnt/secret 2>&1)\"\n\
+                 rm -r /workspace/sub && ln -s {m} /workspace/sub\n\
+                 echo \"after: $(docker exec c-swap cat /mnt/secret 2>&1 | tr '\\n' ' ')\"",
+                sbx_fn()
+            ),
+        );
+        assert_eq!(line_after(&r.stdout, "before:"), "benign", "{}", r.stderr);
+        assert_host_walk_reaches(&ws.join("sub/secret"), &marker, "swap-last");
+        assert!(!line_after(&r.stdout, "after:").contains(&marker.secret));
+
+        // A middle component swapped between create and exec.
+        let r = gateway(
+            &cage,
+            &format!(
+                "{}mkdir -p /workspace/d1/x && echo benign > /workspace/d1/x/secret\n\
+                 sbx c-mid /workspace/d1/x /mnt\n\
+                 echo \"before: $(docker exec c-mid cat /mnt/secret 2>&1)\"\n\
+                 rm -r /workspace/d1 && ln -s {m} /workspace/d1\n\
+                 echo \"after: $(docker exec c-mid cat /mnt/secret 2>&1 | tr '\\n' ' ')\"",
+                sbx_fn()
+            ),
+        );
+        assert_eq!(line_after(&r.stdout, "before:"), "benign", "{}", r.stderr);
+        assert_host_walk_reaches(&ws.join("d1/x/secret"), &marker, "swap-middle");
+        assert!(!line_after(&r.stdout, "after:").contains(&marker.secret));
+
+        // A loop swapping the source between a directory and a symlink while 200 sandboxes
+        // start: each sees the benign directory or fails, never the host.
+        let r = gateway(
+            &cage,
+            &format!(
+                "{}mkdir -p /workspace/s && sbx c-loop /workspace/s /mnt\n\
+                 echo benign > /workspace/s/secret\n\
+                 ( for i in $(seq 20000); do sleep 0.01; mv /workspace/s /workspace/s.real; ln -s {m} /workspace/s; sleep 0.01; rm /workspace/s; mv /workspace/s.real /workspace/s; done ) &\n\
+                 swapper=$!\n\
+                 for i in $(seq 200); do docker exec c-loop cat /mnt/secret 2>&1 || echo failed; done | cat > /tmp/seen\n\
+                 kill $swapper; wait $swapper 2>/dev/null\n\
+                 rm -rf /workspace/s /workspace/s.real; ln -s {m} /workspace/s\n\
+                 echo \"benign: $(grep -c benign /tmp/seen)\"; echo \"failed: $(grep -c failed /tmp/seen)\"\n\
+                 echo \"total: $(wc -l < /tmp/seen)\"; echo \"other: $(grep -v -e benign -e failed /tmp/seen | head -3 | tr '\\n' ' ')\"",
+                sbx_fn()
+            ),
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let benign: usize = line_after(&r.stdout, "benign:").parse().unwrap();
+        assert!(
+            benign > 0,
+            "the probe is invalid: no exec ever saw the real directory: {}\n{}",
+            r.stdout,
+            r.stderr
+        );
+        assert_host_walk_reaches(&ws.join("s/secret"), &marker, "swap-loop");
+        assert!(!r.stdout.contains(&marker.secret), "{}", r.stdout);
+        assert_eq!(marker.state(), before, "the marker changed");
+        cage.down();
+        cage.assert_gone(&netns);
+    }
+}
+
+#[test]
+fn links_planted_in_the_state_volume_touch_nothing_outside_it_on_down_or_up() {
+    let _serial = serial();
+    for mode in modes() {
+        let marker = Marker::new();
+        let mut cage = new_cage(mode);
+        cage.up();
+        let netns = cage.netns_inodes();
+        let m = marker.path().display().to_string();
+        let state = cage.root.join(".cagerun/volumes/state");
+        // The gateway plants symlinks to the host in its state volume ...
+        let r = gateway(
+            &cage,
+            &format!("ln -s {m} /state/dir-link && ln -s {m}/secret /state/file-link && mkdir -p /state/deep && ln -s {m}/x /state/deep/x"),
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        // ... and a hardlink to a host file (planted from outside: the gateway cannot see
+        // one, but a volume restored from elsewhere might hold one).
+        std::fs::hard_link(marker.path().join("x/secret"), state.join("hard")).unwrap();
+        assert_host_walk_reaches(&state.join("dir-link/secret"), &marker, "state dir-link");
+        assert_host_walk_reaches(&state.join("file-link"), &marker, "state file-link");
+        assert_host_walk_reaches(&state.join("hard"), &marker, "state hardlink");
+        // A host file's owner, as the test set it, must survive everything below.
+        std::os::unix::fs::chown(marker.path().join("secret"), Some(4242), Some(4343)).unwrap();
+        let before = marker.state();
+
+        // The next up with the links in place: nothing outside the volume changes owner.
+        cage.down();
+        cage.assert_gone(&netns);
+        cage.up();
+        let netns = cage.netns_inodes();
+        let mut after_up = marker.state();
+        // The hardlink's count is the only thing the volume shares with the host file.
+        assert_eq!(
+            after_up, before,
+            "up touched a host file through the volume"
+        );
+
+        // down --volumes: removes the links, never what they point at.
+        let r = cage.cagerun(&["down", "--volumes"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        cage.assert_gone(&netns);
+        assert!(!state.exists(), "the volume is gone");
+        after_up[1].4 -= 1;
+        assert_eq!(
+            marker.state(),
+            after_up,
+            "down --volumes touched a host file"
+        );
+        assert!(marker.path().join("x").is_dir());
+    }
+}
+
+#[test]
+fn stdio_that_is_not_a_pipe_socket_or_terminal_is_refused() {
+    let _serial = serial();
+    for mode in modes() {
+        let mut cage = new_cage(mode);
+        cage.up();
+        let netns = cage.netns_inodes();
+        // The probe is valid: a process whose stdin is a directory reaches that directory's
+        // tree through /proc/self/fd/0 (in a sandbox, that would be the gateway's root).
+        let r = gateway(
+            &cage,
+            &format!(
+                "{}sbx c-fd /workspace /workspace\n\
+                 echo \"probe: $(sh -c 'ls /proc/self/fd/0/dev/.cagerun' < / | tr '\\n' ' ')\"\n\
+                 docker exec -i c-fd sh -c 'ls /proc/self/fd/0/dev/.cagerun' < /; echo \"dir-stdin: $?\"\n\
+                 docker exec c-fd echo leaked > /tmp/regular; echo \"file-stdout: $? $(cat /tmp/regular)\"\n\
+                 docker exec c-fd echo fine | cat; echo \"pipe: $?\"\n\
+                 docker exec c-fd echo fine > /dev/null; echo \"null: $?\"",
+                sbx_fn()
+            ),
+        );
+        assert!(
+            line_after(&r.stdout, "probe:").contains("docker"),
+            "{}",
+            r.stdout
+        );
+        assert_eq!(line_after(&r.stdout, "dir-stdin:"), "125", "{}", r.stdout);
+        assert!(r.stderr.contains("stdin is a directory"), "{}", r.stderr);
+        assert_eq!(line_after(&r.stdout, "file-stdout:"), "125", "{}", r.stdout);
+        assert!(
+            r.stderr.contains("stdout is a regular file"),
+            "{}",
+            r.stderr
+        );
+        assert!(r.stdout.contains("fine"), "{}", r.stdout);
+        assert_eq!(line_after(&r.stdout, "pipe:"), "0");
+        assert_eq!(line_after(&r.stdout, "null:"), "0");
+        cage.down();
+        cage.assert_gone(&netns);
+    }
+}
+
+#[test]
+fn a_fifo_wedged_create_delays_nothing_and_down_still_ends_everything() {
+    let _serial = serial();
+    for mode in modes() {
+        let mut cage = new_cage(mode);
+        cage.up();
+        let netns = cage.netns_inodes();
+        // The probe is valid: the FIFO is full (a write to it would block).
+        let r = gateway(
+            &cage,
+            &format!(
+                "{}mkfifo /tmp/wedge && exec 3<>/tmp/wedge && head -c 65536 /dev/zero >&3\n\
+                 if timeout 1 sh -c 'echo x >&3'; then echo 'full: no'; else echo 'full: yes'; fi\n\
+                 ( docker create --name c-wedge --network none {IMAGE} sleep infinity <&3 >&3 2>&3; echo \"wedged: $?\" > /tmp/wedged ) &\n\
+                 sleep 0.3\n\
+                 start=$(date +%s%N)\n\
+                 docker version >/dev/null; docker inspect c-wedge >/dev/null 2>&1\n\
+                 echo \"next-ms: $(( ($(date +%s%N) - start) / 1000000 ))\"\n\
+                 wait; echo \"$(cat /tmp/wedged)\"",
+                sbx_fn()
+            ),
+        );
+        assert_eq!(line_after(&r.stdout, "full:"), "yes", "{}", r.stdout);
+        let next_ms: u64 = line_after(&r.stdout, "next-ms:").parse().unwrap();
+        assert!(
+            next_ms < 2000,
+            "a call behind a wedged create took {next_ms} ms (the write timeout is 2 s): {}",
+            r.stdout
+        );
+        // The wedged call itself ended (its answer dropped after the timeout).
+        assert!(r.stdout.contains("wedged:"), "{}", r.stdout);
+        let t = Instant::now();
+        cage.down();
+        assert!(t.elapsed() < Duration::from_secs(20));
+        cage.assert_gone(&netns);
+    }
+}
+
+#[test]
+fn five_thousand_idle_connections_leave_the_supervisor_answering() {
+    let _serial = serial();
+    for mode in modes() {
+        let mut cage = new_cage(mode);
+        let supervisor = cage.up();
+        let netns = cage.netns_inodes();
+        // 5 processes × 1000 connections to the broker's socket, held idle for 8 s.
+        let flood = r#"
+import os, socket, sys, time, resource
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+kids = []
+for k in range(5):
+    pid = os.fork()
+    if pid == 0:
+        held, refused = [], 0
+        for i in range(1000):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                s.connect("/dev/.cagerun/docker.sock")
+                held.append(s)
+            except OSError:
+                refused += 1
+                s.close()
+        print("held", len(held), "refused", refused, flush=True)
+        time.sleep(8)
+        os._exit(0)
+    kids.append(pid)
+for p in kids:
+    os.waitpid(p, 0)
+"#;
+        let flooder = cage
+            .command(&["exec", "gw", "--", "python3", "-c", flood])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        // While the flood holds: ps answers quickly and the supervisor's descriptors and
+        // threads stay bounded.
+        let t = Instant::now();
+        let ps = cage.cagerun(&["ps"]);
+        let took = t.elapsed();
+        assert_eq!(ps.code, 0, "{}", ps.stderr);
+        assert!(
+            took < Duration::from_secs(1),
+            "ps took {took:?} under the flood"
+        );
+        let fds = std::fs::read_dir(format!("/proc/{supervisor}/fd"))
+            .unwrap()
+            .count();
+        let threads = std::fs::read_dir(format!("/proc/{supervisor}/task"))
+            .unwrap()
+            .count();
+        assert!(
+            fds < 600,
+            "the supervisor holds {fds} descriptors under the flood"
+        );
+        assert!(
+            threads < 300,
+            "the supervisor runs {threads} threads under the flood"
+        );
+        let out = flooder.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        // The probe is valid: the flood connected (the broker accepted them all, answering
+        // the ones over its bound with "busy").
+        let held: usize = said
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok())
+            .sum();
+        assert!(held >= 4000, "the flood never connected: {said}");
+        // Afterwards the broker still serves.
+        let r = gateway(&cage, "docker version");
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        cage.down();
+        cage.assert_gone(&netns);
+    }
+}
+
+#[test]
+fn sandboxes_over_the_budget_are_refused_in_dockers_words() {
+    let _serial = serial();
+    for mode in modes() {
+        let mut cage = new_cage(mode);
+        cage.up();
+        let netns = cage.netns_inodes();
+        // max = 2 in the cage: two sandboxes run, the third exec is refused.
+        let r = gateway(
+            &cage,
+            &format!(
+                "{}sbx c-b /workspace /workspace\n\
+                 docker exec c-b sleep 3 & docker exec c-b sleep 3 &\n\
+                 sleep 1\n\
+                 docker exec c-b echo third; echo \"third: $?\"\n\
+                 wait\n\
+                 echo \"after: $(docker exec c-b echo ok)\"",
+                sbx_fn()
+            ),
+        );
+        assert_eq!(line_after(&r.stdout, "third:"), "125", "{}", r.stdout);
+        assert!(r.stderr.contains("sandbox budget is spent"), "{}", r.stderr);
+        assert!(
+            r.stderr.starts_with("Error response from daemon:"),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(line_after(&r.stdout, "after:"), "ok");
+        cage.down();
+        cage.assert_gone(&netns);
+    }
+}
+
+#[test]
+fn oversized_calls_and_bad_names_are_refused_and_nothing_is_recorded() {
+    let _serial = serial();
+    for mode in modes() {
+        let mut cage = new_cage(mode);
+        cage.up();
+        let netns = cage.netns_inodes();
+        let r = gateway(
+            &cage,
+            &format!(
+                "{}for i in $(seq 20); do printf 'A=1\\n' > /tmp/e$i; done\n\
+                 ef=$(for i in $(seq 9); do printf ' --env-file /tmp/e%s' $i; done)\n\
+                 docker create --name many-files $ef {IMAGE} true; echo \"files: $?\"\n\
+                 head -c 70000 /dev/zero | tr '\\0' a > /tmp/big; printf '\\n' >> /tmp/big\n\
+                 docker create --name big-file --env-file /tmp/big {IMAGE} true; echo \"big: $?\"\n\
+                 docker create --name ../../etc {IMAGE} true; echo \"name: $?\"\n\
+                 labels=$(for i in $(seq 65); do printf ' --label l%s=v' $i; done)\n\
+                 docker create --name many-labels $labels {IMAGE} true; echo \"labels: $?\"\n\
+                 for n in many-files big-file many-labels; do docker inspect $n >/dev/null 2>&1 && echo \"recorded: $n\"; done\n\
+                 echo \"count: $(for i in $(seq 70); do docker create --network none {IMAGE} true >/dev/null 2>&1 && echo x; done | wc -l)\"\n\
+                 docker create --network none {IMAGE} true >/dev/null; echo \"one-more: $?\"",
+                sbx_fn()
+            ),
+        );
+        for case in ["files", "big", "name", "labels"] {
+            assert_eq!(
+                line_after(&r.stdout, &format!("{case}:")),
+                "125",
+                "{case}: {}",
+                r.stdout
+            );
+        }
+        assert!(!r.stdout.contains("recorded:"), "{}", r.stdout);
+        assert!(r.stderr.contains("Invalid container name"), "{}", r.stderr);
+        // The container table is bounded too.
+        assert_eq!(line_after(&r.stdout, "count:"), "64", "{}", r.stderr);
+        assert_eq!(line_after(&r.stdout, "one-more:"), "125");
+        assert!(
+            r.stderr.contains("at most 64 sandbox containers"),
+            "{}",
+            r.stderr
+        );
+        cage.down();
+        cage.assert_gone(&netns);
+    }
+}
