@@ -289,3 +289,101 @@ attacks! {
     switch_on_process_accounting => attack(&["acct"]);
     pivot_root => attack(&["pivot-root"]);
 }
+
+/// `cagerun exec SVC` and command health checks become a process the one way the sandbox's
+/// (cage.toml interpolates `$$` to `$`: the service's shell sees `$$`.)
+/// command does: the Landlock layer (its signal scope: no signal to the service's own
+/// processes outside the layer) and no descriptor beyond 0/1/2 of the caller's.
+#[test]
+fn exec_into_a_service_and_health_checks_get_landlock_and_only_fds_0_to_2() {
+    use std::os::fd::IntoRawFd;
+    use support::cage::*;
+    let _serial = serial();
+    let toml = r#"
+[services.svc]
+host = true
+env = { M = "{MARKER}" }
+volumes = ["state:/state"]
+command = ["sh", "-c", "echo $$$$ > /state/pid; sh -c 'kill -0 $PPID && echo own-can-signal' > /state/own; sleep 100000"]
+healthcheck = { command = ["sh", "-c", "ls /proc/$$$$/fd > /state/hc-fds; kill -0 $(cat /state/pid) 2>/dev/null; echo $? > /state/hc-kill"], interval = "200ms", timeout = "5s", retries = 3 }
+"#;
+    for mode in modes() {
+        let mut cage = Cage::new(mode, "enter", &[("config/cage.toml", toml)]);
+        cage.up();
+        let netns = cage.netns_inodes();
+        let state = cage.root.join(".cagerun/volumes/state");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !(state.join("own").exists() && state.join("hc-kill").exists()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the service or its check never ran"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        // The probe is valid: a process of the service without the layer signals its parent.
+        assert_eq!(
+            std::fs::read_to_string(state.join("own")).unwrap().trim(),
+            "own-can-signal"
+        );
+        // A host descriptor at fd 5 reaches a plain process (the probe), not the exec.
+        let leaked = std::fs::File::open("/").unwrap().into_raw_fd();
+        let fd5 = |cmd: &mut Command| {
+            // SAFETY: dup2 in the child before exec; fd 5 inherits (no CLOEXEC).
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(leaked, 5) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        };
+        let mut plain = Command::new("sh");
+        plain.args(["-c", "ls /proc/$$/fd | tr '\\n' ' '"]);
+        fd5(&mut plain);
+        let out = plain.output().unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .any(|f| f == "5"));
+        let mut exec = cage.command(&[
+            "exec",
+            "svc",
+            "--",
+            "sh",
+            "-c",
+            "ls /proc/$$/fd | tr '\\n' ' '; echo; kill -0 $(cat /state/pid) 2>/dev/null; echo \"kill: $?\"",
+        ]);
+        fd5(&mut exec);
+        let out = exec.output().unwrap();
+        unsafe { libc::close(leaked) };
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let fds: Vec<&str> = text
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        assert_eq!(fds, ["0", "1", "2"], "exec SVC: {text}");
+        assert!(
+            text.contains("kill: 1"),
+            "exec SVC signalled the service through the layer: {text}"
+        );
+        // The health check, run by the supervisor: the same.
+        let hc: Vec<String> = std::fs::read_to_string(state.join("hc-fds"))
+            .unwrap()
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        assert_eq!(hc, ["0", "1", "2"], "health check descriptors");
+        assert_eq!(
+            std::fs::read_to_string(state.join("hc-kill"))
+                .unwrap()
+                .trim(),
+            "1"
+        );
+        let r = cage.cagerun(&["down", "--volumes"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        cage.assert_gone(&netns);
+    }
+}

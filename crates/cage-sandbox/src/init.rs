@@ -6,10 +6,9 @@
 //! with the command's status (which ends the pid namespace). The command drops every
 //! privilege and installs seccomp last, right before `execve`.
 
-use std::ffi::CString;
+use std::convert::Infallible;
 use std::os::fd::RawFd;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
@@ -19,7 +18,7 @@ use seccompiler::BpfProgram;
 
 use crate::error::{Result, SandboxError};
 use crate::plan::Plan;
-use crate::{capabilities, fds, landlock, rlimits, rootfs};
+use crate::{fds, rlimits, rootfs};
 
 pub struct ChildFds {
     pub sync_read: RawFd,
@@ -352,111 +351,13 @@ pub fn reap_and_forward(command: Pid) -> i32 {
     }
 }
 
-fn exec_command(
-    plan: &Plan,
-    seccomp: &[BpfProgram],
-    f: &ChildFds,
-) -> Result<std::convert::Infallible> {
-    // Signals: the command starts with default dispositions (std ignores SIGPIPE) and an
-    // empty mask.
-    for sig in Signal::iterator() {
-        if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
-            // SAFETY: resetting dispositions before exec.
-            unsafe { libc::signal(sig as libc::c_int, libc::SIG_DFL) };
-        }
-    }
-    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
-        .map_err(|e| SandboxError::Setup(format!("sigprocmask: {e}")))?;
-
-    // A new session: no controlling terminal of the caller's, so TIOCSTI has no target.
-    nix::unistd::setsid().map_err(|e| SandboxError::Setup(format!("setsid: {e}")))?;
-    if f.tty.is_some() {
-        // Re-open the terminal through the sandbox's /dev/console, then make it ours.
-        let console = nix::fcntl::open(
-            "/dev/console",
-            nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY,
-            nix::sys::stat::Mode::empty(),
-        )
-        .map_err(|e| SandboxError::Setup(format!("opening /dev/console: {e}")))?;
-        for target in 0..3 {
-            unsafe { libc::dup2(console, target) };
-        }
-        unsafe { libc::close(console) };
-        // SAFETY: make the pty replica (fd 0) our controlling terminal.
-        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
-            return Err(SandboxError::Setup(format!(
-                "TIOCSCTTY: {}",
-                std::io::Error::last_os_error()
-            )));
-        }
-    }
-    nix::unistd::chdir(&plan.process.cwd).map_err(|e| {
-        SandboxError::Setup(format!(
-            "working directory {} is not usable in the sandbox: {e}",
-            plan.process.cwd.display()
-        ))
-    })?;
-
-    capabilities::apply(&plan.process.caps)?;
-    if plan.process.no_new_privileges {
-        prctl(libc::PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS")?;
-        landlock::restrict(&plan.writable_destinations())?;
-    }
-    let program = resolve_command(plan)?;
-    let argv: Vec<CString> = plan
-        .process
-        .args
-        .iter()
-        .map(|a| cstring(a))
-        .collect::<Result<_>>()?;
-    let envp: Vec<CString> = plan
-        .process
-        .env
-        .iter()
-        .map(|e| cstring(e))
-        .collect::<Result<_>>()?;
-    fds::cloexec_from_3();
-
-    crate::seccomp::install(seccomp)?;
-    let e = nix::unistd::execve(&program, &argv, &envp).unwrap_err();
-    Err(SandboxError::Setup(format!(
-        "cannot execute {}: {e}",
-        program.to_string_lossy()
-    )))
-}
-
-fn cstring(s: &str) -> Result<CString> {
-    CString::new(s).map_err(|_| SandboxError::InvalidSpec(format!("{s:?} contains a NUL byte")))
-}
-
-/// `execvp`'s search, done here so "not found" is one clear error naming the PATH searched.
-fn resolve_command(plan: &Plan) -> Result<CString> {
-    let name = &plan.process.args[0];
-    if name.contains('/') {
-        let p = Path::new(name);
-        if !p.exists() {
-            return Err(SandboxError::Setup(format!(
-                "command not found in the sandbox: {name}"
-            )));
-        }
-        return cstring(name);
-    }
-    let path = plan
-        .process
-        .env
-        .iter()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or("/usr/local/bin:/usr/bin:/bin");
-    for dir in path.split(':').filter(|d| !d.is_empty()) {
-        let candidate = PathBuf::from(dir).join(name);
-        let c = CString::new(candidate.as_os_str().as_bytes())
-            .map_err(|_| SandboxError::InvalidSpec("NUL in PATH".into()))?;
-        // SAFETY: access(2) on a valid C string.
-        if candidate.is_file() && unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0 {
-            return Ok(c);
-        }
-    }
-    Err(SandboxError::Setup(format!(
-        "command not found in the sandbox: {name} (searched PATH={path}); is it in the rootfs?"
-    )))
+fn exec_command(plan: &Plan, seccomp: &[BpfProgram], f: &ChildFds) -> Result<Infallible> {
+    crate::process::exec(
+        &plan.process,
+        seccomp,
+        &crate::process::ExecSetup {
+            console: f.tty.is_some(),
+            writable: &plan.writable_destinations(),
+        },
+    )
 }

@@ -23,6 +23,7 @@ pub mod mounts;
 pub mod namespaces;
 pub mod netns;
 pub mod plan;
+pub mod process;
 pub mod pty;
 pub mod rlimits;
 pub mod rootfs;

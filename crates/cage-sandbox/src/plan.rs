@@ -407,6 +407,26 @@ impl Plan {
     }
 }
 
+/// Where a process joining a running container may write, as the container's spec says
+/// (a read-only root: its mounts without `ro`; a writable root: everywhere): the Landlock
+/// layer of `cagerun exec SVC`, which has the spec but builds no [`Plan`].
+pub fn writable_destinations_of(spec: &Spec) -> Vec<PathBuf> {
+    let root_readonly = spec
+        .root()
+        .as_ref()
+        .map(|r| r.readonly().unwrap_or(false))
+        .unwrap_or(true);
+    if !root_readonly {
+        return vec![PathBuf::from("/")];
+    }
+    spec.mounts()
+        .iter()
+        .flatten()
+        .filter(|m| !m.options().iter().flatten().any(|o| o == "ro"))
+        .map(|m| m.destination().clone())
+        .collect()
+}
+
 /// `run.cagerun.beneath:DEST` = ROOT: the one bind at DEST has its source below ROOT, and the
 /// part below ROOT is resolved beneath it when the sandbox is made. A source that is not
 /// lexically below ROOT (or has `..`), or no single bind at DEST, is an invalid spec.

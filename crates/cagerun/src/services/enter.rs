@@ -7,7 +7,6 @@
 //! Single-threaded by construction (the CLI path runs no runtime): setns into a user
 //! namespace refuses a threaded caller.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -73,6 +72,7 @@ pub fn run(config: PathBuf, service: String, command: Vec<String>) -> Result<i32
         .with_context(|| format!("reading {}", bundle.display()))?;
     let mut process = ProcessPlan::from_spec(&spec)?;
     process.args = command;
+    let writable = cage_sandbox::plan::writable_destinations_of(&spec);
 
     // Everything is opened from the host's view before the first setns.
     let open = |ns: &str| {
@@ -100,7 +100,7 @@ pub fn run(config: PathBuf, service: String, command: Vec<String>) -> Result<i32
     // SAFETY: single-threaded; the child only sets its identity up and execs.
     match unsafe { fork() }.context("fork")? {
         ForkResult::Child => {
-            let err = start(&process).unwrap_err();
+            let err = start(&process, &writable).unwrap_err();
             eprintln!("cagerun: exec in {service}: {err:#}");
             // SAFETY: leave the child without the parent's destructors.
             unsafe { libc::_exit(126) }
@@ -135,8 +135,10 @@ fn join_cgroup(spec: &oci_spec::runtime::Spec) -> Result<()> {
     Ok(())
 }
 
-/// In the child, inside every namespace: become the service's process and exec.
-fn start(p: &ProcessPlan) -> Result<std::convert::Infallible> {
+/// In the child, inside every namespace: take the service's identity and limits, then become
+/// its process the one way every sandboxed process does ([`cage_sandbox::process::exec`]:
+/// session, capabilities, no_new_privs, Landlock, no descriptor beyond 0/1/2, seccomp last).
+fn start(p: &ProcessPlan, writable: &[PathBuf]) -> Result<std::convert::Infallible> {
     nix::unistd::setgroups(
         &p.additional_gids
             .iter()
@@ -150,41 +152,19 @@ fn start(p: &ProcessPlan) -> Result<std::convert::Infallible> {
     );
     nix::unistd::setresgid(gid, gid, gid).context("setresgid")?;
     nix::unistd::setresuid(uid, uid, uid).context("setresuid")?;
-    // The capabilities from joining the user namespace survive that uid change (no uid was
-    // the namespace's root): drop them all now, the bounding set first while CAP_SETPCAP is
-    // still effective.
-    cage_sandbox::capabilities::apply(&p.caps)?;
     cage_sandbox::rlimits::apply(&p.rlimits)?;
     if let Some(m) = p.umask {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(m));
     }
-    std::env::set_current_dir(&p.cwd)
-        .with_context(|| format!("changing to {}", p.cwd.display()))?;
-    if p.no_new_privileges {
-        nix::sys::prctl::set_no_new_privs().context("no_new_privs")?;
-    }
-    let args: Vec<CString> = p
-        .args
-        .iter()
-        .map(|a| CString::new(a.as_str()))
-        .collect::<Result<_, _>>()?;
-    let env: Vec<CString> = p
-        .env
-        .iter()
-        .map(|a| CString::new(a.as_str()))
-        .collect::<Result<_, _>>()?;
     let filter = match &p.seccomp {
         Some(profile) => cage_sandbox::seccomp::compile(profile)?,
         None => Vec::new(),
     };
-    // Last: the filter, then nothing but execve.
-    cage_sandbox::seccomp::install(&filter)?;
-    let path = p
-        .env
-        .iter()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or("/usr/bin:/bin");
-    std::env::set_var("PATH", path);
-    let e = nix::unistd::execvpe(&args[0], &args, &env).unwrap_err();
-    Err(anyhow::anyhow!("{}: {e}", p.args[0]))
+    // The capabilities from joining the user namespace survive the uid change (no uid was
+    // the namespace's root): exec drops them all, the bounding set first.
+    let setup = cage_sandbox::process::ExecSetup {
+        console: false,
+        writable,
+    };
+    Ok(cage_sandbox::process::exec(p, &filter, &setup)?)
 }
