@@ -291,7 +291,8 @@ attacks! {
 }
 
 /// `cagerun exec SVC` and command health checks become a process the one way the sandbox's
-/// (cage.toml interpolates `$$` to `$`: the service's shell sees `$$`.)
+/// (cage.toml interpolates `$$` to `$`: the service's shell sees `$$`. The listing goes through
+/// a pipe: dash keeps a saved descriptor of its own while it redirects a command.)
 /// command does: the Landlock layer (its signal scope: no signal to the service's own
 /// processes outside the layer) and no descriptor beyond 0/1/2 of the caller's.
 #[test]
@@ -305,7 +306,7 @@ host = true
 env = { M = "{MARKER}" }
 volumes = ["state:/state"]
 command = ["sh", "-c", "echo $$$$ > /state/pid; sh -c 'kill -0 $PPID && echo own-can-signal' > /state/own; sleep 100000"]
-healthcheck = { command = ["sh", "-c", "ls /proc/$$$$/fd > /state/hc-fds; kill -0 $(cat /state/pid) 2>/dev/null; echo $? > /state/hc-kill"], interval = "200ms", timeout = "5s", retries = 3 }
+healthcheck = { command = ["sh", "-c", "ls /proc/$$$$/fd | cat > /state/hc-fds; kill -0 $(cat /state/pid) 2>/dev/null; echo $? > /state/hc-kill"], interval = "200ms", timeout = "5s", retries = 3 }
 "#;
     for mode in modes() {
         let mut cage = Cage::new(mode, "enter", &[("config/cage.toml", toml)]);
