@@ -615,3 +615,60 @@ fn oversized_calls_and_bad_names_are_refused_and_nothing_is_recorded() {
         cage.assert_gone(&netns);
     }
 }
+
+#[test]
+fn whatever_user_the_gateway_asks_for_files_carry_no_host_identity() {
+    let _serial = serial();
+    // The probe is valid: gid 42 is a host group that matters (Debian's `shadow`, which
+    // reads /etc/shadow): a setgid file of it left in the workspace would hand it to anyone.
+    let group = std::process::Command::new("getent")
+        .args(["group", "42"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&group.stdout).starts_with("shadow:"),
+        "gid 42 is not shadow on this host: {}",
+        String::from_utf8_lossy(&group.stdout)
+    );
+    for mode in modes() {
+        let mut cage = new_cage(mode);
+        set_mode(&cage.root.join("workspace"), 0o777);
+        cage.up();
+        let netns = cage.netns_inodes();
+        let r = gateway(
+            &cage,
+            &format!(
+                "{}sbx c-u /workspace /workspace\n\
+                 docker exec -u 1003:42 c-u sh -c 'echo \"ids: $(id -u) $(id -g)\"; cp /bin/cat /workspace/cat-sg && chmod 6755 /workspace/cat-sg; touch /workspace/u-file'\n\
+                 docker exec -u 70000:70000 c-u true; echo \"outside: $?\"",
+                sbx_fn()
+            ),
+        );
+        // Inside, the sandbox got the ids it asked for ...
+        assert_eq!(line_after(&r.stdout, "ids:"), "1003 42", "{}", r.stderr);
+        // ... and on the host they are no host identity.
+        let ws = cage.root.join("workspace");
+        for f in ["u-file", "cat-sg"] {
+            let m = std::fs::metadata(ws.join(f)).unwrap();
+            match mode {
+                Mode::Root => {
+                    let (ub, gb) = (
+                        root_subordinate_base("/etc/subuid"),
+                        root_subordinate_base("/etc/subgid"),
+                    );
+                    assert_eq!((m.uid(), m.gid()), (ub + 1003, gb + 42), "{f}");
+                }
+                Mode::Rootless { uid, gid } => {
+                    assert_eq!((m.uid(), m.gid()), (uid, gid), "{f}")
+                }
+            }
+            assert_ne!(m.gid(), 42, "{f} carries the host's shadow group");
+        }
+        if mode == Mode::Root {
+            // An id beyond the mapped range is refused, never mapped to itself on the host.
+            assert_ne!(line_after(&r.stdout, "outside:"), "0", "{}", r.stderr);
+        }
+        cage.down();
+        cage.assert_gone(&netns);
+    }
+}

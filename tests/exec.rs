@@ -36,15 +36,36 @@ fn runs_as_unprivileged_mapped_user_never_host_root() {
             .collect();
         assert_eq!(lines[0], ["1000"]);
         assert_eq!(lines[1], ["1000"]);
-        assert_eq!(
-            lines[2],
-            ["1000", mode.sandbox_host_uid().to_string().as_str(), "1"],
-            "one id mapped, to the caller or an unprivileged id"
-        );
-        assert_eq!(
-            lines[3],
-            ["1000", mode.sandbox_host_gid().to_string().as_str(), "1"]
-        );
+        // Rootless: one id mapped, to the caller. As root: every id onto root's subordinate
+        // range, straight (the user 1000 is base+1000), never a real host id.
+        let (uid_line, gid_line) = match mode {
+            Mode::Root => (
+                [
+                    "0".to_string(),
+                    (mode.sandbox_host_uid() - 1000).to_string(),
+                    "65536".into(),
+                ],
+                [
+                    "0".to_string(),
+                    (mode.sandbox_host_gid() - 1000).to_string(),
+                    "65536".into(),
+                ],
+            ),
+            Mode::Rootless { .. } => (
+                [
+                    "1000".to_string(),
+                    mode.sandbox_host_uid().to_string(),
+                    "1".into(),
+                ],
+                [
+                    "1000".to_string(),
+                    mode.sandbox_host_gid().to_string(),
+                    "1".into(),
+                ],
+            ),
+        };
+        assert_eq!(lines[2], uid_line);
+        assert_eq!(lines[3], gid_line);
         assert_ne!(mode.sandbox_host_uid(), 0);
         // The write lands on the host owned by that id.
         let r = sh(mode, &ws, &[], "echo hi > /workspace/owned");

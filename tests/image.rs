@@ -832,10 +832,11 @@ fn images_keep_their_ownership_through_the_mapping() {
         assert_eq!(inside.code, 0, "{}", inside.stderr);
         match mode {
             Mode::Root => {
-                // Host ids are the image's; the sandbox maps only its user, so root's files
-                // show as the overflow id.
-                assert_eq!((owner("home/app/f"), owner("hello")), (1000, 0));
-                assert_eq!(inside.stdout, "1000\n65534\n");
+                // Host ids are root's subordinate ids (image id N is base+N), never the
+                // image's own host ids; inside, they are what the image said.
+                let base = root_subordinate_base("/etc/subuid");
+                assert_eq!((owner("home/app/f"), owner("hello")), (base + 1000, base));
+                assert_eq!(inside.stdout, "1000\n0\n");
             }
             Mode::Rootless { uid, .. } => {
                 let base = subordinate_base(uid);

@@ -180,8 +180,12 @@ docker inspect sbx-main >/dev/null 2>&1 && echo still-there || echo "removed: ye
         assert_eq!(r.code, 0, "{}", r.stderr);
         let tag = format!("{}-sandbox", cage.marker);
         let script = format!("docker exec sbx-kill sh -c 'sleep 600; : {tag}'");
+        // Its stdio is /dev/null, not the test's own (which may be a file when the output is
+        // redirected: the broker takes only a pipe, a socket, a terminal or /dev/null).
         let mut entering = cage
             .command(&["exec", "gw", "--", "sh", "-c", &script])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         // The probe is valid: the sandbox's own shell (not only the shim) runs.

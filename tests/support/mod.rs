@@ -22,10 +22,11 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// The host uid that owns what the sandbox user writes.
+    /// The host uid that owns what the sandbox user writes: rootless, the caller; as root,
+    /// root's subordinate id base+1000 (a sandbox never has a real host id).
     pub fn sandbox_host_uid(self) -> u32 {
         match self {
-            Mode::Root => 1000,
+            Mode::Root => root_subordinate_base("/etc/subuid") + 1000,
             Mode::Rootless { uid, .. } => uid,
         }
     }
@@ -38,10 +39,19 @@ impl Mode {
     }
     pub fn sandbox_host_gid(self) -> u32 {
         match self {
-            Mode::Root => 1000,
+            Mode::Root => root_subordinate_base("/etc/subgid") + 1000,
             Mode::Rootless { gid, .. } => gid,
         }
     }
+}
+
+/// The first id of root's subordinate range (`.ci/run` gives root one).
+pub fn root_subordinate_base(file: &str) -> u32 {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("root:")?.split(':').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("root has no subordinate range in {file}: as root, sandboxes run under it (scripts/test adds one)"))
 }
 
 pub fn is_root() -> bool {

@@ -30,6 +30,9 @@ pub struct UnpackOptions {
     /// Give entries the image's owners (ids 0..65535). Needs the power to chown: root, or
     /// root of a user namespace that maps those ids (subordinate ranges).
     pub chown: bool,
+    /// Added to every owner (uid, gid) when `chown`: as root, image id N becomes root's
+    /// subordinate id base+N, so no file of an image carries a real host id.
+    pub id_offset: (u32, u32),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -63,7 +66,8 @@ pub fn apply_layer(root: &Path, layer: impl Read, opts: &UnpackOptions) -> Resul
     let mut this_layer: HashSet<Vec<Vec<u8>>> = HashSet::new();
     if opts.chown {
         // The image's root owns its `/`.
-        chown_at(root_fd.as_raw_fd(), c"", 0, 0, libc::AT_EMPTY_PATH)
+        let (u, g) = opts.id_offset;
+        chown_at(root_fd.as_raw_fd(), c"", u, g, libc::AT_EMPTY_PATH)
             .map_err(io(root, "giving the image's root its /"))?;
     }
 
@@ -253,8 +257,8 @@ pub fn apply_layer(root: &Path, layer: impl Read, opts: &UnpackOptions) -> Resul
                 chown_at(
                     parent_fd.as_raw_fd(),
                     &cname,
-                    uid as u32,
-                    gid as u32,
+                    uid as u32 + opts.id_offset.0,
+                    gid as u32 + opts.id_offset.1,
                     libc::AT_SYMLINK_NOFOLLOW,
                 )
                 .map_err(|e| ImageError::Entry {

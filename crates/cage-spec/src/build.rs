@@ -18,7 +18,7 @@ use oci_spec::runtime::{
 use serde::Deserialize;
 
 use crate::cage::CageError;
-use crate::sandbox::{render_sandbox, HostIds, IdPair, SandboxRequest, IMAGE_ID_SPAN};
+use crate::sandbox::{render_sandbox, HostIds, IdPair, SandboxRequest};
 use crate::SpecError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,10 +123,9 @@ pub fn render_build_step(req: &SandboxRequest, host: HostIds) -> Result<Spec, Sp
             .size(size)
             .build()
     };
-    let own_ids = if host.uid == 0 {
-        // As root the tree has the image's own ids.
-        Some((map(0, 0, IMAGE_ID_SPAN)?, map(0, 0, IMAGE_ID_SPAN)?))
-    } else if req.subordinate.is_none() {
+    // As root the tree's ids are root's subordinate ids (image id N is base+N) and the
+    // rendered map already says so, straight.
+    let own_ids = if host.uid != 0 && req.subordinate.is_none() {
         // Without subordinate ids every file is the caller's: the step's root is the caller.
         Some((map(0, host.uid, 1)?, map(0, host.gid, 1)?))
     } else {

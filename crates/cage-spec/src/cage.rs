@@ -116,6 +116,10 @@ struct SandboxesFile {
     pids: Option<i64>,
     /// How many sandboxes may run at once (each exec is one).
     max: Option<u32>,
+    /// What all of them may use together (a cgroup over them); default: the per-sandbox
+    /// caps times `max`.
+    memory_total: Option<String>,
+    pids_total: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -260,6 +264,10 @@ pub struct Sandboxes {
     pub pids: i64,
     /// Sandboxes running at once; an exec beyond it is refused in docker's words.
     pub max: u32,
+    /// Memory and pids all of them may use together: the limits of the cgroup they all run
+    /// in, inside the cage's.
+    pub memory_total: u64,
+    pub pids_total: i64,
 }
 
 /// Sandboxes a service may run at once unless `[services.X.sandboxes] max` says otherwise,
@@ -525,6 +533,20 @@ pub fn parse_cage(file: &str, text: &str) -> Result<Cage, CageError> {
                         format!("{max}: between 1 and {SANDBOXES_MAX_LIMIT} sandboxes at once"),
                     ));
                 }
+                let memory_total = match &f.memory_total {
+                    Some(m) => parse_size(m).map_err(|e| {
+                        err(sp.clone(), &key("sandboxes.memory_total"), e.to_string())
+                    })?,
+                    None => memory.saturating_mul(u64::from(max)),
+                };
+                let pids_total = f.pids_total.unwrap_or(pids.saturating_mul(i64::from(max)));
+                if memory_total < memory || pids_total < pids {
+                    return Err(err(
+                        sp,
+                        &key("sandboxes"),
+                        format!("memory_total and pids_total must hold at least one sandbox ({memory} bytes, {pids} pids)"),
+                    ));
+                }
                 Some(Sandboxes {
                     images: f
                         .images
@@ -534,6 +556,8 @@ pub fn parse_cage(file: &str, text: &str) -> Result<Cage, CageError> {
                     memory,
                     pids,
                     max,
+                    memory_total,
+                    pids_total,
                 })
             }
         };

@@ -380,10 +380,13 @@ fn parse_exec(a: &mut Args) -> Result<Exec, DockerError> {
     Ok(e)
 }
 
-/// A mount of the gateway: the path the gateway sees and the host path behind it.
+/// A mount of the gateway: the path the gateway sees and the host path behind it. Every
+/// mount of the gateway is listed: a writable bind is sandbox material, any other
+/// (`read_only`: a read-only bind, a tmpfs, /proc) shadows what lies below it and is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayMount {
     pub inside: String,
+    /// The host path behind a bind (empty for a kernel filesystem).
     pub host: String,
     pub read_only: bool,
 }
@@ -437,33 +440,43 @@ pub struct SandboxShape {
     pub env_files: Vec<String>,
 }
 
+/// An absolute path of plain names: no `.`, `..` or empty component (`//`), no NUL; one
+/// trailing `/` is allowed, as docker allows it.
 fn clean_path(p: &str) -> bool {
-    p.starts_with('/') && !p.split('/').any(|c| c == ".." || c == ".")
+    let Some(rest) = p.strip_prefix('/') else {
+        return false;
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    !p.contains('\0') && (rest.is_empty() || rest.split('/').all(|c| !matches!(c, "" | "." | "..")))
 }
 
-/// The gateway mount a gateway path lies in (the innermost wins) and the rest of the path
-/// below it: (host root, relative rest, read-only). The read-only flag stays (never widened).
-/// Nothing here touches the host: the rest is resolved beneath the root when a sandbox is made.
-fn map_source(policy: &BrokerPolicy, src: &str) -> Option<(String, String, bool)> {
+/// The components of a clean path (see [`clean_path`]).
+fn components(p: &str) -> Vec<&str> {
+    p.split('/').filter(|c| !c.is_empty()).collect()
+}
+
+/// The gateway mount a gateway path lies in (the innermost wins, compared component by
+/// component) and the rest of the path below it: (host root, relative rest). Only a
+/// writable bind is sandbox material: a source whose innermost mount is read-only or not a
+/// bind (a read-only config over the workspace, the gateway's tmpfs) is refused, so a
+/// mount nested in a writable one is never read through the writable one's host directory.
+/// Nothing here touches the host: the rest is resolved beneath the root when a sandbox is
+/// made.
+fn map_source(policy: &BrokerPolicy, src: &str) -> Option<(String, String)> {
     if !clean_path(src) {
         return None;
     }
-    policy
+    let src = components(src);
+    let m = policy
         .gateway_mounts
         .iter()
-        .filter(|m| {
-            let inside = m.inside.trim_end_matches('/');
-            src == inside || src.starts_with(&format!("{inside}/"))
-        })
-        .max_by_key(|m| m.inside.len())
-        .map(|m| {
-            let rest = src[m.inside.trim_end_matches('/').len()..]
-                .split('/')
-                .filter(|c| !c.is_empty())
-                .collect::<Vec<_>>()
-                .join("/");
-            (m.host.clone(), rest, m.read_only)
-        })
+        .filter(|m| src.starts_with(&components(&m.inside)))
+        .max_by_key(|m| components(&m.inside).len())?;
+    if m.read_only {
+        return None;
+    }
+    let rest = src[components(&m.inside).len()..].join("/");
+    Some((m.host.clone(), rest))
 }
 
 /// The broker's judgement of a `create`: a shape to run, or docker's kind of refusal.
@@ -503,8 +516,10 @@ pub fn judge_create(c: &Create, policy: &BrokerPolicy) -> Result<SandboxShape, D
         }
     }
     if let Some(u) = &c.user {
+        // Any spelling of uid 0 ("0", "00", "+0"); a name is resolved against the image
+        // when a sandbox runs, and uid 0 is refused there too (`exec_request`).
         let uid = u.split(':').next().unwrap_or_default();
-        if uid == "0" || uid == "root" {
+        if uid == "root" || uid.parse::<u32>() == Ok(0) {
             return refuse("--user root");
         }
     }
@@ -542,7 +557,7 @@ pub fn judge_create(c: &Create, policy: &BrokerPolicy) -> Result<SandboxShape, D
         if !clean_path(dst) {
             return Err(daemon(format!("invalid mount path: '{dst}'")));
         }
-        let Some((root, path, gateway_ro)) = map_source(policy, src) else {
+        let Some((root, path)) = map_source(policy, src) else {
             return Err(daemon(format!(
                 "bind source {src} is outside the gateway's workspace and state: refused"
             )));
@@ -552,7 +567,7 @@ pub fn judge_create(c: &Create, policy: &BrokerPolicy) -> Result<SandboxShape, D
             root,
             path,
             inside: dst.to_string(),
-            read_only: gateway_ro || opts.contains(&"ro"),
+            read_only: opts.contains(&"ro"),
         });
     }
     let mut destinations: Vec<String> = binds.iter().map(|b| b.inside.clone()).collect();
@@ -969,15 +984,39 @@ mod tests {
             .unwrap_err()
             .0
             .contains("No such image: debian:latest"));
-        // A read-only gateway mount stays read-only, whatever the gateway asks.
-        let mut a = openclaw_create();
-        a.insert(a.len() - 3, "-v".into());
-        a.insert(a.len() - 3, "/config:/cfg:rw".into());
-        let Call::Create(c) = parse(&a).unwrap() else {
-            panic!()
-        };
-        let s = judge_create(&c, &policy()).unwrap();
-        assert!(s.binds.iter().any(|b| b.inside == "/cfg" && b.read_only));
+        // A read-only gateway mount is not sandbox material, whatever the gateway asks; one
+        // nested in a writable mount shadows it (however the path is spelled), while a
+        // sibling name is the writable mount's.
+        let mut nested = policy();
+        nested.gateway_mounts.push(GatewayMount {
+            inside: "/workspace/.git".into(),
+            host: "/cage/git-ro".into(),
+            read_only: true,
+        });
+        for (src, accepted) in [
+            ("/config", false),
+            ("/config/openclaw.json", false),
+            ("/workspace/.git", false),
+            ("/workspace//.git", false),
+            ("/workspace/.git/", false),
+            ("/workspace/./.git", false),
+            ("/workspace/.gitx", true),
+            ("/workspace/", true),
+        ] {
+            let mut a = openclaw_create();
+            a.insert(a.len() - 3, "-v".into());
+            a.insert(a.len() - 3, format!("{src}:/cfg:rw"));
+            let Call::Create(c) = parse(&a).unwrap() else {
+                panic!()
+            };
+            let judged = judge_create(&c, &nested);
+            assert_eq!(judged.is_ok(), accepted, "{src}: {judged:?}");
+            if let Ok(s) = judged {
+                let b = s.binds.iter().find(|b| b.inside == "/cfg").unwrap();
+                assert_eq!(b.root, "/cage/workspace");
+                assert!(!b.path.contains(".git/") && b.path != ".git");
+            }
+        }
         // Unknown flags are refused, not skipped.
         let mut a = openclaw_create();
         a.insert(1, "--pid=host".into());

@@ -37,8 +37,12 @@ pub enum SpecError {
         "unknown group {name:?}: the rootfs's /etc/group has no such group; use a numeric GID"
     )]
     UnknownGroup { name: String },
-    #[error("refusing to run the sandbox as host root: as root, cagerun maps the sandbox user to the same unprivileged host id, so --user 0 would be uid 0 on the host; pick a non-zero --user")]
+    #[error("refusing to run the sandbox as root (uid or gid 0): a sandbox's user is never root, not even its namespace's; pick a non-zero --user")]
     HostRootUser,
+    #[error("as root, sandboxes run under root's subordinate ids (never a real host id) and root has none of 65536: `usermod --add-subuids 1000000-1065535 --add-subgids 1000000-1065535 root`")]
+    RootNeedsSubordinate,
+    #[error("user {uid}:{gid} is outside the sandbox's ids (0..65535, mapped onto root's subordinate range)")]
+    UserOutsideRange { uid: u32, gid: u32 },
     #[error("bind beneath {root:?}: {path:?} must be a relative path of plain names (no '..', '.' or leading '/')")]
     BindBeneath {
         root: std::path::PathBuf,

@@ -281,16 +281,33 @@ pub fn render_sandbox(req: &SandboxRequest, host: HostIds) -> Result<Spec, SpecE
             min: MIN_TMPFS_SIZE,
         });
     }
-    let host_side = if host.uid == 0 {
+    // As root, every id of the sandbox lies in root's subordinate range (inside id N is
+    // host id base+N): no real host uid or gid ever, so nothing the sandbox writes or any
+    // `--user` it is given can carry a host identity (a setgid file of group `shadow`).
+    let root_range = if host.uid == 0 {
         if req.user.uid == 0 || req.user.gid == 0 {
             return Err(SpecError::HostRootUser);
         }
-        HostIds {
-            uid: req.user.uid,
-            gid: req.user.gid,
+        let sub = req.subordinate.ok_or(SpecError::RootNeedsSubordinate)?;
+        if sub.uid_count < IMAGE_ID_SPAN || sub.gid_count < IMAGE_ID_SPAN {
+            return Err(SpecError::RootNeedsSubordinate);
         }
+        if req.user.uid >= IMAGE_ID_SPAN || req.user.gid >= IMAGE_ID_SPAN {
+            return Err(SpecError::UserOutsideRange {
+                uid: req.user.uid,
+                gid: req.user.gid,
+            });
+        }
+        Some(sub)
     } else {
-        host
+        None
+    };
+    let host_side = match root_range {
+        Some(sub) => HostIds {
+            uid: sub.uid_base + req.user.uid,
+            gid: sub.gid_base + req.user.gid,
+        },
+        None => host,
     };
 
     let hostname = req.hostname.as_deref().unwrap_or(HOSTNAME);
@@ -536,10 +553,15 @@ pub fn render_sandbox(req: &SandboxRequest, host: HostIds) -> Result<Spec, SpecE
     }
     .build()?;
     let id_lines = |id: u32, host_id: u32, sub: Option<(u32, u32)>| -> Vec<(u32, u32, u32)> {
-        sub.and_then(|(base, count)| keep_id_map(id, host_id, base, count))
-            .unwrap_or_else(|| vec![(id, host_id, 1)])
+        match (root_range, sub) {
+            // Root's range, straight: inside N is base+N (host_id is base+id already).
+            (Some(_), Some((base, _))) => vec![(0, base, IMAGE_ID_SPAN)],
+            _ => sub
+                .and_then(|(base, count)| keep_id_map(id, host_id, base, count))
+                .unwrap_or_else(|| vec![(id, host_id, 1)]),
+        }
     };
-    let sub = req.subordinate.filter(|_| host.uid != 0);
+    let sub = req.subordinate;
     let to_mappings = |lines: Vec<(u32, u32, u32)>| {
         lines
             .into_iter()
@@ -622,20 +644,45 @@ mod tests {
     }
 
     #[test]
-    fn as_root_the_sandbox_user_is_an_unprivileged_host_id() {
-        let spec = render_sandbox(&host_req(), HostIds { uid: 0, gid: 0 }).unwrap();
-        let m = &spec
-            .linux()
-            .as_ref()
-            .unwrap()
-            .uid_mappings()
-            .as_ref()
-            .unwrap()[0];
-        assert_eq!((m.container_id(), m.host_id()), (1000, 1000));
+    fn as_root_every_sandbox_id_is_one_of_roots_subordinate_ids() {
+        let root = HostIds { uid: 0, gid: 0 };
+        // Without root's range there is no sandbox as root: never a real host id.
+        assert!(matches!(
+            render_sandbox(&host_req(), root),
+            Err(SpecError::RootNeedsSubordinate)
+        ));
         let mut r = host_req();
+        r.subordinate = Some(SubordinateIds {
+            uid_base: 1_000_000,
+            uid_count: 65536,
+            gid_base: 2_000_000,
+            gid_count: 65536,
+        });
+        let spec = render_sandbox(&r, root).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        let lines = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
+            m.as_ref()
+                .unwrap()
+                .iter()
+                .map(|m| (m.container_id(), m.host_id(), m.size()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(lines(linux.uid_mappings()), [(0, 1_000_000, 65536)]);
+        assert_eq!(lines(linux.gid_mappings()), [(0, 2_000_000, 65536)]);
+        // Any user the gateway names is inside that range, or refused.
+        r.user = IdPair { uid: 1003, gid: 42 };
+        assert!(render_sandbox(&r, root).is_ok());
+        r.user = IdPair {
+            uid: 70000,
+            gid: 1000,
+        };
+        assert!(matches!(
+            render_sandbox(&r, root),
+            Err(SpecError::UserOutsideRange { .. })
+        ));
         r.user = IdPair { uid: 0, gid: 0 };
         assert!(matches!(
-            render_sandbox(&r, HostIds { uid: 0, gid: 0 }),
+            render_sandbox(&r, root),
             Err(SpecError::HostRootUser)
         ));
         // Rootless, inside-root is only the caller.
@@ -686,18 +733,6 @@ mod tests {
             .clone()
             .unwrap();
         assert_eq!(maps.len(), 3);
-        // As root nothing changes: subordinate ranges are for rootless callers.
-        let spec = render_sandbox(&r, HostIds { uid: 0, gid: 0 }).unwrap();
-        assert_eq!(
-            spec.linux()
-                .as_ref()
-                .unwrap()
-                .uid_mappings()
-                .as_ref()
-                .unwrap()
-                .len(),
-            1
-        );
     }
 
     #[test]

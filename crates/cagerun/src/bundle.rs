@@ -336,11 +336,13 @@ fn apply_service(req: &mut SandboxRequest, s: &Service, cage: &Path) -> Result<(
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("creating volume {}", dir.display()))?;
             if nix::unistd::geteuid().is_root() {
-                // As root the sandbox user is the same id on the host: the volume is theirs.
-                nix::unistd::chown(&dir, Some(req.user.uid.into()), Some(req.user.gid.into()))
-                    .with_context(|| {
-                        format!("giving volume {} to the service user", dir.display())
-                    })?;
+                // As root the service user is root's subordinate id base+uid: the volume is
+                // theirs (a new, empty directory of ours: nothing below it to follow).
+                let sub = crate::ids::root_range()?;
+                let (uid, gid) = (sub.uid_base + req.user.uid, sub.gid_base + req.user.gid);
+                nix::unistd::chown(&dir, Some(uid.into()), Some(gid.into())).with_context(
+                    || format!("giving volume {} to the service user", dir.display()),
+                )?;
             }
         }
         req.extra_mounts.push(ExtraMount::Bind {

@@ -201,6 +201,10 @@ pub fn passwd_files(rootfs: &RootfsSource) -> (String, String) {
 
 /// Rootless, a rootfs unpacked with its image's ownership is run with the same mapping.
 pub fn mapped_ownership(rootfs: &RootfsSource) -> Option<cage_spec::SubordinateIds> {
+    if nix::unistd::geteuid().is_root() {
+        // As root every sandbox runs on root's range (render_sandbox refuses without one).
+        return crate::ids::root_range().ok();
+    }
     let RootfsSource::Dir(dir) = rootfs else {
         return None;
     };

@@ -56,6 +56,26 @@ pub fn subordinate() -> Option<SubordinateIds> {
     Some(sub)
 }
 
+/// Root's own subordinate ranges (/etc/subuid, /etc/subgid), where sandboxes and services
+/// run when cagerun runs as root: inside id N is host id base+N, never a real host id.
+pub fn root_range() -> Result<SubordinateIds> {
+    let range = |file: &str| {
+        std::fs::read_to_string(file)
+            .ok()
+            .and_then(|t| cage_spec::passwd::subordinate_range(&t, "root", 0))
+            .filter(|(_, count)| *count >= cage_spec::sandbox::IMAGE_ID_SPAN)
+    };
+    match (range("/etc/subuid"), range("/etc/subgid")) {
+        (Some(u), Some(g)) => Ok(SubordinateIds {
+            uid_base: u.0,
+            uid_count: u.1,
+            gid_base: g.0,
+            gid_count: g.1,
+        }),
+        _ => bail!("{}", cage_spec::SpecError::RootNeedsSubordinate),
+    }
+}
+
 /// A root filesystem unpacked with its image's ownership: its `/` belongs to the image's
 /// root, which is a subordinate id.
 pub fn ownership_mapped(rootfs: &Path, sub: &SubordinateIds) -> bool {

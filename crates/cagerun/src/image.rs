@@ -67,8 +67,9 @@ fn parse_source(source: &str) -> Result<(&'static str, PathBuf, Option<String>)>
     })
 }
 
-/// Unpack with the image's ownership where we can: as root directly, rootless as root of a
-/// user namespace over the caller's subordinate ids; otherwise every file is the caller's.
+/// Unpack with the image's ownership where we can: as root shifted onto root's subordinate
+/// range (image id N is host id base+N), rootless as root of a user namespace over the caller's
+/// subordinate ids; otherwise every file is the caller's.
 pub(crate) fn unpack(
     store: &Store,
     image: &cage_image::layout::Image,
@@ -85,7 +86,18 @@ pub(crate) fn unpack(
         ..Default::default()
     };
     match (root, crate::ids::subordinate()) {
-        (true, _) => unpack_image(store, image, target, &chowned).map(drop)?,
+        // As root, the image's ids land in root's subordinate range (image id N is host id
+        // base+N), where its sandboxes and services run: inside they are what the image says,
+        // and no file of it carries a real host id. Without a range: the image's own ids.
+        (true, _) => {
+            let shifted = UnpackOptions {
+                id_offset: crate::ids::root_range()
+                    .map(|sub| (sub.uid_base, sub.gid_base))
+                    .unwrap_or_default(),
+                ..chowned
+            };
+            unpack_image(store, image, target, &shifted).map(drop)?
+        }
         (false, Some(sub)) => crate::ids::as_mapped_root(&sub, || {
             unpack_image(store, image, target, &chowned)?;
             Ok(())

@@ -38,6 +38,12 @@ pub struct Setup {
     pub roots: HashMap<String, RootfsSource>,
     /// Sandboxes running at once (`[services.X.sandboxes] max`).
     pub max_running: usize,
+    /// Their totals (`memory_total`, `pids_total`): the limits of the cgroup they all run in.
+    pub memory_total: u64,
+    pub pids_total: i64,
+    /// That cgroup, once the supervisor made it inside the cage's (the sandbox engine's
+    /// parent, `CAGERUN_CGROUP_PARENT`).
+    pub cgroup_parent: Option<String>,
 }
 
 /// The broker's policy for a service: its images (resolved now, so a missing tree is an error
@@ -78,22 +84,28 @@ pub fn setup(
         images.push((name.clone(), tree.clone()));
         roots.insert(name.clone(), root);
     }
+    // Every mount of the service: its writable binds are what sandbox binds map through;
+    // the rest (read-only binds such as config or the host's /usr, tmpfs, /proc) shadow
+    // whatever lies below them and are refused (cage-spec decides; see `map_source`).
     let gateway_mounts = spec
         .mounts()
         .iter()
         .flatten()
-        .filter(|m| m.typ().as_deref() == Some("bind"))
-        .filter(|m| {
-            !m.options()
-                .iter()
-                .flatten()
-                .any(|o| o == "ro" || o == "rbind-ro")
-        })
         .filter_map(|m| {
+            let bind = m.typ().as_deref() == Some("bind");
+            let read_only = !bind
+                || m.options()
+                    .iter()
+                    .flatten()
+                    .any(|o| o == "ro" || o == "rbind-ro");
             Some(GatewayMount {
                 inside: m.destination().to_str()?.to_string(),
-                host: m.source().as_ref()?.to_str()?.to_string(),
-                read_only: false,
+                host: if bind {
+                    m.source().as_ref()?.to_str()?.to_string()
+                } else {
+                    String::new()
+                },
+                read_only,
             })
         })
         .collect();
@@ -113,6 +125,9 @@ pub fn setup(
             max_pids: sb.pids,
         },
         max_running: sb.max as usize,
+        memory_total: sb.memory_total,
+        pids_total: sb.pids_total,
+        cgroup_parent: None,
         roots,
     }))
 }
@@ -543,7 +558,12 @@ impl Broker {
         cmd.stdin(std::process::Stdio::from(io.stdin))
             .stdout(std::process::Stdio::from(io.stdout))
             .stderr(std::process::Stdio::from(io.stderr))
-            .env_remove("CAGERUN_LOG");
+            .env_remove("CAGERUN_LOG")
+            .env_remove(cage_sandbox::cgroups::PARENT_ENV);
+        if let Some(parent) = &self.setup.cgroup_parent {
+            // Inside the cage's cgroup, under the service's sandbox totals.
+            cmd.env(cage_sandbox::cgroups::PARENT_ENV, parent);
+        }
         // SAFETY: prctl is async-signal-safe. The sandbox dies with this thread (the
         // supervisor's), so a supervisor that dies cannot leave it behind.
         unsafe {

@@ -200,3 +200,58 @@ pub fn prepare_service(
     }
     Ok(dirs)
 }
+
+/// The cgroup every tool sandbox of `service` runs in: `sandboxes-<service>` inside the
+/// cage's, limited to the service's sandbox totals (memory without swap, pids), so what the
+/// gateway starts counts against the cage and can never grow past its budget. Returns the
+/// value the sandbox engine takes as its parent ([`cgroups::PARENT_ENV`]: absolute on v2,
+/// relative to each hierarchy on v1) and the directories made.
+pub fn prepare_sandboxes(
+    cage: &CageCgroup,
+    service: &str,
+    memory_total: u64,
+    pids_total: i64,
+) -> Result<(String, Vec<PathBuf>)> {
+    let name = format!("sandboxes-{service}");
+    let v2 = matches!(cgroups::detect(), Layout::Unified);
+    let mut dirs = Vec::new();
+    for d in &cage.dirs {
+        let dir = d.join(&name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+        }
+        fill_cpuset(&dir)?;
+        dirs.push(dir);
+    }
+    let write = |file: &str, value: String| -> Result<()> {
+        for dir in &dirs {
+            let p = dir.join(file);
+            if p.exists() {
+                std::fs::write(&p, &value)
+                    .with_context(|| format!("writing {value} to {}", p.display()))?;
+            }
+        }
+        Ok(())
+    };
+    if v2 {
+        write("cgroup.subtree_control", "+memory +pids".into())?;
+        write("memory.max", memory_total.to_string())?;
+        write("memory.swap.max", "0".into())?;
+    } else {
+        write("memory.limit_in_bytes", memory_total.to_string())?;
+    }
+    write("pids.max", pids_total.to_string())?;
+    let parent = if v2 {
+        dirs[0].to_string_lossy().into_owned()
+    } else {
+        cage.relative
+            .join(&name)
+            .strip_prefix("/")
+            .unwrap_or(Path::new(&name))
+            .to_string_lossy()
+            .into_owned()
+    };
+    Ok((parent, dirs))
+}

@@ -62,8 +62,8 @@ struct Svc {
     resources: Mutex<Option<oci_spec::runtime::LinuxResources>>,
 }
 
-/// Maps of the cage's user namespace: the service user 1000 is the caller (as root: host
-/// 1000, as `cagerun exec` does), every other id 0..65535 a subordinate id.
+/// Maps of the cage's user namespace: the service user 1000 is the caller (as root: root's
+/// subordinate id base+1000, as sandboxes do), every other id 0..65535 a subordinate id.
 struct CageMaps {
     uid: Vec<IdMap>,
     gid: Vec<IdMap>,
@@ -74,22 +74,6 @@ struct CageMaps {
 fn cage_maps() -> Result<CageMaps> {
     let uid = nix::unistd::geteuid().as_raw();
     let gid = nix::unistd::getegid().as_raw();
-    let (caller_uid, caller_gid, sub) = if uid == 0 {
-        let range = |file: &str| {
-            std::fs::read_to_string(file)
-                .ok()
-                .and_then(|t| cage_spec::passwd::subordinate_range(&t, "root", 0))
-        };
-        match (range("/etc/subuid"), range("/etc/subgid")) {
-            (Some(u), Some(g)) => (1000, 1000, cage_spec::SubordinateIds { uid_base: u.0, uid_count: u.1, gid_base: g.0, gid_count: g.1 }),
-            _ => bail!("as root, services run under root's subordinate ids and root has none: `usermod --add-subuids 1000000-1065535 --add-subgids 1000000-1065535 root`"),
-        }
-    } else {
-        let sub = crate::ids::subordinate().with_context(|| {
-            format!("services need subordinate ids (65536 of them) and newuidmap/newgidmap: `sudo apt install uidmap && sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {}`", super::user_name(uid))
-        })?;
-        (uid, gid, sub)
-    };
     let conv = |m: Vec<(u32, u32, u32)>| {
         m.into_iter()
             .map(|(inside, outside, count)| IdMap {
@@ -99,14 +83,30 @@ fn cage_maps() -> Result<CageMaps> {
             })
             .collect::<Vec<_>>()
     };
-    let map = |inside: u32, caller: u32, base: u32, count: u32, what: &str| {
-        cage_spec::keep_id_map(inside, caller, base, count)
-            .map(conv)
-            .with_context(|| format!("the subordinate {what} range is smaller than 65536"))
+    let (umap, gmap) = if uid == 0 {
+        // As root the whole cage lies in root's range, straight (inside N is base+N; the
+        // service user 1000 is base+1000): no real host id, as its sandboxes.
+        let sub = crate::ids::root_range()?;
+        let span = cage_spec::sandbox::IMAGE_ID_SPAN;
+        (
+            conv(vec![(0, sub.uid_base, span)]),
+            conv(vec![(0, sub.gid_base, span)]),
+        )
+    } else {
+        let sub = crate::ids::subordinate().with_context(|| {
+            format!("services need subordinate ids (65536 of them) and newuidmap/newgidmap: `sudo apt install uidmap && sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {}`", super::user_name(uid))
+        })?;
+        let map = |inside: u32, caller: u32, base: u32, count: u32, what: &str| {
+            cage_spec::keep_id_map(inside, caller, base, count)
+                .map(conv)
+                .with_context(|| format!("the subordinate {what} range is smaller than 65536"))
+        };
+        let user = cage_spec::sandbox::DEFAULT_USER;
+        (
+            map(user.uid, uid, sub.uid_base, sub.uid_count, "uid")?,
+            map(user.gid, gid, sub.gid_base, sub.gid_count, "gid")?,
+        )
     };
-    let user = cage_spec::sandbox::DEFAULT_USER;
-    let umap = map(user.uid, caller_uid, sub.uid_base, sub.uid_count, "uid")?;
-    let gmap = map(user.gid, caller_gid, sub.gid_base, sub.gid_count, "gid")?;
     let root_of = |maps: &[IdMap]| {
         maps.iter()
             .find(|m| m.inside == 0)
@@ -412,7 +412,10 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
 
     // Networks and bundles for every service before the first one starts.
     let wiring = async {
-        for b in brokers {
+        for mut b in brokers {
+            let (parent, _) =
+                cgroup::prepare_sandboxes(&sup.cgroup, &b.service, b.memory_total, b.pids_total)?;
+            b.cgroup_parent = Some(parent);
             let broker = super::broker::Broker::start(b, &sup.paths.runtime, super::self_exe()?)?;
             sup.brokers.lock().unwrap().push(broker);
         }
