@@ -30,6 +30,9 @@ volumes = ["state:/state"]
 [services.gw.sandboxes]
 images = { "openclaw-sandbox:bookworm-slim" = "host" }
 max = 2
+pids = 30
+pids_total = 30
+memory_total = "1g"
 "#;
 
 /// A host directory outside the cage with a secret the sandbox user could read if it got
@@ -564,6 +567,56 @@ fn sandboxes_over_the_budget_are_refused_in_dockers_words() {
             r.stderr
         );
         assert_eq!(line_after(&r.stdout, "after:"), "ok");
+
+        // The sandboxes share one cgroup inside the cage's, limited to the totals.
+        let cage_dirs = find_dirs_named(Path::new("/sys/fs/cgroup"), cage.id(), 10);
+        let budget: Vec<_> = cage_dirs
+            .iter()
+            .map(|d| d.join("sandboxes-gw"))
+            .filter(|d| d.join("pids.max").exists())
+            .collect();
+        assert!(
+            !budget.is_empty(),
+            "no sandboxes-gw cgroup in {cage_dirs:?}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(budget[0].join("pids.max"))
+                .unwrap()
+                .trim(),
+            "30"
+        );
+        let memory: Vec<String> = cage_dirs
+            .iter()
+            .map(|d| d.join("sandboxes-gw"))
+            .flat_map(|d| [d.join("memory.max"), d.join("memory.limit_in_bytes")])
+            .filter_map(|f| std::fs::read_to_string(f).ok())
+            .map(|t| t.trim().to_string())
+            .collect();
+        assert_eq!(memory, ["1073741824"], "the sandboxes' memory total");
+        // pids: one sandbox alone starts 20 sleepers (its own cap is 30); beside another
+        // that holds 20, it gets what is left of the total 30, not its own cap.
+        let count = "for i in \\$(seq 20); do sleep 4 & done 2>/dev/null; sleep 0.5; ls /proc | grep -c '^[0-9]*\\$'";
+        let r = gateway(
+            &cage,
+            &format!(
+                "echo \"alone: $(docker exec c-b sh -c \"{count}\")\"\n\
+                 docker exec c-b sh -c 'for i in $(seq 20); do sleep 4 & done; sleep 3' &\n\
+                 sleep 1\n\
+                 echo \"beside: $(docker exec c-b sh -c \"{count}\" 2>/dev/null)\"\n\
+                 wait"
+            ),
+        );
+        let alone: usize = line_after(&r.stdout, "alone:").parse().unwrap();
+        let beside: usize = line_after(&r.stdout, "beside:").parse().unwrap_or(0);
+        assert!(
+            alone >= 21,
+            "the probe is invalid: alone it ran {alone}: {}",
+            r.stderr
+        );
+        assert!(
+            beside < 12,
+            "beside a sandbox holding 20 pids it ran {beside} (the total is 30)"
+        );
         cage.down();
         cage.assert_gone(&netns);
     }

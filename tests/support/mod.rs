@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod cage;
+pub mod world;
 
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::os::unix::process::CommandExt;

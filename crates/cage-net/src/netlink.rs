@@ -3,8 +3,9 @@
 //! the thread goes afterwards. A current-thread runtime drives it, so no thread is started
 //! (the holder that uses this must stay single-threaded to own a user namespace).
 
-use std::net::IpAddr;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth};
@@ -147,5 +148,149 @@ impl Netlink {
         self.rt
             .block_on(self.handle.route().add(route).execute())
             .map_err(nl(format!("adding the default route via {gateway}")))
+    }
+
+    /// Every IPv4 destination this namespace delivers to itself, as `(address, prefix)`: the
+    /// `local` and `broadcast` routes of its local table (each interface address, the
+    /// broadcast addresses, 127.0.0.0/8, and any `ip route add local` block).
+    pub fn local_addresses(&self) -> Result<Vec<(Ipv4Addr, u8)>> {
+        use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
+        const RT_TABLE_LOCAL: u32 = 255;
+        self.rt.block_on(async {
+            let mut routes = self
+                .handle
+                .route()
+                .get(rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build())
+                .execute();
+            let mut found = Vec::new();
+            while let Some(r) = routes
+                .try_next()
+                .await
+                .map_err(nl("listing the local routing table"))?
+            {
+                let table = r
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        RouteAttribute::Table(t) => Some(*t),
+                        _ => None,
+                    })
+                    .unwrap_or(r.header.table as u32);
+                if table != RT_TABLE_LOCAL
+                    || !matches!(r.header.kind, RouteType::Local | RouteType::Broadcast)
+                {
+                    continue;
+                }
+                let dst = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
+                    _ => None,
+                });
+                found.push((
+                    dst.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                    r.header.destination_prefix_length,
+                ));
+            }
+            Ok(found)
+        })
+    }
+}
+
+/// A netlink socket told about IPv4 address and route changes in the namespace it was opened
+/// in (the kernel's RTMGRP_IPV4_IFADDR and RTMGRP_IPV4_ROUTE groups): [`AddressEvents::wait`]
+/// says whether any came. Plain and blocking: no runtime, usable from any thread.
+pub struct AddressEvents {
+    fd: OwnedFd,
+}
+
+impl AddressEvents {
+    pub fn open() -> Result<Self> {
+        const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+        const RTMGRP_IPV4_ROUTE: u32 = 0x40;
+        // SAFETY: plain syscalls on a descriptor this function owns.
+        unsafe {
+            let raw = libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                libc::NETLINK_ROUTE,
+            );
+            if raw < 0 {
+                return Err(Error::Io {
+                    what: "opening a netlink socket".into(),
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+            let fd = OwnedFd::from_raw_fd(raw);
+            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+            addr.nl_family = libc::AF_NETLINK as u16;
+            addr.nl_groups = RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE;
+            if libc::bind(
+                raw,
+                &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            ) < 0
+            {
+                return Err(Error::Io {
+                    what: "subscribing to address changes".into(),
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+            Ok(AddressEvents { fd })
+        }
+    }
+
+    /// Wait up to `timeout` (None: for ever) for a change, or for `stop` to become readable
+    /// (its other end closed). Ok(Some(true)): something changed (pending messages are
+    /// drained; an overflowed queue counts as a change); Ok(Some(false)): the time ran out;
+    /// Ok(None): stop.
+    pub fn wait(&self, stop: impl AsFd, timeout: Option<Duration>) -> Result<Option<bool>> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let timeout = match timeout {
+            None => PollTimeout::NONE,
+            Some(t) => PollTimeout::try_from(t).unwrap_or(PollTimeout::MAX),
+        };
+        let mut fds = [
+            PollFd::new(self.fd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => return Ok(Some(false)),
+            Err(e) => return Err(crate::error::sys("waiting for address changes")(e)),
+        }
+        if fds[1].any().unwrap_or(true) {
+            return Ok(None);
+        }
+        if !fds[0].any().unwrap_or(false) {
+            return Ok(Some(false));
+        }
+        let mut buf = [0u8; 8192];
+        loop {
+            // SAFETY: reading into a buffer we own, on our own descriptor.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n == 0 {
+                break;
+            }
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => break,
+                    Some(libc::ENOBUFS) | Some(libc::EINTR) => continue,
+                    _ => {
+                        return Err(Error::Io {
+                            what: "reading address changes".into(),
+                            source: e,
+                        })
+                    }
+                }
+            }
+        }
+        Ok(Some(true))
     }
 }

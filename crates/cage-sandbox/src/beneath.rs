@@ -22,7 +22,7 @@ pub fn open_root(root: &Path) -> Result<OwnedFd> {
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| SandboxError::Setup(format!("bind root {}: {e}", root.display())))
+    .map_err(|e| SandboxError::Setup(format!("the root of a bind source is unusable: {e}")))
 }
 
 /// An O_PATH descriptor of `path` (relative: plain names, or empty for the root itself)
@@ -46,6 +46,9 @@ pub fn open_beneath(root: &OwnedFd, path: &Path, shown: &Path) -> Result<OwnedFd
         } else {
             ""
         };
-        SandboxError::Setup(format!("bind source {}: {e}{hint}", shown.display()))
+        SandboxError::Setup(format!(
+            "bind source {} (beneath its mount): {e}{hint}",
+            shown.display()
+        ))
     })
 }

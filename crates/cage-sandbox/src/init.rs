@@ -269,7 +269,9 @@ fn open_sources(plan: &Plan) -> Result<rootfs::SourceFds> {
         };
         let root_fd = crate::beneath::open_root(root)?;
         let below = source.strip_prefix(root).unwrap_or(Path::new(""));
-        let fd = crate::beneath::open_beneath(&root_fd, below, source)?;
+        // Named by the part below the root only: the caller that asked for it (a hostile
+        // gateway) learns nothing of the host's layout from a refusal.
+        let fd = crate::beneath::open_beneath(&root_fd, below, below)?;
         if let Some(old) = map.insert(source.clone(), fd.into_raw_fd()) {
             unsafe { libc::close(old) };
         }

@@ -33,7 +33,8 @@ pub struct InternetStatus {
     pub on: bool,
     pub services: Vec<String>,
     pub uplink: String,
-    pub host_loopback: String,
+    /// The uplink's gateway address inside the cage (leads to nothing on the host).
+    pub gateway: String,
 }
 
 #[derive(serde::Serialize, serde::Deserialize, Debug, Default)]

@@ -534,10 +534,10 @@ pub fn internet(args: InternetArgs) -> Result<i32> {
     let st = reply.internet.unwrap_or_default();
     if st.on {
         println!(
-            "internet: on for {} (uplink: {}; the host's 127.0.0.1 is {} inside)",
+            "internet: on for {} (uplink: {}, gateway {}; the host itself is not reachable)",
             st.services.join(", "),
             st.uplink,
-            st.host_loopback
+            st.gateway
         );
     } else {
         println!("internet: off");

@@ -681,9 +681,9 @@ impl Supervisor {
                 .as_ref()
                 .map(|u| u.kind().to_string())
                 .unwrap_or_default(),
-            host_loopback: uplink
+            gateway: uplink
                 .as_ref()
-                .map(|u| u.host_loopback(self.subnet).to_string())
+                .map(|u| u.gateway(self.subnet).to_string())
                 .unwrap_or_default(),
         }
     }
