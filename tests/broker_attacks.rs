@@ -97,8 +97,22 @@ fn new_cage(mode: Mode) -> Cage {
     cage
 }
 
+/// A new cage, up: (the cage, its network namespaces for the leftover check).
+fn up_cage(mode: Mode) -> (Cage, Vec<u64>) {
+    let mut cage = new_cage(mode);
+    cage.up();
+    let netns = cage.netns_inodes();
+    (cage, netns)
+}
+
+/// `down`, and nothing of the cage is left.
+fn down_cage(cage: &Cage, netns: &[u64]) {
+    cage.down();
+    cage.assert_gone(netns);
+}
+
 fn gateway(cage: &Cage, script: &str) -> Run {
-    cage.cagerun(&["exec", "gw", "--", "sh", "-c", script])
+    cage.sh_in("gw", script)
 }
 
 /// A shell function in the gateway: `sbx NAME SRC DST` creates and starts a sandbox with
@@ -110,13 +124,6 @@ fn sbx_fn() -> String {
          --cap-drop ALL --security-opt no-new-privileges --env-file /tmp/sbx.env \
          -v \"$2:$3:z\" {IMAGE} sleep infinity >/dev/null && docker start \"$1\" >/dev/null; }}\n"
     )
-}
-
-fn line_after<'a>(out: &'a str, key: &str) -> &'a str {
-    out.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key:?} in {out}"))
-        .trim()
 }
 
 /// The probe is valid: a plain host walk of `planted` (inside the cage's workspace or
@@ -137,9 +144,7 @@ fn symlinks_of_every_shape_in_a_bind_source_stay_inside_the_gateways_mount() {
     for mode in modes() {
         let marker = Marker::new();
         let before = marker.state();
-        let mut cage = new_cage(mode);
-        cage.up();
-        let netns = cage.netns_inodes();
+        let (cage, netns) = up_cage(mode);
         let m = marker.path().display().to_string();
         let parent = marker.path().parent().unwrap().display().to_string();
         let base = marker
@@ -245,8 +250,7 @@ fn symlinks_of_every_shape_in_a_bind_source_stay_inside_the_gateways_mount() {
         );
         assert_eq!(r.stdout.trim(), "benign", "{}", r.stderr);
         assert_eq!(marker.state(), before, "the marker changed");
-        cage.down();
-        cage.assert_gone(&netns);
+        down_cage(&cage, &netns);
     }
 }
 
@@ -256,9 +260,7 @@ fn a_source_swapped_for_a_symlink_after_create_or_while_sandboxes_start_stays_in
     for mode in modes() {
         let marker = Marker::new();
         let before = marker.state();
-        let mut cage = new_cage(mode);
-        cage.up();
-        let netns = cage.netns_inodes();
+        let (cage, netns) = up_cage(mode);
         let m = marker.path().display().to_string();
         let ws = cage.root.join("workspace");
 
@@ -322,8 +324,7 @@ fn a_source_swapped_for_a_symlink_after_create_or_while_sandboxes_start_stays_in
         assert_host_walk_reaches(&ws.join("s/secret"), &marker, "swap-loop");
         assert!(!r.stdout.contains(&marker.secret), "{}", r.stdout);
         assert_eq!(marker.state(), before, "the marker changed");
-        cage.down();
-        cage.assert_gone(&netns);
+        down_cage(&cage, &netns);
     }
 }
 
@@ -332,9 +333,7 @@ fn links_planted_in_the_state_volume_touch_nothing_outside_it_on_down_or_up() {
     let _serial = serial();
     for mode in modes() {
         let marker = Marker::new();
-        let mut cage = new_cage(mode);
-        cage.up();
-        let netns = cage.netns_inodes();
+        let (mut cage, netns) = up_cage(mode);
         let m = marker.path().display().to_string();
         let state = cage.root.join(".cagerun/volumes/state");
         // The gateway plants symlinks to the host in its state volume ...
@@ -354,8 +353,7 @@ fn links_planted_in_the_state_volume_touch_nothing_outside_it_on_down_or_up() {
         let before = marker.state();
 
         // The next up with the links in place: nothing outside the volume changes owner.
-        cage.down();
-        cage.assert_gone(&netns);
+        down_cage(&cage, &netns);
         cage.up();
         let netns = cage.netns_inodes();
         let mut after_up = marker.state();
@@ -384,9 +382,7 @@ fn links_planted_in_the_state_volume_touch_nothing_outside_it_on_down_or_up() {
 fn stdio_that_is_not_a_pipe_socket_or_terminal_is_refused() {
     let _serial = serial();
     for mode in modes() {
-        let mut cage = new_cage(mode);
-        cage.up();
-        let netns = cage.netns_inodes();
+        let (cage, netns) = up_cage(mode);
         // The probe is valid: a process whose stdin is a directory reaches that directory's
         // tree through /proc/self/fd/0 (in a sandbox, that would be the gateway's root).
         let r = gateway(
@@ -417,8 +413,7 @@ fn stdio_that_is_not_a_pipe_socket_or_terminal_is_refused() {
         assert!(r.stdout.contains("fine"), "{}", r.stdout);
         assert_eq!(line_after(&r.stdout, "pipe:"), "0");
         assert_eq!(line_after(&r.stdout, "null:"), "0");
-        cage.down();
-        cage.assert_gone(&netns);
+        down_cage(&cage, &netns);
     }
 }
 
@@ -426,9 +421,7 @@ fn stdio_that_is_not_a_pipe_socket_or_terminal_is_refused() {
 fn a_fifo_wedged_create_delays_nothing_and_down_still_ends_everything() {
     let _serial = serial();
     for mode in modes() {
-        let mut cage = new_cage(mode);
-        cage.up();
-        let netns = cage.netns_inodes();
+        let (cage, netns) = up_cage(mode);
         // The probe is valid: the FIFO is full (a write to it would block).
         let r = gateway(
             &cage,
@@ -534,8 +527,7 @@ for p in kids:
         // Afterwards the broker still serves.
         let r = gateway(&cage, "docker version");
         assert_eq!(r.code, 0, "{}", r.stderr);
-        cage.down();
-        cage.assert_gone(&netns);
+        down_cage(&cage, &netns);
     }
 }
 
@@ -543,9 +535,7 @@ for p in kids:
 fn sandboxes_over_the_budget_are_refused_in_dockers_words() {
     let _serial = serial();
     for mode in modes() {
-        let mut cage = new_cage(mode);
-        cage.up();
-        let netns = cage.netns_inodes();
+        let (cage, netns) = up_cage(mode);
         // max = 2 in the cage: two sandboxes run, the third exec is refused.
         let r = gateway(
             &cage,
@@ -617,8 +607,7 @@ fn sandboxes_over_the_budget_are_refused_in_dockers_words() {
             beside < 12,
             "beside a sandbox holding 20 pids it ran {beside} (the total is 30)"
         );
-        cage.down();
-        cage.assert_gone(&netns);
+        down_cage(&cage, &netns);
     }
 }
 
@@ -626,9 +615,7 @@ fn sandboxes_over_the_budget_are_refused_in_dockers_words() {
 fn oversized_calls_and_bad_names_are_refused_and_nothing_is_recorded() {
     let _serial = serial();
     for mode in modes() {
-        let mut cage = new_cage(mode);
-        cage.up();
-        let netns = cage.netns_inodes();
+        let (cage, netns) = up_cage(mode);
         let r = gateway(
             &cage,
             &format!(
@@ -664,8 +651,7 @@ fn oversized_calls_and_bad_names_are_refused_and_nothing_is_recorded() {
             "{}",
             r.stderr
         );
-        cage.down();
-        cage.assert_gone(&netns);
+        down_cage(&cage, &netns);
     }
 }
 
@@ -721,7 +707,6 @@ fn whatever_user_the_gateway_asks_for_files_carry_no_host_identity() {
             // An id beyond the mapped range is refused, never mapped to itself on the host.
             assert_ne!(line_after(&r.stdout, "outside:"), "0", "{}", r.stderr);
         }
-        cage.down();
-        cage.assert_gone(&netns);
+        down_cage(&cage, &netns);
     }
 }

@@ -37,7 +37,7 @@ fn create_argv(name: &str, extra: &str, image: &str) -> String {
 }
 
 fn gateway(cage: &Cage, script: &str) -> Run {
-    cage.cagerun(&["exec", "gw", "--", "sh", "-c", script])
+    cage.sh_in("gw", script)
 }
 
 fn new_cage(mode: Mode) -> Cage {
@@ -77,13 +77,6 @@ fn processes_naming(tag: &str) -> Vec<(i32, String)> {
         }
     }
     found
-}
-
-fn line_after<'a>(out: &'a str, key: &str) -> &'a str {
-    out.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key:?} in {out}"))
-        .trim()
 }
 
 #[test]

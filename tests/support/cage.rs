@@ -107,6 +107,11 @@ impl Cage {
         run_cmd(self.mode, self.command(args), args)
     }
 
+    /// `cagerun exec SERVICE -- sh -c SCRIPT`: a script inside a running service.
+    pub fn sh_in(&self, service: &str, script: &str) -> Run {
+        self.cagerun(&["exec", service, "--", "sh", "-c", script])
+    }
+
     /// `up -d`; returns the supervisor's pid.
     pub fn up(&mut self) -> i32 {
         let (_, pid) = self.up_with(&[]);
@@ -252,29 +257,7 @@ impl Cage {
             !mounts.contains(&*self.root.to_string_lossy()),
             "mounts left naming the cage"
         );
-        let mut held = Vec::new();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            if e.file_name().to_string_lossy().parse::<u32>().is_err() {
-                continue;
-            }
-            let mut links = vec![e.path().join("ns/net")];
-            links.extend(
-                std::fs::read_dir(e.path().join("fd"))
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .map(|f| f.path()),
-            );
-            for l in links {
-                if let Ok(m) = std::fs::metadata(&l) {
-                    if netns.contains(&m.ino()) && m.dev() == nsfs_dev() {
-                        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-                        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-                        held.push(format!("{} ({cmd})", l.display()));
-                    }
-                }
-            }
-        }
+        let held = holders_of_netns(netns);
         assert!(held.is_empty(), "network namespaces left: {held:?}");
     }
 }

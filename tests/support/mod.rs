@@ -55,6 +55,44 @@ pub fn root_subordinate_base(file: &str) -> u32 {
         .unwrap_or_else(|| panic!("root has no subordinate range in {file}: as root, sandboxes run under it (scripts/test adds one)"))
 }
 
+/// Every process link (its netns, or an open descriptor) that holds one of the network
+/// namespaces `inodes`: "LINK (COMMAND LINE)".
+pub fn holders_of_netns(inodes: &[u64]) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut held = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        let mut links = vec![e.path().join("ns/net")];
+        links.extend(
+            std::fs::read_dir(e.path().join("fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|f| f.path()),
+        );
+        for l in links {
+            if let Ok(m) = std::fs::metadata(&l) {
+                if inodes.contains(&m.ino()) && m.dev() == cage::nsfs_dev() {
+                    let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                    let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                    held.push(format!("{} ({cmd})", l.display()));
+                }
+            }
+        }
+    }
+    held
+}
+
+/// The rest of the first line of `out` that starts with `key`, trimmed.
+pub fn line_after<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key:?} in {out}"))
+        .trim()
+}
+
 pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }

@@ -267,28 +267,7 @@ impl World {
             left.is_empty(),
             "world addresses left on the host: {left:?}"
         );
-        let nsfs = std::fs::metadata("/proc/self/ns/net").unwrap().dev();
-        let mut held = Vec::new();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            if e.file_name().to_string_lossy().parse::<u32>().is_err() {
-                continue;
-            }
-            let mut links = vec![e.path().join("ns/net")];
-            links.extend(
-                std::fs::read_dir(e.path().join("fd"))
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .map(|f| f.path()),
-            );
-            for l in links {
-                if let Ok(m) = std::fs::metadata(&l) {
-                    if m.ino() == self.netns_ino && m.dev() == nsfs {
-                        held.push(l.display().to_string());
-                    }
-                }
-            }
-        }
+        let held = super::holders_of_netns(&[self.netns_ino]);
         assert!(held.is_empty(), "the world's namespace is held: {held:?}");
     }
 }

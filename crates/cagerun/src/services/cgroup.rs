@@ -137,16 +137,9 @@ pub fn remove(dirs: &[PathBuf]) {
     }
 }
 
-/// Make a service's cgroup under the cage's and write the spec's limits into it, before
-/// libcontainer moves the container in. libcontainer would write them itself, but with any
-/// resources it also writes the v1 device controller, which only host root may do; so the
-/// spec it gets carries none, and these are the spec's own values, written once here.
-pub fn prepare_service(
-    cage: &CageCgroup,
-    name: &str,
-    resources: Option<&oci_spec::runtime::LinuxResources>,
-    owner: Option<(u32, u32)>,
-) -> Result<Vec<PathBuf>> {
+/// A child cgroup `name` of the cage's in every hierarchy (made if missing; a v1 cpuset
+/// gets its parent's cpus and mems), given to `owner` when one is named.
+fn make_children(cage: &CageCgroup, name: &str, owner: Option<(u32, u32)>) -> Result<Vec<PathBuf>> {
     let mut dirs = Vec::new();
     for d in &cage.dirs {
         let dir = d.join(name);
@@ -163,38 +156,64 @@ pub fn prepare_service(
         }
         dirs.push(dir);
     }
+    Ok(dirs)
+}
+
+/// Write `value` to `file` in each of `dirs` that has it (each hierarchy has its own files).
+fn write_each(dirs: &[PathBuf], file: &str, value: &str) -> Result<()> {
+    for dir in dirs {
+        let p = dir.join(file);
+        if p.exists() {
+            std::fs::write(&p, value)
+                .with_context(|| format!("writing {value} to {}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// A memory limit (without swap) and a pids limit, in the hierarchy's own words.
+fn write_limits(dirs: &[PathBuf], memory: Option<i64>, pids: Option<i64>) -> Result<()> {
+    let v2 = matches!(cgroups::detect(), Layout::Unified);
+    if let Some(limit) = memory {
+        if v2 {
+            write_each(dirs, "memory.max", &limit.to_string())?;
+            write_each(dirs, "memory.swap.max", "0")?;
+        } else {
+            write_each(dirs, "memory.limit_in_bytes", &limit.to_string())?;
+        }
+    }
+    if let Some(p) = pids {
+        write_each(dirs, "pids.max", &p.to_string())?;
+    }
+    Ok(())
+}
+
+/// Make a service's cgroup under the cage's and write the spec's limits into it, before
+/// libcontainer moves the container in. libcontainer would write them itself, but with any
+/// resources it also writes the v1 device controller, which only host root may do; so the
+/// spec it gets carries none, and these are the spec's own values, written once here.
+pub fn prepare_service(
+    cage: &CageCgroup,
+    name: &str,
+    resources: Option<&oci_spec::runtime::LinuxResources>,
+    owner: Option<(u32, u32)>,
+) -> Result<Vec<PathBuf>> {
+    let dirs = make_children(cage, name, owner)?;
     let Some(res) = resources else {
         return Ok(dirs);
     };
-    let write = |file: &str, value: String| -> Result<()> {
-        for dir in &dirs {
-            let p = dir.join(file);
-            if p.exists() {
-                std::fs::write(&p, &value)
-                    .with_context(|| format!("writing {value} to {}", p.display()))?;
-            }
-        }
-        Ok(())
-    };
-    let v2 = matches!(cgroups::detect(), Layout::Unified);
-    if let Some(limit) = res.memory().as_ref().and_then(|m| m.limit()) {
-        if v2 {
-            write("memory.max", limit.to_string())?;
-            write("memory.swap.max", "0".into())?;
-        } else {
-            write("memory.limit_in_bytes", limit.to_string())?;
-        }
-    }
-    if let Some(p) = res.pids().as_ref().map(|p| p.limit()) {
-        write("pids.max", p.to_string())?;
-    }
+    write_limits(
+        &dirs,
+        res.memory().as_ref().and_then(|m| m.limit()),
+        res.pids().as_ref().map(|p| p.limit()),
+    )?;
     if let Some(cpu) = res.cpu() {
         if let (Some(q), Some(p)) = (cpu.quota(), cpu.period()) {
-            if v2 {
-                write("cpu.max", format!("{q} {p}"))?;
+            if matches!(cgroups::detect(), Layout::Unified) {
+                write_each(&dirs, "cpu.max", &format!("{q} {p}"))?;
             } else {
-                write("cpu.cfs_period_us", p.to_string())?;
-                write("cpu.cfs_quota_us", q.to_string())?;
+                write_each(&dirs, "cpu.cfs_period_us", &p.to_string())?;
+                write_each(&dirs, "cpu.cfs_quota_us", &q.to_string())?;
             }
         }
     }
@@ -213,36 +232,16 @@ pub fn prepare_sandboxes(
     pids_total: i64,
 ) -> Result<(String, Vec<PathBuf>)> {
     let name = format!("sandboxes-{service}");
+    let dirs = make_children(cage, &name, None)?;
     let v2 = matches!(cgroups::detect(), Layout::Unified);
-    let mut dirs = Vec::new();
-    for d in &cage.dirs {
-        let dir = d.join(&name);
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
-        }
-        fill_cpuset(&dir)?;
-        dirs.push(dir);
-    }
-    let write = |file: &str, value: String| -> Result<()> {
-        for dir in &dirs {
-            let p = dir.join(file);
-            if p.exists() {
-                std::fs::write(&p, &value)
-                    .with_context(|| format!("writing {value} to {}", p.display()))?;
-            }
-        }
-        Ok(())
-    };
     if v2 {
-        write("cgroup.subtree_control", "+memory +pids".into())?;
-        write("memory.max", memory_total.to_string())?;
-        write("memory.swap.max", "0".into())?;
-    } else {
-        write("memory.limit_in_bytes", memory_total.to_string())?;
+        write_each(&dirs, "cgroup.subtree_control", "+memory +pids")?;
     }
-    write("pids.max", pids_total.to_string())?;
+    write_limits(
+        &dirs,
+        Some(i64::try_from(memory_total).unwrap_or(i64::MAX)),
+        Some(pids_total),
+    )?;
     let parent = if v2 {
         dirs[0].to_string_lossy().into_owned()
     } else {
