@@ -194,18 +194,58 @@ pub fn unpack_image(
     Ok(target.to_path_buf())
 }
 
-/// Remove a tree we unpacked, even where the image made directories read-only.
+/// Remove a tree we unpacked, even where the image made directories read-only. Image
+/// contents are hostile (and build steps ran in the tree): the walk goes by directory
+/// descriptor, opening each subdirectory with `O_NOFOLLOW` beneath its parent and changing
+/// only the mode of what it holds open, so a symlink in the tree (or one swapped in while
+/// this runs) is unlinked, never followed — nothing outside the tree changes.
 pub fn make_writable_and_remove(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = fs::symlink_metadata(path) {
-        if meta.is_dir() {
-            let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
-            for e in fs::read_dir(path)?.flatten() {
-                make_writable_and_remove(&e.path())?;
-            }
-            return fs::remove_dir(path);
+    use rustix::fs::{AtFlags, Mode, OFlags, CWD};
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let top = match rustix::fs::open(path, dir_flags, Mode::empty()) {
+        Ok(fd) => fd,
+        // Not a directory (or a symlink): unlink the name itself.
+        Err(rustix::io::Errno::NOTDIR) | Err(rustix::io::Errno::LOOP) => {
+            return Ok(rustix::fs::unlink(path)?)
         }
-        return fs::remove_file(path);
+        Err(rustix::io::Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    empty_dir(top)?;
+    Ok(rustix::fs::unlinkat(CWD, path, AtFlags::REMOVEDIR)?)
+}
+
+/// Empty the directory `dir` (held open): make it writable, remove every entry, recursing
+/// into subdirectories by descriptor.
+fn empty_dir(dir: std::os::fd::OwnedFd) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let _ = rustix::fs::fchmod(&dir, Mode::from_raw_mode(0o700));
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_owned();
+        if name.as_bytes() != b"." && name.as_bytes() != b".." {
+            names.push((name, entry.file_type()));
+        }
+    }
+    for (name, kind) in names {
+        let sub = match kind {
+            FileType::Directory | FileType::Unknown => rustix::fs::openat(
+                &dir,
+                name.as_c_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .ok(),
+            _ => None,
+        };
+        match sub {
+            Some(fd) => {
+                empty_dir(fd)?;
+                rustix::fs::unlinkat(&dir, name.as_c_str(), AtFlags::REMOVEDIR)?;
+            }
+            None => rustix::fs::unlinkat(&dir, name.as_c_str(), AtFlags::empty())?,
+        }
     }
     Ok(())
 }

@@ -99,3 +99,39 @@ fn an_index_resolves_to_this_machines_platform() {
         .to_string();
     assert!(err.contains("no image tagged"), "{err}");
 }
+
+/// Removing an image tree never follows a link in it: a symlink to a directory outside
+/// (whose mode a path walk would change, and whose files it would delete) is unlinked, and
+/// the directory, its mode and its file stay as they were. The probe is valid: the link
+/// does reach the outside directory by a plain path walk.
+#[test]
+fn removing_a_tree_unlinks_its_symlinks_and_touches_nothing_outside() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let t = tempfile::tempdir().unwrap();
+    let outside = t.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("keep"), "host file").unwrap();
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o555)).unwrap();
+    let tree = t.path().join("tree");
+    fs::create_dir_all(tree.join("ro/deep")).unwrap();
+    fs::write(tree.join("ro/deep/f"), "x").unwrap();
+    symlink(&outside, tree.join("ro/link")).unwrap();
+    symlink(outside.join("keep"), tree.join("file-link")).unwrap();
+    fs::set_permissions(tree.join("ro/deep"), fs::Permissions::from_mode(0o555)).unwrap();
+    fs::set_permissions(tree.join("ro"), fs::Permissions::from_mode(0o555)).unwrap();
+    assert_eq!(
+        fs::read_to_string(tree.join("ro/link/keep")).unwrap(),
+        "host file"
+    );
+
+    cage_image::layout::make_writable_and_remove(&tree).unwrap();
+
+    assert!(!tree.exists());
+    assert_eq!(
+        fs::read_to_string(outside.join("keep")).unwrap(),
+        "host file"
+    );
+    let mode = fs::metadata(&outside).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o555, "the outside directory's mode changed");
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o755)).unwrap();
+}
