@@ -272,17 +272,24 @@ fn the_sandbox_dies_with_its_parent() {
         )
         .spawn()
         .unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        // The probe is valid: the sandbox's processes exist before the kill.
-        let before = std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter(|e| {
-                std::fs::read(e.path().join("cmdline"))
-                    .map(|c| String::from_utf8_lossy(&c).contains(&marker))
-                    .unwrap_or(false)
-            })
-            .count();
+        // The probe is valid: the sandbox's processes exist before the kill (waited for:
+        // under emulation, in the VM tests, a sandbox may take a while to start).
+        let running = || {
+            std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter(|e| {
+                    std::fs::read(e.path().join("cmdline"))
+                        .map(|c| String::from_utf8_lossy(&c).contains(&marker))
+                        .unwrap_or(false)
+                })
+                .count()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while running() < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let before = running();
         assert!(before >= 2, "sandbox processes running: {before}");
         // Kill cagerun itself (`unshare` without --fork execs it: same pid in both modes).
         let target = child.id() as i32;
