@@ -264,37 +264,33 @@ fn a_source_swapped_for_a_symlink_after_create_or_while_sandboxes_start_stays_in
         let m = marker.path().display().to_string();
         let ws = cage.root.join("workspace");
 
-        // The last component swapped between create and exec.
-        let r = gateway(
-            &cage,
-            &format!(
-                "{}mkdir -p /workspace/sub && echo benign > /workspace/sub/secret\n\
-                 sbx c-swap /workspace/sub /mnt\n\
-                 echo \"before: $(docker exec c-swap cat /mnt/secret 2>&1)\"\n\
-                 rm -r /workspace/sub && ln -s {m} /workspace/sub\n\
-                 echo \"after: $(docker exec c-swap cat /mnt/secret 2>&1 | tr '\\n' ' ')\"",
-                sbx_fn()
-            ),
-        );
-        assert_eq!(line_after(&r.stdout, "before:"), "benign", "{}", r.stderr);
-        assert_host_walk_reaches(&ws.join("sub/secret"), &marker, "swap-last");
-        assert!(!line_after(&r.stdout, "after:").contains(&marker.secret));
-
-        // A middle component swapped between create and exec.
-        let r = gateway(
-            &cage,
-            &format!(
-                "{}mkdir -p /workspace/d1/x && echo benign > /workspace/d1/x/secret\n\
-                 sbx c-mid /workspace/d1/x /mnt\n\
-                 echo \"before: $(docker exec c-mid cat /mnt/secret 2>&1)\"\n\
-                 rm -r /workspace/d1 && ln -s {m} /workspace/d1\n\
-                 echo \"after: $(docker exec c-mid cat /mnt/secret 2>&1 | tr '\\n' ' ')\"",
-                sbx_fn()
-            ),
-        );
-        assert_eq!(line_after(&r.stdout, "before:"), "benign", "{}", r.stderr);
-        assert_host_walk_reaches(&ws.join("d1/x/secret"), &marker, "swap-middle");
-        assert!(!line_after(&r.stdout, "after:").contains(&marker.secret));
+        // The last component, then a middle one, swapped for a symlink between create and
+        // exec.
+        for (case, source, swapped) in [("swap-last", "sub", "sub"), ("swap-middle", "d1/x", "d1")]
+        {
+            let r = gateway(
+                &cage,
+                &format!(
+                    "{}mkdir -p /workspace/{source} && echo benign > /workspace/{source}/secret\n\
+                     sbx c-{case} /workspace/{source} /mnt\n\
+                     echo \"before: $(docker exec c-{case} cat /mnt/secret 2>&1)\"\n\
+                     rm -r /workspace/{swapped} && ln -s {m} /workspace/{swapped}\n\
+                     echo \"after: $(docker exec c-{case} cat /mnt/secret 2>&1 | tr '\\n' ' ')\"",
+                    sbx_fn()
+                ),
+            );
+            assert_eq!(
+                line_after(&r.stdout, "before:"),
+                "benign",
+                "{case}: {}",
+                r.stderr
+            );
+            assert_host_walk_reaches(&ws.join(source).join("secret"), &marker, case);
+            assert!(
+                !line_after(&r.stdout, "after:").contains(&marker.secret),
+                "{case}"
+            );
+        }
 
         // A loop swapping the source between a directory and a symlink while 200 sandboxes
         // start: each sees the benign directory or fails, never the host.

@@ -467,16 +467,16 @@ fn map_source(policy: &BrokerPolicy, src: &str) -> Option<(String, String)> {
         return None;
     }
     let src = components(src);
-    let m = policy
+    let (m, inside) = policy
         .gateway_mounts
         .iter()
-        .filter(|m| src.starts_with(&components(&m.inside)))
-        .max_by_key(|m| components(&m.inside).len())?;
+        .map(|m| (m, components(&m.inside)))
+        .filter(|(_, inside)| src.starts_with(inside))
+        .max_by_key(|(_, inside)| inside.len())?;
     if m.read_only {
         return None;
     }
-    let rest = src[components(&m.inside).len()..].join("/");
-    Some((m.host.clone(), rest))
+    Some((m.host.clone(), src[inside.len()..].join("/")))
 }
 
 /// The broker's judgement of a `create`: a shape to run, or docker's kind of refusal.

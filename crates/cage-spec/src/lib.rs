@@ -20,7 +20,7 @@ pub mod size;
 
 pub use error::SpecError;
 pub use sandbox::{
-    keep_id_map, render_sandbox, ExtraMount, HostIds, IdPair, NetMode, RootfsSource,
+    keep_id_map, render_sandbox, root_id_map, ExtraMount, HostIds, IdPair, NetMode, RootfsSource,
     SandboxRequest, SubordinateIds,
 };
 

@@ -110,6 +110,13 @@ pub struct SubordinateIds {
 /// Ids an image may use: 0..65535.
 pub const IMAGE_ID_SPAN: u32 = 65536;
 
+/// Root's map: every id of an image (0..65535) onto root's subordinate range, straight
+/// (inside N is host id base+N), so nothing run as root ever has a real host id. The one
+/// map of sandboxes, services and build steps when cagerun runs as root.
+pub fn root_id_map(base: u32) -> Vec<(u32, u32, u32)> {
+    vec![(0, base, IMAGE_ID_SPAN)]
+}
+
 /// "keep-id": the sandbox user's id maps to the caller, every other id of an image
 /// (0..65535) to the caller's subordinate range in order — so a rootfs unpacked with its
 /// ownership shows it inside (root's files are root's), and the sandbox user's files are the
@@ -555,7 +562,7 @@ pub fn render_sandbox(req: &SandboxRequest, host: HostIds) -> Result<Spec, SpecE
     let id_lines = |id: u32, host_id: u32, sub: Option<(u32, u32)>| -> Vec<(u32, u32, u32)> {
         match (root_range, sub) {
             // Root's range, straight: inside N is base+N (host_id is base+id already).
-            (Some(_), Some((base, _))) => vec![(0, base, IMAGE_ID_SPAN)],
+            (Some(_), Some((base, _))) => root_id_map(base),
             _ => sub
                 .and_then(|(base, count)| keep_id_map(id, host_id, base, count))
                 .unwrap_or_else(|| vec![(id, host_id, 1)]),

@@ -190,13 +190,8 @@ pub fn run() -> Result<i32> {
 fn services(r: &mut Report, uid: u32) {
     let name = crate::services::user_name(uid);
     if uid == 0 {
-        let has = |f: &str| {
-            std::fs::read_to_string(f)
-                .ok()
-                .and_then(|t| cage_spec::passwd::subordinate_range(&t, "root", 0))
-                .is_some()
-        };
-        if has("/etc/subuid") && has("/etc/subgid") {
+        // The same check `up` and sandboxes as root make.
+        if crate::ids::root_range().is_ok() {
             r.ok(
                 "services ids",
                 "root's subordinate range holds the cages' ids",

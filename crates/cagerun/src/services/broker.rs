@@ -164,9 +164,9 @@ pub struct Broker {
     containers: Mutex<Vec<Container>>,
     next_run: AtomicU64,
     /// Sandboxes running now (the budget's count).
-    running: AtomicUsize,
+    running: Arc<AtomicUsize>,
     /// Calls being served now (each holds a thread and the shim's descriptors).
-    connections: AtomicUsize,
+    connections: Arc<AtomicUsize>,
 }
 
 /// Calls served at once; one more is answered "busy" and closed at once. A tool command
@@ -206,8 +206,8 @@ impl Broker {
             runs,
             containers: Mutex::new(Vec::new()),
             next_run: AtomicU64::new(0),
-            connections: AtomicUsize::new(0),
-            running: AtomicUsize::new(0),
+            connections: Arc::new(AtomicUsize::new(0)),
+            running: Arc::new(AtomicUsize::new(0)),
         });
         let b = broker.clone();
         std::thread::Builder::new()
@@ -224,24 +224,23 @@ impl Broker {
                             continue;
                         }
                     };
-                    if b.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                        b.connections.fetch_sub(1, Ordering::SeqCst);
+                    let Some(slot) = Slot::take(&b.connections, MAX_CONNECTIONS) else {
                         let _ = crate::ipc::send_fds(
                             &conn,
                             format!("error the sandbox broker is busy ({MAX_CONNECTIONS} calls in progress); try again").as_bytes(),
                             &[],
                         );
                         continue;
-                    }
+                    };
                     let b2 = b.clone();
                     let spawned = std::thread::Builder::new()
                         .name("broker-call".into())
                         .spawn(move || {
+                            let _slot = slot;
                             b2.serve(conn);
-                            b2.connections.fetch_sub(1, Ordering::SeqCst);
                         });
                     if spawned.is_err() {
-                        b.connections.fetch_sub(1, Ordering::SeqCst);
+                        // The closure (and its slot) went with the failed spawn.
                         std::thread::sleep(Duration::from_millis(100));
                     }
                 }
@@ -461,8 +460,7 @@ impl Broker {
         // The sandbox budget: a slot is taken before anything starts and given back when
         // the sandbox has ended.
         let max = self.setup.max_running;
-        if self.running.fetch_add(1, Ordering::SeqCst) >= max {
-            self.running.fetch_sub(1, Ordering::SeqCst);
+        let Some(_slot) = Slot::take(&self.running, max) else {
             return io.fail(
                 &DockerError(format!(
                     "Error response from daemon: the cage's sandbox budget is spent ({max} sandboxes running, `[services.{}.sandboxes] max`): try again when one has ended",
@@ -470,10 +468,8 @@ impl Broker {
                 )),
                 125,
             );
-        }
-        let code = self.exec_within_budget(req, e, io, conn, (id, shape, env));
-        self.running.fetch_sub(1, Ordering::SeqCst);
-        code
+        };
+        self.exec_within_budget(req, e, io, conn, (id, shape, env))
     }
 
     fn exec_within_budget(
@@ -601,6 +597,27 @@ impl Broker {
     }
 }
 
+/// One of a bounded number of places (calls being served, sandboxes running): taken with
+/// [`Slot::take`] when fewer than `max` are taken, given back when dropped, whatever path
+/// the holder leaves by.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        if count.fetch_add(1, Ordering::SeqCst) >= max {
+            count.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Slot(count.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// The shim's three descriptors.
 struct Io {
     stdin: OwnedFd,
@@ -619,12 +636,9 @@ impl Io {
             ("stdout", &self.stdout),
             ("stderr", &self.stderr),
         ] {
-            let kind = stdio_kind(fd);
-            if let Err(what) = kind {
-                return Err(format!(
-                    "docker: {name} is {what}: a cagerun sandbox takes a pipe, a unix socket, a terminal or /dev/null"
-                ));
-            }
+            stdio_kind(fd).map_err(|what| {
+                format!("docker: {name} is {what}: a cagerun sandbox takes a pipe, a unix socket, a terminal or /dev/null")
+            })?;
         }
         Ok(())
     }
@@ -693,6 +707,9 @@ fn stdio_kind(fd: &OwnedFd) -> Result<(), String> {
 fn write_bounded(fd: &OwnedFd, bytes: &[u8]) {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    if bytes.is_empty() {
+        return;
+    }
     let Ok(old) = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL) else {
         return;
     };

@@ -224,13 +224,14 @@ pub fn prepare_service(
 /// cage's, limited to the service's sandbox totals (memory without swap, pids), so what the
 /// gateway starts counts against the cage and can never grow past its budget. Returns the
 /// value the sandbox engine takes as its parent ([`cgroups::PARENT_ENV`]: absolute on v2,
-/// relative to each hierarchy on v1) and the directories made.
+/// relative to each hierarchy on v1). The directories lie inside the cage's, which `down`
+/// removes with everything below them.
 pub fn prepare_sandboxes(
     cage: &CageCgroup,
     service: &str,
     memory_total: u64,
     pids_total: i64,
-) -> Result<(String, Vec<PathBuf>)> {
+) -> Result<String> {
     let name = format!("sandboxes-{service}");
     let dirs = make_children(cage, &name, None)?;
     let v2 = matches!(cgroups::detect(), Layout::Unified);
@@ -242,7 +243,7 @@ pub fn prepare_sandboxes(
         Some(i64::try_from(memory_total).unwrap_or(i64::MAX)),
         Some(pids_total),
     )?;
-    let parent = if v2 {
+    Ok(if v2 {
         dirs[0].to_string_lossy().into_owned()
     } else {
         cage.relative
@@ -251,6 +252,5 @@ pub fn prepare_sandboxes(
             .unwrap_or(Path::new(&name))
             .to_string_lossy()
             .into_owned()
-    };
-    Ok((parent, dirs))
+    })
 }

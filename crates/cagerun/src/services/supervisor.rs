@@ -87,10 +87,9 @@ fn cage_maps() -> Result<CageMaps> {
         // As root the whole cage lies in root's range, straight (inside N is base+N; the
         // service user 1000 is base+1000): no real host id, as its sandboxes.
         let sub = crate::ids::root_range()?;
-        let span = cage_spec::sandbox::IMAGE_ID_SPAN;
         (
-            conv(vec![(0, sub.uid_base, span)]),
-            conv(vec![(0, sub.gid_base, span)]),
+            conv(cage_spec::root_id_map(sub.uid_base)),
+            conv(cage_spec::root_id_map(sub.gid_base)),
         )
     } else {
         let sub = crate::ids::subordinate().with_context(|| {
@@ -413,9 +412,12 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
     // Networks and bundles for every service before the first one starts.
     let wiring = async {
         for mut b in brokers {
-            let (parent, _) =
-                cgroup::prepare_sandboxes(&sup.cgroup, &b.service, b.memory_total, b.pids_total)?;
-            b.cgroup_parent = Some(parent);
+            b.cgroup_parent = Some(cgroup::prepare_sandboxes(
+                &sup.cgroup,
+                &b.service,
+                b.memory_total,
+                b.pids_total,
+            )?);
             let broker = super::broker::Broker::start(b, &sup.paths.runtime, super::self_exe()?)?;
             sup.brokers.lock().unwrap().push(broker);
         }

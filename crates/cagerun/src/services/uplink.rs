@@ -225,38 +225,29 @@ impl RouterNs {
     /// from the outside: the child joins the user namespace, then the network one).
     fn nft(&self, rules: &nftables::schema::Nftables<'_>) -> Result<()> {
         use std::os::unix::process::CommandExt;
-        let bin = nft_binary().context("internet mode needs nft: apt-get install nftables")?;
         let (user, net) = (self.user.as_raw_fd(), self.net.as_raw_fd());
-        let mut cmd = std::process::Command::new(bin);
-        // SAFETY: only async-signal-safe syscalls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let check = |r: libc::c_int| {
-                    if r < 0 {
-                        Err(std::io::Error::last_os_error())
-                    } else {
-                        Ok(())
-                    }
-                };
-                check(libc::setns(user, libc::CLONE_NEWUSER))?;
-                check(libc::setns(net, libc::CLONE_NEWNET))?;
-                check(libc::setresgid(0, 0, 0))?;
-                check(libc::setresuid(0, 0, 0))
-            });
-        }
-        let out = cmd
-            .arg("-j")
-            .arg(nft::to_json(rules))
-            .stdin(std::process::Stdio::null())
-            .output()
-            .context("running nft in the router namespace")?;
-        if !out.status.success() {
-            bail!(
-                "nft in the router namespace: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
+        nft_in(
+            rules,
+            "nft in the router namespace",
+            |cmd: &mut std::process::Command| {
+                // SAFETY: only async-signal-safe syscalls between fork and exec.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        let check = |r: libc::c_int| {
+                            if r < 0 {
+                                Err(std::io::Error::last_os_error())
+                            } else {
+                                Ok(())
+                            }
+                        };
+                        check(libc::setns(user, libc::CLONE_NEWUSER))?;
+                        check(libc::setns(net, libc::CLONE_NEWNET))?;
+                        check(libc::setresgid(0, 0, 0))?;
+                        check(libc::setresuid(0, 0, 0))
+                    });
+                }
+            },
+        )
     }
 }
 
@@ -418,19 +409,31 @@ fn run_nft(rules: &nftables::schema::Nftables<'_>) -> Result<()> {
 /// drop its capabilities).
 pub fn run_nft_as(rules: &nftables::schema::Nftables<'_>, as_ns_root: bool) -> Result<()> {
     use std::os::unix::process::CommandExt;
+    nft_in(rules, "nft", |cmd: &mut std::process::Command| {
+        if as_ns_root {
+            cmd.uid(0).gid(0);
+        }
+    })
+}
+
+/// `nft -j DOCUMENT` with what `setup` adds to the command (the identity or namespaces it
+/// runs in); its stderr is the error, prefixed with `what`.
+fn nft_in(
+    rules: &nftables::schema::Nftables<'_>,
+    what: &str,
+    setup: impl FnOnce(&mut std::process::Command),
+) -> Result<()> {
     let bin = nft_binary().context("internet mode needs nft: apt-get install nftables")?;
     let mut cmd = std::process::Command::new(bin);
-    if as_ns_root {
-        cmd.uid(0).gid(0);
-    }
+    setup(&mut cmd);
     let out = cmd
         .arg("-j")
         .arg(nft::to_json(rules))
         .stdin(std::process::Stdio::null())
         .output()
-        .context("running nft")?;
+        .with_context(|| format!("running {what}"))?;
     if !out.status.success() {
-        bail!("nft: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
