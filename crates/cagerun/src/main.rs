@@ -1,27 +1,16 @@
 //! cagerun: a rootless, daemonless runtime for the OpenClaw gateway, its model server, and a
 //! throwaway sandbox for every command an agent runs.
+//!
+//! This binary parses arguments (`cli/`, one module per verb group), calls the engine
+//! (`cage_runtime`) and prints; exit codes come from one place, [`cage_runtime::error`].
 
-mod build;
-mod bundle;
-mod cgroup_setup;
-mod doctor;
-mod exec;
-mod holder;
-mod ids;
-mod image;
-mod init;
-mod ipc;
-mod model;
-mod monitor;
-mod services;
-mod shim;
+mod cli;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Exit code for cagerun's own errors (bad input, setup failure), as docker and podman use.
-pub const EXIT_CAGERUN_ERROR: u8 = 125;
+use cli::{build, exec, host, image, internal, model, services};
 
 #[derive(Parser)]
 #[command(
@@ -53,7 +42,7 @@ enum Command {
     /// user namespace with the host's network): e.g. the agent's sandbox image.
     Build(build::BuildArgs),
     /// Write an OCI bundle (config.json + rootfs) for an image, with cagerun's policy.
-    Bundle(bundle::BundleArgs),
+    Bundle(build::BundleArgs),
     /// Images: import from disk (air-gapped hosts).
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -76,7 +65,7 @@ enum Command {
     Doctor,
     /// (root) Delegate a cgroup v1 subtree to a user, so their sandboxes get memory and pids
     /// limits through cgroups instead of rlimits. Once per boot.
-    SetupCgroups(cgroup_setup::SetupArgs),
+    SetupCgroups(host::SetupArgs),
     /// Start the cage's services (config/cage.toml) under a supervisor; foreground unless -d.
     Up(services::UpArgs),
     /// Stop the cage: SIGTERM, a grace period, SIGKILL; remove its network, cgroups and state.
@@ -98,7 +87,7 @@ enum Command {
     Cli(services::CliArgs),
     /// (internal) The cage's user and network namespace holder.
     #[command(hide = true)]
-    Holder(holder::HolderArgs),
+    Holder(internal::HolderArgs),
     /// (internal) pid 1 of a service container: forwards signals, reaps orphans.
     #[command(hide = true)]
     Init {
@@ -107,24 +96,18 @@ enum Command {
     },
     /// (internal) Runs one container with libcontainer and watches it.
     #[command(hide = true)]
-    Monitor(monitor::MonitorArgs),
+    Monitor(internal::MonitorArgs),
 }
 
 fn main() -> ExitCode {
     // Inside a service with sandboxes, this binary is also its `docker` (the broker's shim).
-    if shim::invoked_as_docker() {
-        return ExitCode::from(shim::main().clamp(0, 255) as u8);
+    if cage_runtime::shim::invoked_as_docker() {
+        return ExitCode::from(cage_runtime::shim::main().clamp(0, 255) as u8);
     }
     // `cagerun exec SVC -- CMD` (into a running service) beside `cagerun exec [FLAGS] -- CMD`.
     let argv: Vec<String> = std::env::args().collect();
-    if let Some((config, service, command)) = services::enter::parse(&argv) {
-        return match services::enter::run(config, service, command) {
-            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
-            Err(e) => {
-                eprintln!("cagerun: {e:#}");
-                ExitCode::from(EXIT_CAGERUN_ERROR)
-            }
-        };
+    if let Some((config, service, command)) = services::parse_enter(&argv) {
+        return exit(cage_runtime::services::enter::run(config, service, command));
     }
     let cli = Cli::parse();
     // A subscriber costs ~15 µs and EnvFilter ~0.5 ms (regexes) at every start: set one up
@@ -144,13 +127,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Exec(args) => exec::run(args),
         Command::Spec(args) => exec::print_spec(args).map(|()| 0),
-        Command::SetupCgroups(args) => cgroup_setup::run(args).map(|()| 0),
-        Command::Doctor => doctor::run(),
-        Command::Check { file } => check(&file),
+        Command::SetupCgroups(args) => host::setup_cgroups(args).map(|()| 0),
+        Command::Doctor => host::doctor(),
+        Command::Check { file } => host::check(&file),
         Command::Image(cmd) => image::run(cmd).map(|()| 0),
         Command::Pull(args) => image::pull(args).map(|()| 0),
-        Command::Bundle(args) => bundle::run(args).map(|()| 0),
-        Command::Build(args) => build::run(args),
+        Command::Bundle(args) => build::bundle(args).map(|()| 0),
+        Command::Build(args) => build::build(args),
         Command::Model(cmd) => model::run(cmd).map(|()| 0),
         Command::Images(store) => image::list(store).map(|()| 0),
         Command::Rmi { name, store } => image::remove(&name, store).map(|()| 0),
@@ -162,40 +145,20 @@ fn main() -> ExitCode {
         Command::Internet(args) => services::internet(args),
         Command::Run(args) => services::run(args),
         Command::Cli(args) => services::cli(args),
-        Command::Holder(args) => holder::run(args).map(|()| 0),
-        Command::Monitor(args) => monitor::run(args),
-        Command::Init { command } => init::run(command),
+        Command::Holder(args) => cage_runtime::holder::run(args.into()).map(|()| 0),
+        Command::Monitor(args) => cage_runtime::monitor::run(args.into()),
+        Command::Init { command } => cage_runtime::init::run(command),
     };
+    exit(result)
+}
+
+/// The process's exit: the command's code, or the error's (see [`cage_runtime::error`]).
+fn exit(result: anyhow::Result<i32>) -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             eprintln!("cagerun: {e:#}");
-            ExitCode::from(EXIT_CAGERUN_ERROR)
+            ExitCode::from(cage_runtime::error::exit_code(&e))
         }
     }
-}
-
-fn check(file: &std::path::Path) -> anyhow::Result<i32> {
-    let cage = bundle::load_cage(file)?;
-    let names: Vec<&str> = cage
-        .services
-        .iter()
-        .filter(|s| s.supervised())
-        .map(|s| s.name.as_str())
-        .collect();
-    println!(
-        "{}: {} services, started in this order: {}",
-        file.display(),
-        names.len(),
-        names.join(", ")
-    );
-    for s in cage.services.iter().filter(|s| !s.supervised()) {
-        let when = if s.once {
-            "once, before the services (first `up`)"
-        } else {
-            "on demand (`cagerun run`)"
-        };
-        println!("  job {}: {when}", s.name);
-    }
-    Ok(0)
 }

@@ -10,26 +10,16 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use cage_spec::build::{parse_recipe, render_build_step};
 use cage_spec::{HostIds, RootfsSource, SandboxRequest};
-use clap::Args;
 
-#[derive(Args, Debug)]
-pub struct BuildArgs {
-    /// The recipe: name, from (a base image), run = [shell steps].
-    #[arg(default_value = "config/sandbox-image.toml")]
-    recipe: PathBuf,
-    /// Where the tree goes: ROOTFS_DIR/NAME (the cage's rootfs/).
-    #[arg(long, value_name = "DIR", default_value = "rootfs")]
-    rootfs_dir: PathBuf,
-    /// Speak plain HTTP to this registry (this machine's own always are).
-    #[arg(long = "insecure-registry", value_name = "HOST")]
-    insecure: Vec<String>,
-    #[command(flatten)]
-    store: crate::image::StoreArg,
-}
-
-pub fn run(args: BuildArgs) -> Result<i32> {
-    build(&args.recipe, &args.rootfs_dir, &args.insecure, &args.store)?;
-    Ok(0)
+/// What a build made.
+#[derive(Debug)]
+pub struct Built {
+    pub name: String,
+    /// The base image's canonical reference.
+    pub base: String,
+    pub steps: usize,
+    pub seconds: f64,
+    pub target: PathBuf,
 }
 
 /// The name a recipe builds (its tree is ROOTFS_DIR/NAME).
@@ -44,13 +34,12 @@ pub fn build(
     recipe_path: &Path,
     rootfs_dir: &Path,
     insecure: &[String],
-    store: &crate::image::StoreArg,
-) -> Result<()> {
+    store: &cage_image::store::Store,
+) -> Result<Built> {
     let started = Instant::now();
     let text = std::fs::read_to_string(recipe_path)
         .with_context(|| format!("reading {}", recipe_path.display()))?;
     let recipe = parse_recipe(&recipe_path.display().to_string(), &text)?;
-    let store = store.open()?;
     let target = rootfs_dir.join(&recipe.name);
     let work = crate::image::beside(&target, "build");
     eprintln!("cagerun: base {}", recipe.from);
@@ -59,9 +48,9 @@ pub fn build(
         ..Default::default()
     };
     let (canonical, image) =
-        cage_image::registry::pull(&store, &recipe.from, &opts, crate::image::progress())
+        cage_image::registry::pull(store, &recipe.from, &opts, crate::progress::bars())
             .with_context(|| format!("pulling the base image {}", recipe.from))?;
-    let built = crate::image::unpack(&store, &image, &work)
+    let built = crate::image::unpack(store, &image, &work)
         .with_context(|| format!("unpacking {canonical}"))
         .and_then(|()| run_steps(&recipe.run, &work));
     let built = built.and_then(|()| {
@@ -75,24 +64,23 @@ pub fn build(
         std::fs::rename(&work, &target)
             .with_context(|| format!("moving the new tree to {}", target.display()))?;
         if had_old {
-            crate::services::supervisor::remove_tree(&old);
+            crate::tree::remove(&old);
         }
         Ok(())
     });
     if let Err(e) = built {
         if work.exists() {
-            crate::services::supervisor::remove_tree(&work);
+            crate::tree::remove(&work);
         }
         return Err(e);
     }
-    println!(
-        "{}: built from {canonical} in {:.1} s ({} steps) → {}",
-        recipe.name,
-        started.elapsed().as_secs_f64(),
-        recipe.run.len(),
-        target.display()
-    );
-    Ok(())
+    Ok(Built {
+        name: recipe.name,
+        base: canonical,
+        steps: recipe.run.len(),
+        seconds: started.elapsed().as_secs_f64(),
+        target,
+    })
 }
 
 fn run_steps(steps: &[String], tree: &Path) -> Result<()> {
@@ -111,7 +99,7 @@ fn run_steps(steps: &[String], tree: &Path) -> Result<()> {
             vec!["/bin/sh".into(), "-c".into(), step.clone()],
             rootfs.clone(),
         );
-        req.subordinate = crate::exec::mapped_ownership(&rootfs);
+        req.subordinate = crate::host::mapped_ownership(&rootfs);
         req.env = vec![
             (
                 "PATH".into(),
@@ -130,7 +118,7 @@ fn run_steps(steps: &[String], tree: &Path) -> Result<()> {
             });
         }
         let spec = render_build_step(&req, host)?;
-        let code = crate::exec::run_spec(&spec, false)?;
+        let code = crate::sandbox::run_spec(&spec, false)?;
         if code != 0 {
             bail!(
                 "step {} ({step}) exited with {code}: nothing was kept; fix the recipe and build again",

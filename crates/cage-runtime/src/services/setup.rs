@@ -26,7 +26,7 @@ pub fn once_marker(paths: &CagePaths, name: &str) -> PathBuf {
 pub fn pull_images(
     paths: &CagePaths,
     services: &[&Service],
-    store: &crate::image::StoreArg,
+    store: &crate::image::StoreRoot,
 ) -> Result<()> {
     let mut opened = None;
     for s in services {
@@ -53,7 +53,7 @@ pub fn pull_images(
 pub fn build_sandbox_images(
     paths: &CagePaths,
     cage: &Cage,
-    store: &crate::image::StoreArg,
+    store: &crate::image::StoreRoot,
 ) -> Result<()> {
     let recipe = paths.config.with_file_name("sandbox-image.toml");
     let rootfs = paths.rootfs();
@@ -71,8 +71,17 @@ pub fn build_sandbox_images(
                 "building the sandbox image {image} from {} (first run only)",
                 recipe.display()
             ));
-            crate::build::build(&recipe, &rootfs, &[], store)
+            let store = store.open()?;
+            let built = crate::build::build(&recipe, &rootfs, &[], &store)
                 .with_context(|| format!("service {}: sandbox image {image}", s.name))?;
+            step(&format!(
+                "{}: built from {} in {:.1} s ({} steps) → {}",
+                built.name,
+                built.base,
+                built.seconds,
+                built.steps,
+                built.target.display()
+            ));
         }
     }
     Ok(())
@@ -93,7 +102,7 @@ pub fn pull_models(paths: &CagePaths, cage: &Cage) -> Result<()> {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating volume {}", dir.display()))?;
         step(&format!("pulling model {model} into volume {volume}"));
-        cage_image::models::pull_model(&dir, &model, None, crate::image::progress()).with_context(
+        cage_image::models::pull_model(&dir, &model, None, crate::progress::bars()).with_context(
             || {
                 format!(
                     "pulling model {model} (models.pull in {})",
@@ -106,7 +115,11 @@ pub fn pull_models(paths: &CagePaths, cage: &Cage) -> Result<()> {
 }
 
 /// Run each `once` job that has not finished yet, in dependency order; a failure stops `up`.
-pub fn run_once_jobs(paths: &CagePaths, cage: &Cage, store: &crate::image::StoreArg) -> Result<()> {
+pub fn run_once_jobs(
+    paths: &CagePaths,
+    cage: &Cage,
+    store: &crate::image::StoreRoot,
+) -> Result<()> {
     for s in cage.services.iter().filter(|s| s.once) {
         let marker = once_marker(paths, &s.name);
         if marker.exists() {
@@ -135,7 +148,7 @@ pub fn run_job(
     paths: &CagePaths,
     service: &Service,
     extra: &[String],
-    store: &crate::image::StoreArg,
+    store: &crate::image::StoreRoot,
     attach: bool,
 ) -> Result<i32> {
     pull_images(paths, &[service], store)?;
@@ -160,5 +173,5 @@ pub fn run_job(
     if let Some(p) = spec.process_mut() {
         p.set_terminal(Some(tty));
     }
-    crate::exec::run_spec(&spec, attach)
+    crate::sandbox::run_spec(&spec, attach)
 }

@@ -66,7 +66,7 @@ pub async fn command_probe(
     command: &[String],
     timeout: Duration,
 ) -> Result<()> {
-    let mut child = tokio::process::Command::new(super::self_exe()?)
+    let mut child = tokio::process::Command::new(crate::host::self_exe()?)
         .arg("exec")
         .arg("--config")
         .arg(config)

@@ -92,8 +92,8 @@ fn cage_maps() -> Result<CageMaps> {
             conv(cage_spec::root_id_map(sub.gid_base)),
         )
     } else {
-        let sub = crate::ids::subordinate().with_context(|| {
-            format!("services need subordinate ids (65536 of them) and newuidmap/newgidmap: `sudo apt install uidmap && sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {}`", super::user_name(uid))
+        let sub = crate::ids::subordinate().ok_or_else(|| crate::Error::NoSubordinateIds {
+            user: crate::host::user_name(uid),
         })?;
         let map = |inside: u32, caller: u32, base: u32, count: u32, what: &str| {
             cage_spec::keep_id_map(inside, caller, base, count)
@@ -123,7 +123,7 @@ fn cage_maps() -> Result<CageMaps> {
 /// cagerun itself as the container's pid 1, where it can run: always in a host-binds root
 /// (the host's libraries are there), in an image only when this binary is static.
 fn init_for(service: &Service) -> Result<Option<(PathBuf, String, Vec<String>)>> {
-    let exe = super::self_exe()?;
+    let exe = crate::host::self_exe()?;
     let usable = matches!(service.root, cage_spec::cage::ServiceRoot::Host)
         || crate::init::self_is_static(&exe);
     Ok(usable.then(|| {
@@ -199,13 +199,13 @@ pub fn prepare(
     paths: &CagePaths,
     cage: Cage,
     only: &[String],
-    store: &crate::image::StoreArg,
+    store: &crate::image::StoreRoot,
 ) -> Result<Prepared> {
     // The services asked for (each checked to exist), and what they depend on.
     let mut wanted: Vec<String> = only.to_vec();
     let mut i = 0;
     while i < wanted.len() {
-        let svc = crate::bundle::find_service(&cage, &wanted[i], &paths.config)?.clone();
+        let svc = crate::config::find_service(&cage, &wanted[i], &paths.config)?.clone();
         for d in &svc.depends_on {
             if !wanted.contains(&d.service) {
                 wanted.push(d.service.clone());
@@ -258,11 +258,11 @@ pub fn prepare(
         specs.insert(s.name.clone(), spec);
     }
     let mut brokers = Vec::new();
-    let cage_dir = crate::bundle::cage_dir(&paths.config);
+    let cage_dir = crate::config::cage_dir(&paths.config);
     for s in &cage.services {
         if let Some(b) = super::broker::setup(&cage_dir, s, &specs[&s.name])? {
             if !matches!(s.root, cage_spec::cage::ServiceRoot::Host)
-                && !crate::init::self_is_static(&super::self_exe()?)
+                && !crate::init::self_is_static(&crate::host::self_exe()?)
             {
                 bail!("service {}: its docker shim is this cagerun binary, which must be static to run in an image (scripts/install builds one)", s.name);
             }
@@ -276,7 +276,11 @@ pub fn prepare(
             let addr = std::net::SocketAddr::new(p.host_addr, p.host_port);
             let l = std::net::TcpListener::bind(addr).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::AddrInUse {
-                    anyhow::anyhow!("service {}: port {addr} is already in use on this host: stop what listens there (`ss -ltnp 'sport = :{}'`) or publish another port in {}", s.name, p.host_port, paths.config.display())
+                    anyhow::Error::new(crate::Error::PortInUse {
+                        service: s.name.clone(),
+                        addr,
+                        config: paths.config.clone(),
+                    })
                 } else {
                     anyhow::anyhow!("service {}: cannot listen on {addr}: {e}", s.name)
                 }
@@ -418,7 +422,8 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
                 b.memory_total,
                 b.pids_total,
             )?);
-            let broker = super::broker::Broker::start(b, &sup.paths.runtime, super::self_exe()?)?;
+            let broker =
+                super::broker::Broker::start(b, &sup.paths.runtime, crate::host::self_exe()?)?;
             sup.brokers.lock().unwrap().push(broker);
         }
         for name in &sup.order {
@@ -435,7 +440,7 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
             let (mut spec, host_root) = wire_service(
                 specs[name].clone(),
                 &Wiring {
-                    netns: PathBuf::from(format!("/proc/self/fd/{}", crate::monitor::NETNS_FD)),
+                    netns: PathBuf::from(format!("/proc/self/fd/{}", crate::proto::fds::NETNS)),
                     cgroups_path: sup.cgroup.relative.join(name),
                     hosts_file: dir.join("hosts"),
                     resolv_file: if svc.service.internet {
@@ -450,7 +455,7 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
                     broker: svc.service.sandboxes.as_ref().map(|_| BrokerWiring {
                         dir: super::broker::service_dir(&sup.paths.runtime, name),
                         inside: crate::shim::BROKER_DIR.to_string(),
-                        shim: super::self_exe().unwrap_or_default(),
+                        shim: crate::host::self_exe().unwrap_or_default(),
                     }),
                 },
             )?;
@@ -557,24 +562,7 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
 
 fn cleanup_runtime(paths: &CagePaths, record: &Record) {
     cgroup::remove(&record.cgroups);
-    remove_tree(&paths.runtime);
-}
-
-/// Remove a directory tree that may hold files made by the cage's root (a subordinate id,
-/// which the caller cannot delete from directories it does not own): as that root if needed.
-/// Volumes are written by hostile services: `remove_dir_all` walks by descriptor
-/// (`openat(O_NOFOLLOW | O_DIRECTORY)` + `unlinkat`, std's fix for CVE-2022-21658), so a
-/// symlink or hardlink planted anywhere in the tree is unlinked, never followed; only `dir`
-/// itself is named, and it is the cage's own path.
-pub fn remove_tree(dir: &Path) {
-    if std::fs::remove_dir_all(dir).is_ok() || !dir.exists() {
-        return;
-    }
-    if let Some(sub) = crate::ids::subordinate() {
-        let d = dir.to_path_buf();
-        let _ = crate::ids::as_mapped_root(&sub, move || Ok(std::fs::remove_dir_all(&d)?));
-    }
-    let _ = std::fs::remove_dir_all(dir);
+    crate::tree::remove(&paths.runtime);
 }
 
 impl Supervisor {
@@ -752,7 +740,7 @@ impl Supervisor {
             let _ = tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(pid, None)).await;
         }
         cgroup::remove(&self.cgroup.dirs);
-        remove_tree(&self.paths.runtime);
+        crate::tree::remove(&self.paths.runtime);
     }
 }
 
@@ -900,7 +888,7 @@ async fn run_once(
     cgroup::prepare_service(&sup.cgroup, name, resources.as_ref(), sup.owner)
         .with_context(|| format!("setting up the cgroup of {name}"))?;
     let (ours, theirs) = ipc::pair()?;
-    let mut cmd = Command::new(super::self_exe()?);
+    let mut cmd = Command::new(crate::host::self_exe()?);
     cmd.arg("monitor")
         .arg("--id")
         .arg(format!("{}-{}", sup.paths.id, name))
@@ -1037,7 +1025,7 @@ async fn watch_health(sup: Arc<Supervisor>, svc: Arc<Svc>, h: cage_spec::cage::H
 pub fn clean_stale(paths: &CagePaths) -> bool {
     let Some(rec) = Record::load(paths) else {
         if paths.runtime.exists() {
-            remove_tree(&paths.runtime);
+            crate::tree::remove(&paths.runtime);
             return true;
         }
         return false;
@@ -1068,6 +1056,6 @@ pub fn clean_stale(paths: &CagePaths) -> bool {
     }
     std::thread::sleep(Duration::from_millis(50));
     cgroup::remove(&rec.cgroups);
-    remove_tree(&paths.runtime);
+    crate::tree::remove(&paths.runtime);
     true
 }

@@ -62,7 +62,7 @@ pub fn setup(
     let mut images = Vec::new();
     for (name, tree) in &sb.images {
         let root = if tree == "host" {
-            crate::exec::rootfs_source("host")?
+            crate::host::rootfs_source("host")?
         } else {
             let dir = cage_dir.join(tree);
             let dir = std::fs::canonicalize(&dir).with_context(|| {
@@ -497,7 +497,7 @@ impl Broker {
             );
         }
         let result = self.run_sandbox(&run, e.interactive, io, conn, &id);
-        crate::services::supervisor::remove_tree(&run);
+        crate::tree::remove(&run);
         result
     }
 
@@ -514,13 +514,13 @@ impl Broker {
                 shape.image
             ))
         })?;
-        let (pw, gr) = crate::exec::passwd_files(&rootfs);
+        let (pw, gr) = crate::host::passwd_files(&rootfs);
         let user = match e.user.as_ref().or(shape.user.as_ref()) {
             Some(u) => passwd::resolve_user(u, &pw, &gr)
                 .map_err(|err| DockerError(format!("Error response from daemon: {err}")))?,
             None => DEFAULT_USER,
         };
-        let subordinate = crate::exec::mapped_ownership(&rootfs);
+        let subordinate = crate::host::mapped_ownership(&rootfs);
         let mut req = docker::exec_request(docker::ExecPlan {
             shape,
             exec: e,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use cage_image::models::{self, ModelRef, DEFAULT_REGISTRY};
+use cage_runtime::progress::human;
 use clap::{Args, Subcommand};
 
 #[derive(Args, Debug)]
@@ -60,7 +61,7 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
             dir,
         } => {
             let model = ModelRef::parse(&name, &registry_name(registry.as_deref()))?;
-            let progress = crate::image::progress();
+            let progress = cage_runtime::progress::bars();
             let digest = models::pull_model(&dir.models, &model, registry.as_deref(), progress)
                 .with_context(|| format!("pulling model {model}"))?;
             println!("{model}: {digest} → {}", dir.models.display());
@@ -69,7 +70,7 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
         ModelCommand::Ls { dir } => {
             println!("{:<56} {:>10}", "NAME", "SIZE");
             for (name, size) in models::list_models(&dir.models)? {
-                println!("{name:<56} {:>10}", crate::image::human(size));
+                println!("{name:<56} {:>10}", human(size));
             }
             Ok(())
         }
@@ -80,7 +81,7 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
         } => {
             let model = ModelRef::parse(&name, &registry_name(registry.as_deref()))?;
             let freed = models::remove_model(&dir.models, &model)?;
-            println!("removed {model}; freed {}", crate::image::human(freed));
+            println!("removed {model}; freed {}", human(freed));
             Ok(())
         }
     }

@@ -19,31 +19,25 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use anyhow::{bail, Context, Result};
 use cage_net::{netlink::Netlink, netns, topology};
-use clap::Args;
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::socket::{connect, socket, SockFlag, SockType, SockaddrIn};
 
 use crate::ipc;
 
-#[derive(Args, Debug)]
-pub struct HolderArgs {
+#[derive(Debug, Clone)]
+pub struct HolderOptions {
     /// The cage subnet's third octet (10.89.N.0/24).
-    #[arg(long)]
-    subnet: u8,
+    pub subnet: u8,
     /// The cage's id (only so that `ps` on the host says whose holder this is).
-    #[arg(long)]
-    cage: Option<String>,
+    pub cage: Option<String>,
     /// Some service may get internet: the router forwards, and its nft table starts empty
     /// (internet off) until `internet ADDR...`.
-    #[arg(long)]
-    internet: bool,
+    pub internet: bool,
 }
 
-pub const CONTROL_FD: i32 = 3;
-
-pub fn run(args: HolderArgs) -> Result<()> {
+pub fn run(args: HolderOptions) -> Result<()> {
     // SAFETY: the supervisor put our end of the control socket at fd 3.
-    let ctl = unsafe { OwnedFd::from_raw_fd(CONTROL_FD) };
+    let ctl = unsafe { OwnedFd::from_raw_fd(crate::proto::fds::CONTROL) };
     unshare(CloneFlags::CLONE_NEWUSER).context("creating the cage's user namespace")?;
     ipc::send(&ctl, "unshared", None)?;
     match ipc::recv(&ctl)? {

@@ -37,7 +37,7 @@ pub fn pass_fds(cmd: &mut Command, fds: &[i32]) {
                 high.push(h);
             }
             for (i, h) in high.iter().enumerate() {
-                if libc::dup2(*h, crate::holder::CONTROL_FD + i as i32) < 0 {
+                if libc::dup2(*h, crate::proto::fds::CONTROL + i as i32) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -54,7 +54,7 @@ pub fn spawn(
     gid_map: &[IdMap],
 ) -> Result<Arc<Holder>> {
     let (ours, theirs) = ipc::pair()?;
-    let mut cmd = Command::new(crate::services::self_exe()?);
+    let mut cmd = Command::new(crate::host::self_exe()?);
     cmd.args(["holder", "--subnet", &subnet.to_string(), "--cage", cage])
         .stdin(Stdio::null());
     if internet {

@@ -19,44 +19,17 @@ use nix::unistd::{fork, ForkResult};
 
 use super::{control, state::CagePaths};
 
-/// `exec [--config FILE] SVC -- CMD...`, told apart from the sandbox's `exec [FLAGS] --
-/// CMD...` by the one bare word before `--`.
-pub fn parse(argv: &[String]) -> Option<(PathBuf, String, Vec<String>)> {
-    if argv.get(1).map(String::as_str) != Some("exec") {
-        return None;
-    }
-    let dash = argv.iter().position(|a| a == "--")?;
-    let mut config = PathBuf::from("config/cage.toml");
-    let mut words = Vec::new();
-    let mut i = 2;
-    while i < dash {
-        let a = &argv[i];
-        if a == "--config" && i + 1 < dash {
-            config = PathBuf::from(&argv[i + 1]);
-            i += 2;
-            continue;
-        }
-        if let Some(v) = a.strip_prefix("--config=") {
-            config = PathBuf::from(v);
-        } else {
-            words.push(a.clone());
-        }
-        i += 1;
-    }
-    match words.as_slice() {
-        [svc] if !svc.starts_with('-') && dash + 1 < argv.len() => {
-            Some((config, svc.clone(), argv[dash + 1..].to_vec()))
-        }
-        _ => None,
-    }
-}
-
+/// Run `command` in the running `service` of the cage of `config`: its exit code.
 pub fn run(config: PathBuf, service: String, command: Vec<String>) -> Result<i32> {
-    let cage = crate::bundle::load_cage(&config)?;
-    crate::bundle::find_service(&cage, &service, &config)?;
+    let cage = crate::config::load_cage(&config)?;
+    crate::config::find_service(&cage, &service, &config)?;
     let paths = CagePaths::new(&config, cage.name.as_deref())?;
-    let reply = control::request(&paths, &control::Request::Ps)
-        .with_context(|| format!("cage {} is not up (`cagerun up -d`)", paths.id))?;
+    let reply = control::request(&paths, &control::Request::Ps).map_err(|e| {
+        e.context(crate::Error::NotUp {
+            cage: paths.id.clone(),
+            hint: "`cagerun up -d`",
+        })
+    })?;
     let status = reply
         .services
         .unwrap_or_default()

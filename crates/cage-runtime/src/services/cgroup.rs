@@ -54,7 +54,7 @@ pub fn fill_cpuset(dir: &Path) -> Result<()> {
 /// namespace, when it differs from the caller (as root) and must be able to write them.
 pub fn prepare(cage_id: &str, owner: Option<(u32, u32)>) -> Result<CageCgroup> {
     let uid = nix::unistd::geteuid().as_raw();
-    let name = crate::services::user_name(uid);
+    let name = crate::host::user_name(uid);
     match cgroups::detect() {
         Layout::V1 { .. } => {
             let rel = PathBuf::from(format!("cagerun/{uid}"));
@@ -68,11 +68,12 @@ pub fn prepare(cage_id: &str, owner: Option<(u32, u32)>) -> Result<CageCgroup> {
                         fill_cpuset(parent.parent().unwrap_or(&h))?;
                         fill_cpuset(&parent)?;
                     } else {
-                        bail!(
-                            "the cgroup v1 hierarchy {} has no {} delegated to you: run `sudo cagerun setup-cgroups --user {name}` once (per boot)",
-                            h.display(),
-                            rel.display()
-                        );
+                        return Err(crate::Error::CgroupNotDelegatedV1 {
+                            hierarchy: h.clone(),
+                            subtree: rel.display().to_string(),
+                            user: name,
+                        }
+                        .into());
                     }
                 }
                 let dir = parent.join(cage_id);
@@ -95,8 +96,8 @@ pub fn prepare(cage_id: &str, owner: Option<(u32, u32)>) -> Result<CageCgroup> {
             })
         }
         Layout::Unified => {
-            let parent = cgroups::find_parent(uid).with_context(|| {
-                format!("no delegated cgroup v2 subtree with the memory and pids controllers: run cagerun under systemd's user delegation (`systemd-run --user --scope -p Delegate=yes cagerun up`), or set {}", cgroups::PARENT_ENV)
+            let parent = cgroups::find_parent(uid).ok_or(crate::Error::CgroupNotDelegatedV2 {
+                parent_env: cgroups::PARENT_ENV,
             })?;
             let dir = parent.dirs[0].join(cage_id);
             if !dir.exists() {

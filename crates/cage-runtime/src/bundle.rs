@@ -9,40 +9,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use cage_image::records;
 use cage_spec::cage::{Service, ServiceRoot};
+
+use crate::config::{cage_dir, find_service, load_cage};
 use cage_spec::sandbox::DEFAULT_USER;
 use cage_spec::{passwd, render_sandbox, ExtraMount, HostIds, RootfsSource, SandboxRequest};
-use clap::Args;
-
-use crate::image::StoreArg;
-
-#[derive(Args, Debug)]
-#[command(trailing_var_arg = true)]
-pub struct BundleArgs {
-    /// An image in the store (`cagerun images`).
-    #[arg(long, required_unless_present = "service", conflicts_with = "service")]
-    image: Option<String>,
-    /// A service of the cage's config (its image, command, env, mounts, volumes, tmpfs,
-    /// resources); the cage is the directory holding config/.
-    #[arg(long)]
-    service: Option<String>,
-    /// The cage config, with --service.
-    #[arg(long, value_name = "FILE", default_value = "config/cage.toml")]
-    config: PathBuf,
-    /// Where images' root filesystems are (ROOTFS_DIR/NAME).
-    #[arg(long, value_name = "DIR", default_value = "rootfs")]
-    rootfs_dir: PathBuf,
-    /// The bundle directory (default: bundles/NAME).
-    #[arg(long, value_name = "DIR")]
-    out: Option<PathBuf>,
-    /// UID[:GID] or NAME[:GROUP] (default: the service's or image's user; 1000 for root).
-    #[arg(long, short = 'u')]
-    user: Option<String>,
-    #[command(flatten)]
-    store: StoreArg,
-    /// The command, instead of the service's or the image's.
-    #[arg(value_name = "CMD")]
-    command: Vec<String>,
-}
 
 /// What the image says about its process.
 #[derive(Default)]
@@ -77,10 +47,30 @@ fn image_defaults(store: &cage_image::store::Store, name: &str) -> Result<Defaul
     })
 }
 
-pub fn run(args: BundleArgs) -> Result<()> {
-    let store = args.store.open()?;
-    let (name, mut spec) = match (&args.image, &args.service) {
-        (Some(image), _) => {
+/// What `cagerun bundle` writes a bundle for.
+#[derive(Debug, Clone)]
+pub enum BundleSource {
+    /// An image in the store, unpacked under the rootfs directory.
+    Image(String),
+    /// A service of the cage whose config is `config`.
+    Service { name: String, config: PathBuf },
+}
+
+/// A bundle to write: its source, where images' trees are, where it goes (default
+/// bundles/NAME), and overrides of the command and user.
+#[derive(Debug, Clone)]
+pub struct BundleRequest {
+    pub source: BundleSource,
+    pub rootfs_dir: PathBuf,
+    pub out: Option<PathBuf>,
+    pub user: Option<String>,
+    pub command: Vec<String>,
+}
+
+/// Write the bundle; its directory.
+pub fn write(store: &cage_image::store::Store, args: &BundleRequest) -> Result<PathBuf> {
+    let (name, mut spec) = match &args.source {
+        BundleSource::Image(image) => {
             let rootfs = args.rootfs_dir.join(image);
             let rootfs = std::fs::canonicalize(&rootfs).with_context(|| {
                 format!(
@@ -88,7 +78,7 @@ pub fn run(args: BundleArgs) -> Result<()> {
                     rootfs.display()
                 )
             })?;
-            let defaults = image_defaults(&store, image)?;
+            let defaults = image_defaults(store, image)?;
             let source = Source {
                 name: image,
                 rootfs: RootfsSource::Dir(rootfs),
@@ -101,20 +91,19 @@ pub fn run(args: BundleArgs) -> Result<()> {
                 source.render(&args.command, args.user.as_deref())?,
             )
         }
-        (None, Some(svc)) => {
-            let cage = load_cage(&args.config)?;
-            let service = find_service(&cage, svc, &args.config)?;
+        BundleSource::Service { name: svc, config } => {
+            let cage = load_cage(config)?;
+            let service = find_service(&cage, svc, config)?;
             let spec = render_service(
-                &args.config,
+                config,
                 &args.rootfs_dir,
-                Some(&store),
+                Some(store),
                 service,
                 &args.command,
                 args.user.as_deref(),
             )?;
             (svc.clone(), spec)
         }
-        (None, None) => bail!("name an --image or a --service"),
     };
     if nix::unistd::geteuid().is_root() && !root_user(&spec) {
         // runc and crun need the container's root mapped to something (they chown to it);
@@ -128,8 +117,7 @@ pub fn run(args: BundleArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("bundles").join(&name));
     write_config(&out, &spec)?;
-    println!("{}", out.display());
-    Ok(())
+    Ok(out)
 }
 
 fn root_user(spec: &oci_spec::runtime::Spec) -> bool {
@@ -145,57 +133,6 @@ pub fn write_config(dir: &Path, spec: &oci_spec::runtime::Spec) -> Result<()> {
     std::fs::write(&tmp, serde_json::to_vec_pretty(spec)?)?;
     std::fs::rename(&tmp, dir.join("config.json"))?;
     Ok(())
-}
-
-/// Reads config/cage.toml with `${NAME}` resolved from the environment and the cage's
-/// `.env`; a secret listed in `generate` that is not there yet reads as empty (only `up`
-/// and `run` create it: see [`load_cage_generating`]).
-pub fn load_cage(config: &Path) -> Result<cage_spec::cage::Cage> {
-    load(config, false)
-}
-
-/// As [`load_cage`], first creating (and announcing) the `generate`d secrets `.env` lacks.
-pub fn load_cage_generating(config: &Path) -> Result<cage_spec::cage::Cage> {
-    load(config, true)
-}
-
-fn load(config: &Path, generate: bool) -> Result<cage_spec::cage::Cage> {
-    use crate::services::dotenv;
-    let text =
-        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
-    let file = config.display().to_string();
-    let secrets = cage_spec::interpolate::generated_names(&file, &text)?;
-    let cage = cage_dir(config);
-    let mut vars = dotenv::read(&cage)?;
-    if generate {
-        dotenv::ensure_generated(&cage, &secrets, &mut vars)?;
-    }
-    let lookup = |name: &str| {
-        std::env::var(name)
-            .ok()
-            .or_else(|| vars.get(name).cloned())
-            .or_else(|| secrets.iter().any(|s| s == name).then(String::new))
-    };
-    let text = cage_spec::interpolate::interpolate(&file, &text, &lookup)?;
-    Ok(cage_spec::cage::parse_cage(&file, &text)?)
-}
-
-pub fn find_service<'a>(
-    cage: &'a cage_spec::cage::Cage,
-    name: &str,
-    config: &Path,
-) -> Result<&'a Service> {
-    cage.services
-        .iter()
-        .find(|s| s.name == name)
-        .with_context(|| {
-            let names: Vec<&str> = cage.services.iter().map(|s| s.name.as_str()).collect();
-            format!(
-                "no service {name:?} in {} (services: {})",
-                config.display(),
-                names.join(", ")
-            )
-        })
 }
 
 /// The hardened spec of one service of a cage (image or rootfs or host binds, plus the
@@ -236,7 +173,7 @@ pub fn render_service(
                 Defaults::default(),
             )
         }
-        ServiceRoot::Host => (crate::exec::rootfs_source("host")?, Defaults::default()),
+        ServiceRoot::Host => (crate::host::rootfs_source("host")?, Defaults::default()),
     };
     Source {
         name: &service.name,
@@ -274,7 +211,7 @@ impl Source<'_> {
         let mut req = SandboxRequest::new(command, rootfs.clone());
         req.env = defaults.env.clone();
         req.cwd = defaults.cwd.clone();
-        let (pw, gr) = crate::exec::passwd_files(rootfs);
+        let (pw, gr) = crate::host::passwd_files(rootfs);
         let chosen = user
             .map(str::to_string)
             .or_else(|| service.and_then(|s| s.user.clone()))
@@ -290,23 +227,13 @@ impl Source<'_> {
         if let Some(s) = service {
             apply_service(&mut req, s, self.cage)?;
         }
-        req.subordinate = crate::exec::mapped_ownership(rootfs);
+        req.subordinate = crate::host::mapped_ownership(rootfs);
         let host = HostIds {
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
         };
         Ok(render_sandbox(&req, host)?)
     }
-}
-
-/// The cage: the directory that holds config/ (paths in cage.toml are relative to it).
-pub fn cage_dir(config: &Path) -> PathBuf {
-    let config = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
-    config
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// The service's own settings on top of the image's.
@@ -317,7 +244,7 @@ fn apply_service(req: &mut SandboxRequest, s: &Service, cage: &Path) -> Result<(
     }
     if let Some(f) = &s.env_file {
         req.env
-            .extend(crate::exec::read_env_file(&cage.join(f), "env_file")?);
+            .extend(crate::host::read_env_file(&cage.join(f), "env_file")?);
     }
     req.env
         .extend(s.env.iter().map(|(k, v)| (k.clone(), v.clone())));

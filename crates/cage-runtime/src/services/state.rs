@@ -57,7 +57,7 @@ impl CagePaths {
                 config.display()
             )
         })?;
-        let cage_dir = crate::bundle::cage_dir(&config);
+        let cage_dir = crate::config::cage_dir(&config);
         let mut h = std::collections::hash_map::DefaultHasher::new();
         cage_dir.hash(&mut h);
         let seed = h.finish();

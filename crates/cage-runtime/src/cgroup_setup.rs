@@ -2,26 +2,28 @@
 //! cgroup v1 hierarchies (every mounted controller) to a user. On pure cgroup v2 nothing is needed
 //! here: systemd delegates `user@UID.service` to each user.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use cage_sandbox::cgroups::{self, Layout};
-use clap::Args;
 
-#[derive(Args, Debug)]
-pub struct SetupArgs {
-    /// The user (name or uid) whose sandboxes get cgroup limits.
-    #[arg(long)]
-    user: String,
+/// What `setup-cgroups` did.
+#[derive(Debug)]
+pub enum Delegation {
+    /// cgroup v1: these directories now belong to the user.
+    V1 { user: String, dirs: Vec<PathBuf> },
+    /// cgroup v2: systemd delegates a subtree per user; nothing to do.
+    Unified { user: String, uid: u32 },
 }
 
-pub fn run(args: SetupArgs) -> Result<()> {
+/// Delegate `<controller>/cagerun/<uid>` in every v1 hierarchy to `user` (name or uid).
+pub fn delegate(user: &str) -> Result<Delegation> {
     if !nix::unistd::geteuid().is_root() {
         bail!("setup-cgroups needs root: run it once with sudo");
     }
     let passwd = std::fs::read_to_string("/etc/passwd").context("reading /etc/passwd")?;
-    let (name, uid, gid) = cage_spec::passwd::lookup_account(&passwd, &args.user)
-        .with_context(|| format!("no such user {:?} in /etc/passwd", args.user))?;
+    let (name, uid, gid) = cage_spec::passwd::lookup_account(&passwd, user)
+        .with_context(|| format!("no such user {:?} in /etc/passwd", user))?;
     let (uid, gid) = (
         nix::unistd::Uid::from_raw(uid),
         nix::unistd::Gid::from_raw(gid),
@@ -29,6 +31,7 @@ pub fn run(args: SetupArgs) -> Result<()> {
     match cgroups::detect() {
         Layout::V1 { .. } => {
             // Every mounted controller: libcontainer (services) joins all of them.
+            let mut dirs = Vec::new();
             for h in crate::services::cgroup::v1_hierarchies() {
                 let top = h.join("cagerun");
                 let dir = top.join(uid.to_string());
@@ -39,18 +42,14 @@ pub fn run(args: SetupArgs) -> Result<()> {
                 for p in [dir.clone(), dir.join("cgroup.procs"), dir.join("tasks")] {
                     chown(&p, uid, gid)?;
                 }
-                println!("delegated {} to {name}", dir.display());
+                dirs.push(dir);
             }
-            Ok(())
+            Ok(Delegation::V1 { user: name, dirs })
         }
-        Layout::Unified => {
-            println!(
-                "cgroup v2: nothing to do here. Rootless sandboxes use the subtree systemd delegates to {} (user@{}.service); \
-                 run cagerun inside it, e.g. `systemd-run --user --scope -p Delegate=yes cagerun exec ...`, or set CAGERUN_CGROUP_PARENT",
-                name, uid
-            );
-            Ok(())
-        }
+        Layout::Unified => Ok(Delegation::Unified {
+            user: name,
+            uid: uid.as_raw(),
+        }),
         Layout::None => bail!(
             "no memory and pids cgroup controllers are mounted under {}",
             cgroups::ROOT

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use clap::Args;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -24,32 +23,22 @@ use nix::unistd::Pid;
 
 use crate::ipc;
 
-/// The service's network namespace, passed by the supervisor; the spec names it
-/// `/proc/self/fd/4`, which libcontainer's init (our child) inherits.
-pub const NETNS_FD: i32 = 4;
-
-#[derive(Args, Debug)]
-pub struct MonitorArgs {
-    #[arg(long)]
-    id: String,
-    #[arg(long)]
-    bundle: PathBuf,
+#[derive(Debug, Clone)]
+pub struct MonitorOptions {
+    pub id: String,
+    pub bundle: PathBuf,
     /// libcontainer's state directory.
-    #[arg(long)]
-    state_root: PathBuf,
+    pub state_root: PathBuf,
     /// The holder, whose user namespace the container lives in.
-    #[arg(long)]
-    holder: i32,
-    #[arg(long)]
-    log: PathBuf,
+    pub holder: i32,
+    pub log: PathBuf,
     /// Rotate the log (to LOG.1) when it grows past this many bytes.
-    #[arg(long, default_value_t = 8 << 20)]
-    log_max: u64,
+    pub log_max: u64,
 }
 
-pub fn run(args: MonitorArgs) -> Result<i32> {
+pub fn run(args: MonitorOptions) -> Result<i32> {
     // SAFETY: the supervisor put our end of the control socket at fd 3.
-    let ctl = unsafe { OwnedFd::from_raw_fd(crate::holder::CONTROL_FD) };
+    let ctl = unsafe { OwnedFd::from_raw_fd(crate::proto::fds::CONTROL) };
     let code = match supervise(&args, &ctl) {
         Ok(code) => code,
         Err(e) => {
@@ -74,7 +63,7 @@ fn join_cage_userns(holder: i32) -> Result<()> {
     Ok(())
 }
 
-fn supervise(args: &MonitorArgs, ctl: &OwnedFd) -> Result<i32> {
+fn supervise(args: &MonitorOptions, ctl: &OwnedFd) -> Result<i32> {
     // Orphaned container processes come to us, not to the host's init.
     nix::sys::prctl::set_child_subreaper(true).context("becoming a subreaper")?;
     // Opened as the caller, before becoming the cage's root: the log is the caller's file.

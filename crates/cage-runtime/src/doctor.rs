@@ -4,20 +4,48 @@
 use anyhow::Result;
 use cage_sandbox::cgroups;
 
-struct Report {
-    failed: bool,
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One check: what, how it came out, and the detail (with the fix for a problem).
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub level: Level,
+    pub what: String,
+    pub detail: String,
+}
+
+/// Every check, in order.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub findings: Vec<Finding>,
 }
 
 impl Report {
-    fn ok(&self, what: &str, detail: impl AsRef<str>) {
-        println!("ok    {what}: {}", detail.as_ref());
+    fn push(&mut self, level: Level, what: &str, detail: impl AsRef<str>) {
+        self.findings.push(Finding {
+            level,
+            what: what.to_string(),
+            detail: detail.as_ref().to_string(),
+        });
     }
-    fn warn(&self, what: &str, detail: impl AsRef<str>) {
-        println!("warn  {what}: {}", detail.as_ref());
+    fn ok(&mut self, what: &str, detail: impl AsRef<str>) {
+        self.push(Level::Ok, what, detail)
+    }
+    fn warn(&mut self, what: &str, detail: impl AsRef<str>) {
+        self.push(Level::Warn, what, detail)
     }
     fn fail(&mut self, what: &str, detail: impl AsRef<str>) {
-        self.failed = true;
-        println!("FAIL  {what}: {}", detail.as_ref());
+        self.push(Level::Fail, what, detail)
+    }
+    /// Some check failed: sandboxes cannot run here as things are.
+    pub fn failed(&self) -> bool {
+        self.findings.iter().any(|f| f.level == Level::Fail)
     }
 }
 
@@ -55,8 +83,9 @@ fn userns_works() -> Result<(), String> {
     }
 }
 
-pub fn run() -> Result<i32> {
-    let mut r = Report { failed: false };
+/// Run every check on this host.
+pub fn check() -> Result<Report> {
+    let mut r = Report::default();
     let uid = nix::unistd::geteuid().as_raw();
     let uts = nix::sys::utsname::uname()?;
     r.ok("kernel", uts.release().to_string_lossy());
@@ -129,7 +158,7 @@ pub fn run() -> Result<i32> {
                     "limits",
                     "cgroup v2 without a delegated subtree: rlimits; run under `systemd-run --user --scope -p Delegate=yes` or set CAGERUN_CGROUP_PARENT",
                 ),
-                None => r.warn("limits", format!("cgroup {kind} not delegated to uid {uid}: rlimits; fix: sudo cagerun setup-cgroups --user {}", crate::services::user_name(uid))),
+                None => r.warn("limits", format!("cgroup {kind} not delegated to uid {uid}: rlimits; fix: sudo cagerun setup-cgroups --user {}", crate::host::user_name(uid))),
             }
         }
     }
@@ -181,14 +210,14 @@ pub fn run() -> Result<i32> {
             "allowed by this kernel; sandboxes block it with seccomp and a new session",
         );
     }
-    Ok(if r.failed { 1 } else { 0 })
+    Ok(r)
 }
 
 /// What `cagerun up` needs beyond sandboxes (warnings: sandboxes work without it): the cage's user namespace maps 65536 ids
 /// (subordinate ids; as root, root's own range), and libcontainer joins every cgroup v1
 /// hierarchy, so each needs the delegated `cagerun/<uid>`.
 fn services(r: &mut Report, uid: u32) {
-    let name = crate::services::user_name(uid);
+    let name = crate::host::user_name(uid);
     if uid == 0 {
         // The same check `up` and sandboxes as root make.
         if crate::ids::root_range().is_ok() {

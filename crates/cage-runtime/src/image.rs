@@ -1,0 +1,227 @@
+//! Images in the store and their root filesystems: pull, import, unpack with the image's
+//! ownership (shifted onto the subordinate range that runs it), record, remove.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use cage_image::layout::{import_oci_layout, unpack_image};
+use cage_image::records::{self, ImageRecord};
+use cage_image::store::Store;
+use cage_image::unpack::UnpackOptions;
+
+use crate::{ids, progress, tree};
+
+/// Where the image store is; opened (and created) only when an image is needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreRoot(pub PathBuf);
+
+impl Default for StoreRoot {
+    /// $XDG_DATA_HOME/cagerun, else ~/.local/share/cagerun.
+    fn default() -> Self {
+        StoreRoot(Store::default_root())
+    }
+}
+
+impl StoreRoot {
+    pub fn open(&self) -> Result<Store> {
+        Ok(Store::open(&self.0)?)
+    }
+}
+
+/// Where an image comes from when it is imported (air-gapped hosts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportSource {
+    /// An OCI image layout (as umoci and skopeo write), optionally one tag of it.
+    OciLayout { dir: PathBuf, tag: Option<String> },
+    /// A `docker save` archive, optionally one tag of it.
+    DockerArchive { file: PathBuf, tag: Option<String> },
+}
+
+impl ImportSource {
+    /// `oci:DIR[:TAG]` or `docker-archive:FILE[:TAG]`. A last `:` part that contains no `/`
+    /// is the tag.
+    pub fn parse(source: &str) -> Result<ImportSource> {
+        let (oci, rest) = if let Some(r) = source.strip_prefix("oci:") {
+            (true, r)
+        } else if let Some(r) = source.strip_prefix("docker-archive:") {
+            (false, r)
+        } else {
+            bail!(
+                "unknown image source {source:?}: use oci:DIR[:TAG] or docker-archive:FILE[:TAG]"
+            );
+        };
+        let (path, tag) = match rest.rsplit_once(':') {
+            Some((path, tag)) if !tag.contains('/') && !tag.is_empty() => {
+                (PathBuf::from(path), Some(tag.to_string()))
+            }
+            _ => (PathBuf::from(rest), None),
+        };
+        Ok(if oci {
+            ImportSource::OciLayout { dir: path, tag }
+        } else {
+            ImportSource::DockerArchive { file: path, tag }
+        })
+    }
+}
+
+/// Unpack with the image's ownership where we can: as root shifted onto root's subordinate
+/// range (image id N is host id base+N), rootless as root of a user namespace over the caller's
+/// subordinate ids; otherwise every file is the caller's.
+pub fn unpack(store: &Store, image: &cage_image::layout::Image, target: &Path) -> Result<()> {
+    let root = nix::unistd::geteuid().is_root();
+    // The parent is the cage's, made by the caller (not by a mapped helper).
+    if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let chowned = UnpackOptions {
+        chown: true,
+        ..Default::default()
+    };
+    match (root, ids::subordinate()) {
+        // As root, the image's ids land in root's subordinate range (image id N is host id
+        // base+N), where its sandboxes and services run: inside they are what the image says,
+        // and no file of it carries a real host id. Without a range: the image's own ids.
+        (true, _) => {
+            let shifted = UnpackOptions {
+                id_offset: ids::root_range()
+                    .map(|sub| (sub.uid_base, sub.gid_base))
+                    .unwrap_or_default(),
+                ..chowned
+            };
+            unpack_image(store, image, target, &shifted).map(drop)?
+        }
+        (false, Some(sub)) => ids::as_mapped_root(&sub, || {
+            unpack_image(store, image, target, &chowned)?;
+            Ok(())
+        })?,
+        (false, None) => unpack_image(store, image, target, &UnpackOptions::default()).map(drop)?,
+    }
+    Ok(())
+}
+
+/// Unpack an image that is in the store into `target` and record it under `name`; `source`
+/// is what it came from (a canonical reference or an import source).
+fn unpack_and_record(
+    store: &Store,
+    name: &str,
+    source: &str,
+    image: &cage_image::layout::Image,
+    target: &Path,
+) -> Result<ImageRecord> {
+    unpack(store, image, target)
+        .with_context(|| format!("unpacking {source} into {}", target.display()))?;
+    let rec = ImageRecord::new(store, name, source, image)?;
+    records::save(store, &rec)?;
+    Ok(rec)
+}
+
+/// The store name of an image reference when `pull` gets no --name: the repository's last
+/// part, without tag or digest.
+pub fn default_name(reference: &str) -> String {
+    let repo = reference.split('@').next().unwrap_or(reference);
+    let last = repo.rsplit('/').next().unwrap_or(repo);
+    last.split(':').next().unwrap_or(last).to_ascii_lowercase()
+}
+
+/// Remove `rootfs_dir/name` (as root of the mapped user namespace when the image kept its
+/// ownership through subordinate ids, which the caller alone may not delete).
+pub fn remove_rootfs(rootfs_dir: &Path, name: &str) -> Result<PathBuf> {
+    records::validate_name(name)?;
+    let target = rootfs_dir.join(name);
+    if !target.exists() {
+        bail!("{} does not exist", target.display());
+    }
+    let remove = || -> Result<()> {
+        cage_image::layout::make_writable_and_remove(&target)
+            .with_context(|| format!("removing {}", target.display()))
+    };
+    match ids::subordinate().filter(|s| ids::ownership_mapped(&target, s)) {
+        Some(sub) => ids::as_mapped_root(&sub, remove)?,
+        None => remove()?,
+    }
+    Ok(target)
+}
+
+/// Import `source` into the store as `name` and unpack it to `rootfs_dir/name`.
+pub fn import(
+    store: &Store,
+    source: &str,
+    name: &str,
+    rootfs_dir: &Path,
+) -> Result<(ImageRecord, PathBuf)> {
+    records::validate_name(name)?;
+    let image = match ImportSource::parse(source)? {
+        ImportSource::OciLayout { dir, tag } => import_oci_layout(store, &dir, tag.as_deref()),
+        ImportSource::DockerArchive { file, tag } => {
+            cage_image::archive::import_docker_archive(store, &file, tag.as_deref())
+        }
+    }
+    .with_context(|| format!("importing {source}"))?;
+    let target = rootfs_dir.join(name);
+    let rec = unpack_and_record(store, name, source, &image, &target)?;
+    Ok((rec, target))
+}
+
+/// A hidden sibling of `target` for work in progress (`.NAME.WHAT-PID`): built there, then
+/// renamed into place.
+pub fn beside(target: &Path, what: &str) -> PathBuf {
+    target.with_file_name(format!(
+        ".{}.{what}-{}",
+        target.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ))
+}
+
+/// Pull `reference` (with progress) and unpack it to `target` (a service's rootfs).
+pub fn pull_to(store: &Store, reference: &str, target: &Path) -> Result<()> {
+    let name = default_name(reference);
+    let (canonical, image) = cage_image::registry::pull(
+        store,
+        reference,
+        &cage_image::registry::PullOptions::default(),
+        progress::bars(),
+    )
+    .with_context(|| format!("pulling {reference}"))?;
+    // Unpacked beside the target and renamed into place: an interrupted unpack never
+    // leaves a tree that a later `up` would take for a finished one.
+    let partial = beside(target, "partial");
+    let unpacked = unpack_and_record(store, &name, &canonical, &image, &partial).and_then(|_| {
+        std::fs::rename(&partial, target)
+            .with_context(|| format!("moving {} into place", target.display()))
+    });
+    if unpacked.is_err() && partial.exists() {
+        tree::remove(&partial);
+    }
+    unpacked
+}
+
+/// `cagerun pull`: `reference` into the store as `name` (default: [`default_name`]) and
+/// unpacked to `rootfs_dir/name`, which must not exist yet.
+pub fn pull(
+    store: &Store,
+    reference: &str,
+    name: Option<&str>,
+    insecure_registries: &[String],
+    rootfs_dir: &Path,
+) -> Result<(String, ImageRecord, PathBuf)> {
+    let name = name
+        .map(str::to_string)
+        .unwrap_or_else(|| default_name(reference));
+    records::validate_name(&name)?;
+    let target = rootfs_dir.join(&name);
+    if target.exists() {
+        bail!(
+            "{} already exists; remove it or pull with another --name",
+            target.display()
+        );
+    }
+    let opts = cage_image::registry::PullOptions {
+        insecure_registries: insecure_registries.to_vec(),
+        ..Default::default()
+    };
+    let (canonical, image) = cage_image::registry::pull(store, reference, &opts, progress::bars())
+        .with_context(|| format!("pulling {reference}"))?;
+    let rec = unpack_and_record(store, &name, &canonical, &image, &target)?;
+    Ok((canonical, rec, target))
+}

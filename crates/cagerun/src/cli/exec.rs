@@ -1,0 +1,137 @@
+//! `cagerun exec` and `cagerun spec`: flags → `SandboxRequest` → OCI `Spec` (cage-spec) →
+//! the fast engine. Host facts come from the engine's `host` module; policy is cage-spec's.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use cage_runtime::host;
+use cage_sandbox::RunOptions;
+use cage_spec::{envfile, passwd, render_sandbox, SandboxRequest};
+use clap::Args;
+
+#[derive(Args, Debug)]
+#[command(trailing_var_arg = true)]
+pub struct ExecArgs {
+    /// Host directory mounted read-write at /workspace (the only writable host path).
+    #[arg(long, value_name = "DIR")]
+    workspace: Option<PathBuf>,
+    /// `host` (read-only binds of the host's /usr, /lib, /etc/ssl, ...) or an image tree.
+    #[arg(long, value_name = "host|DIR", default_value = "host")]
+    rootfs: String,
+    /// Run an OCI bundle (DIR/config.json) through the fast engine instead of flags.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["workspace", "user", "env", "env_file", "workdir", "memory", "pids", "tmpfs_size", "tty"])]
+    bundle: Option<PathBuf>,
+    /// Network: `none` (a fresh namespace with only lo).
+    #[arg(long, value_name = "MODE", default_value = "none")]
+    net: String,
+    /// UID[:GID] or NAME[:GROUP] inside the sandbox (default 1000:1000).
+    #[arg(long, short = 'u', value_name = "UID:GID")]
+    user: Option<String>,
+    /// Set an environment variable (repeatable). The host environment never leaks in.
+    #[arg(long, short = 'e', value_name = "K=V")]
+    env: Vec<String>,
+    /// Read KEY=VALUE lines (docker's env-file format).
+    #[arg(long, value_name = "FILE")]
+    env_file: Vec<PathBuf>,
+    /// Working directory inside the sandbox (default /workspace, or / without a workspace).
+    #[arg(long = "workdir", short = 'w', value_name = "DIR")]
+    workdir: Option<String>,
+    /// Kill the whole sandbox after this many seconds (exit 124).
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<f64>,
+    /// Memory limit, e.g. 512m (default 1g).
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// Maximum number of processes (default 256).
+    #[arg(long, value_name = "N")]
+    pids: Option<i64>,
+    /// Size of the /tmp tmpfs (default 128m).
+    #[arg(long, value_name = "SIZE")]
+    tmpfs_size: Option<String>,
+    /// Keep stdin attached (otherwise it is /dev/null).
+    #[arg(short, long)]
+    interactive: bool,
+    /// Give the command a pseudo-terminal.
+    #[arg(short, long)]
+    tty: bool,
+    /// The command and its arguments (after `--`).
+    #[arg(value_name = "CMD")]
+    command: Vec<String>,
+}
+
+pub fn run(args: ExecArgs) -> Result<i32> {
+    if args.net != "none" {
+        bail!("--net {}: only `none` is available for sandboxes (internet mode comes with the gateway's `cagerun internet on`)", args.net);
+    }
+    let timeout = match args.timeout {
+        Some(t) if !(t > 0.0 && t.is_finite()) => {
+            bail!("--timeout {t}: give a positive number of seconds")
+        }
+        Some(t) => Some(Duration::from_secs_f64(t)),
+        None => None,
+    };
+    let (spec, base) = match &args.bundle {
+        Some(dir) => {
+            if !args.command.is_empty() {
+                bail!("--bundle runs the bundle's process.args; drop the command after `--`");
+            }
+            cage_runtime::sandbox::load_bundle(dir)?
+        }
+        None => (render_from_flags(&args)?, PathBuf::from("/")),
+    };
+    let opts = RunOptions {
+        interactive: args.interactive,
+        timeout,
+    };
+    let outcome = cage_runtime::sandbox::run(&spec, &base, &opts)?;
+    if outcome == cage_sandbox::Outcome::TimedOut {
+        eprintln!(
+            "cagerun: timed out after {}s; killed the sandbox",
+            args.timeout.unwrap_or_default()
+        );
+    }
+    Ok(outcome.code())
+}
+
+pub fn print_spec(args: ExecArgs) -> Result<()> {
+    if args.bundle.is_some() {
+        bail!("spec renders flags; a bundle already has its config.json");
+    }
+    let spec = render_from_flags(&args)?;
+    println!("{}", serde_json::to_string_pretty(&spec)?);
+    Ok(())
+}
+
+fn render_from_flags(args: &ExecArgs) -> Result<oci_spec::runtime::Spec> {
+    let rootfs = host::rootfs_source(&args.rootfs)?;
+    let mut req = SandboxRequest::new(args.command.clone(), rootfs.clone());
+    req.subordinate = host::mapped_ownership(&rootfs);
+    if let Some(ws) = &args.workspace {
+        req.workspace = Some(host::workspace_dir(ws)?);
+    }
+    if let Some(user) = &args.user {
+        let (pw, gr) = host::passwd_files(&rootfs);
+        req.user = passwd::resolve_user(user, &pw, &gr)?;
+    }
+    for file in &args.env_file {
+        req.env.extend(host::read_env_file(file, "--env-file")?);
+    }
+    for e in &args.env {
+        req.env.push(envfile::parse_env_arg(e)?);
+    }
+    req.cwd = args.workdir.clone();
+    req.memory = args
+        .memory
+        .as_deref()
+        .map(cage_spec::size::parse_size)
+        .transpose()?;
+    req.tmpfs_size = args
+        .tmpfs_size
+        .as_deref()
+        .map(cage_spec::size::parse_size)
+        .transpose()?;
+    req.pids = args.pids;
+    req.terminal = args.tty;
+    Ok(render_sandbox(&req, host::host_ids())?)
+}

@@ -1,0 +1,10 @@
+//! One module per verb group; each parses its arguments into the engine's typed options,
+//! calls `cage_runtime`, and prints what came back.
+
+pub mod build;
+pub mod exec;
+pub mod host;
+pub mod image;
+pub mod internal;
+pub mod model;
+pub mod services;
