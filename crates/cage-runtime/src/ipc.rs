@@ -3,6 +3,8 @@
 
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use nix::sys::socket::{
@@ -98,3 +100,34 @@ pub fn recv_fds(sock: &impl AsRawFd, max: usize) -> Result<Option<(Vec<u8>, Vec<
     buf.truncate(n);
     Ok(Some((buf, fds)))
 }
+
+/// Put `fd` at descriptor 3 ([`crate::proto::fds::CONTROL`]) of a child about to exec (and nothing else beyond stdio).
+pub fn pass_fd_as_3(cmd: &mut Command, fd: &OwnedFd) {
+    pass_fds(cmd, &[fd.as_raw_fd()]);
+}
+
+/// Put `fds` at descriptors 3, 4, ... of a child about to exec.
+pub fn pass_fds(cmd: &mut Command, fds: &[i32]) {
+    let fds = fds.to_vec();
+    // SAFETY: dup/dup2 are async-signal-safe; nothing else runs between fork and exec. Each
+    // source is first moved above the target range so no dup2 overwrites a later source.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut high = Vec::new();
+            for &fd in &fds {
+                let h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 64);
+                if h < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                high.push(h);
+            }
+            for (i, h) in high.iter().enumerate() {
+                if libc::dup2(*h, crate::proto::fds::CONTROL + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+

@@ -1,8 +1,7 @@
 //! The supervisor's side of the holder: spawn it, give its user namespace the cage's id
 //! maps, and ask it for service namespaces and sockets inside them.
 
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::OwnedFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
@@ -14,36 +13,6 @@ use crate::ipc;
 pub struct Holder {
     pub child: Child,
     sock: Mutex<OwnedFd>,
-}
-
-/// Put `fd` at descriptor 3 of a child about to exec (and nothing else beyond stdio).
-pub fn pass_fd_as_3(cmd: &mut Command, fd: &OwnedFd) {
-    pass_fds(cmd, &[fd.as_raw_fd()]);
-}
-
-/// Put `fds` at descriptors 3, 4, ... of a child about to exec.
-pub fn pass_fds(cmd: &mut Command, fds: &[i32]) {
-    let fds = fds.to_vec();
-    // SAFETY: dup/dup2 are async-signal-safe; nothing else runs between fork and exec. Each
-    // source is first moved above the target range so no dup2 overwrites a later source.
-    unsafe {
-        cmd.pre_exec(move || {
-            let mut high = Vec::new();
-            for &fd in &fds {
-                let h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 64);
-                if h < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                high.push(h);
-            }
-            for (i, h) in high.iter().enumerate() {
-                if libc::dup2(*h, crate::proto::fds::CONTROL + i as i32) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
 }
 
 pub fn spawn(
@@ -60,7 +29,7 @@ pub fn spawn(
     if internet {
         cmd.arg("--internet");
     }
-    pass_fd_as_3(&mut cmd, &theirs);
+    ipc::pass_fd_as_3(&mut cmd, &theirs);
     let child = cmd.spawn().context("starting the network holder")?;
     drop(theirs);
     let holder = Holder {

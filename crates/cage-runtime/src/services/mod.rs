@@ -196,7 +196,7 @@ fn detach(opts: &UpOptions, paths: &CagePaths) -> Result<u32> {
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    holder_client::pass_fd_as_3(&mut cmd, &w);
+    crate::ipc::pass_fd_as_3(&mut cmd, &w);
     // SAFETY: setsid is async-signal-safe.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {

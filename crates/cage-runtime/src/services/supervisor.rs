@@ -907,7 +907,7 @@ async fn run_once(
         .unwrap()
         .clone()
         .context("the service has no network namespace")?;
-    holder_client::pass_fds(&mut cmd, &[theirs.as_raw_fd(), netns.as_raw_fd()]);
+    crate::ipc::pass_fds(&mut cmd, &[theirs.as_raw_fd(), netns.as_raw_fd()]);
     let mut child = cmd.spawn().context("starting the container monitor")?;
     drop(theirs);
     let monitor = Proc::of(child.id() as i32);

@@ -166,7 +166,7 @@ pub fn start_slirp(holder_pid: i32) -> Result<Uplink> {
     .stdin(std::process::Stdio::null())
     .stdout(std::process::Stdio::null())
     .stderr(std::process::Stdio::piped());
-    super::holder_client::pass_fds(&mut cmd, &[exit_r.as_raw_fd(), ready_w.as_raw_fd()]);
+    crate::ipc::pass_fds(&mut cmd, &[exit_r.as_raw_fd(), ready_w.as_raw_fd()]);
     let mut child = cmd.spawn().context("starting slirp4netns")?;
     drop(exit_r);
     drop(ready_w);
