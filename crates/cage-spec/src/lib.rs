@@ -12,6 +12,7 @@ pub mod docker;
 pub mod envfile;
 pub mod error;
 pub mod interpolate;
+pub mod lifecycle;
 pub mod passwd;
 pub mod sandbox;
 pub mod seccomp;

@@ -29,6 +29,8 @@ const SEED: u64 = 0x00ca_6e12_0417;
 /// The config for a property of `cases` cases: proptest's defaults (which read the
 /// `PROPTEST_*` variables), a fixed case count and seed unless the environment names one,
 /// and no persistence file.
+// Test harness, not the crate: CI knobs come from the environment.
+#[allow(clippy::disallowed_methods)]
 fn config(cases: u32) -> ProptestConfig {
     let base = ProptestConfig::default();
     let cases = std::env::var("PROPTEST_CASES")
@@ -48,6 +50,8 @@ fn config(cases: u32) -> ProptestConfig {
 }
 
 /// Run one property, print its rate, and fail the test with the minimal failing input.
+// Test harness, not the crate: it times the cases to print a rate.
+#[allow(clippy::disallowed_methods)]
 fn check<S: Strategy>(
     name: &str,
     cases: u32,
