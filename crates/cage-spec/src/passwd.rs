@@ -1,7 +1,14 @@
 //! `--user` resolution against a rootfs's /etc/passwd and /etc/group, and the synthesized
 //! files for a host-assembled root.
 
-use crate::{IdPair, SpecError};
+use crate::SpecError;
+
+/// A user and group id inside a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdPair {
+    pub uid: u32,
+    pub gid: u32,
+}
 
 /// Resolve `UID[:GID]`, `NAME[:GROUP]`. Names are looked up in the given file contents (the
 /// rootfs's, not the host's). A bare UID takes the GID of the same number, like docker.

@@ -85,11 +85,7 @@ pub const READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IdPair {
-    pub uid: u32,
-    pub gid: u32,
-}
+pub use crate::passwd::IdPair;
 
 /// The ids of whoever runs cagerun, on the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
