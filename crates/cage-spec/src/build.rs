@@ -10,6 +10,7 @@
 
 use std::collections::HashSet;
 use std::ops::Range;
+use std::path::PathBuf;
 
 use oci_spec::runtime::{
     Capability, LinuxCapabilitiesBuilder, LinuxIdMappingBuilder, LinuxNamespaceType, Spec,
@@ -18,7 +19,9 @@ use oci_spec::runtime::{
 use serde::Deserialize;
 
 use crate::cage::CageError;
-use crate::sandbox::{render_sandbox, HostIds, IdPair, SandboxRequest};
+use crate::sandbox::{
+    render_sandbox, ExtraMount, HostIds, IdPair, RootfsSource, SandboxRequest, SubordinateIds,
+};
 use crate::SpecError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +92,43 @@ const BUILD_CAPABILITIES: [Capability; 11] = [
     Capability::SysChroot,
     Capability::Setfcap,
 ];
+
+/// The request one RUN step of a recipe runs as: `/bin/sh -c STEP` in the tree being built,
+/// with a package manager's environment, room for one (1024 processes, 2 GiB), and the
+/// host's resolver file (`resolv`, resolved by the caller) read-only, since a build shares
+/// the host's network to reach its mirrors.
+pub fn build_step_request(
+    step: &str,
+    tree: RootfsSource,
+    subordinate: Option<SubordinateIds>,
+    resolv: Option<PathBuf>,
+) -> SandboxRequest {
+    let mut req = SandboxRequest::new(vec!["/bin/sh".into(), "-c".into(), step.into()], tree);
+    req.subordinate = subordinate;
+    req.env = vec![
+        (
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
+        ("HOME".into(), "/root".into()),
+        ("DEBIAN_FRONTEND".into(), "noninteractive".into()),
+    ];
+    req.pids = Some(BUILD_PIDS);
+    req.memory = Some(BUILD_MEMORY);
+    if let Some(r) = resolv {
+        req.extra_mounts.push(ExtraMount::Bind {
+            src: r,
+            dst: "/etc/resolv.conf".into(),
+            ro: true,
+        });
+    }
+    req
+}
+
+/// Processes a build step may have.
+pub const BUILD_PIDS: i64 = 1024;
+/// Memory a build step may use.
+pub const BUILD_MEMORY: u64 = 2 << 30;
 
 /// The spec of one RUN step. `req.rootfs` is the tree being built; its id mapping is the one
 /// the tree was unpacked with (rootless: keep-id over the subordinate range).
@@ -218,5 +258,34 @@ mod tests {
         assert!(linux.seccomp().is_some());
         let m = &linux.uid_mappings().as_ref().unwrap()[0];
         assert_eq!((m.container_id(), m.host_id(), m.size()), (0, 1001, 1));
+    }
+
+    #[test]
+    fn a_build_step_runs_the_line_with_sh_a_package_manager_env_and_the_host_resolver() {
+        let req = build_step_request(
+            "apt-get update",
+            RootfsSource::Dir("/tree".into()),
+            None,
+            Some("/run/systemd/resolve/stub-resolv.conf".into()),
+        );
+        assert_eq!(req.args, ["/bin/sh", "-c", "apt-get update"]);
+        assert!(req
+            .env
+            .contains(&("DEBIAN_FRONTEND".into(), "noninteractive".into())));
+        assert_eq!((req.pids, req.memory), (Some(1024), Some(2 << 30)));
+        assert_eq!(
+            req.extra_mounts,
+            [ExtraMount::Bind {
+                src: "/run/systemd/resolve/stub-resolv.conf".into(),
+                dst: "/etc/resolv.conf".into(),
+                ro: true
+            }]
+        );
+    }
+
+    #[test]
+    fn a_build_step_without_a_host_resolver_binds_none() {
+        let req = build_step_request("true", RootfsSource::Dir("/tree".into()), None, None);
+        assert!(req.extra_mounts.is_empty());
     }
 }

@@ -391,6 +391,52 @@ pub struct GatewayMount {
     pub read_only: bool,
 }
 
+/// The gateway's mounts as the broker maps sandbox binds through them. Which are writable
+/// comes from the model the gateway was rendered from (`req`): its workspace, and its binds
+/// the cage made writable (`ro = false` mounts and volumes). Every other destination of the
+/// rendered `spec` (read-only binds, kernel filesystems, tmpfs) shadows what lies below it.
+pub fn gateway_mounts(
+    req: &crate::SandboxRequest,
+    spec: &oci_spec::runtime::Spec,
+) -> Vec<GatewayMount> {
+    let mut writable: Vec<(String, String)> = Vec::new();
+    if let Some(ws) = &req.workspace {
+        writable.push((
+            crate::sandbox::WORKSPACE_DEST.to_string(),
+            ws.display().to_string(),
+        ));
+    }
+    for m in &req.extra_mounts {
+        if let crate::ExtraMount::Bind {
+            src,
+            dst,
+            ro: false,
+        } = m
+        {
+            writable.push((dst.clone(), src.display().to_string()));
+        }
+    }
+    spec.mounts()
+        .iter()
+        .flatten()
+        .filter_map(|m| {
+            let inside = m.destination().to_str()?.to_string();
+            let bind = m.typ().as_deref() == Some("bind");
+            let host = if bind {
+                m.source().as_ref()?.to_str()?.to_string()
+            } else {
+                String::new()
+            };
+            let read_only = !(bind && writable.iter().any(|(d, s)| *d == inside && *s == host));
+            Some(GatewayMount {
+                inside,
+                host,
+                read_only,
+            })
+        })
+        .collect()
+}
+
 /// What the broker allows, from the cage (never from the gateway).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerPolicy {
@@ -1022,6 +1068,90 @@ mod tests {
         a.insert(1, "--pid=host".into());
         assert_eq!(parse(&a).unwrap_err().0, "unknown flag: --pid");
         assert!(parse(&argv(&["run", "x"])).is_err());
+    }
+
+    fn rendered_gateway() -> (crate::SandboxRequest, oci_spec::runtime::Spec) {
+        let mut req = crate::SandboxRequest::new(
+            vec!["node".into()],
+            crate::RootfsSource::Dir("/cage/rootfs/openclaw".into()),
+        );
+        req.workspace = Some("/cage/workspace".into());
+        req.extra_mounts = vec![
+            crate::ExtraMount::Bind {
+                src: "/cage/config".into(),
+                dst: "/config".into(),
+                ro: true,
+            },
+            crate::ExtraMount::Bind {
+                src: "/cage/.cagerun/volumes/state".into(),
+                dst: "/state".into(),
+                ro: false,
+            },
+        ];
+        let spec = crate::render_sandbox(
+            &req,
+            crate::HostIds {
+                uid: 1000,
+                gid: 1000,
+            },
+        )
+        .unwrap();
+        (req, spec)
+    }
+
+    fn mount<'a>(mounts: &'a [GatewayMount], inside: &str) -> &'a GatewayMount {
+        mounts.iter().find(|m| m.inside == inside).unwrap()
+    }
+
+    #[test]
+    fn the_gateway_s_workspace_and_volumes_are_writable_sandbox_material() {
+        let (req, spec) = rendered_gateway();
+        let mounts = gateway_mounts(&req, &spec);
+        let ws = mount(&mounts, "/workspace");
+        assert_eq!((ws.host.as_str(), ws.read_only), ("/cage/workspace", false));
+        let state = mount(&mounts, "/state");
+        assert_eq!(
+            (state.host.as_str(), state.read_only),
+            ("/cage/.cagerun/volumes/state", false)
+        );
+    }
+
+    #[test]
+    fn the_gateway_s_read_only_binds_and_kernel_filesystems_shadow() {
+        let (req, spec) = rendered_gateway();
+        let mounts = gateway_mounts(&req, &spec);
+        let config = mount(&mounts, "/config");
+        assert_eq!(
+            (config.host.as_str(), config.read_only),
+            ("/cage/config", true)
+        );
+        let proc = mount(&mounts, "/proc");
+        assert_eq!((proc.host.as_str(), proc.read_only), ("", true));
+        let tmp = mount(&mounts, "/tmp");
+        assert!(tmp.read_only, "a tmpfs is no sandbox material");
+    }
+
+    #[test]
+    fn a_writable_source_at_another_destination_is_not_writable_there() {
+        let (mut req, _) = rendered_gateway();
+        // The model says /state is writable; a spec mount of the same source elsewhere
+        // (read-only in the model) stays read-only.
+        req.extra_mounts.push(crate::ExtraMount::Bind {
+            src: "/cage/.cagerun/volumes/state".into(),
+            dst: "/state-ro".into(),
+            ro: true,
+        });
+        let spec = crate::render_sandbox(
+            &req,
+            crate::HostIds {
+                uid: 1000,
+                gid: 1000,
+            },
+        )
+        .unwrap();
+        let mounts = gateway_mounts(&req, &spec);
+        assert!(mount(&mounts, "/state-ro").read_only);
+        assert!(!mount(&mounts, "/state").read_only);
     }
 }
 

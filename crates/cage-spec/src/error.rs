@@ -50,6 +50,10 @@ pub enum SpecError {
     },
     #[error("two mounts at {0}: a destination may be mounted once")]
     DuplicateMount(String),
+    #[error("{0} has no command: give one after `--`")]
+    NoCommand(String),
+    #[error("service {0}: gpu = true, but this host has no GPU device nodes (/dev/nvidia*, /dev/dri/*): install the driver, or drop gpu")]
+    NoGpu(String),
     #[error("building the OCI spec: {0}")]
     Oci(#[from] oci_spec::OciSpecError),
 }

@@ -9,6 +9,7 @@
 pub mod annotations;
 pub mod build;
 pub mod cage;
+pub mod compose;
 pub mod docker;
 pub mod envfile;
 pub mod error;
