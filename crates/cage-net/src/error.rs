@@ -22,6 +22,8 @@ pub enum Error {
     NoSuchLink(String),
     #[error("the cage subnet has no free address left (at most 253 services)")]
     SubnetFull,
+    #[error("{0} panicked")]
+    Panicked(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -29,4 +31,17 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub(crate) fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> Error {
     let what = what.into();
     move |source| Error::Sys { what, source }
+}
+
+/// `error: its source: its source's source...`, as anyhow's `{:#}` writes a chain (for a log
+/// line of an error that is not handed on).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
 }

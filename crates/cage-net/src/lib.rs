@@ -3,15 +3,30 @@
 //! naming the services. Everything lives in namespaces the cage owns; only internet mode as
 //! root adds to the host's network (a veth and an nft table, removed on `down`).
 //!
-//! `netlink` talks rtnetlink in the calling thread's current namespace, `netns` creates and
-//! enters namespaces, `topology` decides names and addresses (no syscalls), `hosts` renders
-//! /etc/hosts and `nft` internet mode's rules (both write nothing).
+//! Each module does exactly what a typed request says; deciding when is the engine's.
+//!
+//! | kernel / tool mechanism | module |
+//! |---|---|
+//! | network namespaces (by descriptor; the router's, from outside) | [`network::netns`] (also [`netns`]) |
+//! | rtnetlink: links, veth, bridge, addresses, routes, address changes | [`network::netlink`] (also [`netlink`]) |
+//! | the root uplink: host veth + host nft table (setup / teardown) | [`network::host_veth`] |
+//! | the rootless uplink: slirp4netns's arguments and answers | [`network::slirp4netns`] |
+//! | a service's resolv.conf, by uplink | [`network::resolv`] |
+//! | nftables tables (typed documents, pure) | [`firewall::rules`] |
+//! | running `nft -j` (as the caller, as namespace root, in the router namespace) | [`firewall::nft`] |
+//! | the rootless host guard kept current | [`firewall::guard`] |
+//! | the host tools' lookup (`nft`, `slirp4netns`) | [`tools`] |
+//! | names and addresses (pure) | [`topology`] |
+//! | /etc/hosts (pure) | [`hosts`] |
 
 pub mod error;
+pub mod firewall;
 pub mod hosts;
-pub mod netlink;
-pub mod netns;
-pub mod nft;
+pub mod network;
+pub mod tools;
 pub mod topology;
+
+/// Also at the crate's root, where the holder and the supervisor name them.
+pub use network::{netlink, netns};
 
 pub use error::{Error, Result};

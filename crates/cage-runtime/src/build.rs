@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use cage_spec::build::{parse_recipe, render_build_step};
-use cage_spec::{HostIds, RootfsSource, SandboxRequest};
+use cage_spec::build::{build_step_request, parse_recipe, render_build_step};
+use cage_spec::RootfsSource;
 
 /// What a build made.
 #[derive(Debug)]
@@ -86,37 +86,18 @@ pub fn build(
 fn run_steps(steps: &[String], tree: &Path) -> Result<()> {
     let tree = std::fs::canonicalize(tree)?;
     let rootfs = RootfsSource::Dir(tree.clone());
-    let host = HostIds {
-        uid: nix::unistd::geteuid().as_raw(),
-        gid: nix::unistd::getegid().as_raw(),
-    };
+    let host = crate::host::host_ids();
     // The host's resolver, so package managers find their mirrors (the host network is
     // shared). Resolved: it is often a link into /run.
     let resolv = std::fs::canonicalize("/etc/resolv.conf").ok();
     for (i, step) in steps.iter().enumerate() {
         eprintln!("cagerun: step {}/{}: {step}", i + 1, steps.len());
-        let mut req = SandboxRequest::new(
-            vec!["/bin/sh".into(), "-c".into(), step.clone()],
+        let req = build_step_request(
+            step,
             rootfs.clone(),
+            crate::host::mapped_ownership(&rootfs),
+            resolv.clone(),
         );
-        req.subordinate = crate::host::mapped_ownership(&rootfs);
-        req.env = vec![
-            (
-                "PATH".into(),
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-            ),
-            ("HOME".into(), "/root".into()),
-            ("DEBIAN_FRONTEND".into(), "noninteractive".into()),
-        ];
-        req.pids = Some(1024);
-        req.memory = Some(2 << 30);
-        if let Some(r) = &resolv {
-            req.extra_mounts.push(cage_spec::ExtraMount::Bind {
-                src: r.clone(),
-                dst: "/etc/resolv.conf".into(),
-                ro: true,
-            });
-        }
         let spec = render_build_step(&req, host)?;
         let code = crate::sandbox::run_spec(&spec, false)?;
         if code != 0 {

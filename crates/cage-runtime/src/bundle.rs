@@ -1,29 +1,27 @@
 //! `cagerun bundle`: cagerun's hardened policy + an image (or a service of the cage's
 //! config/cage.toml) → a standard OCI bundle (`config.json` whose root is the unpacked
-//! image), which any OCI runtime (runc, crun, youki) and both of cagerun's engines run. The
-//! policy is cage-spec's, the same as `cagerun exec`'s; the image config gives the process
-//! defaults (Entrypoint, Cmd, Env, WorkingDir, User), the service overrides them.
+//! image), which any OCI runtime (runc, crun, youki) and both of cagerun's engines run.
+//!
+//! Every choice (command, user, env, binds, volumes, GPU nodes and libraries, resources) is
+//! cage-spec's (`compose`, then `render_sandbox`); this module looks at the host for it: the
+//! image's config, the rootfs's passwd files, which mount sources and volumes exist and what
+//! they resolve to, the host's GPU nodes and driver libraries, and makes the volume
+//! directories a service needs.
 
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use cage_image::records;
 use cage_spec::cage::{Service, ServiceRoot};
+use cage_spec::compose::{self, ImageDefaults, ServiceFacts};
+use cage_spec::{render_sandbox, RootfsSource, SandboxRequest};
 
 use crate::config::{cage_dir, find_service, load_cage};
-use cage_spec::sandbox::DEFAULT_USER;
-use cage_spec::{passwd, render_sandbox, ExtraMount, HostIds, RootfsSource, SandboxRequest};
+use crate::host;
 
-/// What the image says about its process.
-#[derive(Default)]
-struct Defaults {
-    command: Vec<String>,
-    env: Vec<(String, String)>,
-    cwd: Option<String>,
-    user: Option<String>,
-}
-
-fn image_defaults(store: &cage_image::store::Store, name: &str) -> Result<Defaults> {
+/// What the image's config says about its process.
+fn image_defaults(store: &cage_image::store::Store, name: &str) -> Result<ImageDefaults> {
     let rec = records::load(store, name)?;
     let digest = cage_image::Digest::parse(&rec.config)?;
     let config =
@@ -32,7 +30,7 @@ fn image_defaults(store: &cage_image::store::Store, name: &str) -> Result<Defaul
     let c = config.config().clone().unwrap_or_default();
     let mut command = c.entrypoint().clone().unwrap_or_default();
     command.extend(c.cmd().clone().unwrap_or_default());
-    Ok(Defaults {
+    Ok(ImageDefaults {
         command,
         env: c
             .env()
@@ -78,18 +76,10 @@ pub fn write(store: &cage_image::store::Store, args: &BundleRequest) -> Result<P
                     rootfs.display()
                 )
             })?;
-            let defaults = image_defaults(store, image)?;
-            let source = Source {
-                name: image,
-                rootfs: RootfsSource::Dir(rootfs),
-                defaults,
-                service: None,
-                cage: Path::new("."),
-            };
-            (
-                image.clone(),
-                source.render(&args.command, args.user.as_deref())?,
-            )
+            let facts = facts(RootfsSource::Dir(rootfs), image_defaults(store, image)?);
+            let req =
+                compose::service_request(image, None, &args.command, args.user.as_deref(), &facts)?;
+            (image.clone(), render_sandbox(&req, host::host_ids())?)
         }
         BundleSource::Service { name: svc, config } => {
             let cage = load_cage(config)?;
@@ -105,23 +95,15 @@ pub fn write(store: &cage_image::store::Store, args: &BundleRequest) -> Result<P
             (svc.clone(), spec)
         }
     };
-    if nix::unistd::geteuid().is_root() && !root_user(&spec) {
-        // runc and crun need the container's root mapped to something (they chown to it);
-        // as root the bundle maps it to the host's nobody, which owns nothing that matters
-        // and which nothing in the sandbox can become (no capabilities, no_new_privs).
-        map_container_root_to_nobody(&mut spec)?;
+    if nix::unistd::geteuid().is_root() {
+        compose::map_container_root_to_nobody(&mut spec)?;
     }
-
     let out = args
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("bundles").join(&name));
     write_config(&out, &spec)?;
     Ok(out)
-}
-
-fn root_user(spec: &oci_spec::runtime::Spec) -> bool {
-    spec.process().as_ref().is_some_and(|p| p.user().uid() == 0)
 }
 
 /// `config.json` in `dir`, written whole or not at all.
@@ -135,6 +117,23 @@ pub fn write_config(dir: &Path, spec: &oci_spec::runtime::Spec) -> Result<()> {
     Ok(())
 }
 
+/// The facts of a root with no service around it.
+fn facts(rootfs: RootfsSource, image: ImageDefaults) -> ServiceFacts {
+    let (passwd, group) = host::passwd_files(&rootfs);
+    ServiceFacts {
+        subordinate: host::mapped_ownership(&rootfs),
+        rootfs,
+        image,
+        passwd,
+        group,
+        env_file: Vec::new(),
+        mount_sources: Vec::new(),
+        volume_dirs: Vec::new(),
+        gpu_nodes: Vec::new(),
+        gpu_libraries: Vec::new(),
+    }
+}
+
 /// The hardened spec of one service of a cage (image or rootfs or host binds, plus the
 /// service's own settings); `command` and `user`, when given, override the service's.
 pub fn render_service(
@@ -145,8 +144,21 @@ pub fn render_service(
     command: &[String],
     user: Option<&str>,
 ) -> Result<oci_spec::runtime::Spec> {
+    let req = service_request(config, rootfs_dir, store, service, command, user)?;
+    Ok(render_sandbox(&req, host::host_ids())?)
+}
+
+/// The request cage-spec makes of one service (what [`render_service`] renders).
+pub fn service_request(
+    config: &Path,
+    rootfs_dir: &Path,
+    store: Option<&cage_image::store::Store>,
+    service: &Service,
+    command: &[String],
+    user: Option<&str>,
+) -> Result<SandboxRequest> {
     let cage = cage_dir(config);
-    let (rootfs, defaults) = match &service.root {
+    let (rootfs, image) = match &service.root {
         ServiceRoot::Image(reference) => {
             let image = crate::image::default_name(reference);
             let dir = rootfs_dir.join(&image);
@@ -170,178 +182,87 @@ pub fn render_service(
                         dir.display()
                     )
                 })?),
-                Defaults::default(),
+                ImageDefaults::default(),
             )
         }
-        ServiceRoot::Host => (crate::host::rootfs_source("host")?, Defaults::default()),
+        ServiceRoot::Host => (host::rootfs_source("host")?, ImageDefaults::default()),
     };
-    Source {
-        name: &service.name,
-        rootfs,
-        defaults,
-        service: Some(service),
-        cage: &cage,
+    let mut facts = facts(rootfs, image);
+    // The command is checked first, as it always was: a service without one is refused
+    // before anything is made for it.
+    compose::command(&service.name, command, Some(service), &facts.image)?;
+    let owner = compose::user(
+        user,
+        Some(service),
+        &facts.image,
+        &facts.passwd,
+        &facts.group,
+    )?;
+    if let Some(f) = &service.env_file {
+        facts.env_file = host::read_env_file(&cage.join(f), "env_file")?;
     }
-    .render(command, user)
-}
-
-/// Everything a bundle is made of, before the policy renders it.
-struct Source<'a> {
-    name: &'a str,
-    rootfs: RootfsSource,
-    defaults: Defaults,
-    service: Option<&'a Service>,
-    cage: &'a Path,
-}
-
-impl Source<'_> {
-    fn render(&self, command: &[String], user: Option<&str>) -> Result<oci_spec::runtime::Spec> {
-        let (name, rootfs, defaults, service) =
-            (self.name, &self.rootfs, &self.defaults, self.service);
-        let command = if !command.is_empty() {
-            command.to_vec()
-        } else if let Some(c) = service.and_then(|s| s.command.clone()) {
-            c
-        } else {
-            defaults.command.clone()
-        };
-        if command.is_empty() {
-            bail!("{name} has no command: give one after `--`");
-        }
-        let mut req = SandboxRequest::new(command, rootfs.clone());
-        req.env = defaults.env.clone();
-        req.cwd = defaults.cwd.clone();
-        let (pw, gr) = crate::host::passwd_files(rootfs);
-        let chosen = user
-            .map(str::to_string)
-            .or_else(|| service.and_then(|s| s.user.clone()))
-            .or(defaults.user.clone());
-        req.user = match chosen {
-            Some(u) => passwd::resolve_user(&u, &pw, &gr)?,
-            None => DEFAULT_USER,
-        };
-        if req.user.uid == 0 && user.is_none() {
-            // The image asks for root; a cage never runs it as root.
-            req.user = DEFAULT_USER;
-        }
-        if let Some(s) = service {
-            apply_service(&mut req, s, self.cage)?;
-        }
-        req.subordinate = crate::host::mapped_ownership(rootfs);
-        let host = HostIds {
-            uid: nix::unistd::geteuid().as_raw(),
-            gid: nix::unistd::getegid().as_raw(),
-        };
-        Ok(render_sandbox(&req, host)?)
+    for (src, _, _) in &service.mounts {
+        facts.mount_sources.push(
+            std::fs::canonicalize(cage.join(src)).with_context(|| {
+                format!("service {}: mount source {src} is missing", service.name)
+            })?,
+        );
     }
-}
-
-/// The service's own settings on top of the image's.
-fn apply_service(req: &mut SandboxRequest, s: &Service, cage: &Path) -> Result<()> {
-    req.hostname = Some(s.name.clone());
-    if let Some(w) = &s.workdir {
-        req.cwd = Some(w.clone());
+    for (vol, _) in &service.volumes {
+        facts.volume_dirs.push(volume_dir(&cage, vol, owner)?);
     }
-    if let Some(f) = &s.env_file {
-        req.env
-            .extend(crate::host::read_env_file(&cage.join(f), "env_file")?);
+    if service.gpu {
+        facts.gpu_nodes = gpu_device_nodes();
+        facts.gpu_libraries = gpu_driver_libraries()
+            .iter()
+            .map(std::fs::canonicalize)
+            .collect::<std::io::Result<_>>()?;
     }
-    req.env
-        .extend(s.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    for (src, dst, ro) in &s.mounts {
-        let src = std::fs::canonicalize(cage.join(src))
-            .with_context(|| format!("service {}: mount source {src} is missing", s.name))?;
-        req.extra_mounts.push(ExtraMount::Bind {
-            src,
-            dst: dst.clone(),
-            ro: *ro,
-        });
-    }
-    for (vol, dst) in &s.volumes {
-        let dir = cage.join(".cagerun/volumes").join(vol);
-        if !dir.exists() {
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("creating volume {}", dir.display()))?;
-            if nix::unistd::geteuid().is_root() {
-                // As root the service user is root's subordinate id base+uid: the volume is
-                // theirs (a new, empty directory of ours: nothing below it to follow).
-                let sub = crate::ids::root_range()?;
-                let (uid, gid) = (sub.uid_base + req.user.uid, sub.gid_base + req.user.gid);
-                nix::unistd::chown(&dir, Some(uid.into()), Some(gid.into())).with_context(
-                    || format!("giving volume {} to the service user", dir.display()),
-                )?;
-            }
-        }
-        req.extra_mounts.push(ExtraMount::Bind {
-            src: std::fs::canonicalize(&dir)?,
-            dst: dst.clone(),
-            ro: false,
-        });
-    }
-    let mut devices = s.devices.clone();
-    if s.gpu {
-        let gpus = gpu_device_nodes();
-        if gpus.is_empty() {
-            bail!("service {}: gpu = true, but this host has no GPU device nodes (/dev/nvidia*, /dev/dri/*): install the driver, or drop gpu", s.name);
-        }
-        devices.extend(gpus);
-        // The driver's user-space half must match the host's kernel module: bind the host's
-        // libraries (read-only) where NVIDIA's images look (/usr/local/nvidia/lib64).
-        let libs = gpu_driver_libraries();
-        if !libs.is_empty() {
-            for lib in &libs {
-                let name = lib
-                    .file_name()
-                    .expect("a library has a name")
-                    .to_string_lossy();
-                req.extra_mounts.push(ExtraMount::Bind {
-                    src: std::fs::canonicalize(lib)?,
-                    dst: format!("{NVIDIA_LIB_DIR}/{name}"),
-                    ro: true,
-                });
-            }
-            match req.env.iter_mut().find(|(k, _)| k == "LD_LIBRARY_PATH") {
-                Some((_, v)) if v.split(':').any(|d| d == NVIDIA_LIB_DIR) => {}
-                Some((_, v)) => *v = format!("{NVIDIA_LIB_DIR}:{v}"),
-                None => req
-                    .env
-                    .push(("LD_LIBRARY_PATH".into(), NVIDIA_LIB_DIR.into())),
-            }
-        }
-    }
-    for path in devices {
-        use std::os::unix::fs::FileTypeExt;
+    for path in compose::devices(service, &facts.gpu_nodes)? {
         let t = std::fs::metadata(&path)
-            .with_context(|| format!("service {}: device {path} is missing on this host", s.name))?
+            .with_context(|| {
+                format!(
+                    "service {}: device {path} is missing on this host",
+                    service.name
+                )
+            })?
             .file_type();
         if !(t.is_char_device() || t.is_block_device()) {
-            bail!("service {}: {path} is not a device node", s.name);
+            bail!("service {}: {path} is not a device node", service.name);
         }
-        req.extra_mounts.push(ExtraMount::Device { path });
     }
-    for (dst, size) in &s.tmpfs {
-        req.extra_mounts.push(ExtraMount::Tmpfs {
-            dst: dst.clone(),
-            size: *size,
-        });
-    }
-    req.memory = s.memory.or(req.memory);
-    req.pids = s.pids.or(req.pids);
-    req.cpus = s.cpus;
-    Ok(())
+    Ok(compose::service_request(
+        &service.name,
+        Some(service),
+        command,
+        user,
+        &facts,
+    )?)
 }
 
-/// The host's GPU device nodes: NVIDIA's (/dev/nvidia*, /dev/nvidia-caps/*) and DRM's.
+/// A named volume's directory under the cage, made on first use (as root, owned by the
+/// service user's id in root's range: a new, empty directory of ours, nothing to follow).
+fn volume_dir(cage: &Path, volume: &str, user: cage_spec::IdPair) -> Result<PathBuf> {
+    let dir = cage.join(".cagerun/volumes").join(volume);
+    if !dir.exists() {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating volume {}", dir.display()))?;
+        if nix::unistd::geteuid().is_root() {
+            let (uid, gid) = compose::volume_owner(user, &crate::ids::root_range()?);
+            nix::unistd::chown(&dir, Some(uid.into()), Some(gid.into()))
+                .with_context(|| format!("giving volume {} to the service user", dir.display()))?;
+        }
+    }
+    Ok(std::fs::canonicalize(&dir)?)
+}
+
+/// The host's GPU device nodes (cage-spec says which names count), sorted.
 fn gpu_device_nodes() -> Vec<String> {
     let mut nodes = Vec::new();
-    for (dir, prefix) in [
-        ("/dev", "nvidia"),
-        ("/dev/nvidia-caps", ""),
-        ("/dev/dri", ""),
-    ] {
+    for dir in compose::GPU_NODE_DIRS {
         for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(prefix) && !e.file_type().is_ok_and(|t| t.is_dir()) {
+            if compose::is_gpu_node(dir, &name) && !e.file_type().is_ok_and(|t| t.is_dir()) {
                 nodes.push(format!("{dir}/{name}"));
             }
         }
@@ -350,24 +271,14 @@ fn gpu_device_nodes() -> Vec<String> {
     nodes
 }
 
-const NVIDIA_LIB_DIR: &str = "/usr/local/nvidia/lib64";
-
-/// The host's NVIDIA driver libraries (libcuda, libnvidia-*), by the names programs load
-/// (each `.so.N` link and the file it names), from the usual library directories.
+/// The host's NVIDIA driver libraries by the names programs load (each `.so.N` link and the
+/// file it names), from the first library directory that has any.
 fn gpu_driver_libraries() -> Vec<PathBuf> {
     let mut libs = Vec::new();
-    for dir in [
-        "/usr/lib/x86_64-linux-gnu",
-        "/usr/lib/aarch64-linux-gnu",
-        "/usr/lib64",
-        "/usr/lib",
-    ] {
+    for dir in compose::GPU_LIBRARY_DIRS {
         for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let driver = name.starts_with("libcuda.so")
-                || name.starts_with("libnvidia-")
-                || name.starts_with("libcudadebugger.so");
-            if driver && name.contains(".so") && e.path().exists() {
+            if compose::is_gpu_driver_library(&name) && e.path().exists() {
                 libs.push(e.path());
             }
         }
@@ -377,26 +288,4 @@ fn gpu_driver_libraries() -> Vec<PathBuf> {
     }
     libs.sort();
     libs
-}
-
-fn map_container_root_to_nobody(spec: &mut oci_spec::runtime::Spec) -> Result<()> {
-    use oci_spec::runtime::LinuxIdMappingBuilder;
-    const NOBODY: u32 = 65534;
-    let Some(linux) = spec.linux().clone() else {
-        return Ok(());
-    };
-    let mut linux = linux;
-    let add = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| -> Result<Vec<oci_spec::runtime::LinuxIdMapping>> {
-        let mut maps = maps.clone().unwrap_or_default();
-        if !maps.iter().any(|m| m.container_id() == 0) && !maps.iter().any(|m| m.host_id() <= NOBODY && NOBODY < m.host_id() + m.size()) {
-            maps.push(LinuxIdMappingBuilder::default().container_id(0u32).host_id(NOBODY).size(1u32).build()?);
-        }
-        Ok(maps)
-    };
-    let uids = add(linux.uid_mappings())?;
-    let gids = add(linux.gid_mappings())?;
-    linux.set_uid_mappings(Some(uids));
-    linux.set_gid_mappings(Some(gids));
-    spec.set_linux(Some(linux));
-    Ok(())
 }

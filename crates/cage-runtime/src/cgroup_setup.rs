@@ -1,5 +1,5 @@
-//! `cagerun setup-cgroups --user NAME`: root delegates `<controller>/cagerun/<uid>` in the
-//! cgroup v1 hierarchies (every mounted controller) to a user. On pure cgroup v2 nothing is needed
+//! `cagerun setup-cgroups --user NAME`: root delegates `<controller>/cagerun/<uid>` (cage-sandbox
+//! `cgroups::delegated_v1`) in the cgroup v1 hierarchies (every mounted controller) to a user. On pure cgroup v2 nothing is needed
 //! here: systemd delegates `user@UID.service` to each user.
 
 use std::path::{Path, PathBuf};
@@ -32,13 +32,13 @@ pub fn delegate(user: &str) -> Result<Delegation> {
         Layout::V1 { .. } => {
             // Every mounted controller: libcontainer (services) joins all of them.
             let mut dirs = Vec::new();
-            for h in crate::services::cgroup::v1_hierarchies() {
-                let top = h.join("cagerun");
-                let dir = top.join(uid.to_string());
+            for h in cgroups::v1_hierarchies() {
+                let dir = h.join(cgroups::delegated_v1(uid.as_raw()));
+                let top = dir.parent().unwrap_or(&h).to_path_buf();
                 std::fs::create_dir_all(&dir)
                     .with_context(|| format!("creating {}", dir.display()))?;
-                crate::services::cgroup::fill_cpuset(&top)?;
-                crate::services::cgroup::fill_cpuset(&dir)?;
+                cgroups::fill_cpuset(&top)?;
+                cgroups::fill_cpuset(&dir)?;
                 for p in [dir.clone(), dir.join("cgroup.procs"), dir.join("tasks")] {
                     chown(&p, uid, gid)?;
                 }

@@ -175,7 +175,7 @@ pub fn check() -> Result<Report> {
     services(&mut r, uid);
     // Networking for services: which uplinks and firewall tools this host has.
     // The same lookup internet mode uses (PATH, then the system directories).
-    let on_path = |tool: &str| crate::services::uplink::find_binary(tool).is_some();
+    let on_path = |tool: &str| cage_net::tools::find(tool).is_some();
     // Internet mode's uplink: as root a veth to the host; rootless slirp4netns (chosen over
     // pasta by measurement: Debian 12's pasta tap path stalls), which opens /dev/net/tun.
     if uid == 0 {
@@ -183,7 +183,7 @@ pub fn check() -> Result<Report> {
             "uplink",
             "internet mode uses a veth to the host and a cagerun nft table",
         );
-    } else if !on_path("slirp4netns") {
+    } else if !on_path(cage_net::network::slirp4netns::SLIRP4NETNS) {
         r.warn("uplink", "slirp4netns is missing: `cagerun internet on` cannot work rootless; fix: sudo apt-get install slirp4netns");
     } else if nix::unistd::access(
         "/dev/net/tun",
@@ -195,7 +195,7 @@ pub fn check() -> Result<Report> {
     } else {
         r.ok("uplink", "internet mode uses slirp4netns");
     }
-    if on_path("nft") {
+    if on_path(cage_net::firewall::nft::NFT) {
         r.ok("nftables", "nft is available");
     } else {
         r.warn(
@@ -238,15 +238,16 @@ fn services(r: &mut Report, uid: u32) {
     }
     match cgroups::detect() {
         cgroups::Layout::V1 { .. } => {
-            let missing: Vec<String> = crate::services::cgroup::v1_hierarchies()
+            let subtree = cgroups::delegated_v1(uid);
+            let missing: Vec<String> = cgroups::v1_hierarchies()
                 .into_iter()
-                .filter(|h| uid != 0 && !h.join(format!("cagerun/{uid}")).is_dir())
+                .filter(|h| uid != 0 && !h.join(&subtree).is_dir())
                 .map(|h| h.file_name().unwrap_or_default().to_string_lossy().into_owned())
                 .collect();
             if missing.is_empty() {
                 r.ok("services cgroups", "v1: every hierarchy has the cage subtree (limits by cgroup)");
             } else {
-                r.warn("services cgroups", format!("v1 hierarchies without cagerun/{uid}: {}; `cagerun up` needs them; fix: sudo cagerun setup-cgroups --user {name}", missing.join(", ")));
+                r.warn("services cgroups", format!("v1 hierarchies without {}: {}; `cagerun up` needs them; fix: sudo cagerun setup-cgroups --user {name}", subtree.display(), missing.join(", ")));
             }
         }
         cgroups::Layout::Unified => match cgroups::find_parent(uid) {

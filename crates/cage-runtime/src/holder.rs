@@ -1,28 +1,34 @@
 //! `cagerun holder`: the cage's one user namespace and its router network namespace.
 //!
 //! Single-threaded on purpose (unshare(CLONE_NEWUSER) refuses a threaded caller). It lives as
-//! long as its control socket (fd 3) is open: when the supervisor goes, it goes, and every
-//! network namespace it holds by descriptor goes with it once no container is inside — no
-//! bind mount, nothing left on the host.
+//! long as its control socket ([`crate::proto::fds::CONTROL`]) is open: when the supervisor
+//! goes, it goes, and every network namespace it holds by descriptor goes with it once no
+//! container is inside — no bind mount, nothing left on the host.
 //!
-//! Requests (one per datagram): `add SLOT ADDR` → a service network namespace with a veth into
-//! the bridge, answered `ok FD` with the namespace's descriptor attached (FD names it in later
-//! requests); `connect FD PORT` →
-//! a TCP socket connecting to 127.0.0.1:PORT inside it (non-blocking, in progress), passed back;
-//! `drop FD`; `internet ADDR...` → exactly these service addresses may use the uplink (none:
-//! internet off); `uplink NAME ADDR PREFIX GATEWAY` → the uplink veth the supervisor moved in, renamed, its address and default route
-//! the supervisor moved in (as root).
+//! It starts with [`HolderEvent::Unshared`], waits for [`SupervisorToHolder::Mapped`], makes
+//! the router and says [`HolderEvent::Ready`]; then it answers each [`HolderRequest`] with one
+//! [`HolderReply`]: a service network namespace with a veth into the bridge (its descriptor
+//! attached, its fd number its name in later requests), a socket connecting inside one, the
+//! set of addresses that may use the uplink, the router's end of the uplink veth the
+//! supervisor moved in (as root).
+//!
+//! [`HolderEvent::Unshared`]: crate::proto::HolderEvent::Unshared
+//! [`HolderEvent::Ready`]: crate::proto::HolderEvent::Ready
+//! [`SupervisorToHolder::Mapped`]: crate::proto::SupervisorToHolder::Mapped
+//! [`HolderRequest`]: crate::proto::HolderRequest
+//! [`HolderReply`]: crate::proto::HolderReply
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use cage_net::{netlink::Netlink, netns, topology};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::socket::{connect, socket, SockFlag, SockType, SockaddrIn};
 
 use crate::ipc;
+use crate::proto::{HolderEvent, HolderReply, HolderRequest, SupervisorToHolder};
 
 #[derive(Debug, Clone)]
 pub struct HolderOptions {
@@ -31,18 +37,17 @@ pub struct HolderOptions {
     /// The cage's id (only so that `ps` on the host says whose holder this is).
     pub cage: Option<String>,
     /// Some service may get internet: the router forwards, and its nft table starts empty
-    /// (internet off) until `internet ADDR...`.
+    /// (internet off) until [`HolderRequest::Internet`].
     pub internet: bool,
 }
 
 pub fn run(args: HolderOptions) -> Result<()> {
-    // SAFETY: the supervisor put our end of the control socket at fd 3.
+    // SAFETY: the supervisor put our end of the control socket at fds::CONTROL.
     let ctl = unsafe { OwnedFd::from_raw_fd(crate::proto::fds::CONTROL) };
     unshare(CloneFlags::CLONE_NEWUSER).context("creating the cage's user namespace")?;
-    ipc::send(&ctl, "unshared", None)?;
-    match ipc::recv(&ctl)? {
-        Some((m, _)) if m == "mapped" => {}
-        Some((m, _)) => bail!("holder: the supervisor says {m}"),
+    ipc::send(&ctl, &HolderEvent::Unshared, &[])?;
+    match ipc::recv::<SupervisorToHolder>(&ctl)? {
+        Some((SupervisorToHolder::Mapped, _)) => {}
         None => return Ok(()),
     }
     unshare(CloneFlags::CLONE_NEWNET).context("creating the router network namespace")?;
@@ -61,71 +66,70 @@ pub fn run(args: HolderOptions) -> Result<()> {
         // This namespace's own sysctl: the host's forwarding is untouched.
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
             .context("enabling forwarding in the router namespace")?;
-        nft(&cage_net::nft::router_table(topology::UPLINK_IFACE))?;
+        nft(&cage_net::firewall::rules::router_table(
+            topology::UPLINK_IFACE,
+        ))?;
     }
-    ipc::send(&ctl, "ready", None)?;
+    ipc::send(&ctl, &HolderEvent::Ready, &[])?;
 
     let mut held: HashMap<i32, OwnedFd> = HashMap::new();
-    while let Some((request, _)) = ipc::recv(&ctl)? {
-        let words: Vec<&str> = request.split_whitespace().collect();
-        let outcome = match words.as_slice() {
-            ["add", slot, addr, route @ ..] => add_service(
-                &nl,
-                &router,
-                bridge,
-                slot,
-                addr,
-                route == ["route"],
-                args.subnet,
-            )
-            .and_then(|ns| {
-                let fd = ns.as_raw_fd();
-                let copy = ns.try_clone()?;
-                held.insert(fd, ns);
-                Ok((format!("ok {fd}"), Some(copy)))
-            }),
-            ["connect", fd, port] => match (
-                fd.parse::<i32>().ok().and_then(|f| held.get(&f)),
-                port.parse::<u16>(),
-            ) {
-                (Some(ns), Ok(port)) => {
-                    connect_inside(ns, port).map(|s| ("ok".to_string(), Some(s)))
-                }
-                _ => Err(anyhow::anyhow!("connect: no such namespace or bad port")),
-            },
-            ["internet", addrs @ ..] => addrs
-                .iter()
-                .map(|a| a.parse::<Ipv4Addr>().context("bad address"))
-                .collect::<Result<Vec<_>>>()
-                .and_then(|a| nft(&cage_net::nft::router_internet(&a)))
-                .map(|_| ("ok".to_string(), None)),
-            ["uplink", name, addr, prefix, gateway] => {
-                uplink(&nl, name, addr, prefix, gateway).map(|_| ("ok".to_string(), None))
+    loop {
+        let request = match ipc::recv::<HolderRequest>(&ctl) {
+            Ok(Some((request, _))) => request,
+            Ok(None) => break,
+            // One bad request is answered; the holder goes on.
+            Err(e @ (ipc::IpcError::Malformed { .. } | ipc::IpcError::TooLong { .. })) => {
+                ipc::send(&ctl, &HolderReply::error(&e.into()), &[])?;
+                continue;
             }
-            ["drop", fd] => {
-                fd.parse::<i32>().ok().and_then(|f| held.remove(&f));
-                Ok(("ok".to_string(), None))
-            }
-            _ => Err(anyhow::anyhow!("unknown request {request:?}")),
+            Err(e) => return Err(e.into()),
         };
-        match outcome {
-            Ok((reply, fd)) => ipc::send(&ctl, &reply, fd.as_ref().map(|f| f.as_raw_fd()))?,
-            Err(e) => ipc::send(&ctl, &format!("err {e:#}"), None)?,
-        }
+        let outcome: Result<(HolderReply, Option<OwnedFd>)> = match request {
+            HolderRequest::AddService {
+                slot,
+                address,
+                route,
+            } => add_service(&nl, &router, bridge, slot, address, route, args.subnet).and_then(
+                |ns| {
+                    let netns = ns.as_raw_fd();
+                    let copy = ns.try_clone()?;
+                    held.insert(netns, ns);
+                    Ok((HolderReply::Netns { netns }, Some(copy)))
+                },
+            ),
+            HolderRequest::Connect { netns, port } => match held.get(&netns) {
+                Some(ns) => connect_inside(ns, port).map(|s| (HolderReply::Socket, Some(s))),
+                None => Err(anyhow::anyhow!("connect: no such namespace or bad port")),
+            },
+            HolderRequest::Internet { allowed } => Ok(allowed)
+                .and_then(|a| nft(&cage_net::firewall::rules::router_internet(&a)))
+                .map(|_| (HolderReply::Ok, None)),
+            HolderRequest::Uplink {
+                link,
+                address,
+                prefix,
+                gateway,
+            } => uplink(&nl, &link, address, prefix, gateway).map(|_| (HolderReply::Ok, None)),
+            HolderRequest::Drop { netns } => {
+                held.remove(&netns);
+                Ok((HolderReply::Ok, None))
+            }
+        };
+        let (reply, fd) = outcome.unwrap_or_else(|e| (HolderReply::error(&e), None));
+        let attached: Vec<_> = fd.iter().map(|f| f.as_fd()).collect();
+        ipc::send(&ctl, &reply, &attached)?;
     }
     Ok(())
 }
 
-/// Run an nft script in this (the router's) namespace.
-fn nft(rules: &nftables::schema::Nftables<'_>) -> Result<()> {
-    crate::services::uplink::run_nft_as(rules, true).context("in the router namespace")
+/// Apply an nft document in this (the router's) namespace, as its uid 0.
+fn nft(rules: &cage_net::firewall::Nftables<'_>) -> Result<()> {
+    use cage_net::firewall::nft::{apply, Where};
+    apply(rules, Where::CallerAsNamespaceRoot).context("in the router namespace")
 }
 
 /// The router's end of a veth the supervisor moved in (as root): address and default route.
-fn uplink(nl: &Netlink, name: &str, addr: &str, prefix: &str, gateway: &str) -> Result<()> {
-    let addr: Ipv4Addr = addr.parse().context("bad address")?;
-    let prefix: u8 = prefix.parse().context("bad prefix")?;
-    let gateway: Ipv4Addr = gateway.parse().context("bad gateway")?;
+fn uplink(nl: &Netlink, name: &str, addr: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> Result<()> {
     let link = nl.index(name)?;
     nl.rename(link, topology::UPLINK_IFACE)?;
     nl.add_address(link, IpAddr::V4(addr), prefix)?;
@@ -138,13 +142,11 @@ fn add_service(
     nl: &Netlink,
     router: &OwnedFd,
     bridge: u32,
-    slot: &str,
-    addr: &str,
+    slot: usize,
+    addr: Ipv4Addr,
     route: bool,
     subnet: u8,
 ) -> Result<OwnedFd> {
-    let slot: usize = slot.parse().context("bad slot")?;
-    let addr: Ipv4Addr = addr.parse().context("bad address")?;
     let ns = netns::create()?;
     let (outer, peer) = nl.add_veth(&topology::router_veth(slot), &topology::peer_veth(slot))?;
     let setup = || -> Result<()> {

@@ -1,101 +1,151 @@
-//! Messages between the supervisor and its single-threaded helpers: one short text message per
-//! SOCK_SEQPACKET datagram, optionally with one file descriptor (SCM_RIGHTS).
+//! The datagram channels between the engine's processes (supervisor ↔ holder, supervisor ↔
+//! monitor, `docker` shim → broker): one typed [`Message`] per SOCK_SEQPACKET datagram,
+//! encoded as JSON, with descriptors beside it (SCM_RIGHTS). The messages, and what each side
+//! may say, are in [`crate::proto`]; this module only carries them, refusing a datagram over
+//! the message type's bound and one that is not that type. It also puts descriptors where a
+//! child finds them at exec ([`pass_fds`], numbered in [`crate::proto::fds`]).
 
 use std::io::IoSlice;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
 use nix::sys::socket::{
     recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
     SockFlag, SockType,
 };
 
-pub fn pair() -> Result<(OwnedFd, OwnedFd)> {
+use crate::proto::Message;
+
+/// Descriptors one datagram may carry (the shim's stdin, stdout and stderr); more is an error.
+pub const MAX_FDS: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IpcError {
+    #[error("creating a socket pair")]
+    Pair(#[source] nix::Error),
+    #[error("encoding {what}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{what} over {max} bytes")]
+    TooLong { what: &'static str, max: usize },
+    #[error("sending a message")]
+    Send(#[source] nix::Error),
+    #[error("receiving a message")]
+    Recv(#[source] nix::Error),
+    #[error("reading control messages")]
+    ControlMessages(#[source] nix::Error),
+    #[error("a message carried more descriptors than expected")]
+    TooManyFds,
+    /// The datagram is not the message the receiver expects (`got`: its start, lossily).
+    #[error("expected {what}, got {got:?}: {error}")]
+    Malformed {
+        what: &'static str,
+        got: String,
+        error: serde_json::Error,
+    },
+}
+
+/// A message and the descriptors that came with it; None when the peer is gone.
+pub type Received<T> = Option<(T, Vec<OwnedFd>)>;
+
+pub fn pair() -> Result<(OwnedFd, OwnedFd), IpcError> {
     socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
         None,
         SockFlag::SOCK_CLOEXEC,
     )
-    .context("creating a socket pair")
+    .map_err(IpcError::Pair)
 }
 
-pub fn send(sock: &impl AsRawFd, text: &str, fd: Option<RawFd>) -> Result<()> {
-    let iov = [IoSlice::new(text.as_bytes())];
-    let fds;
-    let cmsgs: &[ControlMessage] = match fd {
-        Some(f) => {
-            fds = [f];
-            &[ControlMessage::ScmRights(&fds)]
-        }
-        None => &[],
-    };
-    sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
-        .context("sending to a helper")?;
+/// Send `msg` as one datagram, with `fds` attached (at most [`MAX_FDS`]).
+pub fn send<T: Message>(sock: &impl AsFd, msg: &T, fds: &[BorrowedFd<'_>]) -> Result<(), IpcError> {
+    let bytes = serde_json::to_vec(msg).map_err(|source| IpcError::Encode {
+        what: T::WHAT,
+        source,
+    })?;
+    if bytes.len() > T::MAX_BYTES {
+        return Err(IpcError::TooLong {
+            what: T::WHAT,
+            max: T::MAX_BYTES,
+        });
+    }
+    if fds.len() > MAX_FDS {
+        return Err(IpcError::TooManyFds);
+    }
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let iov = [IoSlice::new(&bytes)];
+    let rights = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &rights };
+    sendmsg::<()>(
+        sock.as_fd().as_raw_fd(),
+        &iov,
+        cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map_err(IpcError::Send)?;
     Ok(())
 }
 
-/// The next message, or None when the peer is gone.
-pub fn recv(sock: &impl AsRawFd) -> Result<Option<(String, Option<OwnedFd>)>> {
-    Ok(recv_fds(sock, 4096)?.map(|(bytes, fds)| {
-        let text = String::from_utf8(bytes).unwrap_or_default();
-        (text, fds.into_iter().next())
-    }))
-}
-
-/// Send a request and wait for its answer: `ok ...` (with an optional descriptor) or `err MSG`.
-pub fn call(sock: &impl AsRawFd, request: &str) -> Result<(String, Option<OwnedFd>)> {
-    send(sock, request, None)?;
-    match recv(sock)? {
-        Some((reply, fd)) => match reply.strip_prefix("ok") {
-            Some(rest) => Ok((rest.trim().to_string(), fd)),
-            None => bail!("{}", reply.strip_prefix("err ").unwrap_or(&reply)),
-        },
-        None => bail!("the network holder is gone"),
+/// The next message and the descriptors that came with it; None when the peer is gone. A
+/// datagram over `T::MAX_BYTES` (SOCK_SEQPACKET would cut it) or that is not a `T` is an
+/// error.
+pub fn recv<T: Message>(sock: &impl AsFd) -> Result<Received<T>, IpcError> {
+    let Some((bytes, fds)) = recv_datagram(sock, T::WHAT, T::MAX_BYTES)? else {
+        return Ok(None);
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(msg) => Ok(Some((msg, fds))),
+        Err(error) => {
+            let shown = &bytes[..bytes.len().min(120)];
+            Err(IpcError::Malformed {
+                what: T::WHAT,
+                got: String::from_utf8_lossy(shown).into_owned(),
+                error,
+            })
+        }
     }
 }
 
-/// One message with several descriptors (the docker shim's stdin, stdout and stderr).
-pub fn send_fds(sock: &impl AsRawFd, bytes: &[u8], fds: &[RawFd]) -> Result<()> {
-    let iov = [IoSlice::new(bytes)];
-    let cmsgs = [ControlMessage::ScmRights(fds)];
-    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsgs };
-    sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
-        .context("sending a message")?;
-    Ok(())
-}
-
-/// The next message of at most `max` bytes with up to 3 descriptors; None when the peer is
-/// gone. A longer message is an error (SOCK_SEQPACKET would cut it).
-pub fn recv_fds(sock: &impl AsRawFd, max: usize) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+/// One datagram of at most `max` bytes with up to [`MAX_FDS`] descriptors; None when the
+/// peer is gone.
+fn recv_datagram(
+    sock: &impl AsFd,
+    what: &'static str,
+    max: usize,
+) -> Result<Received<Vec<u8>>, IpcError> {
     let mut buf = vec![0u8; max + 1];
-    let mut cmsg = nix::cmsg_space!([RawFd; 3]);
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
+        sock.as_fd().as_raw_fd(),
         &mut iov,
         Some(&mut cmsg),
         MsgFlags::MSG_CMSG_CLOEXEC,
     )
-    .context("receiving a message")?;
+    .map_err(IpcError::Recv)?;
     let mut fds = Vec::new();
-    for c in msg.cmsgs().context("reading control messages")? {
+    for c in msg.cmsgs().map_err(IpcError::ControlMessages)? {
         if let ControlMessageOwned::ScmRights(raw) = c {
             // SAFETY: the kernel just installed these descriptors for us.
             fds.extend(raw.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
         }
     }
     let n = msg.bytes;
-    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-        bail!("a message carried more descriptors than expected");
+    // The control buffer is rounded up to alignment, so one more may fit: counted too.
+    if msg.flags.contains(MsgFlags::MSG_CTRUNC) || fds.len() > MAX_FDS {
+        return Err(IpcError::TooManyFds);
     }
     if n == 0 && fds.is_empty() {
         return Ok(None);
     }
     if n > max {
-        bail!("a message over {max} bytes");
+        return Err(IpcError::TooLong { what, max });
     }
     buf.truncate(n);
     Ok(Some((buf, fds)))
@@ -131,3 +181,46 @@ pub fn pass_fds(cmd: &mut Command, fds: &[i32]) {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsFd, AsRawFd};
+
+    use super::*;
+    use crate::proto::{HolderReply, MonitorCommand};
+
+    #[test]
+    fn a_closed_peer_is_none_not_an_error() {
+        let (a, b) = pair().unwrap();
+        send(&a, &MonitorCommand::Stop { grace_ms: 1 }, &[]).unwrap();
+        drop(a);
+        // What was sent before the close is still delivered, then the end.
+        assert!(recv::<MonitorCommand>(&b).unwrap().is_some());
+        assert!(recv::<MonitorCommand>(&b).unwrap().is_none());
+        assert!(matches!(
+            send(&b, &MonitorCommand::Stop { grace_ms: 1 }, &[]),
+            Err(IpcError::Send(nix::errno::Errno::EPIPE))
+        ));
+    }
+
+    #[test]
+    fn more_descriptors_than_a_datagram_may_carry_are_refused() {
+        let (a, b) = pair().unwrap();
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        let four = [r.as_fd(), r.as_fd(), r.as_fd(), r.as_fd()];
+        assert!(matches!(
+            send(&a, &HolderReply::Ok, &four),
+            Err(IpcError::TooManyFds)
+        ));
+        // Sent past ipc (as a hostile peer could): the receiver refuses it too.
+        let raw = [r.as_raw_fd(); MAX_FDS + 1];
+        sendmsg::<()>(
+            a.as_raw_fd(),
+            &[IoSlice::new(b"\"Ok\"")],
+            &[ControlMessage::ScmRights(&raw)],
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        assert!(matches!(recv::<HolderReply>(&b), Err(IpcError::TooManyFds)));
+    }
+}

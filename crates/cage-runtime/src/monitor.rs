@@ -3,9 +3,9 @@
 //! container with libcontainer, holds its stdio, writes its log with rotation, forwards the
 //! supervisor's stop request as SIGTERM then SIGKILL, and reports the exit status.
 //!
-//! Control socket at fd 3 (SOCK_SEQPACKET): it sends `started PID` and `exited CODE`; it takes
-//! `stop GRACE_MS`. When the supervisor disappears, the container is killed: a cage never
-//! keeps running unsupervised.
+//! Control socket at [`crate::proto::fds::CONTROL`] (SOCK_SEQPACKET): it reports
+//! [`MonitorEvent`]s (started, exited, failed) and takes [`MonitorCommand`]s (stop). When the
+//! supervisor disappears, the container is killed: a cage never keeps running unsupervised.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -22,6 +22,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::ipc;
+use crate::proto::{MonitorCommand, MonitorEvent};
 
 #[derive(Debug, Clone)]
 pub struct MonitorOptions {
@@ -37,16 +38,16 @@ pub struct MonitorOptions {
 }
 
 pub fn run(args: MonitorOptions) -> Result<i32> {
-    // SAFETY: the supervisor put our end of the control socket at fd 3.
+    // SAFETY: the supervisor put our end of the control socket at fds::CONTROL.
     let ctl = unsafe { OwnedFd::from_raw_fd(crate::proto::fds::CONTROL) };
     let code = match supervise(&args, &ctl) {
         Ok(code) => code,
         Err(e) => {
-            let _ = ipc::send(&ctl, &format!("failed {e:#}"), None);
+            let _ = ipc::send(&ctl, &MonitorEvent::failed(&e), &[]);
             return Err(e);
         }
     };
-    let _ = ipc::send(&ctl, &format!("exited {code}"), None);
+    let _ = ipc::send(&ctl, &MonitorEvent::Exited { code }, &[]);
     Ok(code)
 }
 
@@ -96,7 +97,7 @@ fn supervise(args: &MonitorOptions, ctl: &OwnedFd) -> Result<i32> {
     let pid = container
         .pid()
         .context("libcontainer did not report the container's pid")?;
-    ipc::send(ctl, &format!("started {pid}"), None)?;
+    ipc::send(ctl, &MonitorEvent::Started { pid: pid.as_raw() }, &[])?;
 
     let code = watch(pid, &log_r, ctl, &mut log);
     let _ = container.delete(true);
@@ -158,14 +159,14 @@ fn watch(pid: Pid, log_r: &OwnedFd, ctl: &OwnedFd, log: &mut Log) -> Result<i32>
             i += 1;
         }
         if ctl_open && ready[i] {
-            match ipc::recv(ctl) {
-                Ok(Some((msg, _))) => {
-                    if let Some(ms) = msg.strip_prefix("stop ") {
-                        let grace = ms.trim().parse().unwrap_or(10_000);
-                        let _ = kill(pid, Signal::SIGTERM);
-                        kill_at = Some(Instant::now() + Duration::from_millis(grace));
-                    }
+            match ipc::recv::<MonitorCommand>(ctl) {
+                Ok(Some((MonitorCommand::Stop { grace_ms }, _))) => {
+                    let _ = kill(pid, Signal::SIGTERM);
+                    kill_at = Some(Instant::now() + Duration::from_millis(grace_ms));
                 }
+                // A command that does not parse is ignored: only a closed (or broken) socket
+                // means the supervisor is gone.
+                Err(ipc::IpcError::Malformed { .. } | ipc::IpcError::TooLong { .. }) => {}
                 _ => {
                     // The supervisor is gone: so is the cage.
                     ctl_open = false;

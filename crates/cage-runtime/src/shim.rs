@@ -1,30 +1,22 @@
 //! The `docker` shim: cagerun answering to the name `docker` inside a service that has
 //! sandboxes (OpenClaw's sandbox backend runs `docker` from PATH).
 //!
-//! It decides nothing. It sends its argv, the contents of the `--env-file`s it names (they
-//! live in the service's private /tmp, which the broker never opens) and its own stdin,
-//! stdout and stderr (SCM_RIGHTS) to the broker over the socket bound into the service, and
-//! exits with the code the broker answers. If the shim dies, the broker sees the connection
-//! close and kills what it started for it.
+//! It decides nothing. It sends its argv and the contents of the `--env-file`s it names (they
+//! live in the service's private /tmp, which the broker never opens) as one
+//! [`ShimRequest`], with its own stdin, stdout and stderr attached (SCM_RIGHTS), to the broker
+//! over the socket bound into the service, and exits as the broker's [`ShimReply`] says. If
+//! the shim dies, the broker sees the connection close and kills what it started for it.
 
-use std::collections::BTreeMap;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 
-use serde::{Deserialize, Serialize};
+use crate::ipc::{self, IpcError};
+use crate::proto::{ShimReply, ShimRequest, MAX_SHIM_REQUEST};
 
 /// Where the broker's directory appears inside the service (a tmpfs /dev of its own: no
 /// image tree is touched); the shim itself is bound at `BROKER_DIR/docker`.
 pub const BROKER_DIR: &str = "/dev/.cagerun";
 pub const SOCKET_NAME: &str = "docker.sock";
-/// Upper bound on one request (argv + env files).
-pub const MAX_REQUEST: usize = 256 << 10;
-
-#[derive(Serialize, Deserialize, Debug, Default)]
-pub struct Request {
-    pub argv: Vec<String>,
-    /// `--env-file` path → its contents, read by the shim.
-    pub files: BTreeMap<String, String>,
-}
 
 /// Is this process the shim (invoked as `docker`)?
 pub fn invoked_as_docker() -> bool {
@@ -36,7 +28,7 @@ pub fn invoked_as_docker() -> bool {
 
 pub fn main() -> i32 {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    let mut req = Request {
+    let mut req = ShimRequest {
         argv,
         ..Default::default()
     };
@@ -80,34 +72,32 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    let body = serde_json::to_vec(&req).unwrap_or_default();
-    if body.len() > MAX_REQUEST {
-        eprintln!("docker: the request is over {MAX_REQUEST} bytes");
-        return 125;
+    let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+    let stdio = [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()];
+    match ipc::send(&sock, &req, &stdio) {
+        Ok(()) => {}
+        Err(IpcError::TooLong { .. }) => {
+            eprintln!("docker: the request is over {MAX_SHIM_REQUEST} bytes");
+            return 125;
+        }
+        Err(e) => {
+            eprintln!("docker: {:#}", anyhow::Error::from(e));
+            return 125;
+        }
     }
-    if let Err(e) = crate::ipc::send_fds(&sock, &body, &[0, 1, 2]) {
-        eprintln!("docker: {e:#}");
-        return 125;
-    }
-    match crate::ipc::recv_fds(&sock, 1024) {
-        Ok(Some((reply, _))) => {
-            let reply = String::from_utf8_lossy(&reply);
-            if let Some(why) = reply.strip_prefix("error ") {
-                // The broker refused the call before it could answer on our stderr.
-                eprintln!("{why}");
-                return 125;
-            }
-            reply
-                .strip_prefix("exit ")
-                .and_then(|c| c.trim().parse().ok())
-                .unwrap_or(125)
+    match ipc::recv::<ShimReply>(&sock) {
+        Ok(Some((ShimReply::Exit { code }, _))) => code,
+        Ok(Some((ShimReply::Refused(why), _))) => {
+            // The broker refused the call before it could answer on our stderr.
+            eprintln!("{why}");
+            125
         }
         Ok(None) => {
             eprintln!("docker: the sandbox broker went away (is the cage stopping?)");
             125
         }
         Err(e) => {
-            eprintln!("docker: {e:#}");
+            eprintln!("docker: {:#}", anyhow::Error::from(e));
             125
         }
     }

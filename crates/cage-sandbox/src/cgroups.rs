@@ -1,13 +1,23 @@
-//! cgroups: memory and pids limits for one sandbox, when a cgroup subtree is delegated to us.
+//! cgroups: the one place cagerun writes cgroup files (limits, the controllers a parent hands
+//! down, a v1 cpuset's cpus and mems) and the one place that names the subtree delegated to a
+//! user. The engine decides which directories a cage needs; this writes what goes in them.
 //!
-//! - cgroup v2: root uses `/sys/fs/cgroup/cagerun`; a user uses the nearest ancestor of its
-//!   own cgroup that it owns and whose `cgroup.subtree_control` has `memory` and `pids`
-//!   (systemd's `user@UID.service` delegation), or `$CAGERUN_CGROUP_PARENT`.
-//! - cgroup v1 (and the hybrid layout): `<memory|pids mount>/cagerun/<uid>`, made once by
-//!   root (`cagerun setup-cgroups --user NAME`), or `$CAGERUN_CGROUP_PARENT` (relative).
-//!
-//! Each sandbox gets a leaf `sbx-<pid>` that is removed when it ends; leaves of dead runs
-//! are swept on the next. Without a delegated subtree the caller falls back to rlimits.
+//! - **Delegated subtree** ([`delegated_v1`], [`root_v2`]):
+//!   - cgroup v2: root uses `/sys/fs/cgroup/cagerun`; a user uses the nearest ancestor of its
+//!     own cgroup that it owns and whose `cgroup.subtree_control` has `memory` and `pids`
+//!     (systemd's `user@UID.service` delegation), or `$CAGERUN_CGROUP_PARENT`.
+//!   - cgroup v1 (and the hybrid layout): `<hierarchy>/cagerun/<uid>` in every mounted
+//!     hierarchy ([`v1_hierarchies`]), made once by root (`cagerun setup-cgroups --user
+//!     NAME`), or `$CAGERUN_CGROUP_PARENT` (relative) for sandboxes.
+//! - **Limits** ([`write_limits`], [`Limits`]): memory (v2 `memory.max` with
+//!   `memory.swap.max` 0; v1 `memory.limit_in_bytes`, and `memory.memsw.limit_in_bytes` when
+//!   asked), `pids.max`, CPU (v2 `cpu.max`; v1 `cpu.cfs_period_us`, `cpu.cfs_quota_us`).
+//!   [`limit_files`] says which file gets which value, per layout.
+//! - **Parents** ([`enable_controllers`]: v2 `cgroup.subtree_control` `+memory +pids`;
+//!   [`fill_cpuset`]: a new v1 cpuset copies its parent's `cpuset.cpus` and `cpuset.mems`).
+//! - **Sandboxes** ([`find_parent`], [`Leaf`]): each sandbox gets a leaf `sbx-<pid>` that is
+//!   removed when it ends; leaves of dead runs are swept on the next. Without a delegated
+//!   subtree the caller falls back to rlimits.
 
 use std::fs;
 use std::io::{ErrorKind, Write};
@@ -17,6 +27,18 @@ use crate::error::{Result, SandboxError};
 
 pub const ROOT: &str = "/sys/fs/cgroup";
 pub const PARENT_ENV: &str = "CAGERUN_CGROUP_PARENT";
+/// The top of cagerun's subtree, in each hierarchy.
+pub const SUBTREE: &str = "cagerun";
+
+/// The subtree delegated to `uid` on cgroup v1, relative to each hierarchy: `cagerun/<uid>`.
+pub fn delegated_v1(uid: u32) -> PathBuf {
+    Path::new(SUBTREE).join(uid.to_string())
+}
+
+/// Root's parent on cgroup v2: `/sys/fs/cgroup/cagerun`.
+pub fn root_v2() -> PathBuf {
+    Path::new(ROOT).join(SUBTREE)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Layout {
@@ -40,6 +62,25 @@ pub fn detect() -> Layout {
         return Layout::V1 { memory, pids };
     }
     Layout::None
+}
+
+/// The v1 hierarchies mounted here (real directories; `cpu` → `cpu,cpuacct` links skipped),
+/// sorted.
+pub fn v1_hierarchies() -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(ROOT) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p.file_name().unwrap_or_default().to_string_lossy();
+            n != "unified" && n != "systemd" && p.join("cgroup.procs").exists()
+        })
+        .collect();
+    dirs.sort();
+    dirs
 }
 
 /// A delegated place to make leaves in: one dir for v2, one per controller for v1.
@@ -84,12 +125,12 @@ pub fn find_parent(uid: u32) -> Option<Parent> {
                     Path::new(ROOT).join(p)
                 }
             } else if uid == 0 {
-                let dir = Path::new(ROOT).join("cagerun");
+                let dir = root_v2();
                 if !dir.exists() {
                     fs::create_dir(&dir).ok()?;
                 }
                 if !has_controllers(&dir) {
-                    fs::write(dir.join("cgroup.subtree_control"), "+memory +pids").ok()?;
+                    enable_controllers(&dir).ok()?;
                 }
                 dir
             } else {
@@ -111,7 +152,7 @@ pub fn find_parent(uid: u32) -> Option<Parent> {
             })
         }
         Layout::V1 { memory, pids } => {
-            let rel = env.unwrap_or_else(|| PathBuf::from(format!("cagerun/{uid}")));
+            let rel = env.unwrap_or_else(|| delegated_v1(uid));
             let dirs = vec![memory.join(&rel), pids.join(&rel)];
             if uid == 0 {
                 for d in &dirs {
@@ -168,46 +209,14 @@ impl Leaf {
                 }
             }
         }
-        match &leaf.layout {
-            Layout::Unified => {
-                let d = &leaf.dirs[0];
-                if let Some(m) = memory {
-                    write_file(&d.join("memory.max"), &m.to_string(), "setting memory.max")?;
-                    if d.join("memory.swap.max").exists() {
-                        write_file(&d.join("memory.swap.max"), "0", "setting memory.swap.max")?;
-                    }
-                }
-                if let Some(p) = pids {
-                    write_file(&d.join("pids.max"), &p.to_string(), "setting pids.max")?;
-                }
-            }
-            Layout::V1 { .. } => {
-                if let Some(m) = memory {
-                    let d = &leaf.dirs[0];
-                    write_file(
-                        &d.join("memory.limit_in_bytes"),
-                        &m.to_string(),
-                        "setting memory.limit_in_bytes",
-                    )?;
-                    let memsw = d.join("memory.memsw.limit_in_bytes");
-                    if memsw.exists() {
-                        write_file(
-                            &memsw,
-                            &m.to_string(),
-                            "setting memory.memsw.limit_in_bytes",
-                        )?;
-                    }
-                }
-                if let Some(p) = pids {
-                    write_file(
-                        &leaf.dirs[1].join("pids.max"),
-                        &p.to_string(),
-                        "setting pids.max",
-                    )?;
-                }
-            }
-            Layout::None => {}
-        }
+        // A sandbox's memory is its memory: no swap on either layout.
+        let limits = Limits {
+            memory: memory.map(clamp),
+            memsw_v1: true,
+            pids: pids.map(clamp),
+            cpu: None,
+        };
+        write_limits(&leaf.layout, &leaf.dirs, &limits, IfAbsent::Fail)?;
         Ok(leaf)
     }
 
@@ -263,6 +272,222 @@ impl Drop for Leaf {
     }
 }
 
+/// A limit as the kernel reads it (values past `i64::MAX` mean no limit, which it is).
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Limits for one cgroup, written by [`write_limits`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of memory: v2 `memory.max` (and then `memory.swap.max` 0, where the kernel
+    /// accounts swap); v1 `memory.limit_in_bytes`.
+    pub memory: Option<i64>,
+    /// v1: memory plus swap held at `memory` as well (`memory.memsw.limit_in_bytes`, where the
+    /// kernel accounts swap). Sandboxes' leaves ask it; services' cgroups and the sandboxes'
+    /// parent have never written it.
+    pub memsw_v1: bool,
+    /// Processes: `pids.max`.
+    pub pids: Option<i64>,
+    /// CFS bandwidth: v2 `cpu.max` "QUOTA PERIOD"; v1 `cpu.cfs_period_us`, `cpu.cfs_quota_us`.
+    pub cpu: Option<CpuQuota>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuQuota {
+    pub quota: i64,
+    pub period: u64,
+}
+
+/// One file [`write_limits`] writes: its name, the value, and whether it is the limit itself
+/// (which a cgroup of that controller always has) or a companion only some kernels have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitFile {
+    pub name: &'static str,
+    pub value: String,
+    pub required: bool,
+    what: &'static str,
+}
+
+fn limit_file(name: &'static str, what: &'static str, value: String, required: bool) -> LimitFile {
+    LimitFile {
+        name,
+        value,
+        required,
+        what,
+    }
+}
+
+/// The files `limits` puts on `layout`, in the order they are written (on v1 the memory limit
+/// comes before memory+swap, which may not be below it; the period before the quota).
+pub fn limit_files(layout: &Layout, limits: &Limits) -> Vec<LimitFile> {
+    let mut out = Vec::new();
+    match layout {
+        Layout::Unified => {
+            if let Some(m) = limits.memory {
+                out.push(limit_file(
+                    "memory.max",
+                    "setting memory.max",
+                    m.to_string(),
+                    true,
+                ));
+                out.push(limit_file(
+                    "memory.swap.max",
+                    "setting memory.swap.max",
+                    "0".into(),
+                    false,
+                ));
+            }
+            if let Some(p) = limits.pids {
+                out.push(limit_file(
+                    "pids.max",
+                    "setting pids.max",
+                    p.to_string(),
+                    true,
+                ));
+            }
+            if let Some(c) = limits.cpu {
+                out.push(limit_file(
+                    "cpu.max",
+                    "setting cpu.max",
+                    format!("{} {}", c.quota, c.period),
+                    false,
+                ));
+            }
+        }
+        Layout::V1 { .. } => {
+            if let Some(m) = limits.memory {
+                out.push(limit_file(
+                    "memory.limit_in_bytes",
+                    "setting memory.limit_in_bytes",
+                    m.to_string(),
+                    true,
+                ));
+                if limits.memsw_v1 {
+                    out.push(limit_file(
+                        "memory.memsw.limit_in_bytes",
+                        "setting memory.memsw.limit_in_bytes",
+                        m.to_string(),
+                        false,
+                    ));
+                }
+            }
+            if let Some(p) = limits.pids {
+                out.push(limit_file(
+                    "pids.max",
+                    "setting pids.max",
+                    p.to_string(),
+                    true,
+                ));
+            }
+            if let Some(c) = limits.cpu {
+                out.push(limit_file(
+                    "cpu.cfs_period_us",
+                    "setting cpu.cfs_period_us",
+                    c.period.to_string(),
+                    false,
+                ));
+                out.push(limit_file(
+                    "cpu.cfs_quota_us",
+                    "setting cpu.cfs_quota_us",
+                    c.quota.to_string(),
+                    false,
+                ));
+            }
+        }
+        Layout::None => {}
+    }
+    out
+}
+
+/// What a limit file that none of the directories has means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfAbsent {
+    /// An error, when it is the limit itself ([`LimitFile::required`]): the sandboxes' leaves.
+    Fail,
+    /// Nothing: the services' cgroups (each hierarchy has its own files; `cpu.max` only where
+    /// the cpu controller is enabled).
+    Skip,
+}
+
+/// Write `limits` into `dirs` (one per hierarchy on v1, one on v2): each file into every
+/// directory that has it.
+pub fn write_limits(
+    layout: &Layout,
+    dirs: &[PathBuf],
+    limits: &Limits,
+    if_absent: IfAbsent,
+) -> Result<()> {
+    for f in limit_files(layout, limits) {
+        let mut written = false;
+        for d in dirs {
+            let path = d.join(f.name);
+            if path.exists() {
+                write_file(&path, &f.value, f.what)?;
+                written = true;
+            }
+        }
+        if !written && f.required && if_absent == IfAbsent::Fail {
+            let path = dirs.first().map(|d| d.join(f.name)).unwrap_or_default();
+            return Err(SandboxError::Cgroup {
+                path,
+                what: f.what,
+                source: std::io::Error::from(ErrorKind::NotFound),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// cgroup v2: let `dir`'s children have the memory and pids controllers.
+pub fn enable_controllers(dir: &Path) -> Result<()> {
+    write_file(
+        &dir.join("cgroup.subtree_control"),
+        "+memory +pids",
+        "enabling the memory and pids controllers",
+    )
+}
+
+/// cgroup v1: give a cpuset its parent's cpus and mems where it has none (a new cpuset is
+/// empty and takes no task). Nothing where `dir` is not a cpuset.
+pub fn fill_cpuset(dir: &Path) -> Result<()> {
+    if !dir.join("cpuset.cpus").exists() {
+        return Ok(());
+    }
+    for f in ["cpuset.cpus", "cpuset.mems"] {
+        let cur = fs::read_to_string(dir.join(f)).unwrap_or_default();
+        if cur.trim().is_empty() {
+            let parent = dir.parent().ok_or_else(|| SandboxError::Cgroup {
+                path: dir.to_path_buf(),
+                what: "a cpuset without a parent",
+                source: std::io::Error::from(ErrorKind::InvalidInput),
+            })?;
+            let v = fs::read_to_string(parent.join(f)).map_err(|source| SandboxError::Cgroup {
+                path: parent.join(f),
+                what: "reading the parent's cpuset",
+                source,
+            })?;
+            write_file(&dir.join(f), v.trim(), "copying the parent's cpuset")?;
+        }
+    }
+    Ok(())
+}
+
+/// Remove cgroup directories deepest first (each one's children, then itself); each must be
+/// empty of processes by now. What cannot be removed stays.
+pub fn remove_tree(dirs: &[PathBuf]) {
+    for d in dirs {
+        if let Ok(entries) = fs::read_dir(d) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove_tree(&[e.path()]);
+                }
+            }
+        }
+        let _ = fs::remove_dir(d);
+    }
+}
+
 /// Remove leaves whose cagerun process is gone (a run killed with SIGKILL cannot clean up).
 fn sweep(parent: &Parent) {
     // Every hierarchy: a leaf removed from one but busy in another is found next time.
@@ -286,5 +511,141 @@ fn sweep(parent: &Parent) {
                 let _ = fs::remove_dir(d.join(&name));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v1() -> Layout {
+        Layout::V1 {
+            memory: PathBuf::from("/sys/fs/cgroup/memory"),
+            pids: PathBuf::from("/sys/fs/cgroup/pids"),
+        }
+    }
+
+    fn names(files: &[LimitFile]) -> Vec<(&str, &str, bool)> {
+        files
+            .iter()
+            .map(|f| (f.name, f.value.as_str(), f.required))
+            .collect()
+    }
+
+    #[test]
+    fn the_delegated_subtree() {
+        assert_eq!(delegated_v1(1001), PathBuf::from("cagerun/1001"));
+        assert_eq!(root_v2(), PathBuf::from("/sys/fs/cgroup/cagerun"));
+    }
+
+    #[test]
+    fn limit_files_per_layout() {
+        let all = Limits {
+            memory: Some(1 << 30),
+            memsw_v1: true,
+            pids: Some(256),
+            cpu: Some(CpuQuota {
+                quota: 50_000,
+                period: 100_000,
+            }),
+        };
+        assert_eq!(
+            names(&limit_files(&Layout::Unified, &all)),
+            [
+                ("memory.max", "1073741824", true),
+                ("memory.swap.max", "0", false),
+                ("pids.max", "256", true),
+                ("cpu.max", "50000 100000", false),
+            ]
+        );
+        assert_eq!(
+            names(&limit_files(&v1(), &all)),
+            [
+                ("memory.limit_in_bytes", "1073741824", true),
+                ("memory.memsw.limit_in_bytes", "1073741824", false),
+                ("pids.max", "256", true),
+                ("cpu.cfs_period_us", "100000", false),
+                ("cpu.cfs_quota_us", "50000", false),
+            ]
+        );
+        // Services' cgroups: no memsw on v1; v2 is the same either way.
+        let services = Limits {
+            memsw_v1: false,
+            ..all.clone()
+        };
+        assert!(!names(&limit_files(&v1(), &services))
+            .iter()
+            .any(|f| f.0.contains("memsw")));
+        assert_eq!(
+            limit_files(&Layout::Unified, &services),
+            limit_files(&Layout::Unified, &all)
+        );
+        // Only what is asked; nothing without controllers.
+        let pids_only = Limits {
+            pids: Some(8),
+            ..Limits::default()
+        };
+        assert_eq!(
+            names(&limit_files(&Layout::Unified, &pids_only)),
+            [("pids.max", "8", true)]
+        );
+        assert!(limit_files(&Layout::None, &all).is_empty());
+    }
+
+    #[test]
+    fn each_file_goes_where_it_is() {
+        let base = std::env::temp_dir().join(format!("cage-sandbox-cg-{}", std::process::id()));
+        let (memory, pids) = (base.join("memory"), base.join("pids"));
+        fs::create_dir_all(&memory).unwrap();
+        fs::create_dir_all(&pids).unwrap();
+        for f in ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"] {
+            fs::write(memory.join(f), "").unwrap();
+        }
+        fs::write(pids.join("pids.max"), "").unwrap();
+        let dirs = [memory.clone(), pids.clone()];
+        let limits = Limits {
+            memory: Some(4096),
+            memsw_v1: true,
+            pids: Some(16),
+            cpu: Some(CpuQuota {
+                quota: 1,
+                period: 2,
+            }),
+        };
+        write_limits(&v1(), &dirs, &limits, IfAbsent::Fail).unwrap();
+        let read = |p: PathBuf| fs::read_to_string(p).unwrap();
+        assert_eq!(read(memory.join("memory.limit_in_bytes")), "4096");
+        assert_eq!(read(memory.join("memory.memsw.limit_in_bytes")), "4096");
+        assert_eq!(read(pids.join("pids.max")), "16");
+        // Absent companions (cpu here) are skipped; nothing is created.
+        assert!(!memory.join("cpu.cfs_quota_us").exists());
+        assert!(!pids.join("memory.limit_in_bytes").exists());
+        // The limit itself absent: an error for sandboxes, nothing for services.
+        fs::remove_file(pids.join("pids.max")).unwrap();
+        assert!(write_limits(&v1(), &dirs, &limits, IfAbsent::Fail).is_err());
+        write_limits(&v1(), &dirs, &limits, IfAbsent::Skip).unwrap();
+        remove_tree(std::slice::from_ref(&base));
+        let _ = fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn a_cpuset_gets_its_parents_cpus_and_mems() {
+        let base = std::env::temp_dir().join(format!("cage-sandbox-cs-{}", std::process::id()));
+        let child = base.join("child");
+        fs::create_dir_all(&child).unwrap();
+        fs::write(base.join("cpuset.cpus"), "0-3\n").unwrap();
+        fs::write(base.join("cpuset.mems"), "0\n").unwrap();
+        fs::write(child.join("cpuset.cpus"), "\n").unwrap();
+        fs::write(child.join("cpuset.mems"), "1").unwrap();
+        fill_cpuset(&child).unwrap();
+        assert_eq!(
+            fs::read_to_string(child.join("cpuset.cpus")).unwrap(),
+            "0-3"
+        );
+        // Not empty: kept.
+        assert_eq!(fs::read_to_string(child.join("cpuset.mems")).unwrap(), "1");
+        // Not a cpuset: nothing.
+        fill_cpuset(&base.join("nothing")).unwrap();
+        fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -23,11 +23,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use cage_spec::docker::{self, BrokerPolicy, Call, DockerError, GatewayMount, SandboxShape};
+use cage_spec::docker::{self, BrokerPolicy, Call, DockerError, SandboxShape};
 use cage_spec::sandbox::DEFAULT_USER;
 use cage_spec::{passwd, HostIds, RootfsSource};
 
-use crate::shim::{Request, MAX_REQUEST, SOCKET_NAME};
+use crate::ipc::IpcError;
+use crate::proto::{ShimReply, ShimRequest as Request};
+use crate::shim::SOCKET_NAME;
 
 /// Everything `up` resolves for one service's sandboxes before anything starts.
 #[derive(Clone, Debug)]
@@ -53,6 +55,7 @@ pub struct Setup {
 pub fn setup(
     cage_dir: &Path,
     service: &cage_spec::cage::Service,
+    request: &cage_spec::SandboxRequest,
     spec: &oci_spec::runtime::Spec,
 ) -> Result<Option<Setup>> {
     let Some(sb) = &service.sandboxes else {
@@ -84,31 +87,10 @@ pub fn setup(
         images.push((name.clone(), tree.clone()));
         roots.insert(name.clone(), root);
     }
-    // Every mount of the service: its writable binds are what sandbox binds map through;
-    // the rest (read-only binds such as config or the host's /usr, tmpfs, /proc) shadow
-    // whatever lies below them and are refused (cage-spec decides; see `map_source`).
-    let gateway_mounts = spec
-        .mounts()
-        .iter()
-        .flatten()
-        .filter_map(|m| {
-            let bind = m.typ().as_deref() == Some("bind");
-            let read_only = !bind
-                || m.options()
-                    .iter()
-                    .flatten()
-                    .any(|o| o == "ro" || o == "rbind-ro");
-            Some(GatewayMount {
-                inside: m.destination().to_str()?.to_string(),
-                host: if bind {
-                    m.source().as_ref()?.to_str()?.to_string()
-                } else {
-                    String::new()
-                },
-                read_only,
-            })
-        })
-        .collect();
+    // Every mount of the service: its writable binds (as the model made them) are what
+    // sandbox binds map through; the rest shadow whatever lies below them and are refused
+    // (cage-spec decides; see `gateway_mounts` and `map_source`).
+    let gateway_mounts = cage_spec::docker::gateway_mounts(request, spec);
     if let Some(root) = spec.root().as_ref().map(|r| r.path()) {
         for marker in [".dockerenv", "run/.containerenv"] {
             if root.join(marker).exists() {
@@ -225,9 +207,9 @@ impl Broker {
                         }
                     };
                     let Some(slot) = Slot::take(&b.connections, MAX_CONNECTIONS) else {
-                        let _ = crate::ipc::send_fds(
+                        let _ = crate::ipc::send(
                             &conn,
-                            format!("error the sandbox broker is busy ({MAX_CONNECTIONS} calls in progress); try again").as_bytes(),
+                            &ShimReply::Refused(format!("the sandbox broker is busy ({MAX_CONNECTIONS} calls in progress); try again")),
                             &[],
                         );
                         continue;
@@ -257,12 +239,14 @@ impl Broker {
 
     fn serve(&self, conn: std::os::unix::net::UnixStream) {
         let _ = conn.set_read_timeout(Some(REQUEST_TIMEOUT));
-        let Ok(Some((body, mut fds))) = crate::ipc::recv_fds(&conn, MAX_REQUEST) else {
-            return;
+        let (req, mut fds) = match crate::ipc::recv::<Request>(&conn) {
+            Ok(Some((req, fds))) => (Some(req), fds),
+            Err(IpcError::Malformed { .. }) => (None, Vec::new()),
+            Ok(None) | Err(_) => return,
         };
         let _ = conn.set_read_timeout(None);
-        let code = match (serde_json::from_slice::<Request>(&body), fds.len()) {
-            (Ok(req), 3) => {
+        let code = match (req, fds.len()) {
+            (Some(req), 3) => {
                 let stderr = fds.pop().unwrap();
                 let stdout = fds.pop().unwrap();
                 let stdin = fds.pop().unwrap();
@@ -274,14 +258,14 @@ impl Broker {
                 match io.check() {
                     Ok(()) => self.call(&req, io, &conn),
                     Err(why) => {
-                        let _ = crate::ipc::send_fds(&conn, format!("error {why}").as_bytes(), &[]);
+                        let _ = crate::ipc::send(&conn, &ShimReply::Refused(why), &[]);
                         return;
                     }
                 }
             }
             _ => 125,
         };
-        let _ = crate::ipc::send_fds(&conn, format!("exit {code}").as_bytes(), &[]);
+        let _ = crate::ipc::send(&conn, &ShimReply::Exit { code }, &[]);
     }
 
     fn call(&self, req: &Request, io: Io, conn: &std::os::unix::net::UnixStream) -> i32 {

@@ -1,53 +1,23 @@
-//! The cage's cgroup: one directory per cage inside the subtree delegated to the user, in
-//! every hierarchy libcontainer joins (on cgroup v1 that is every mounted controller, so
-//! `setup-cgroups` delegates `cagerun/<uid>` in all of them), and one per service below it
-//! (libcontainer makes and removes those).
+//! The cage's cgroup: which directories a cage needs. One directory per cage inside the
+//! subtree delegated to the user, in every hierarchy libcontainer joins (on cgroup v1 that is
+//! every mounted controller, so `setup-cgroups` delegates `cagerun/<uid>` in all of them), one
+//! per service below it (libcontainer joins and removes those), and `sandboxes-SVC` for the
+//! tool sandboxes of a service. What is written into them (limits, controllers, cpusets) and
+//! the delegated path are cage-sandbox's `cgroups`, the one writer.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use cage_sandbox::cgroups::{self, Layout};
+use cage_sandbox::cgroups::{self, CpuQuota, IfAbsent, Layout, Limits};
+
+/// The v1 hierarchies (cage-sandbox's list; the services' own `enter` joins each).
+pub use cage_sandbox::cgroups::v1_hierarchies;
 
 pub struct CageCgroup {
     /// The path libcontainer takes (`cgroupsPath`), relative to every hierarchy's root.
     pub relative: PathBuf,
     /// The directories made for the cage, one per hierarchy.
     pub dirs: Vec<PathBuf>,
-}
-
-/// The v1 hierarchies mounted here (real directories; `cpu` → `cpu,cpuacct` links skipped).
-pub fn v1_hierarchies() -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(cgroups::ROOT) else {
-        return Vec::new();
-    };
-    let mut dirs: Vec<PathBuf> = entries
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path())
-        .filter(|p| {
-            let n = p.file_name().unwrap_or_default().to_string_lossy();
-            n != "unified" && n != "systemd" && p.join("cgroup.procs").exists()
-        })
-        .collect();
-    dirs.sort();
-    dirs
-}
-
-/// Copy a cpuset's cpus and mems from its parent: a new v1 cpuset is empty and takes no task.
-pub fn fill_cpuset(dir: &Path) -> Result<()> {
-    if !dir.join("cpuset.cpus").exists() {
-        return Ok(());
-    }
-    for f in ["cpuset.cpus", "cpuset.mems"] {
-        let cur = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-        if cur.trim().is_empty() {
-            let parent = dir.parent().context("cpuset without a parent")?;
-            let v = std::fs::read_to_string(parent.join(f))?;
-            std::fs::write(dir.join(f), v.trim())
-                .with_context(|| format!("writing {}", dir.join(f).display()))?;
-        }
-    }
-    Ok(())
 }
 
 /// Make the cage's directories. `owner`: the host uid/gid that is root in the cage's user
@@ -57,16 +27,16 @@ pub fn prepare(cage_id: &str, owner: Option<(u32, u32)>) -> Result<CageCgroup> {
     let name = crate::host::user_name(uid);
     match cgroups::detect() {
         Layout::V1 { .. } => {
-            let rel = PathBuf::from(format!("cagerun/{uid}"));
+            let rel = cgroups::delegated_v1(uid);
             let mut dirs = Vec::new();
-            for h in v1_hierarchies() {
+            for h in cgroups::v1_hierarchies() {
                 let parent = h.join(&rel);
                 if !parent.is_dir() {
                     if uid == 0 {
                         std::fs::create_dir_all(&parent)
                             .with_context(|| format!("creating {}", parent.display()))?;
-                        fill_cpuset(parent.parent().unwrap_or(&h))?;
-                        fill_cpuset(&parent)?;
+                        cgroups::fill_cpuset(parent.parent().unwrap_or(&h))?;
+                        cgroups::fill_cpuset(&parent)?;
                     } else {
                         return Err(crate::Error::CgroupNotDelegatedV1 {
                             hierarchy: h.clone(),
@@ -82,7 +52,7 @@ pub fn prepare(cage_id: &str, owner: Option<(u32, u32)>) -> Result<CageCgroup> {
                         return Err(e).with_context(|| format!("creating {} (run `sudo cagerun setup-cgroups --user {name}` again?)", dir.display()));
                     }
                 }
-                fill_cpuset(&dir)?;
+                cgroups::fill_cpuset(&dir)?;
                 if let Some((u, g)) = owner {
                     for p in [dir.clone(), dir.join("cgroup.procs"), dir.join("tasks")] {
                         let _ = nix::unistd::chown(&p, Some(u.into()), Some(g.into()));
@@ -103,8 +73,7 @@ pub fn prepare(cage_id: &str, owner: Option<(u32, u32)>) -> Result<CageCgroup> {
             if !dir.exists() {
                 std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
             }
-            std::fs::write(dir.join("cgroup.subtree_control"), "+memory +pids")
-                .with_context(|| format!("enabling controllers in {}", dir.display()))?;
+            cgroups::enable_controllers(&dir)?;
             if let Some((u, g)) = owner {
                 for f in ["", "cgroup.procs", "cgroup.subtree_control"] {
                     let _ = nix::unistd::chown(&dir.join(f), Some(u.into()), Some(g.into()));
@@ -126,16 +95,7 @@ pub fn prepare(cage_id: &str, owner: Option<(u32, u32)>) -> Result<CageCgroup> {
 /// Remove cgroup directories deepest first (service leftovers, then the cage's); each must
 /// be empty of processes by now.
 pub fn remove(dirs: &[PathBuf]) {
-    for d in dirs {
-        if let Ok(entries) = std::fs::read_dir(d) {
-            for e in entries.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    remove(&[e.path()]);
-                }
-            }
-        }
-        let _ = std::fs::remove_dir(d);
-    }
+    cgroups::remove_tree(dirs);
 }
 
 /// A child cgroup `name` of the cage's in every hierarchy (made if missing; a v1 cpuset
@@ -149,7 +109,7 @@ fn make_children(cage: &CageCgroup, name: &str, owner: Option<(u32, u32)>) -> Re
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
         }
-        fill_cpuset(&dir)?;
+        cgroups::fill_cpuset(&dir)?;
         if let Some((u, g)) = owner {
             for f in ["", "cgroup.procs", "tasks"] {
                 let _ = nix::unistd::chown(&dir.join(f), Some(u.into()), Some(g.into()));
@@ -160,39 +120,11 @@ fn make_children(cage: &CageCgroup, name: &str, owner: Option<(u32, u32)>) -> Re
     Ok(dirs)
 }
 
-/// Write `value` to `file` in each of `dirs` that has it (each hierarchy has its own files).
-fn write_each(dirs: &[PathBuf], file: &str, value: &str) -> Result<()> {
-    for dir in dirs {
-        let p = dir.join(file);
-        if p.exists() {
-            std::fs::write(&p, value)
-                .with_context(|| format!("writing {value} to {}", p.display()))?;
-        }
-    }
-    Ok(())
-}
-
-/// A memory limit (without swap) and a pids limit, in the hierarchy's own words.
-fn write_limits(dirs: &[PathBuf], memory: Option<i64>, pids: Option<i64>) -> Result<()> {
-    let v2 = matches!(cgroups::detect(), Layout::Unified);
-    if let Some(limit) = memory {
-        if v2 {
-            write_each(dirs, "memory.max", &limit.to_string())?;
-            write_each(dirs, "memory.swap.max", "0")?;
-        } else {
-            write_each(dirs, "memory.limit_in_bytes", &limit.to_string())?;
-        }
-    }
-    if let Some(p) = pids {
-        write_each(dirs, "pids.max", &p.to_string())?;
-    }
-    Ok(())
-}
-
 /// Make a service's cgroup under the cage's and write the spec's limits into it, before
 /// libcontainer moves the container in. libcontainer would write them itself, but with any
 /// resources it also writes the v1 device controller, which only host root may do; so the
-/// spec it gets carries none, and these are the spec's own values, written once here.
+/// spec it gets carries none, and these are the spec's own values, written once here:
+/// memory (no swap on v2; v1's memory+swap is left as it is), pids, CPU quota.
 pub fn prepare_service(
     cage: &CageCgroup,
     name: &str,
@@ -203,27 +135,25 @@ pub fn prepare_service(
     let Some(res) = resources else {
         return Ok(dirs);
     };
-    write_limits(
-        &dirs,
-        res.memory().as_ref().and_then(|m| m.limit()),
-        res.pids().as_ref().map(|p| p.limit()),
-    )?;
-    if let Some(cpu) = res.cpu() {
-        if let (Some(q), Some(p)) = (cpu.quota(), cpu.period()) {
-            if matches!(cgroups::detect(), Layout::Unified) {
-                write_each(&dirs, "cpu.max", &format!("{q} {p}"))?;
-            } else {
-                write_each(&dirs, "cpu.cfs_period_us", &p.to_string())?;
-                write_each(&dirs, "cpu.cfs_quota_us", &q.to_string())?;
-            }
-        }
-    }
+    let limits = Limits {
+        memory: res.memory().as_ref().and_then(|m| m.limit()),
+        memsw_v1: false,
+        pids: res.pids().as_ref().map(|p| p.limit()),
+        cpu: res
+            .cpu()
+            .as_ref()
+            .and_then(|c| match (c.quota(), c.period()) {
+                (Some(quota), Some(period)) => Some(CpuQuota { quota, period }),
+                _ => None,
+            }),
+    };
+    cgroups::write_limits(&cgroups::detect(), &dirs, &limits, IfAbsent::Skip)?;
     Ok(dirs)
 }
 
 /// The cgroup every tool sandbox of `service` runs in: `sandboxes-<service>` inside the
-/// cage's, limited to the service's sandbox totals (memory without swap, pids), so what the
-/// gateway starts counts against the cage and can never grow past its budget. Returns the
+/// cage's, limited to the service's sandbox totals (memory without swap on v2, pids), so what
+/// the gateway starts counts against the cage and can never grow past its budget. Returns the
 /// value the sandbox engine takes as its parent ([`cgroups::PARENT_ENV`]: absolute on v2,
 /// relative to each hierarchy on v1). The directories lie inside the cage's, which `down`
 /// removes with everything below them.
@@ -235,15 +165,20 @@ pub fn prepare_sandboxes(
 ) -> Result<String> {
     let name = format!("sandboxes-{service}");
     let dirs = make_children(cage, &name, None)?;
-    let v2 = matches!(cgroups::detect(), Layout::Unified);
+    let layout = cgroups::detect();
+    let v2 = matches!(layout, Layout::Unified);
     if v2 {
-        write_each(&dirs, "cgroup.subtree_control", "+memory +pids")?;
+        for d in &dirs {
+            cgroups::enable_controllers(d)?;
+        }
     }
-    write_limits(
-        &dirs,
-        Some(i64::try_from(memory_total).unwrap_or(i64::MAX)),
-        Some(pids_total),
-    )?;
+    let limits = Limits {
+        memory: Some(i64::try_from(memory_total).unwrap_or(i64::MAX)),
+        memsw_v1: false,
+        pids: Some(pids_total),
+        cpu: None,
+    };
+    cgroups::write_limits(&layout, &dirs, &limits, IfAbsent::Skip)?;
     Ok(if v2 {
         dirs[0].to_string_lossy().into_owned()
     } else {

@@ -1,5 +1,6 @@
-//! The control socket (`<runtime>/control.sock`, mode 0600 inside a 0700 directory): one JSON
-//! request per connection, one JSON reply.
+//! The control socket (`<runtime>/control.sock`, mode 0600 inside a 0700 directory): one
+//! request per connection, one reply, each a line of JSON: [`Request`] and [`Reply`], typed in
+//! [`crate::proto`] with the engine's other messages.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -8,43 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use super::state::CagePaths;
 use super::supervisor::Supervisor;
-use super::Status;
 
-#[derive(serde::Serialize, serde::Deserialize, Debug)]
-#[serde(tag = "op", rename_all = "lowercase")]
-pub enum Request {
-    Ps,
-    Down,
-    Restart {
-        service: String,
-    },
-    /// Some(on) switches internet mode; None asks.
-    Internet {
-        on: Option<bool>,
-    },
-}
+pub use crate::proto::{InternetStatus, Reply, Request};
 
-#[derive(serde::Serialize, serde::Deserialize, Debug, Default, Clone)]
-pub struct InternetStatus {
-    pub on: bool,
-    pub services: Vec<String>,
-    pub uplink: String,
-    /// The uplink's gateway address inside the cage (leads to nothing on the host).
-    pub gateway: String,
-}
-
-#[derive(serde::Serialize, serde::Deserialize, Debug, Default)]
-pub struct Reply {
-    pub ok: bool,
-    pub error: Option<String>,
-    pub services: Option<Vec<Status>>,
-    pub cgroup: Option<String>,
-    pub internet: Option<InternetStatus>,
-}
+/// A request line is read up to this many bytes; a longer one does not parse.
+const MAX_REQUEST_LINE: u64 = 64 << 10;
 
 pub fn request(paths: &CagePaths, req: &Request) -> Result<Reply> {
     let mut s =
@@ -75,7 +48,7 @@ pub fn serve(sup: Arc<Supervisor>) -> Result<tokio::task::JoinHandle<()>> {
             tokio::spawn(async move {
                 let (r, mut w) = conn.into_split();
                 let mut line = String::new();
-                if tokio::io::BufReader::new(r)
+                if tokio::io::BufReader::new(r.take(MAX_REQUEST_LINE))
                     .read_line(&mut line)
                     .await
                     .is_err()

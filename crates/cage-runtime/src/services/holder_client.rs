@@ -1,5 +1,7 @@
 //! The supervisor's side of the holder: spawn it, give its user namespace the cage's id
-//! maps, and ask it for service namespaces and sockets inside them.
+//! maps, and ask it for service namespaces and sockets inside them. What is said is typed in
+//! [`crate::proto`]: [`HolderEvent`] and [`SupervisorToHolder`] while it starts, then one
+//! [`HolderReply`] to each [`HolderRequest`].
 
 use std::os::fd::OwnedFd;
 use std::process::{Child, Command, Stdio};
@@ -9,6 +11,15 @@ use anyhow::{bail, Context, Result};
 use cage_sandbox::plan::IdMap;
 
 use crate::ipc;
+use crate::proto::{HolderEvent, HolderReply, HolderRequest, SupervisorToHolder};
+
+/// The holder answered a request with a reply that does not fit it.
+#[derive(Debug, thiserror::Error)]
+#[error("the network holder answered {received:?} to {request:?}")]
+pub struct UnexpectedReply {
+    pub request: HolderRequest,
+    pub received: HolderReply,
+}
 
 pub struct Holder {
     pub child: Child,
@@ -37,19 +48,20 @@ pub fn spawn(
         sock: Mutex::new(ours),
     };
     let sock = holder.sock.lock().unwrap();
-    match ipc::recv(&*sock)? {
-        Some((m, _)) if m == "unshared" => {}
-        other => bail!("the network holder did not start: {other:?}"),
+    match ipc::recv::<HolderEvent>(&*sock)? {
+        Some((HolderEvent::Unshared, _)) => {}
+        Some((other, _)) => bail!("the network holder did not start: it said {other:?}"),
+        None => bail!("the network holder did not start: None"),
     }
     let privileged = nix::unistd::geteuid().is_root();
     cage_sandbox::idmap::write_maps(holder.child.id() as i32, uid_map, gid_map, privileged)
         .context(
             "mapping the cage's user namespace (newuidmap/newgidmap and /etc/subuid, /etc/subgid)",
         )?;
-    ipc::send(&*sock, "mapped", None)?;
-    match ipc::recv(&*sock)? {
-        Some((m, _)) if m == "ready" => {}
-        Some((m, _)) => bail!("the network holder failed: {m}"),
+    ipc::send(&*sock, &SupervisorToHolder::Mapped, &[])?;
+    match ipc::recv::<HolderEvent>(&*sock)? {
+        Some((HolderEvent::Ready, _)) => {}
+        Some((other, _)) => bail!("the network holder failed: it said {other:?}"),
         None => bail!("the network holder failed (see above)"),
     }
     drop(sock);
@@ -61,9 +73,16 @@ impl Holder {
         self.child.id() as i32
     }
 
-    fn call(&self, req: &str) -> Result<(String, Option<OwnedFd>)> {
+    /// Send a request and wait for its answer; [`HolderReply::Error`] is an error here, with
+    /// the holder's text.
+    fn call(&self, req: &HolderRequest) -> Result<(HolderReply, Option<OwnedFd>)> {
         let sock = self.sock.lock().unwrap();
-        ipc::call(&*sock, req)
+        ipc::send(&*sock, req, &[])?;
+        match ipc::recv::<HolderReply>(&*sock)? {
+            Some((HolderReply::Error(why), _)) => bail!("{why}"),
+            Some((reply, fds)) => Ok((reply, fds.into_iter().next())),
+            None => bail!("the network holder is gone"),
+        }
     }
 
     /// A service network namespace: the holder's name for it, and a descriptor of it (which
@@ -75,25 +94,44 @@ impl Holder {
         addr: std::net::Ipv4Addr,
         internet: bool,
     ) -> Result<(i32, OwnedFd)> {
-        let route = if internet { " route" } else { "" };
-        let (name, fd) = self.call(&format!("add {slot} {addr}{route}"))?;
-        Ok((
-            name.parse().context("holder answered no name")?,
-            fd.context("holder passed no namespace")?,
-        ))
+        let req = HolderRequest::AddService {
+            slot,
+            address: addr,
+            route: internet,
+        };
+        match self.call(&req)? {
+            (HolderReply::Netns { netns }, fd) => {
+                Ok((netns, fd.context("holder passed no namespace")?))
+            }
+            (received, _) => Err(UnexpectedReply {
+                request: req,
+                received,
+            }
+            .into()),
+        }
     }
 
     /// A socket connecting (non-blocking) to 127.0.0.1:port inside the namespace.
     pub fn connect(&self, netns_fd: i32, port: u16) -> Result<OwnedFd> {
-        let (_, fd) = self.call(&format!("connect {netns_fd} {port}"))?;
-        fd.context("holder passed no socket")
+        let req = HolderRequest::Connect {
+            netns: netns_fd,
+            port,
+        };
+        match self.call(&req)? {
+            (HolderReply::Socket, fd) => fd.context("holder passed no socket"),
+            (received, _) => Err(UnexpectedReply {
+                request: req,
+                received,
+            }
+            .into()),
+        }
     }
 
     /// Exactly these service addresses may use the uplink (empty: internet off).
     pub fn set_internet(&self, addrs: &[std::net::Ipv4Addr]) -> Result<()> {
-        let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-        self.call(&format!("internet {}", list.join(" ")))?;
-        Ok(())
+        self.call_ok(HolderRequest::Internet {
+            allowed: addrs.to_vec(),
+        })
     }
 
     /// Configure the router's end of the uplink veth (as root).
@@ -104,7 +142,23 @@ impl Holder {
         prefix: u8,
         gateway: std::net::Ipv4Addr,
     ) -> Result<()> {
-        self.call(&format!("uplink {name} {addr} {prefix} {gateway}"))?;
-        Ok(())
+        self.call_ok(HolderRequest::Uplink {
+            link: name.to_string(),
+            address: addr,
+            prefix,
+            gateway,
+        })
+    }
+
+    /// A request answered [`HolderReply::Ok`].
+    fn call_ok(&self, req: HolderRequest) -> Result<()> {
+        match self.call(&req)? {
+            (HolderReply::Ok, _) => Ok(()),
+            (received, _) => Err(UnexpectedReply {
+                request: req,
+                received,
+            }
+            .into()),
+        }
     }
 }

@@ -25,22 +25,8 @@ use cage_spec::cage::Cage;
 use crate::image::StoreRoot;
 use state::CagePaths;
 
-/// One service as `ps` shows it.
-#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
-pub struct Status {
-    pub service: String,
-    pub state: String,
-    pub pid: Option<i32>,
-    /// Unix time of the last start.
-    pub started: Option<u64>,
-    pub restarts: u32,
-    pub health: String,
-    pub health_error: Option<String>,
-    pub ports: Vec<String>,
-    pub address: String,
-    pub last_exit: Option<i32>,
-    pub error: Option<String>,
-}
+/// One service as `ps` shows it: what the control socket carries, so typed in [`crate::proto`].
+pub use crate::proto::Status;
 
 /// The cage of `config`: its paths and its parsed config.
 pub fn open(config: &Path) -> Result<(CagePaths, Cage)> {

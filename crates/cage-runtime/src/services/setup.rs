@@ -156,10 +156,7 @@ pub fn run_job(
         ServiceRoot::Image(_) => Some(store.open()?),
         _ => None,
     };
-    let command: Vec<String> = match &service.command {
-        Some(c) => c.iter().chain(extra).cloned().collect(),
-        None => extra.to_vec(),
-    };
+    let command = cage_spec::compose::job_command(service, extra);
     let mut spec = crate::bundle::render_service(
         &paths.config,
         &paths.rootfs(),

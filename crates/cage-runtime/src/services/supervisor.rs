@@ -25,9 +25,14 @@ use super::holder_client::{self, Holder};
 use super::state::{CagePaths, Proc, Record};
 use super::{control, forward, health, Status};
 use crate::ipc;
+use crate::proto::{InternetStatus, MonitorCommand, MonitorEvent};
 
 /// How long a stopped service gets between SIGTERM and SIGKILL.
 pub const STOP_GRACE_MS: u64 = 10_000;
+/// What a monitor is told to stop its container.
+const STOP: MonitorCommand = MonitorCommand::Stop {
+    grace_ms: STOP_GRACE_MS,
+};
 /// A service that ran this long before exiting restarts without backoff.
 const BACKOFF_RESET: Duration = Duration::from_secs(10);
 
@@ -251,16 +256,26 @@ pub fn prepare(
     };
     let rootfs_dir = paths.rootfs();
     let mut specs = BTreeMap::new();
+    let mut requests = BTreeMap::new();
     for s in &cage.services {
-        let spec =
-            crate::bundle::render_service(&paths.config, &rootfs_dir, store.as_ref(), s, &[], None)
-                .with_context(|| format!("service {}", s.name))?;
+        let request = crate::bundle::service_request(
+            &paths.config,
+            &rootfs_dir,
+            store.as_ref(),
+            s,
+            &[],
+            None,
+        )
+        .with_context(|| format!("service {}", s.name))?;
+        let spec = cage_spec::render_sandbox(&request, crate::host::host_ids())
+            .with_context(|| format!("service {}", s.name))?;
         specs.insert(s.name.clone(), spec);
+        requests.insert(s.name.clone(), request);
     }
     let mut brokers = Vec::new();
     let cage_dir = crate::config::cage_dir(&paths.config);
     for s in &cage.services {
-        if let Some(b) = super::broker::setup(&cage_dir, s, &specs[&s.name])? {
+        if let Some(b) = super::broker::setup(&cage_dir, s, &requests[&s.name], &specs[&s.name])? {
             if !matches!(s.root, cage_spec::cage::ServiceRoot::Host)
                 && !crate::init::self_is_static(&crate::host::self_exe()?)
             {
@@ -593,7 +608,7 @@ impl Supervisor {
         svc.restart_now.store(true, Ordering::SeqCst);
         let ctl = svc.monitor_ctl.lock().unwrap().clone();
         match ctl {
-            Some(c) => ipc::send(&*c, &format!("stop {STOP_GRACE_MS}"), None)?,
+            Some(c) => ipc::send(&*c, &STOP, &[])?,
             None => svc.wake.notify_one(),
         }
         Ok(())
@@ -658,9 +673,9 @@ impl Supervisor {
         Ok(())
     }
 
-    pub fn internet_status(&self) -> super::control::InternetStatus {
+    pub fn internet_status(&self) -> InternetStatus {
         let uplink = self.uplink.lock().unwrap();
-        super::control::InternetStatus {
+        InternetStatus {
             on: self.internet_on.load(Ordering::SeqCst),
             services: self
                 .internet_services()
@@ -710,7 +725,7 @@ impl Supervisor {
                 svc.wake.notify_one();
                 let ctl = svc.monitor_ctl.lock().unwrap().clone();
                 if let Some(c) = ctl {
-                    let _ = ipc::send(&*c, &format!("stop {STOP_GRACE_MS}"), None);
+                    let _ = ipc::send(&*c, &STOP, &[]);
                 }
             }
             let deadline = Instant::now() + Duration::from_millis(STOP_GRACE_MS + 5000);
@@ -916,10 +931,10 @@ async fn run_once(
     }
     let ours = Arc::new(ours);
     // The monitor's messages, read on a thread of their own (blocking datagram reads).
-    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<MonitorEvent>();
     let reader = ours.clone();
     std::thread::spawn(move || {
-        while let Ok(Some((m, _))) = ipc::recv(&*reader) {
+        while let Ok(Some((m, _))) = ipc::recv::<MonitorEvent>(&*reader) {
             if tx.send(m).is_err() {
                 break;
             }
@@ -931,8 +946,7 @@ async fn run_once(
     let mut code = None;
     let mut failure = None;
     while let Some(m) = rx.recv().await {
-        if let Some(pid) = m.strip_prefix("started ") {
-            let pid: i32 = pid.trim().parse().unwrap_or(0);
+        if let MonitorEvent::Started { pid } = m {
             container = Proc::of(pid);
             if let Some(c) = &container {
                 sup.remember(|r| r.containers.push(c.clone()));
@@ -952,15 +966,15 @@ async fn run_once(
                 let _ = tx.send((name.clone(), Settled::Started(pid)));
             }
             if sup.stopping.load(Ordering::SeqCst) {
-                let _ = ipc::send(&*ours, &format!("stop {STOP_GRACE_MS}"), None);
+                let _ = ipc::send(&*ours, &STOP, &[]);
             }
             if let Some(h) = svc.service.healthcheck.clone() {
                 health_task = Some(tokio::spawn(watch_health(sup.clone(), svc.clone(), h)));
             }
-        } else if let Some(c) = m.strip_prefix("exited ") {
-            code = c.trim().parse().ok();
-        } else if let Some(e) = m.strip_prefix("failed ") {
-            failure = Some(e.to_string());
+        } else if let MonitorEvent::Exited { code: c } = m {
+            code = Some(c);
+        } else if let MonitorEvent::Failed { error } = m {
+            failure = Some(error);
         }
     }
     if let Some(h) = health_task {

@@ -195,6 +195,18 @@ impl Netlink {
     }
 }
 
+/// Every IPv4 destination the caller's network namespace delivers to itself
+/// ([`Netlink::local_addresses`]), sorted, each once. Read in a thread of its own: the
+/// netlink client runs its own runtime, which an async caller's thread may not start.
+pub fn local_addresses() -> Result<Vec<(Ipv4Addr, u8)>> {
+    let mut found = std::thread::spawn(|| Netlink::open().and_then(|nl| nl.local_addresses()))
+        .join()
+        .map_err(|_| Error::Panicked("listing the host's addresses".into()))??;
+    found.sort();
+    found.dedup();
+    Ok(found)
+}
+
 /// A netlink socket told about IPv4 address and route changes in the namespace it was opened
 /// in (the kernel's RTMGRP_IPV4_IFADDR and RTMGRP_IPV4_ROUTE groups): [`AddressEvents::wait`]
 /// says whether any came. Plain and blocking: no runtime, usable from any thread.

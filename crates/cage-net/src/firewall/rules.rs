@@ -1,7 +1,7 @@
-//! nftables rules for internet mode, built with the `nftables` crate (its typed model of
-//! nft's JSON API) and rendered as the JSON `nft -j -f -` reads. Pure: the callers run `nft`
-//! in the namespace the rules belong to (the holder as uid 0 of the cage's user namespace,
-//! which the crate's own runner cannot do).
+//! nftables tables for internet mode, built with the `nftables` crate (its typed model of
+//! nft's JSON API) and rendered as the JSON `nft -j` reads. Pure: [`super::nft::apply`] runs
+//! `nft` in the namespace the rules belong to (the holder as uid 0 of the cage's user
+//! namespace, which the crate's own runner cannot do).
 //!
 //! Internet means the internet: the host itself (its loopback and every address it has) is
 //! never reachable from a cage service, with or without internet mode. Reaching one host port
@@ -69,7 +69,7 @@ pub const ALWAYS_HOST: [(Ipv4Addr, u8); 4] = [
     (Ipv4Addr::new(255, 255, 255, 255), 32),
 ];
 
-/// The script for `nft -j -f -`.
+/// The document `nft -j` reads.
 pub fn to_json(n: &Nftables<'_>) -> String {
     serde_json::to_string(n).expect("nftables documents serialize")
 }
