@@ -2,9 +2,11 @@
 //! request per connection, one reply, each a line of JSON: [`Request`] and [`Reply`], typed in
 //! [`crate::proto`] with the engine's other messages.
 
+use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +14,6 @@ use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use super::state::CagePaths;
-use super::supervisor::Supervisor;
 
 pub use crate::proto::{InternetStatus, Reply, Request};
 
@@ -33,18 +34,33 @@ pub fn request(paths: &CagePaths, req: &Request) -> Result<Reply> {
     Ok(reply)
 }
 
-pub fn serve(sup: Arc<Supervisor>) -> Result<tokio::task::JoinHandle<()>> {
-    let path = sup.paths.control_socket();
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path)
+/// What answers the control socket's requests (the supervisor).
+pub trait Answer: Send + Sync + 'static {
+    fn answer(self: Arc<Self>, request: Request) -> impl Future<Output = Reply> + Send;
+}
+
+/// A refusal, with its reason, as the control socket answers it.
+pub fn refused(error: impl std::fmt::Display) -> Reply {
+    Reply {
+        ok: false,
+        error: Some(error.to_string()),
+        ..Default::default()
+    }
+}
+
+/// Listen on `path` (replacing a stale socket), mode 0600; each connection's one request is
+/// answered by `answer`.
+pub fn serve<A: Answer>(path: &Path, answer: Arc<A>) -> Result<tokio::task::JoinHandle<()>> {
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)
         .with_context(|| format!("listening on {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(tokio::spawn(async move {
         loop {
             let Ok((conn, _)) = listener.accept().await else {
                 continue;
             };
-            let sup = sup.clone();
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let (r, mut w) = conn.into_split();
                 let mut line = String::new();
@@ -56,57 +72,8 @@ pub fn serve(sup: Arc<Supervisor>) -> Result<tokio::task::JoinHandle<()>> {
                     return;
                 }
                 let reply = match serde_json::from_str::<Request>(&line) {
-                    Ok(Request::Ps) => {
-                        let services = sup.statuses();
-                        Reply {
-                            ok: true,
-                            services: Some(services),
-                            cgroup: Some(sup.cgroup_path()),
-                            ..Default::default()
-                        }
-                    }
-                    Ok(Request::Internet { on }) => {
-                        let result = match on {
-                            Some(on) => sup.set_internet(on).await,
-                            None => Ok(()),
-                        };
-                        match result {
-                            Ok(()) => Reply {
-                                ok: true,
-                                internet: Some(sup.internet_status()),
-                                ..Default::default()
-                            },
-                            Err(e) => Reply {
-                                ok: false,
-                                error: Some(format!("{e:#}")),
-                                ..Default::default()
-                            },
-                        }
-                    }
-                    Ok(Request::Restart { service }) => match sup.restart(&service) {
-                        Ok(()) => Reply {
-                            ok: true,
-                            ..Default::default()
-                        },
-                        Err(e) => Reply {
-                            ok: false,
-                            error: Some(format!("{e:#}")),
-                            ..Default::default()
-                        },
-                    },
-                    Ok(Request::Down) => {
-                        sup.teardown().await;
-                        sup.stop.notify_one();
-                        Reply {
-                            ok: true,
-                            ..Default::default()
-                        }
-                    }
-                    Err(e) => Reply {
-                        ok: false,
-                        error: Some(format!("bad request: {e}")),
-                        ..Default::default()
-                    },
+                    Ok(request) => answer.answer(request).await,
+                    Err(e) => refused(format!("bad request: {e}")),
                 };
                 let _ = w
                     .write_all(

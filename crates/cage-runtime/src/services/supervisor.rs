@@ -506,7 +506,7 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
             return Err(e);
         }
     }
-    let control = control::serve(sup.clone())?;
+    let control = control::serve(&sup.paths.control_socket(), sup.clone())?;
     for (name, l, port) in listeners {
         let l = tokio::net::TcpListener::from_std(l)?;
         let ns = sup.services[&name].netns_fd.clone();
@@ -1072,4 +1072,43 @@ pub fn clean_stale(paths: &CagePaths) -> bool {
     cgroup::remove(&rec.cgroups);
     crate::tree::remove(&paths.runtime);
     true
+}
+
+impl control::Answer for Supervisor {
+    async fn answer(self: Arc<Self>, request: control::Request) -> control::Reply {
+        use control::{refused, Reply, Request};
+        let ok = Reply {
+            ok: true,
+            ..Default::default()
+        };
+        match request {
+            Request::Ps => Reply {
+                services: Some(self.statuses()),
+                cgroup: Some(self.cgroup_path()),
+                ..ok
+            },
+            Request::Internet { on } => {
+                let result = match on {
+                    Some(on) => self.set_internet(on).await,
+                    None => Ok(()),
+                };
+                match result {
+                    Ok(()) => Reply {
+                        internet: Some(self.internet_status()),
+                        ..ok
+                    },
+                    Err(e) => refused(format!("{e:#}")),
+                }
+            }
+            Request::Restart { service } => match self.restart(&service) {
+                Ok(()) => ok,
+                Err(e) => refused(format!("{e:#}")),
+            },
+            Request::Down => {
+                self.teardown().await;
+                self.stop.notify_one();
+                ok
+            }
+        }
+    }
 }
