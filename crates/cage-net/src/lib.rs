@@ -7,8 +7,8 @@
 //!
 //! | kernel / tool mechanism | module |
 //! |---|---|
-//! | network namespaces (by descriptor; the router's, from outside) | [`network::netns`] (also [`netns`]) |
-//! | rtnetlink: links, veth, bridge, addresses, routes, address changes | [`network::netlink`] (also [`netlink`]) |
+//! | network namespaces (by descriptor; the router's, from outside) | [`network::netns`] |
+//! | rtnetlink: links, veth, bridge, addresses, routes, address changes | [`network::netlink`] |
 //! | the root uplink: host veth + host nft table (setup / teardown) | [`network::host_veth`] |
 //! | the rootless uplink: slirp4netns's arguments and answers | [`network::slirp4netns`] |
 //! | a service's resolv.conf, by uplink | [`network::resolv`] |
@@ -25,8 +25,5 @@ pub mod hosts;
 pub mod network;
 pub mod tools;
 pub mod topology;
-
-/// Also at the crate's root, where the holder and the supervisor name them.
-pub use network::{netlink, netns};
 
 pub use error::{Error, Result};

@@ -23,7 +23,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use anyhow::{Context, Result};
-use cage_net::{netlink::Netlink, netns, topology};
+use cage_net::network::{netlink::Netlink, netns};
+use cage_net::topology;
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::socket::{connect, socket, SockFlag, SockType, SockaddrIn};
 

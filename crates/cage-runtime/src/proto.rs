@@ -230,12 +230,12 @@ pub struct InternetStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub struct Status {
     pub service: String,
-    pub state: String,
+    pub state: cage_spec::lifecycle::ServiceState,
     pub pid: Option<i32>,
     /// Unix time of the last start.
     pub started: Option<u64>,
     pub restarts: u32,
-    pub health: String,
+    pub health: cage_spec::lifecycle::Health,
     pub health_error: Option<String>,
     pub ports: Vec<String>,
     pub address: String,

@@ -55,9 +55,10 @@ pub enum LifecycleError {
 // Service state
 
 /// Where one service is in its life, as `ps` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum ServiceState {
     /// Set up, not yet started: `created`.
+    #[default]
     Created,
     /// Waiting for a dependency: `waiting for db to be healthy`.
     Waiting {
@@ -190,11 +191,12 @@ impl<'de> Deserialize<'de> for ServiceState {
 // Health
 
 /// A service's health as `ps` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     /// No healthcheck: `-`.
     #[serde(rename = "-")]
+    #[default]
     None,
     /// Checked, not yet healthy (or started again): `starting`.
     Starting,

@@ -36,8 +36,8 @@ pub fn run(config: PathBuf, service: String, command: Vec<String>) -> Result<i32
         .into_iter()
         .find(|s| s.service == service)
         .with_context(|| format!("{service} is not part of the running cage"))?;
-    let pid = match (status.state.as_str(), status.pid) {
-        ("running", Some(pid)) => pid,
+    let pid = match (&status.state, status.pid) {
+        (state, Some(pid)) if state.is_running() => pid,
         (state, _) => bail!("{service} is not running ({state}): `cagerun ps`"),
     };
     let bundle = paths.service_dir(&service).join("bundle/config.json");

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use cage_spec::cage::Cage;
+use cage_spec::lifecycle::Health;
 
 use crate::image::StoreRoot;
 use state::CagePaths;
@@ -129,11 +130,11 @@ fn wait_healthy(paths: &CagePaths, timeout: Duration) -> Result<()> {
         let list = reply.services.unwrap_or_default();
         let mut pending = Vec::new();
         for s in &list {
-            if s.state == "failed" || s.health == "unhealthy" {
+            if s.state.is_failed() || s.health == Health::Unhealthy {
                 bail!(
                     "{} is {}{}: see `cagerun logs {}` (the cage stays up; `cagerun down` stops it)",
                     s.service,
-                    if s.state == "failed" { "failed" } else { "unhealthy" },
+                    if s.state.is_failed() { "failed" } else { "unhealthy" },
                     s.error
                         .as_ref()
                         .or(s.health_error.as_ref())
@@ -142,7 +143,7 @@ fn wait_healthy(paths: &CagePaths, timeout: Duration) -> Result<()> {
                     s.service
                 );
             }
-            if s.health != "-" && s.health != "healthy" {
+            if s.health.is_pending() {
                 pending.push(s.service.clone());
             }
         }
@@ -176,7 +177,7 @@ fn detach(opts: &UpOptions, paths: &CagePaths) -> Result<u32> {
         .arg("--config")
         .arg(&paths.config)
         .arg("--ready-fd")
-        .arg("3")
+        .arg(crate::proto::fds::CONTROL.to_string())
         .args(opts.internet.then_some("--internet"))
         .args(&opts.services)
         .stdin(std::process::Stdio::null())

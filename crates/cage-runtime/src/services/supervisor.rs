@@ -16,7 +16,8 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context, Result};
 use cage_net::topology;
 use cage_sandbox::plan::IdMap;
-use cage_spec::cage::{Cage, HealthProbe, Restart, Service};
+use cage_spec::cage::{Cage, HealthProbe, Service};
+use cage_spec::lifecycle::{self, Health, LifecycleError, Next, RunEnd, ServiceState};
 use cage_spec::service::{wire_service, BrokerWiring, HostRoot, Wiring};
 use tokio::sync::{mpsc, Notify};
 
@@ -27,14 +28,11 @@ use super::{control, forward, health, Status};
 use crate::ipc;
 use crate::proto::{InternetStatus, MonitorCommand, MonitorEvent};
 
-/// How long a stopped service gets between SIGTERM and SIGKILL.
-pub const STOP_GRACE_MS: u64 = 10_000;
+pub use cage_spec::lifecycle::STOP_GRACE_MS;
 /// What a monitor is told to stop its container.
 const STOP: MonitorCommand = MonitorCommand::Stop {
     grace_ms: STOP_GRACE_MS,
 };
-/// A service that ran this long before exiting restarts without backoff.
-const BACKOFF_RESET: Duration = Duration::from_secs(10);
 
 pub struct Supervisor {
     pub paths: CagePaths,
@@ -206,45 +204,17 @@ pub fn prepare(
     only: &[String],
     store: &crate::image::StoreRoot,
 ) -> Result<Prepared> {
-    // The services asked for (each checked to exist), and what they depend on.
-    let mut wanted: Vec<String> = only.to_vec();
-    let mut i = 0;
-    while i < wanted.len() {
-        let svc = crate::config::find_service(&cage, &wanted[i], &paths.config)?.clone();
-        for d in &svc.depends_on {
-            if !wanted.contains(&d.service) {
-                wanted.push(d.service.clone());
-            }
-        }
-        i += 1;
-    }
+    // The services asked for and what they depend on, in start order, without the one-shot
+    // jobs (cage-spec decides; see `select_services`).
     let mut cage = cage;
-    if let Some(s) = cage
-        .services
-        .iter()
-        .find(|s| s.on_demand && only.contains(&s.name))
-    {
-        bail!(
-            "{} is on_demand: `up` never starts it; run it with `cagerun run {} -- ARGS`",
-            s.name,
-            s.name
-        );
-    }
-    if !only.is_empty() {
-        cage.services.retain(|s| wanted.contains(&s.name));
-    }
-    // One-shot jobs are not the supervisor's: `once` jobs have run (and finished) before it
-    // starts, `on_demand` ones run only through `cagerun run`.
-    let jobs: Vec<String> = cage
-        .services
-        .iter()
-        .filter(|s| !s.supervised())
-        .map(|s| s.name.clone())
-        .collect();
-    cage.services.retain(|s| s.supervised());
-    for s in &mut cage.services {
-        s.depends_on.retain(|d| !jobs.contains(&d.service));
-    }
+    cage.services = lifecycle::select_services(&cage, only).map_err(|e| match e {
+        LifecycleError::UnknownService { name, services } => anyhow::anyhow!(
+            "no service {name:?} in {} (services: {})",
+            paths.config.display(),
+            services.join(", ")
+        ),
+        e => e.into(),
+    })?;
     let needs_store = cage
         .services
         .iter()
@@ -395,18 +365,14 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
             s.name.clone(),
             Status {
                 service: s.name.clone(),
-                state: "created".into(),
+                state: ServiceState::Created,
                 address: hosts[slot].1.to_string(),
                 ports: s
                     .ports
                     .iter()
                     .map(|p| format!("{}:{}->{}", p.host_addr, p.host_port, p.container_port))
                     .collect(),
-                health: if s.healthcheck.is_some() {
-                    "starting".into()
-                } else {
-                    "-".into()
-                },
+                health: Health::initial(s.healthcheck.is_some()),
                 ..Default::default()
             },
         );
@@ -587,11 +553,9 @@ impl Supervisor {
         }
     }
 
-    fn state_of(&self, name: &str) -> (String, String) {
+    fn state_of(&self, name: &str) -> Option<(ServiceState, Health)> {
         let st = self.status.lock().unwrap();
-        st.get(name)
-            .map(|s| (s.state.clone(), s.health.clone()))
-            .unwrap_or_default()
+        st.get(name).map(|s| (s.state.clone(), s.health))
     }
 
     fn remember(&self, f: impl FnOnce(&mut Record)) {
@@ -701,37 +665,22 @@ impl Supervisor {
         if self.stopping.swap(true, Ordering::SeqCst) {
             return;
         }
-        // Dependants before what they depend on; services on one level stop together.
-        let mut level: BTreeMap<&str, usize> = BTreeMap::new();
-        for name in &self.order {
-            let l = self.services[name]
-                .service
-                .depends_on
-                .iter()
-                .map(|d| level.get(d.service.as_str()).map_or(0, |l| l + 1))
-                .max()
-                .unwrap_or(0);
-            level.insert(name, l);
-        }
-        let top = level.values().copied().max().unwrap_or(0);
-        for l in (0..=top).rev() {
-            let names: Vec<&String> = self
-                .order
-                .iter()
-                .filter(|n| level[n.as_str()] == l)
-                .collect();
-            for name in &names {
-                let svc = &self.services[*name];
+        // Dependants before what they depend on; services on one level stop together
+        // (cage-spec decides the levels; see `stop_levels`).
+        let levels = lifecycle::stop_levels(self.order.iter().map(|n| &self.services[n].service));
+        for names in &levels {
+            for name in names {
+                let svc = &self.services[name];
                 svc.wake.notify_one();
                 let ctl = svc.monitor_ctl.lock().unwrap().clone();
                 if let Some(c) = ctl {
                     let _ = ipc::send(&*c, &STOP, &[]);
                 }
             }
-            let deadline = Instant::now() + Duration::from_millis(STOP_GRACE_MS + 5000);
+            let deadline = Instant::now() + lifecycle::STOP_WAIT;
             while names
                 .iter()
-                .any(|n| self.services[*n].monitor_ctl.lock().unwrap().is_some())
+                .any(|n| self.services[n].monitor_ctl.lock().unwrap().is_some())
                 && Instant::now() < deadline
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -776,23 +725,22 @@ async fn wait_for_dependencies(sup: &Supervisor, svc: &Svc, first: &mut Option<F
             if sup.stopping.load(Ordering::SeqCst) {
                 return;
             }
-            let (state, health) = sup.state_of(&dep.service);
-            let ok = state == "running" && (!dep.healthy || health == "healthy");
-            if ok {
+            let status = sup.state_of(&dep.service);
+            if lifecycle::dependency_met(dep, status.as_ref().map(|(s, h)| (s, *h))) {
                 break;
             }
             if !said {
-                let why = if dep.healthy { "healthy" } else { "running" };
-                let what = format!("waiting for {} to be {why}", dep.service);
-                sup.set(&svc.service.name, |s| s.state = what.clone());
-                if dep.healthy {
+                let waiting = ServiceState::waiting_for(dep);
+                let what = waiting.to_string();
+                sup.set(&svc.service.name, |s| s.state = waiting);
+                if dep.condition().counts_as_settled() {
                     if let Some(tx) = first.take() {
                         let _ = tx.send((svc.service.name.clone(), Settled::Waiting(what)));
                     }
                 }
                 said = true;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(lifecycle::DEPENDENCY_POLL).await;
         }
     }
 }
@@ -814,70 +762,56 @@ async fn wait_for_restart_request(sup: &Supervisor, svc: &Svc) -> bool {
 async fn run_service(sup: Arc<Supervisor>, name: String, first: FirstTx) {
     let svc = sup.services[&name].clone();
     let mut first = Some(first);
-    let mut attempt: u32 = 0;
+    let mut backoff = lifecycle::Backoff::new();
     loop {
         wait_for_dependencies(&sup, &svc, &mut first).await;
         if sup.stopping.load(Ordering::SeqCst) {
             break;
         }
-        sup.set(&name, |s| s.state = "starting".into());
-        let outcome = run_once(&sup, &svc, &mut first).await;
-        let ran = match outcome {
+        sup.set(&name, |s| s.state = ServiceState::Starting);
+        let end = match run_once(&sup, &svc, &mut first).await {
             Ok((code, ran)) => {
                 sup.set(&name, |s| {
-                    s.state = "exited".into();
+                    s.state = ServiceState::Exited;
                     s.pid = None;
                     s.last_exit = Some(code);
-                    if s.health != "-" {
-                        s.health = "starting".into();
-                    }
+                    s.health = s.health.after_exit();
                 });
-                if sup.stopping.load(Ordering::SeqCst) {
-                    break;
-                }
-                let again = svc.restart_now.swap(false, Ordering::SeqCst)
-                    || match svc.service.restart {
-                        Restart::No => false,
-                        Restart::OnFailure => code != 0,
-                        Restart::Always => true,
-                    };
-                if !again {
-                    if wait_for_restart_request(&sup, &svc).await {
-                        attempt = 0;
-                        continue;
-                    }
-                    break;
-                }
-                ran
+                RunEnd::Exited { code, ran }
             }
             Err(e) => {
                 sup.set(&name, |s| {
-                    s.state = "failed".into();
+                    s.state = ServiceState::Failed;
                     s.error = Some(format!("{e:#}"));
                 });
                 if let Some(tx) = first.take() {
                     let _ = tx.send((name.clone(), Settled::Failed(format!("{e:#}"))));
                     break;
                 }
-                if matches!(svc.service.restart, Restart::No) {
-                    if wait_for_restart_request(&sup, &svc).await {
-                        attempt = 0;
-                        continue;
-                    }
-                    break;
-                }
-                Duration::ZERO
+                RunEnd::StartFailed
             }
         };
-        if ran >= BACKOFF_RESET {
-            attempt = 0;
+        // cage-spec decides what follows (a failed first start was reported above).
+        let next = lifecycle::after_run(
+            &svc.service.restart,
+            end,
+            false,
+            sup.stopping.load(Ordering::SeqCst),
+            || svc.restart_now.swap(false, Ordering::SeqCst),
+        );
+        match next {
+            Next::Stop | Next::GiveUp => break,
+            Next::AwaitRequest => {
+                if wait_for_restart_request(&sup, &svc).await {
+                    backoff.reset();
+                    continue;
+                }
+                break;
+            }
+            Next::Restart => {}
         }
-        let delay = Duration::from_millis(100u64.saturating_mul(1 << attempt.min(8)))
-            .min(Duration::from_secs(30));
-        attempt += 1;
-        sup.set(&name, |s| {
-            s.state = format!("restarting in {} ms", delay.as_millis())
-        });
+        let delay = backoff.next(end.ran());
+        sup.set(&name, |s| s.state = ServiceState::restarting(delay));
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = svc.wake.notified() => {}
@@ -888,7 +822,7 @@ async fn run_service(sup: Arc<Supervisor>, name: String, first: FirstTx) {
         sup.set(&name, |s| s.restarts += 1);
     }
     if sup.stopping.load(Ordering::SeqCst) {
-        sup.set(&name, |s| s.state = "stopped".into());
+        sup.set(&name, |s| s.state = ServiceState::Stopped);
     }
 }
 
@@ -957,7 +891,7 @@ async fn run_once(
                 .unwrap_or_default()
                 .as_secs();
             sup.set(name, |s| {
-                s.state = "running".into();
+                s.state = ServiceState::Running;
                 s.pid = Some(pid);
                 s.started = Some(now);
                 s.error = None;
@@ -997,41 +931,24 @@ async fn run_once(
 
 async fn watch_health(sup: Arc<Supervisor>, svc: Arc<Svc>, h: cage_spec::cage::Healthcheck) {
     let begun = Instant::now();
-    let mut failures = 0;
-    let timeout = Duration::from_millis(h.timeout_ms);
+    let mut watch = lifecycle::HealthWatch::new();
     loop {
         let r = match &h.probe {
             HealthProbe::Http { port, path } => {
                 let ns = svc.netns_fd.load(Ordering::Relaxed);
-                health::http_probe(sup.holder.clone(), ns, *port, path, timeout).await
+                health::http_probe(sup.holder.clone(), ns, *port, path, h.timeout()).await
             }
             HealthProbe::Command(command) => {
-                health::command_probe(&sup.paths.config, &svc.service.name, command, timeout).await
+                health::command_probe(&sup.paths.config, &svc.service.name, command, h.timeout())
+                    .await
             }
         };
-        let name = &svc.service.name;
-        match r {
-            Ok(()) => {
-                failures = 0;
-                sup.set(name, |s| {
-                    s.health = "healthy".into();
-                    s.health_error = None;
-                });
-            }
-            Err(e) => {
-                let in_start = begun.elapsed() < Duration::from_millis(h.start_period_ms);
-                if !in_start {
-                    failures += 1;
-                }
-                sup.set(name, |s| {
-                    s.health_error = Some(format!("{e:#}"));
-                    if failures >= h.retries.max(1) {
-                        s.health = "unhealthy".into();
-                    }
-                });
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(h.interval_ms)).await;
+        // cage-spec decides what a probe's result does to the health shown.
+        sup.set(&svc.service.name, |s| {
+            s.health = watch.observe(s.health, r.is_ok(), begun.elapsed(), &h);
+            s.health_error = r.as_ref().err().map(|e| format!("{e:#}"));
+        });
+        tokio::time::sleep(h.interval()).await;
     }
 }
 

@@ -1,5 +1,6 @@
 //! The hidden verbs the engine re-executes this binary for: `holder`, `monitor`, `init`.
-//! Their arguments are written by the engine (`cage_runtime::proto::argv`) and parsed here.
+//! The engine writes their arguments when it spawns them (`services::holder_client`,
+//! `services::supervisor`); they are parsed here into the engine's typed options.
 
 use std::path::PathBuf;
 

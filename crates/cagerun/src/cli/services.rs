@@ -148,16 +148,13 @@ pub fn ps(args: PsArgs) -> Result<i32> {
         "SERVICE", "STATE", "PID", "UPTIME", "RESTARTS", "HEALTH"
     );
     for s in &list {
-        let state = match s.last_exit {
-            Some(c) if s.state == "exited" => format!("exited ({c})"),
-            _ => s.state.to_string(),
-        };
+        let state = s.state.label(s.last_exit);
         println!(
             "{:<14} {:<28} {:>8} {:>8} {:>8} {:<10} {}",
             s.service,
             state,
             s.pid.map(|p| p.to_string()).unwrap_or("-".into()),
-            if s.state == "running" {
+            if s.state.is_running() {
                 uptime(s.started)
             } else {
                 "-".into()
