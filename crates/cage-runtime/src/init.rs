@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, SigmaskHow};
 use nix::unistd::{execvp, fork, ForkResult};
 
-pub const INIT_PATH: &str = "/dev/.cagerun-init";
+pub use cage_spec::service::INIT_PATH;
 
 pub fn run(command: Vec<String>) -> Result<i32> {
     anyhow::ensure!(!command.is_empty(), "init: no command");

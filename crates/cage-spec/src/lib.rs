@@ -16,6 +16,7 @@ pub mod error;
 pub mod interpolate;
 pub mod lifecycle;
 pub mod passwd;
+pub mod resolver;
 pub mod sandbox;
 pub mod seccomp;
 pub mod service;

@@ -13,6 +13,29 @@ use oci_spec::runtime::{
 
 use crate::{SpecError, FILE_ANNOTATION_PREFIX, SYMLINK_ANNOTATION_PREFIX};
 
+/// Where cagerun's own init is bound inside a service: on the container's fresh /dev tmpfs,
+/// so no image file is touched.
+pub const INIT_PATH: &str = "/dev/.cagerun-init";
+
+/// The init a service runs behind (as [`Wiring::init`]): cagerun's own binary, bound at
+/// [`INIT_PATH`] and run as `init -- CMD`, when it can run there: always on a host-binds root
+/// (the host's libraries are there), in an image only when the binary is static. Without
+/// one the command is pid 1 itself.
+pub fn init_for(
+    root: &crate::cage::ServiceRoot,
+    binary: PathBuf,
+    binary_is_static: bool,
+) -> Option<(PathBuf, String, Vec<String>)> {
+    let usable = matches!(root, crate::cage::ServiceRoot::Host) || binary_is_static;
+    usable.then(|| {
+        (
+            binary,
+            INIT_PATH.to_string(),
+            vec!["init".to_string(), "--".to_string()],
+        )
+    })
+}
+
 pub struct Wiring {
     /// A path that opens the service's network namespace (e.g. `/proc/PID/fd/N` of the holder).
     pub netns: PathBuf,
@@ -184,4 +207,30 @@ pub fn wire_service(
     }
     spec.set_mounts(Some(mounts));
     Ok((spec, host_root))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cage::ServiceRoot;
+
+    #[test]
+    fn a_host_root_service_always_runs_behind_cagerun_s_init() {
+        let init = init_for(&ServiceRoot::Host, "/usr/bin/cagerun".into(), false);
+        assert_eq!(
+            init,
+            Some((
+                "/usr/bin/cagerun".into(),
+                INIT_PATH.to_string(),
+                vec!["init".to_string(), "--".to_string()]
+            ))
+        );
+    }
+
+    #[test]
+    fn an_image_service_runs_behind_cagerun_s_init_only_when_the_binary_is_static() {
+        let root = ServiceRoot::Image("example.org/app:1".into());
+        assert_eq!(init_for(&root, "/usr/bin/cagerun".into(), false), None);
+        assert!(init_for(&root, "/usr/bin/cagerun".into(), true).is_some());
+    }
 }

@@ -123,19 +123,12 @@ fn cage_maps() -> Result<CageMaps> {
     })
 }
 
-/// cagerun itself as the container's pid 1, where it can run: always in a host-binds root
-/// (the host's libraries are there), in an image only when this binary is static.
+/// The init this service runs behind (cage-spec decides; this binary's being static is the
+/// host fact it needs).
 fn init_for(service: &Service) -> Result<Option<(PathBuf, String, Vec<String>)>> {
     let exe = crate::host::self_exe()?;
-    let usable = matches!(service.root, cage_spec::cage::ServiceRoot::Host)
-        || crate::init::self_is_static(&exe);
-    Ok(usable.then(|| {
-        (
-            exe,
-            crate::init::INIT_PATH.to_string(),
-            vec!["init".to_string(), "--".to_string()],
-        )
-    }))
+    let is_static = crate::init::self_is_static(&exe);
+    Ok(cage_spec::service::init_for(&service.root, exe, is_static))
 }
 
 /// lchown every entry of a tree (a materialized host root: small, made by us).
