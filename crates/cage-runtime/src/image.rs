@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use cage_image::layout::{import_oci_layout, unpack_image};
+pub use cage_image::records::ImageRecord as Record;
 use cage_image::records::{self, ImageRecord};
-use cage_image::store::Store;
+pub use cage_image::store::Store;
 use cage_image::unpack::UnpackOptions;
 
 use crate::{ids, progress, tree};
@@ -224,4 +225,15 @@ pub fn pull(
         .with_context(|| format!("pulling {reference}"))?;
     let rec = unpack_and_record(store, &name, &canonical, &image, &target)?;
     Ok((canonical, rec, target))
+}
+
+/// The images in the store, as recorded.
+pub fn list(store: &Store) -> Result<Vec<ImageRecord>> {
+    Ok(records::list(store)?)
+}
+
+/// Remove the image `name` from the store and the blobs no other image uses: the bytes freed.
+/// Its root filesystem under rootfs/ is the cage's and stays.
+pub fn remove(store: &Store, name: &str) -> Result<u64> {
+    Ok(records::remove(store, name)?)
 }

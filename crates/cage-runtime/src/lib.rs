@@ -35,6 +35,7 @@ pub mod ids;
 pub mod image;
 pub mod init;
 pub mod ipc;
+pub mod models;
 pub mod monitor;
 pub mod progress;
 pub mod proto;

@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use cage_sandbox::{Outcome, Plan, RunOptions};
+use cage_sandbox::Plan;
+pub use cage_sandbox::{Outcome, RunOptions};
 
 /// Run a rendered spec (absolute paths) in the fast engine to its end: its exit code.
 /// `interactive` keeps stdin attached.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use cage_runtime::host;
-use cage_sandbox::RunOptions;
+use cage_runtime::sandbox::{Outcome, RunOptions};
 use cage_spec::{envfile, passwd, render_sandbox, SandboxRequest};
 use clap::Args;
 
@@ -85,7 +85,7 @@ pub fn run(args: ExecArgs) -> Result<i32> {
         timeout,
     };
     let outcome = cage_runtime::sandbox::run(&spec, &base, &opts)?;
-    if outcome == cage_sandbox::Outcome::TimedOut {
+    if outcome == Outcome::TimedOut {
         eprintln!(
             "cagerun: timed out after {}s; killed the sandbox",
             args.timeout.unwrap_or_default()

@@ -3,9 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use cage_image::records;
-use cage_image::store::Store;
-use cage_runtime::image::{self, StoreRoot};
+use cage_runtime::image::{self, Store, StoreRoot};
 use cage_runtime::progress::human;
 use clap::{Args, Subcommand};
 
@@ -122,7 +120,7 @@ pub fn list(store: StoreArg) -> Result<()> {
         "{:<24} {:<19} {:>10} {:>12}",
         "NAME", "DIGEST", "SIZE", "CREATED"
     );
-    for r in records::list(&store)? {
+    for r in image::list(&store)? {
         let short = r
             .manifest
             .trim_start_matches("sha256:")
@@ -141,7 +139,7 @@ pub fn list(store: StoreArg) -> Result<()> {
 
 pub fn remove(name: &str, store: StoreArg) -> Result<()> {
     let store = store.open()?;
-    let freed = records::remove(&store, name)?;
+    let freed = image::remove(&store, name)?;
     println!("removed {name}; freed {} of unused blobs (root filesystems under rootfs/ are the cage's: remove them yourself)", human(freed));
     Ok(())
 }

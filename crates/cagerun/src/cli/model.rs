@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-use cage_image::models::{self, ModelRef, DEFAULT_REGISTRY};
+use anyhow::Result;
+use cage_runtime::models;
 use cage_runtime::progress::human;
 use clap::{Args, Subcommand};
 
@@ -42,17 +42,6 @@ pub enum ModelCommand {
     },
 }
 
-fn registry_name(url: Option<&str>) -> String {
-    match url {
-        Some(u) => u
-            .trim_start_matches("http://")
-            .trim_start_matches("https://")
-            .trim_end_matches('/')
-            .to_string(),
-        None => DEFAULT_REGISTRY.to_string(),
-    }
-}
-
 pub fn run(cmd: ModelCommand) -> Result<()> {
     match cmd {
         ModelCommand::Pull {
@@ -60,16 +49,14 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
             registry,
             dir,
         } => {
-            let model = ModelRef::parse(&name, &registry_name(registry.as_deref()))?;
-            let progress = cage_runtime::progress::bars();
-            let digest = models::pull_model(&dir.models, &model, registry.as_deref(), progress)
-                .with_context(|| format!("pulling model {model}"))?;
+            let model = models::parse(&name, registry.as_deref())?;
+            let digest = models::pull(&dir.models, &model, registry.as_deref())?;
             println!("{model}: {digest} → {}", dir.models.display());
             Ok(())
         }
         ModelCommand::Ls { dir } => {
             println!("{:<56} {:>10}", "NAME", "SIZE");
-            for (name, size) in models::list_models(&dir.models)? {
+            for (name, size) in models::list(&dir.models)? {
                 println!("{name:<56} {:>10}", human(size));
             }
             Ok(())
@@ -79,8 +66,8 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
             registry,
             dir,
         } => {
-            let model = ModelRef::parse(&name, &registry_name(registry.as_deref()))?;
-            let freed = models::remove_model(&dir.models, &model)?;
+            let model = models::parse(&name, registry.as_deref())?;
+            let freed = models::remove(&dir.models, &model)?;
             println!("removed {model}; freed {}", human(freed));
             Ok(())
         }
