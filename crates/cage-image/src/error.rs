@@ -1,3 +1,5 @@
+//! Every way the store, a pull or an unpack can fail, each naming what and why.
+
 use std::path::PathBuf;
 
 use thiserror::Error;

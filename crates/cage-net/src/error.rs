@@ -1,3 +1,5 @@
+//! Every way the cage network can fail, each naming the step and the cause.
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("netlink: {what}: {source}")]

@@ -1,3 +1,5 @@
+//! Every way the sandbox engine can fail, each naming the step and the cause.
+
 use std::path::PathBuf;
 
 use thiserror::Error;

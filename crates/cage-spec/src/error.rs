@@ -1,3 +1,5 @@
+//! Every way a request or a cage.toml can be refused: messages name the cause and the fix.
+
 use thiserror::Error;
 
 /// Every way a request can be refused. Messages name the cause and, where there is one, the fix.

@@ -376,3 +376,65 @@ pub fn parse_enter(argv: &[String]) -> Option<(PathBuf, String, Vec<String>)> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn exec_with_one_bare_word_before_the_dash_dash_enters_that_service() {
+        let parsed = parse_enter(&argv(&["cagerun", "exec", "gateway", "--", "ls", "-l"]));
+        assert_eq!(
+            parsed,
+            Some((
+                PathBuf::from("config/cage.toml"),
+                "gateway".into(),
+                argv(&["ls", "-l"])
+            ))
+        );
+    }
+
+    #[test]
+    fn exec_enter_takes_the_config_in_both_spellings() {
+        for words in [
+            &[
+                "cagerun",
+                "exec",
+                "--config",
+                "c/cage.toml",
+                "gw",
+                "--",
+                "id",
+            ][..],
+            &["cagerun", "exec", "--config=c/cage.toml", "gw", "--", "id"][..],
+        ] {
+            let (config, service, _) = parse_enter(&argv(words)).unwrap();
+            assert_eq!(
+                (config, service.as_str()),
+                (PathBuf::from("c/cage.toml"), "gw")
+            );
+        }
+    }
+
+    #[test]
+    fn exec_with_flags_only_is_the_sandbox_not_a_service() {
+        assert_eq!(
+            parse_enter(&argv(&["cagerun", "exec", "--workspace", "ws", "--", "id"])),
+            None
+        );
+        assert_eq!(parse_enter(&argv(&["cagerun", "exec", "--", "id"])), None);
+    }
+
+    #[test]
+    fn exec_enter_needs_a_command_and_only_the_exec_verb() {
+        assert_eq!(parse_enter(&argv(&["cagerun", "exec", "gw", "--"])), None);
+        assert_eq!(
+            parse_enter(&argv(&["cagerun", "run", "gw", "--", "id"])),
+            None
+        );
+    }
+}
