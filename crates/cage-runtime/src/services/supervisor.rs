@@ -276,59 +276,47 @@ pub fn prepare(
     })
 }
 
-pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -> Result<()> {
-    let Prepared {
-        cage,
-        specs,
-        listeners,
-        brokers,
-        internet: internet_at_start,
-    } = prepared;
-    paths.create_runtime()?;
-    let mut record = Record {
-        supervisor: Proc::of(std::process::id() as i32).context("reading our own start time")?,
-        ..Default::default()
-    };
-    let subnet = topology::pick_subnet(paths.seed, &paths.taken_subnets())
-        .context("no free cage subnet (254 cages running?)")?;
-    record.subnet = subnet;
-    record.save(&paths)?;
-
-    let any_internet = cage.services.iter().any(|s| s.internet);
-    let setup = async {
-        let CageMaps {
-            uid: umap,
-            gid: gmap,
-            root: owner,
-        } = cage_maps()?;
-        let is_root = nix::unistd::geteuid().is_root();
-        let cg = cgroup::prepare(&paths.id, is_root.then_some(owner))?;
-        record.cgroups = cg.dirs.clone();
-        record.save(&paths)?;
-        std::fs::create_dir_all(paths.containers())?;
-        if is_root {
-            // The monitors act as the cage's root, a subordinate id: let it reach its state.
-            for d in [paths.runtime.clone(), paths.containers()] {
-                nix::unistd::chown(&d, Some(owner.0.into()), Some(owner.1.into()))?;
-            }
+/// The cage's user namespace (the holder), its cgroup and its runtime directories, each
+/// written to `record` as it is made (so a failure leaves what to clean up).
+async fn start_cage(
+    paths: &CagePaths,
+    record: &mut Record,
+    subnet: u8,
+    any_internet: bool,
+) -> Result<(CageCgroup, Arc<Holder>, Option<(u32, u32)>)> {
+    let CageMaps {
+        uid: umap,
+        gid: gmap,
+        root: owner,
+    } = cage_maps()?;
+    let is_root = nix::unistd::geteuid().is_root();
+    let cg = cgroup::prepare(&paths.id, is_root.then_some(owner))?;
+    record.cgroups = cg.dirs.clone();
+    record.save(paths)?;
+    std::fs::create_dir_all(paths.containers())?;
+    if is_root {
+        // The monitors act as the cage's root, a subordinate id: let it reach its state.
+        for d in [paths.runtime.clone(), paths.containers()] {
+            nix::unistd::chown(&d, Some(owner.0.into()), Some(owner.1.into()))?;
         }
-        let cage_id = paths.id.clone();
-        let holder = tokio::task::spawn_blocking(move || {
-            holder_client::spawn(&cage_id, subnet, any_internet, &umap, &gmap)
-        })
-        .await??;
-        record.holder = Proc::of(holder.pid());
-        record.save(&paths)?;
-        Ok::<_, anyhow::Error>((cg, holder, is_root.then_some(owner)))
-    };
-    let (cg, holder, owner) = match setup.await {
-        Ok(v) => v,
-        Err(e) => {
-            cleanup_runtime(&paths, &record);
-            return Err(e);
-        }
-    };
+    }
+    let cage_id = paths.id.clone();
+    let holder = tokio::task::spawn_blocking(move || {
+        holder_client::spawn(&cage_id, subnet, any_internet, &umap, &gmap)
+    })
+    .await??;
+    record.holder = Proc::of(holder.pid());
+    record.save(paths)?;
+    Ok((cg, holder, is_root.then_some(owner)))
+}
 
+/// Each service's bookkeeping and its first status (`created`), with its hosts file.
+#[allow(clippy::type_complexity)]
+fn new_services(
+    cage: &Cage,
+    paths: &CagePaths,
+    subnet: u8,
+) -> Result<(BTreeMap<String, Arc<Svc>>, BTreeMap<String, Status>)> {
     let mut services = BTreeMap::new();
     let mut status = BTreeMap::new();
     let mut hosts = Vec::new();
@@ -370,6 +358,109 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
             },
         );
     }
+    Ok((services, status))
+}
+
+/// Networks and bundles for every service (and the brokers of those with sandboxes), before
+/// the first one starts.
+async fn wire_services(
+    sup: &Arc<Supervisor>,
+    brokers: Vec<super::broker::Setup>,
+    specs: &BTreeMap<String, oci_spec::runtime::Spec>,
+) -> Result<()> {
+    for mut b in brokers {
+        b.cgroup_parent = Some(cgroup::prepare_sandboxes(
+            &sup.cgroup,
+            &b.service,
+            b.memory_total,
+            b.pids_total,
+        )?);
+        let broker = super::broker::Broker::start(b, &sup.paths.runtime, crate::host::self_exe()?)?;
+        sup.brokers.lock().unwrap().push(broker);
+    }
+    for name in &sup.order {
+        let svc = &sup.services[name];
+        let addr = topology::service_address(sup.subnet, svc.slot)?;
+        let h = sup.holder.clone();
+        let slot = svc.slot;
+        let internet = svc.service.internet;
+        let (fd, ns) =
+            tokio::task::spawn_blocking(move || h.add_service(slot, addr, internet)).await??;
+        svc.netns_fd.store(fd, Ordering::Relaxed);
+        *svc.netns.lock().unwrap() = Some(Arc::new(ns));
+        let dir = sup.paths.service_dir(name);
+        let (mut spec, host_root) = wire_service(
+            specs[name].clone(),
+            &Wiring {
+                netns: PathBuf::from(format!("/proc/self/fd/{}", crate::proto::fds::NETNS)),
+                cgroups_path: sup.cgroup.relative.join(name),
+                hosts_file: dir.join("hosts"),
+                resolv_file: if svc.service.internet {
+                    let f = dir.join("resolv.conf");
+                    std::fs::write(&f, super::uplink::resolv_conf())?;
+                    Some(f)
+                } else {
+                    None
+                },
+                host_root_dir: dir.join("root"),
+                init: init_for(&svc.service)?,
+                broker: svc.service.sandboxes.as_ref().map(|_| BrokerWiring {
+                    dir: super::broker::service_dir(&sup.paths.runtime, name),
+                    inside: crate::shim::BROKER_DIR.to_string(),
+                    shim: crate::host::self_exe().unwrap_or_default(),
+                }),
+            },
+        )?;
+        if let Some(hr) = host_root {
+            materialize_host_root(&dir.join("root"), &hr)
+                .with_context(|| format!("service {name}: building its root"))?;
+            if let Some(owner) = sup.owner {
+                // As root, the root the service sees belongs to its own root (not to an
+                // unmapped host root showing as nobody: programs that check the
+                // ownership of their paths' ancestry, like OpenClaw's temp dirs, refuse
+                // that).
+                give_tree(&dir.join("root"), owner)
+                    .with_context(|| format!("service {name}: owning its root"))?;
+            }
+        }
+        if let Some(mut linux) = spec.linux().clone() {
+            *svc.resources.lock().unwrap() = linux.resources().clone();
+            linux.set_resources(None);
+            spec.set_linux(Some(linux));
+        }
+        crate::bundle::write_config(&svc.bundle, &spec)?;
+    }
+    Ok(())
+}
+
+pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -> Result<()> {
+    let Prepared {
+        cage,
+        specs,
+        listeners,
+        brokers,
+        internet: internet_at_start,
+    } = prepared;
+    paths.create_runtime()?;
+    let mut record = Record {
+        supervisor: Proc::of(std::process::id() as i32).context("reading our own start time")?,
+        ..Default::default()
+    };
+    let subnet = topology::pick_subnet(paths.seed, &paths.taken_subnets())
+        .context("no free cage subnet (254 cages running?)")?;
+    record.subnet = subnet;
+    record.save(&paths)?;
+
+    let any_internet = cage.services.iter().any(|s| s.internet);
+    let (cg, holder, owner) = match start_cage(&paths, &mut record, subnet, any_internet).await {
+        Ok(v) => v,
+        Err(e) => {
+            cleanup_runtime(&paths, &record);
+            return Err(e);
+        }
+    };
+
+    let (services, status) = new_services(&cage, &paths, subnet)?;
     let sup = Arc::new(Supervisor {
         paths,
         status: Mutex::new(status),
@@ -388,73 +479,7 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
     });
 
     // Networks and bundles for every service before the first one starts.
-    let wiring = async {
-        for mut b in brokers {
-            b.cgroup_parent = Some(cgroup::prepare_sandboxes(
-                &sup.cgroup,
-                &b.service,
-                b.memory_total,
-                b.pids_total,
-            )?);
-            let broker =
-                super::broker::Broker::start(b, &sup.paths.runtime, crate::host::self_exe()?)?;
-            sup.brokers.lock().unwrap().push(broker);
-        }
-        for name in &sup.order {
-            let svc = &sup.services[name];
-            let addr = topology::service_address(subnet, svc.slot)?;
-            let h = sup.holder.clone();
-            let slot = svc.slot;
-            let internet = svc.service.internet;
-            let (fd, ns) =
-                tokio::task::spawn_blocking(move || h.add_service(slot, addr, internet)).await??;
-            svc.netns_fd.store(fd, Ordering::Relaxed);
-            *svc.netns.lock().unwrap() = Some(Arc::new(ns));
-            let dir = sup.paths.service_dir(name);
-            let (mut spec, host_root) = wire_service(
-                specs[name].clone(),
-                &Wiring {
-                    netns: PathBuf::from(format!("/proc/self/fd/{}", crate::proto::fds::NETNS)),
-                    cgroups_path: sup.cgroup.relative.join(name),
-                    hosts_file: dir.join("hosts"),
-                    resolv_file: if svc.service.internet {
-                        let f = dir.join("resolv.conf");
-                        std::fs::write(&f, super::uplink::resolv_conf())?;
-                        Some(f)
-                    } else {
-                        None
-                    },
-                    host_root_dir: dir.join("root"),
-                    init: init_for(&svc.service)?,
-                    broker: svc.service.sandboxes.as_ref().map(|_| BrokerWiring {
-                        dir: super::broker::service_dir(&sup.paths.runtime, name),
-                        inside: crate::shim::BROKER_DIR.to_string(),
-                        shim: crate::host::self_exe().unwrap_or_default(),
-                    }),
-                },
-            )?;
-            if let Some(hr) = host_root {
-                materialize_host_root(&dir.join("root"), &hr)
-                    .with_context(|| format!("service {name}: building its root"))?;
-                if let Some(owner) = sup.owner {
-                    // As root, the root the service sees belongs to its own root (not to an
-                    // unmapped host root showing as nobody: programs that check the
-                    // ownership of their paths' ancestry, like OpenClaw's temp dirs, refuse
-                    // that).
-                    give_tree(&dir.join("root"), owner)
-                        .with_context(|| format!("service {name}: owning its root"))?;
-                }
-            }
-            if let Some(mut linux) = spec.linux().clone() {
-                *svc.resources.lock().unwrap() = linux.resources().clone();
-                linux.set_resources(None);
-                spec.set_linux(Some(linux));
-            }
-            crate::bundle::write_config(&svc.bundle, &spec)?;
-        }
-        Ok::<_, anyhow::Error>(())
-    };
-    if let Err(e) = wiring.await {
+    if let Err(e) = wire_services(&sup, brokers, &specs).await {
         sup.teardown().await;
         return Err(e);
     }
