@@ -21,7 +21,7 @@ fn registry_name(url: Option<&str>) -> String {
     }
 }
 
-/// NAME[:TAG] from `registry` (a URL; Ollama's registry without one).
+/// `NAME[:TAG]` from `registry` (a URL; Ollama's registry without one).
 pub fn parse(name: &str, registry: Option<&str>) -> Result<ModelRef> {
     Ok(ModelRef::parse(name, &registry_name(registry))?)
 }

@@ -8,6 +8,22 @@
 //!
 //! [`plan::Plan`] lowers the `Spec` first and refuses any field this engine does not
 //! implement, so nothing in a `Spec` is ever silently ignored.
+//!
+//! | kernel mechanism | module |
+//! |---|---|
+//! | clone3 / namespaces (user, mount, pid, net, ipc, uts, cgroup) | [`namespaces`], [`launch`] |
+//! | uid/gid maps (newuidmap for ranges) | [`idmap`] |
+//! | the root: pivot_root, mounts, masked paths | [`rootfs`], [`mounts`] |
+//! | openat2(RESOLVE_IN_ROOT) binds of hostile-writable sources | [`beneath`] |
+//! | capabilities, no_new_privs, setuid/setgid, exec | [`capabilities`], [`process`] |
+//! | seccomp (the filter; syscall numbers) | [`seccomp`], [`syscalls`] |
+//! | Landlock | [`landlock`] |
+//! | cgroups v1/v2: the delegated subtree, the one writer of limits | [`cgroups`] |
+//! | rlimits | [`rlimits`] |
+//! | descriptors left to the command | [`fds`] |
+//! | pid 1 of the sandbox (reaping, signals) | [`init`] |
+//! | a fresh network namespace with lo up | [`netns`], [`loopback`] |
+//! | a pseudo-terminal | [`pty`] |
 
 pub mod beneath;
 pub mod capabilities;

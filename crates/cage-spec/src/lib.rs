@@ -4,7 +4,22 @@
 //! into a [`sandbox::SandboxRequest`] and rendered into an OCI runtime [`oci_spec::runtime::Spec`].
 //! Every hardening default is written once, in this crate; the engines only consume the `Spec`.
 //!
-//! Pure: no syscalls, no file I/O. Callers read files and pass their contents in.
+//! Pure: no syscalls, no file I/O. Callers read files and pass their contents in (enforced
+//! by `clippy.toml`'s disallowed methods).
+//!
+//! | decision | module |
+//! |---|---|
+//! | a sandbox request → OCI `Spec` (namespaces, mounts, ids, limits, hardening) | [`sandbox`] |
+//! | the seccomp allow-list | [`seccomp`] |
+//! | a cage service → a request (command, user, env, binds, volumes, GPU, resources) | [`compose`] |
+//! | a rendered service wired into its cage (netns, cgroup, hosts, init, broker) | [`service`] |
+//! | a service's life: states, health, dependencies, restarts and backoff, stop order | [`lifecycle`] |
+//! | the resolver file of a service with internet | [`resolver`] |
+//! | cage.toml, `${VAR}`, `.env` files | [`cage`], [`interpolate`], [`envfile`] |
+//! | build recipes and the build step's policy | [`build`] |
+//! | the docker CLI OpenClaw sends, judged for the broker | [`docker`] |
+//! | users and groups in a rootfs | [`passwd`] |
+//! | sizes, annotations, errors | [`size`], [`annotations`], [`error`] |
 
 pub mod annotations;
 pub mod build;
