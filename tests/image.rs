@@ -204,6 +204,77 @@ fn an_oci_layout_imports_unpacks_like_umoci_and_runs() {
     }
 }
 
+/// A layer as `umoci insert SRC /` writes it: the root entry itself is named `/`, which
+/// containerd, umoci and docker accept. (umoci 0.4.7's insert also ends its tar without the
+/// end-of-archive blocks and leaves its last file's data unpadded: the source here ends with
+/// a directory, so the layer is a well-formed tar apart from its `/`; the truncated case is
+/// for the layer corpus.)
+#[test]
+fn a_layer_inserted_at_the_root_by_umoci_imports_like_umoci_unpacks_it() {
+    let work = TempDir::new("image-insert", None);
+    sh(
+        r#"
+        R=--rootless; [ "$(id -u)" = 0 ] && R=
+        umoci init --layout L
+        umoci new --image L:base
+        mkdir -p S/etc S/opt/app
+        echo inserted > S/etc/motd
+        chmod 750 S/opt/app
+        ln -s /etc/motd S/motd-link
+        umoci insert $R --image L:base S /
+        chmod -R a+rX L
+        "#,
+        work.path(),
+    );
+    // Probe validity: the layer really has the entry `/` (which cagerun refused before).
+    let names = Command::new("sh")
+        .arg("-ec")
+        .arg("for b in L/blobs/sha256/*; do tar -tzf $b 2>/dev/null || true; done")
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&names.stdout);
+    assert!(
+        names.lines().any(|l| l == "/") && names.lines().any(|l| l == "etc/motd"),
+        "umoci wrote no root entry:\n{names}"
+    );
+    let layout = work.path().join("L");
+    let reference = work.path().join("U");
+    sh(
+        &format!(
+            "umoci unpack --rootless --image {}:base {} >/dev/null",
+            layout.display(),
+            reference.display()
+        ),
+        work.path(),
+    );
+    let want = tree(&reference.join("rootfs"));
+    for mode in modes() {
+        let (uid, gid) = mode.caller_ids();
+        let mine = TempDir::new("image-insert-store", Some((uid, gid)));
+        let store = mine.path().join("store");
+        let rootfs_dir = mine.path().join("rootfs");
+        std::fs::create_dir(&store).unwrap();
+        std::fs::create_dir(&rootfs_dir).unwrap();
+        if is_root() {
+            for d in [&store, &rootfs_dir] {
+                std::os::unix::fs::chown(d, Some(uid), Some(gid)).unwrap();
+            }
+        }
+        let src = format!("oci:{}:base", layout.display());
+        let (s, r) = (store.to_str().unwrap(), rootfs_dir.to_str().unwrap());
+        let imp = import(mode, &src, "inserted", s, r);
+        assert_eq!(imp.code, 0, "{}", imp.stderr);
+        let ours = rootfs_dir.join("inserted");
+        assert_eq!(tree(&ours), want, "unpacked as umoci unpacks it");
+        assert_eq!(
+            std::fs::read_to_string(ours.join("etc/motd")).unwrap(),
+            "inserted\n"
+        );
+        let _ = cage_cleanup(&ours);
+    }
+}
+
 #[test]
 fn a_tampered_blob_is_refused_and_nothing_is_unpacked() {
     let work = TempDir::new("image-bad", None);

@@ -4,8 +4,9 @@
 //! string: parents are opened with `openat2(RESOLVE_IN_ROOT)`, so a symlink met on the way
 //! (one an earlier layer planted, say `etc -> /`) resolves inside the target as it would
 //! for a process rooted there, and the final name is created with `*at()` calls that do not
-//! follow it. Entry names and hardlink targets with `..` or a leading `/` are refused
-//! outright. Whiteouts (`.wh.NAME`, `.wh..wh..opq`) remove what lower layers put there.
+//! follow it. Entry names and hardlink targets are cleaned and taken relative to the
+//! target as containerd does (a leading `/` or `./` is the image's root); one whose `..`
+//! still leaves the root after cleaning is refused outright. Whiteouts (`.wh.NAME`, `.wh..wh..opq`) remove what lower layers put there.
 //! Device nodes are skipped (an unprivileged user cannot make them), setuid/setgid bits are
 //! dropped, files belong to the unpacking user. Directory modes are applied last, so a
 //! read-only directory in the image does not stop its own contents from being written.
@@ -80,7 +81,7 @@ pub fn apply_layer(root: &Path, layer: impl Read, opts: &UnpackOptions) -> Resul
             why,
         })?;
         let Some((name, parents)) = comps.split_last() else {
-            continue; // "./": the root itself
+            continue; // "/" or "./": the root itself (its directory is the target)
         };
         report.entries += 1;
         let header = entry.header().clone();
@@ -202,13 +203,9 @@ pub fn apply_layer(root: &Path, layer: impl Read, opts: &UnpackOptions) -> Resul
                         why: "hardlink without a target",
                     })?;
                 let target_comps =
-                    safe_components(&target).map_err(|why| ImageError::UnsafeEntry {
+                    safe_components(&target).map_err(|_| ImageError::UnsafeEntry {
                         entry: shown.clone(),
-                        why: if why == "absolute path" {
-                            "hardlink to an absolute path"
-                        } else {
-                            "hardlink out of the image"
-                        },
+                        why: "hardlink out of the image",
                     })?;
                 let source = open_in_root(&root_fd, &target_comps, libc::O_PATH | libc::O_NOFOLLOW)
                     .map_err(entry_err("finding the hardlink target"))?;
@@ -322,18 +319,27 @@ fn apply_xattrs(fd: RawFd, xattrs: &[(CString, Vec<u8>)], report: &mut UnpackRep
     }
 }
 
-/// The entry's path as plain components; `..` anywhere or a leading `/` is an attack.
+/// The entry's path as plain components below the image's root, cleaned as containerd
+/// does (Go's `filepath.Clean`, then taken relative to the root): `.` and empty components
+/// go, `a/..` cancels, a leading `/` means the root (umoci's `insert … /` writes `/`, and
+/// other tools `/etc/x` or `./etc/x`), and `..` at the root of a rooted name stays at the
+/// root. Only a relative name whose `..` still leaves the root after cleaning is refused.
+/// The root itself is no components.
 fn safe_components(raw: &[u8]) -> std::result::Result<Vec<Vec<u8>>, &'static str> {
     if raw.contains(&0) {
         return Err("NUL in the name");
     }
     let path = Path::new(OsStr::from_bytes(raw));
-    let mut out = Vec::new();
+    let rooted = path.has_root();
+    let mut out: Vec<Vec<u8>> = Vec::new();
     for c in path.components() {
         match c {
-            Component::RootDir | Component::Prefix(_) => return Err("absolute path"),
-            Component::ParentDir => return Err("path traversal (..)"),
-            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) | Component::CurDir => {}
+            Component::ParentDir => {
+                if out.pop().is_none() && !rooted {
+                    return Err("path traversal (..)");
+                }
+            }
             Component::Normal(n) => out.push(n.as_bytes().to_vec()),
         }
     }

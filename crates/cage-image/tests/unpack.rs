@@ -152,12 +152,41 @@ fn traversal_is_refused() {
 }
 
 #[test]
-fn absolute_paths_are_refused() {
+fn absolute_names_land_inside_the_root_as_containerd_places_them() {
+    // Probe validity: the name, taken as a host path, is writable outside the image.
     let name = format!("/tmp/cagerun-abs-escape-{}", std::process::id());
+    fs::write(&name, "probe").unwrap();
+    fs::remove_file(&name).unwrap();
+
+    let (_t, root) = sandbox();
     let mut l = Vec::new();
+    entry(&mut l, b"/", Kind::Dir, b"", b"", 0o755); // umoci insert ... / writes this
     entry(&mut l, name.as_bytes(), Kind::File, b"x", b"", 0o644);
-    assert_refused(l, "absolute path");
-    assert!(!Path::new(&name).exists());
+    entry(&mut l, b"/../../etc/motd", Kind::File, b"m", b"", 0o644);
+    entry(&mut l, b"./usr//bin/./tool", Kind::File, b"t", b"", 0o755);
+    entry(
+        &mut l,
+        b"usr/lib/../share/doc",
+        Kind::File,
+        b"d",
+        b"",
+        0o644,
+    );
+    apply(&root, &finish(l)).unwrap();
+    assert!(!Path::new(&name).exists(), "nothing written on the host");
+    assert_eq!(
+        fs::read(root.join(name.trim_start_matches('/'))).unwrap(),
+        b"x"
+    );
+    assert_eq!(
+        fs::read(root.join("etc/motd")).unwrap(),
+        b"m",
+        "a rooted .. stops at the root"
+    );
+    assert_eq!(fs::read(root.join("usr/bin/tool")).unwrap(), b"t");
+    assert_eq!(fs::read(root.join("usr/share/doc")).unwrap(), b"d");
+    assert!(!root.join("usr/lib").exists(), "lib/.. cancels lexically");
+    cage_image::layout::make_writable_and_remove(&root).unwrap();
 }
 
 #[test]
@@ -172,9 +201,23 @@ fn hardlinks_out_of_the_image_are_refused() {
         0o644,
     );
     assert_refused(l, "hardlink out of the image");
+}
+
+#[test]
+fn an_absolute_hardlink_target_is_the_image_s_file_not_the_host_s() {
+    let (_t, root) = sandbox();
     let mut l = Vec::new();
+    entry(&mut l, b"etc/passwd", Kind::File, b"image\n", b"", 0o644);
     entry(&mut l, b"hl", Kind::Hardlink, b"", b"/etc/passwd", 0o644);
-    assert_refused(l, "hardlink to an absolute path");
+    apply(&root, &finish(l)).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let hl = fs::metadata(root.join("hl")).unwrap();
+    assert_eq!(
+        hl.ino(),
+        fs::metadata(root.join("etc/passwd")).unwrap().ino()
+    );
+    assert_ne!(hl.ino(), fs::metadata("/etc/passwd").unwrap().ino());
+    cage_image::layout::make_writable_and_remove(&root).unwrap();
 }
 
 #[test]
