@@ -252,20 +252,11 @@ fn a_layer_inserted_at_the_root_by_umoci_imports_like_umoci_unpacks_it() {
     for mode in modes() {
         let (uid, gid) = mode.caller_ids();
         let mine = TempDir::new("image-insert-store", Some((uid, gid)));
-        let store = mine.path().join("store");
-        let rootfs_dir = mine.path().join("rootfs");
-        std::fs::create_dir(&store).unwrap();
-        std::fs::create_dir(&rootfs_dir).unwrap();
-        if is_root() {
-            for d in [&store, &rootfs_dir] {
-                std::os::unix::fs::chown(d, Some(uid), Some(gid)).unwrap();
-            }
-        }
+        let (s, r) = (mine.path().join("store"), mine.path().join("rootfs"));
         let src = format!("oci:{}:base", layout.display());
-        let (s, r) = (store.to_str().unwrap(), rootfs_dir.to_str().unwrap());
-        let imp = import(mode, &src, "inserted", s, r);
+        let imp = import(mode, &src, "inserted", &s, &r);
         assert_eq!(imp.code, 0, "{}", imp.stderr);
-        let ours = rootfs_dir.join("inserted");
+        let ours = r.join("inserted");
         assert_eq!(tree(&ours), want, "unpacked as umoci unpacks it");
         assert_eq!(
             std::fs::read_to_string(ours.join("etc/motd")).unwrap(),

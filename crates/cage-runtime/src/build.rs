@@ -22,6 +22,21 @@ pub struct Built {
     pub target: PathBuf,
 }
 
+impl std::fmt::Display for Built {
+    /// `NAME: built from BASE in S s (N steps) → TARGET`, as `build` and `up` report it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: built from {} in {:.1} s ({} steps) → {}",
+            self.name,
+            self.base,
+            self.seconds,
+            self.steps,
+            self.target.display()
+        )
+    }
+}
+
 /// The name a recipe builds (its tree is ROOTFS_DIR/NAME).
 pub fn recipe_name(recipe: &Path) -> Result<String> {
     let text =

@@ -309,13 +309,16 @@ pub struct LimitFile {
     what: &'static str,
 }
 
-fn limit_file(name: &'static str, what: &'static str, value: String, required: bool) -> LimitFile {
-    LimitFile {
-        name,
-        value,
-        required,
-        what,
-    }
+/// A [`LimitFile`] named by a literal; errors say "setting NAME".
+macro_rules! limit_file {
+    ($name:literal, $value:expr, $required:expr) => {
+        LimitFile {
+            name: $name,
+            value: $value,
+            required: $required,
+            what: concat!("setting ", $name),
+        }
+    };
 }
 
 /// The files `limits` puts on `layout`, in the order they are written (on v1 the memory limit
@@ -325,74 +328,41 @@ pub fn limit_files(layout: &Layout, limits: &Limits) -> Vec<LimitFile> {
     match layout {
         Layout::Unified => {
             if let Some(m) = limits.memory {
-                out.push(limit_file(
-                    "memory.max",
-                    "setting memory.max",
-                    m.to_string(),
-                    true,
-                ));
-                out.push(limit_file(
-                    "memory.swap.max",
-                    "setting memory.swap.max",
-                    "0".into(),
-                    false,
-                ));
+                out.push(limit_file!("memory.max", m.to_string(), true));
+                out.push(limit_file!("memory.swap.max", "0".into(), false));
             }
             if let Some(p) = limits.pids {
-                out.push(limit_file(
-                    "pids.max",
-                    "setting pids.max",
-                    p.to_string(),
-                    true,
-                ));
+                out.push(limit_file!("pids.max", p.to_string(), true));
             }
             if let Some(c) = limits.cpu {
-                out.push(limit_file(
+                out.push(limit_file!(
                     "cpu.max",
-                    "setting cpu.max",
                     format!("{} {}", c.quota, c.period),
-                    false,
+                    false
                 ));
             }
         }
         Layout::V1 { .. } => {
             if let Some(m) = limits.memory {
-                out.push(limit_file(
-                    "memory.limit_in_bytes",
-                    "setting memory.limit_in_bytes",
-                    m.to_string(),
-                    true,
-                ));
+                out.push(limit_file!("memory.limit_in_bytes", m.to_string(), true));
                 if limits.memsw_v1 {
-                    out.push(limit_file(
+                    out.push(limit_file!(
                         "memory.memsw.limit_in_bytes",
-                        "setting memory.memsw.limit_in_bytes",
                         m.to_string(),
-                        false,
+                        false
                     ));
                 }
             }
             if let Some(p) = limits.pids {
-                out.push(limit_file(
-                    "pids.max",
-                    "setting pids.max",
-                    p.to_string(),
-                    true,
-                ));
+                out.push(limit_file!("pids.max", p.to_string(), true));
             }
             if let Some(c) = limits.cpu {
-                out.push(limit_file(
+                out.push(limit_file!(
                     "cpu.cfs_period_us",
-                    "setting cpu.cfs_period_us",
                     c.period.to_string(),
-                    false,
+                    false
                 ));
-                out.push(limit_file(
-                    "cpu.cfs_quota_us",
-                    "setting cpu.cfs_quota_us",
-                    c.quota.to_string(),
-                    false,
-                ));
+                out.push(limit_file!("cpu.cfs_quota_us", c.quota.to_string(), false));
             }
         }
         Layout::None => {}

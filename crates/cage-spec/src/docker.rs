@@ -1088,15 +1088,19 @@ mod tests {
                 ro: false,
             },
         ];
-        let spec = crate::render_sandbox(
-            &req,
+        let spec = render_as_1000(&req);
+        (req, spec)
+    }
+
+    fn render_as_1000(req: &crate::SandboxRequest) -> oci_spec::runtime::Spec {
+        crate::render_sandbox(
+            req,
             crate::HostIds {
                 uid: 1000,
                 gid: 1000,
             },
         )
-        .unwrap();
-        (req, spec)
+        .unwrap()
     }
 
     fn mount<'a>(mounts: &'a [GatewayMount], inside: &str) -> &'a GatewayMount {
@@ -1141,14 +1145,7 @@ mod tests {
             dst: "/state-ro".into(),
             ro: true,
         });
-        let spec = crate::render_sandbox(
-            &req,
-            crate::HostIds {
-                uid: 1000,
-                gid: 1000,
-            },
-        )
-        .unwrap();
+        let spec = render_as_1000(&req);
         let mounts = gateway_mounts(&req, &spec);
         assert!(mount(&mounts, "/state-ro").read_only);
         assert!(!mount(&mounts, "/state").read_only);

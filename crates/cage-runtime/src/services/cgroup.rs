@@ -10,9 +10,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use cage_sandbox::cgroups::{self, CpuQuota, IfAbsent, Layout, Limits};
 
-/// The v1 hierarchies (cage-sandbox's list; the services' own `enter` joins each).
-pub use cage_sandbox::cgroups::v1_hierarchies;
-
 pub struct CageCgroup {
     /// The path libcontainer takes (`cgroupsPath`), relative to every hierarchy's root.
     pub relative: PathBuf,

@@ -95,7 +95,7 @@ fn join_cgroup(spec: &oci_spec::runtime::Spec) -> Result<()> {
         return Ok(());
     };
     let rel = rel.strip_prefix("/").unwrap_or(&rel).to_path_buf();
-    let mut dirs: Vec<PathBuf> = super::cgroup::v1_hierarchies()
+    let mut dirs: Vec<PathBuf> = cage_sandbox::cgroups::v1_hierarchies()
         .into_iter()
         .map(|h| h.join(&rel))
         .collect();

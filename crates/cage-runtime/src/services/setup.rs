@@ -74,14 +74,7 @@ pub fn build_sandbox_images(
             let store = store.open()?;
             let built = crate::build::build(&recipe, &rootfs, &[], &store)
                 .with_context(|| format!("service {}: sandbox image {image}", s.name))?;
-            step(&format!(
-                "{}: built from {} in {:.1} s ({} steps) → {}",
-                built.name,
-                built.base,
-                built.seconds,
-                built.steps,
-                built.target.display()
-            ));
+            step(&built.to_string());
         }
     }
     Ok(())

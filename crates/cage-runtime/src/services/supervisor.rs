@@ -368,6 +368,13 @@ async fn wire_services(
     brokers: Vec<super::broker::Setup>,
     specs: &BTreeMap<String, oci_spec::runtime::Spec>,
 ) -> Result<()> {
+    // One resolver file for every service with internet (it reads the host's files and
+    // addresses once).
+    let resolv = sup
+        .order
+        .iter()
+        .any(|n| sup.services[n].service.internet)
+        .then(super::uplink::resolv_conf);
     for mut b in brokers {
         b.cgroup_parent = Some(cgroup::prepare_sandboxes(
             &sup.cgroup,
@@ -395,12 +402,13 @@ async fn wire_services(
                 netns: PathBuf::from(format!("/proc/self/fd/{}", crate::proto::fds::NETNS)),
                 cgroups_path: sup.cgroup.relative.join(name),
                 hosts_file: dir.join("hosts"),
-                resolv_file: if svc.service.internet {
-                    let f = dir.join("resolv.conf");
-                    std::fs::write(&f, super::uplink::resolv_conf())?;
-                    Some(f)
-                } else {
-                    None
+                resolv_file: match &resolv {
+                    Some(text) if svc.service.internet => {
+                        let f = dir.join("resolv.conf");
+                        std::fs::write(&f, text)?;
+                        Some(f)
+                    }
+                    _ => None,
                 },
                 host_root_dir: dir.join("root"),
                 init: init_for(&svc.service)?,

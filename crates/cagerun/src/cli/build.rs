@@ -26,14 +26,7 @@ pub struct BuildArgs {
 pub fn build(args: BuildArgs) -> Result<i32> {
     let store = args.store.open()?;
     let built = cage_runtime::build::build(&args.recipe, &args.rootfs_dir, &args.insecure, &store)?;
-    println!(
-        "{}: built from {} in {:.1} s ({} steps) → {}",
-        built.name,
-        built.base,
-        built.seconds,
-        built.steps,
-        built.target.display()
-    );
+    println!("{built}");
     Ok(0)
 }
 
