@@ -663,3 +663,137 @@ depends_on = ["setup"]
         cage.id = None;
     }
 }
+
+/// The job's view: what it reaches, and which network namespace it is in.
+const NET_PROBE_PY: &str = r#"
+import os, socket, sys
+def tcp(host, port):
+    try:
+        s = socket.create_connection((host, port), timeout=2)
+        data = s.recv(100)
+        s.close()
+        return "connected:" + data.decode(errors="replace")
+    except Exception as e:
+        return "failed:" + type(e).__name__
+print("netns:", os.readlink("/proc/self/ns/net"))
+print("gw-loopback:", tcp("127.0.0.1", 9000))
+print("model-by-name:", tcp("model", 8000))
+print("host-loopback:", tcp("127.0.0.1", int(sys.argv[1])))
+print("ifaces:", sorted(os.listdir("/sys/class/net")) if os.path.isdir("/sys/class/net") else "no-sysfs")
+"#;
+
+/// A listener on the service's own 127.0.0.1 (only its network namespace reaches it) and
+/// one on every address (its health check).
+const GW_PY: &str = r#"
+import socket, threading
+def serve(addr, port, reply):
+    l = socket.socket()
+    l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    l.bind((addr, port))
+    l.listen()
+    while True:
+        c, _ = l.accept()
+        if port == 8001:
+            c.recv(4096)
+        c.sendall(reply)
+        c.close()
+threading.Thread(target=serve, args=("127.0.0.1", 9000, b"GW-LOOPBACK"), daemon=True).start()
+serve("0.0.0.0", 8001, b"HTTP/1.0 200 OK\r\n\r\nok")
+"#;
+
+#[test]
+fn a_job_shares_a_services_network_and_sees_only_what_it_sees() {
+    let _serial = serial();
+    let secret = host_secret_server();
+    for mode in modes() {
+        let toml = format!(
+            r#"
+[services.gw]
+host = true
+command = ["python3", "/app/gw.py", "{{MARKER}}"]
+mounts = [{{ src = "app", dst = "/app" }}]
+healthcheck = {{ http = ":8001/", interval = "200ms" }}
+
+[services.model]
+host = true
+command = ["python3", "-c", "import socket\nl=socket.socket()\nl.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\nl.bind(('0.0.0.0', 8000))\nl.listen()\nwhile True:\n c,_=l.accept(); c.sendall(b'MODEL'); c.close()", "{{MARKER}}"]
+
+[services.cli]
+host = true
+on_demand = true
+network = "service:gw"
+command = ["python3", "/app/probe.py", "{secret}"]
+mounts = [{{ src = "app", dst = "/app" }}]
+
+[services.alone]
+host = true
+on_demand = true
+command = ["python3", "/app/probe.py", "{secret}"]
+mounts = [{{ src = "app", dst = "/app" }}]
+"#
+        );
+        let mut cage = Cage::new(
+            mode,
+            "sharenet",
+            &[
+                ("config/cage.toml", &toml),
+                ("app/gw.py", GW_PY),
+                ("app/probe.py", NET_PROBE_PY),
+            ],
+        );
+        // Before up: the job says it needs the service running.
+        let r = cage.cagerun(&["run", "cli"]);
+        assert_eq!(r.code, 125, "{}", r.stderr);
+        assert!(r.stderr.contains("while gw is up"), "{}", r.stderr);
+
+        cage.up_with(&["--wait"]);
+        let gw_pid = cage.service("gw")["pid"].as_i64().expect("gw's pid");
+        let gw_netns = std::fs::read_link(format!("/proc/{gw_pid}/ns/net")).unwrap();
+
+        let r = cage.cagerun(&["run", "cli"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let line = |k: &str| line_after(&r.stdout, k).to_string();
+        assert_eq!(
+            line("netns:"),
+            gw_netns.to_string_lossy(),
+            "the job is in gw's network namespace"
+        );
+        assert_eq!(
+            line("gw-loopback:"),
+            "connected:GW-LOOPBACK",
+            "gw's own 127.0.0.1"
+        );
+        assert_eq!(
+            line("model-by-name:"),
+            "connected:MODEL",
+            "what gw reaches, by gw's names"
+        );
+        assert!(
+            line("host-loopback:").starts_with("failed:"),
+            "the host's 127.0.0.1 is not gw's: {}",
+            r.stdout
+        );
+        assert_eq!(
+            line("ifaces:"),
+            "no-sysfs",
+            "no sysfs of a network it does not own"
+        );
+
+        // A job without `network` has only its own loopback: the probe's targets are gw's.
+        let r = cage.cagerun(&["run", "alone"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let line = |k: &str| line_after(&r.stdout, k).to_string();
+        assert_ne!(line("netns:"), gw_netns.to_string_lossy());
+        assert!(line("gw-loopback:").starts_with("failed:"), "{}", r.stdout);
+        assert!(
+            line("model-by-name:").starts_with("failed:"),
+            "{}",
+            r.stdout
+        );
+
+        let netns = cage.netns_inodes();
+        cage.down();
+        cage.assert_gone(&netns);
+        cage.id = None;
+    }
+}

@@ -18,6 +18,8 @@ pub struct Cage {
     pub root: PathBuf,
     pub marker: String,
     pub id: Option<String>,
+    /// The cagerun binary this cage runs (default: the test build).
+    pub bin: PathBuf,
 }
 
 /// One cage test at a time: the leftover check looks namespaces up by inode number, and
@@ -78,6 +80,7 @@ impl Cage {
             root,
             marker,
             id: None,
+            bin: bins().cagerun.clone(),
         }
     }
 
@@ -94,7 +97,7 @@ impl Cage {
         // `SUBCOMMAND --config FILE ...`: before any `--` that starts a command.
         let mut all: Vec<&str> = vec![args[0], "--config", &config];
         all.extend_from_slice(&args[1..]);
-        let mut cmd = cagerun_cmd(self.mode, &all);
+        let mut cmd = cagerun_cmd_of(&self.bin, self.mode, &all);
         // Rootless runs like a user without a login session: state under /tmp/cagerun-UID.
         cmd.env_remove("XDG_RUNTIME_DIR");
         if let Mode::Rootless { uid, .. } = self.mode {

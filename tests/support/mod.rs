@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod cage;
+pub mod registry;
 pub mod world;
 
 use std::os::unix::fs::{chown, PermissionsExt};
@@ -204,15 +205,20 @@ pub fn workspace(mode: Mode) -> TempDir {
 
 /// `cagerun ARGS` as `mode` would run it (not yet spawned).
 pub fn cagerun_cmd(mode: Mode, args: &[&str]) -> Command {
+    cagerun_cmd_of(&bins().cagerun, mode, args)
+}
+
+/// [`cagerun_cmd`] with another cagerun binary (the static one image services need).
+pub fn cagerun_cmd_of(bin: &Path, mode: Mode, args: &[&str]) -> Command {
     let mut cmd = match mode {
         Mode::Root => {
             let mut c = Command::new("unshare");
             c.args(["-m", "-u", "--propagation", "private", "--"])
-                .arg(&bins().cagerun);
+                .arg(bin);
             c
         }
         Mode::Rootless { uid, gid } => {
-            let mut c = Command::new(&bins().cagerun);
+            let mut c = Command::new(bin);
             if is_root() {
                 c.uid(uid).gid(gid);
             }

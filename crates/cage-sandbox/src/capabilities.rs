@@ -30,3 +30,10 @@ pub fn apply(sets: &CapSets) -> Result<()> {
     }
     Ok(())
 }
+
+/// This process holds CAP_SETUID and CAP_SETGID (effective) in its user namespace: it may
+/// write id maps naming any of that namespace's ids for a user namespace it creates.
+pub fn may_map_any_ids() -> bool {
+    let has = |cap| caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false);
+    has(caps::Capability::CAP_SETUID) && has(caps::Capability::CAP_SETGID)
+}

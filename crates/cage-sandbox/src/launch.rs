@@ -112,7 +112,10 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
         Some(profile) => seccomp::compile(profile)?,
         None => Vec::new(),
     };
-    let privileged = nix::unistd::geteuid().is_root();
+    // Maps that name any ids are written directly by a caller holding CAP_SETUID and
+    // CAP_SETGID in its user namespace (root on the host, or a caller that entered a cage's
+    // user namespace to share a service's network); anyone else goes through newuidmap.
+    let privileged = crate::capabilities::may_map_any_ids();
     let (cgroup_parent, fallback_rlimits, mechanism) = prepare_limits(plan);
     match &mechanism {
         LimitMechanism::Cgroup(dirs) => tracing::info!("limits: cgroup {}", dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")),

@@ -78,6 +78,7 @@ struct ServiceFile {
     once: bool,
     #[serde(default)]
     on_demand: bool,
+    network: Option<Spanned<String>>,
     sandboxes: Option<Spanned<SandboxesFile>>,
 }
 
@@ -226,6 +227,10 @@ pub struct Service {
     pub once: bool,
     /// Never started by `up`; run one-shot by `cagerun run NAME -- ARGS` (e.g. a CLI).
     pub on_demand: bool,
+    /// `network = "service:NAME"` (compose's `network_mode: service:`): this on_demand job
+    /// runs in NAME's network namespace, seeing exactly what NAME sees (its egress rules
+    /// included); otherwise a job has only its own loopback.
+    pub network_of: Option<String>,
     /// Tool sandboxes this service may ask for through its `docker` shim.
     pub sandboxes: Option<Sandboxes>,
 }
@@ -670,6 +675,19 @@ pub fn parse_cage(file: &str, text: &str) -> Result<Cage, CageError> {
             gpu: s.gpu,
             once: s.once,
             on_demand: s.on_demand,
+            network_of: match &s.network {
+                None => None,
+                Some(n) => match n.get_ref().strip_prefix("service:") {
+                    Some(other) if !other.is_empty() => Some(other.to_string()),
+                    _ => {
+                        return Err(err(
+                            Some(n.span()),
+                            &key("network"),
+                            format!("{:?}: the one network a job may share is a running service's, as \"service:NAME\"", n.get_ref()),
+                        ))
+                    }
+                },
+            },
             sandboxes,
         });
     }
@@ -688,6 +706,14 @@ pub fn parse_cage(file: &str, text: &str) -> Result<Cage, CageError> {
             let what = if s.once { "once" } else { "on_demand" };
             if !s.ports.is_empty() || s.healthcheck.is_some() || s.restart != Restart::No {
                 return Err(err(span, &key(what), "a one-shot job has no ports, healthcheck or restart: drop them, or make it a service".into()));
+            }
+        }
+        if let Some(other) = &s.network_of {
+            if !s.on_demand {
+                return Err(err(span, &key("network"), format!("network = \"service:{other}\" is for on_demand jobs (run while {other} is up): make {} on_demand", s.name)));
+            }
+            if !services.iter().any(|x| x.name == *other && x.supervised()) {
+                return Err(err(span, &key("network"), format!("{other:?} is not a service of this cage that `up` starts: name one of them")));
             }
         }
         for d in &s.depends_on {
@@ -948,6 +974,34 @@ env = { OPENCLAW_CONFIG_READONLY = "1" }
         );
         let e = bad("[services.a]\nhost = true\ncommand = [\"x\"]\nhealthcheck = { http = \":80/\", interval = \"soon\" }\n");
         assert!(e.contains("duration"), "{e}");
+    }
+
+    #[test]
+    fn a_job_may_share_the_network_of_a_service_and_nothing_else() {
+        let base = "[services.gw]\nhost = true\ncommand = [\"x\"]\n[services.once]\nhost = true\ncommand = [\"y\"]\nonce = true\n";
+        let job = |net: &str, kind: &str| {
+            format!("{base}[services.cli]\nhost = true\ncommand = [\"z\"]\n{kind} = true\nnetwork = \"{net}\"\n")
+        };
+        let c = parse_cage("f", &job("service:gw", "on_demand")).unwrap();
+        let cli = c.services.iter().find(|s| s.name == "cli").unwrap();
+        assert_eq!(cli.network_of.as_deref(), Some("gw"));
+        assert!(c
+            .services
+            .iter()
+            .all(|s| s.name == "cli" || s.network_of.is_none()));
+        for (net, kind, says) in [
+            ("host", "on_demand", "service:NAME"),
+            ("service:", "on_demand", "service:NAME"),
+            ("service:nope", "on_demand", "not a service of this cage"),
+            ("service:once", "on_demand", "not a service of this cage"),
+            ("service:gw", "once", "for on_demand jobs"),
+        ] {
+            let e = bad(&job(net, kind));
+            assert!(
+                e.contains(says) && e.contains("services.cli.network"),
+                "{net} {kind}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -92,6 +92,77 @@ fn ro_bind(
         .build()?)
 }
 
+/// A one-shot job that shares a running service's network (`network = "service:NAME"`),
+/// as the sandbox engine starts it inside the cage's user namespace (its `Enter`): the
+/// job's own user namespace nests in the cage's with the same ids (an identity map over
+/// the cage's [`crate::sandbox::IMAGE_ID_SPAN`] ids, split where the cage's map is: the
+/// job's files get the host ids the cage's processes have), and it has no network namespace of its own, so it uses the
+/// service's without owning it: it cannot reconfigure that network, and it gets no sysfs
+/// (only a network namespace's owner may mount one; a job needs none). It resolves names
+/// as the service does: the service's hosts file, and its resolv.conf when it has one.
+pub fn share_network(
+    spec: &mut Spec,
+    hosts_file: &Path,
+    resolv_file: Option<&Path>,
+) -> Result<(), SpecError> {
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let namespaces = linux
+        .namespaces()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|ns| ns.typ() != LinuxNamespaceType::Network)
+        .collect::<Vec<_>>();
+    linux.set_namespaces(Some(namespaces));
+    // Split where the cage's own map may be split (rootless, the service user is the
+    // caller and the rest subordinate ids): a child's extent must lie within one of its
+    // parent's.
+    let identity = |split: u32| {
+        [
+            (0, split),
+            (split, 1),
+            (split + 1, crate::sandbox::IMAGE_ID_SPAN - split - 1),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(id, n)| {
+            oci_spec::runtime::LinuxIdMappingBuilder::default()
+                .container_id(id)
+                .host_id(id)
+                .size(n)
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()
+    };
+    let user = crate::sandbox::DEFAULT_USER;
+    linux.set_uid_mappings(Some(identity(user.uid)?));
+    linux.set_gid_mappings(Some(identity(user.gid)?));
+    spec.set_linux(Some(linux));
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    mounts.retain(|m| {
+        m.typ().as_deref() != Some("sysfs")
+            && m.destination() != Path::new("/etc/hosts")
+            && (resolv_file.is_none() || m.destination() != Path::new("/etc/resolv.conf"))
+    });
+    mounts.push(ro_bind(hosts_file, "/etc/hosts", false)?);
+    let mut bound = vec!["/etc/hosts"];
+    if let Some(resolv) = resolv_file {
+        mounts.push(ro_bind(resolv, "/etc/resolv.conf", false)?);
+        bound.push("/etc/resolv.conf");
+    }
+    spec.set_mounts(Some(mounts));
+    // An assembled root writes these from annotations: the binds replace them.
+    if let Some(mut annotations) = spec.annotations().clone() {
+        annotations.retain(|k, _| {
+            !bound
+                .iter()
+                .any(|f| k.strip_prefix(FILE_ANNOTATION_PREFIX) == Some(*f))
+        });
+        spec.set_annotations(Some(annotations));
+    }
+    Ok(())
+}
+
 pub fn wire_service(
     mut spec: Spec,
     wiring: &Wiring,

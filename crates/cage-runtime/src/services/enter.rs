@@ -24,22 +24,7 @@ pub fn run(config: PathBuf, service: String, command: Vec<String>) -> Result<i32
     let cage = crate::config::load_cage(&config)?;
     crate::config::find_service(&cage, &service, &config)?;
     let paths = CagePaths::new(&config, cage.name.as_deref())?;
-    let reply = control::request(&paths, &control::Request::Ps).map_err(|e| {
-        e.context(crate::Error::NotUp {
-            cage: paths.id.clone(),
-            hint: "`cagerun up -d`",
-        })
-    })?;
-    let status = reply
-        .services
-        .unwrap_or_default()
-        .into_iter()
-        .find(|s| s.service == service)
-        .with_context(|| format!("{service} is not part of the running cage"))?;
-    let pid = match (&status.state, status.pid) {
-        (state, Some(pid)) if state.is_running() => pid,
-        (state, _) => bail!("{service} is not running ({state}): `cagerun ps`"),
-    };
+    let pid = running_pid(&paths, &service)?;
     let bundle = paths.service_dir(&service).join("bundle/config.json");
     let spec = oci_spec::runtime::Spec::load(&bundle)
         .with_context(|| format!("reading {}", bundle.display()))?;
@@ -86,6 +71,161 @@ pub fn run(config: PathBuf, service: String, command: Vec<String>) -> Result<i32
                 Err(e) => return Err(e).context("waitpid"),
             }
         },
+    }
+}
+
+/// The pid of the running `service`'s process, as the supervisor reports it.
+fn running_pid(paths: &CagePaths, service: &str) -> Result<i32> {
+    let reply = control::request(paths, &control::Request::Ps).map_err(|e| {
+        e.context(crate::Error::NotUp {
+            cage: paths.id.clone(),
+            hint: "`cagerun up -d`",
+        })
+    })?;
+    let status = reply
+        .services
+        .unwrap_or_default()
+        .into_iter()
+        .find(|s| s.service == service)
+        .with_context(|| format!("{service} is not part of the running cage"))?;
+    match (&status.state, status.pid) {
+        (state, Some(pid)) if state.is_running() => Ok(pid),
+        (state, _) => bail!("{service} is not running ({state}): `cagerun ps`"),
+    }
+}
+
+/// A running service's user and network namespaces, opened from the host's view.
+pub struct ServiceNetwork {
+    service: String,
+    user: File,
+    net: File,
+}
+
+/// The namespaces of the running `service`, for a job that shares its network
+/// (`network = "service:NAME"`).
+pub fn network_of(paths: &CagePaths, service: &str) -> Result<ServiceNetwork> {
+    let pid = running_pid(paths, service).with_context(|| {
+        format!("a job that shares {service}'s network runs while {service} is up")
+    })?;
+    let open = |ns: &str| {
+        File::open(format!("/proc/{pid}/ns/{ns}"))
+            .with_context(|| format!("opening {service}'s {ns} namespace"))
+    };
+    Ok(ServiceNetwork {
+        service: service.to_string(),
+        user: open("user")?,
+        net: open("net")?,
+    })
+}
+
+/// Run a one-shot job's spec (made by [`cage_spec::service::share_network`]: no network
+/// namespace of its own, identity id maps) inside the service's network: its exit code.
+///
+/// A child process joins the job's limits cgroup while it is still the caller, then the
+/// cage's user namespace (as root, as the job's user: host root has no id there, and a
+/// user namespace can only be made by a mapped id) and the service's network namespace,
+/// and runs the sandbox engine from there: the job's user namespace nests in the cage's,
+/// and its network is the service's, which it does not own. This process stays the caller,
+/// on the host, and removes the cgroup afterwards.
+pub fn run_in_network(
+    mut spec: oci_spec::runtime::Spec,
+    network: ServiceNetwork,
+    interactive: bool,
+) -> Result<i32> {
+    // The limits: a leaf the child joins before it leaves the host's view (the engine's
+    // own leaf would be made by an id of the cage, which may not write the host's cgroups).
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let resources = linux.resources().clone();
+    let memory = resources
+        .as_ref()
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit())
+        .and_then(|l| u64::try_from(l).ok());
+    let pids = resources
+        .as_ref()
+        .and_then(|r| r.pids().as_ref())
+        .and_then(|p| u64::try_from(p.limit()).ok());
+    linux.set_resources(None);
+    spec.set_linux(Some(linux));
+    let leaf = match cage_sandbox::cgroups::find_parent(nix::unistd::geteuid().as_raw()) {
+        Some(parent) if memory.is_some() || pids.is_some() => Some(
+            cage_sandbox::cgroups::Leaf::create(&parent, memory, pids)
+                .context("the job's limits cgroup")?,
+        ),
+        _ => {
+            if memory.is_some() || pids.is_some() {
+                tracing::warn!("no delegated cgroup: the job's memory and pids limits are not enforced (`cagerun setup-cgroups`)");
+            }
+            None
+        }
+    };
+    let as_root = nix::unistd::geteuid().is_root();
+    let job_ids = spec
+        .process()
+        .as_ref()
+        .map(|p| (p.user().uid(), p.user().gid()))
+        .unwrap_or_default();
+    // SAFETY: single-threaded (the CLI path runs no runtime); the child joins namespaces,
+    // runs the engine and exits without returning here.
+    match unsafe { fork() }.context("fork")? {
+        ForkResult::Child => {
+            // SAFETY: die with the caller.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+            let run = || -> Result<i32> {
+                if let Some(leaf) = &leaf {
+                    leaf.add(std::process::id() as i32)?;
+                }
+                setns(network.user.as_fd(), CloneFlags::CLONE_NEWUSER)
+                    .context("joining the cage's user namespace")?;
+                if as_root {
+                    // Host root has no id in the cage; the job's own user has. Becoming it
+                    // here (not the cage's root) keeps the sandbox's capabilities for its
+                    // setup: inside, the engine's switch to that user changes nothing.
+                    let (uid, gid) = job_ids;
+                    nix::unistd::setgroups(&[]).context("setgroups in the cage")?;
+                    nix::unistd::setresgid(gid.into(), gid.into(), gid.into())
+                        .context("setgid in the cage")?;
+                    nix::unistd::setresuid(uid.into(), uid.into(), uid.into())
+                        .context("setuid in the cage")?;
+                    // The uid change made this process undumpable, which makes the /proc
+                    // files of the sandbox it clones host root's: it could not write the
+                    // sandbox's id maps. Nothing of the cage can name this process (it is in
+                    // the host's pid namespace), so being dumpable opens nothing.
+                    nix::sys::prctl::set_dumpable(true).context("PR_SET_DUMPABLE")?;
+                }
+                setns(network.net.as_fd(), CloneFlags::CLONE_NEWNET)
+                    .with_context(|| format!("joining {}'s network", network.service))?;
+                crate::sandbox::run_spec(&spec, interactive)
+            };
+            let code = run().unwrap_or_else(|e| {
+                eprintln!("cagerun: {e:#}");
+                i32::from(crate::error::EXIT_CAGERUN_ERROR)
+            });
+            // SAFETY: leave without the caller's destructors (the leaf is the caller's).
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            // The terminal's signals reach the child's process group too: its engine
+            // forwards them to the job, and this process waits for the outcome.
+            let ignore = nix::sys::signal::SigHandler::SigIgn;
+            for sig in [
+                nix::sys::signal::Signal::SIGINT,
+                nix::sys::signal::Signal::SIGQUIT,
+            ] {
+                // SAFETY: SIG_IGN installs no handler code.
+                unsafe { nix::sys::signal::signal(sig, ignore) }.ok();
+            }
+            let code = loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => break code,
+                    Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(e).context("waitpid"),
+                }
+            };
+            drop(leaf);
+            Ok(code)
+        }
     }
 }
 

@@ -176,6 +176,9 @@ fn detach(opts: &UpOptions, paths: &CagePaths) -> Result<u32> {
     cmd.arg("up")
         .arg("--config")
         .arg(&paths.config)
+        // The supervisor renders image services from the same store this `up` pulled into.
+        .arg("--store")
+        .arg(&opts.store.0)
         .arg("--ready-fd")
         .arg(crate::proto::fds::CONTROL.to_string())
         .args(opts.internet.then_some("--internet"))

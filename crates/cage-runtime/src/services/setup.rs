@@ -163,5 +163,66 @@ pub fn run_job(
     if let Some(p) = spec.process_mut() {
         p.set_terminal(Some(tty));
     }
-    crate::sandbox::run_spec(&spec, attach)
+    match &service.network_of {
+        Some(other) => {
+            // The service's name files, copied where the job's user can read them (the
+            // cage's runtime directory is its root's alone).
+            let names = JobNames::copy_from(&paths.service_dir(other))?;
+            cage_spec::service::share_network(&mut spec, &names.hosts(), names.resolv().as_deref())
+                .with_context(|| format!("service {}", service.name))?;
+            let network = super::enter::network_of(paths, other)?;
+            super::enter::run_in_network(spec, network, attach)
+        }
+        None => crate::sandbox::run_spec(&spec, attach),
+    }
+}
+
+/// A private copy of a service's hosts file and resolv.conf for one job, removed on drop.
+struct JobNames(PathBuf);
+
+impl JobNames {
+    fn copy_from(service_dir: &std::path::Path) -> Result<JobNames> {
+        use std::os::unix::fs::DirBuilderExt;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+        let dir = std::env::temp_dir().join(format!("cagerun-job-{}-{stamp}", std::process::id()));
+        // A new directory (never one that is already there), readable by the job's user.
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let names = JobNames(dir);
+        for file in ["hosts", "resolv.conf"] {
+            let from = service_dir.join(file);
+            if !from.exists() {
+                continue;
+            }
+            // Written by the supervisor; bounded all the same.
+            let mut text = Vec::new();
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(std::fs::File::open(&from)?, 64 << 10),
+                &mut text,
+            )
+            .with_context(|| format!("reading {}", from.display()))?;
+            std::fs::write(names.0.join(file), text)
+                .with_context(|| format!("copying {}", from.display()))?;
+        }
+        Ok(names)
+    }
+
+    fn hosts(&self) -> PathBuf {
+        self.0.join("hosts")
+    }
+
+    fn resolv(&self) -> Option<PathBuf> {
+        Some(self.0.join("resolv.conf")).filter(|p| p.exists())
+    }
+}
+
+impl Drop for JobNames {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
