@@ -817,13 +817,19 @@ async fn run_service(sup: Arc<Supervisor>, name: String, first: FirstTx) {
         sup.set(&name, |s| s.state = ServiceState::Starting);
         let end = match run_once(&sup, &svc, &mut first).await {
             Ok((code, ran)) => {
+                let mut health = None;
                 sup.set(&name, |s| {
                     s.state = ServiceState::Exited;
                     s.pid = None;
                     s.last_exit = Some(code);
+                    let previous = s.health;
                     s.health = s.health.after_exit();
+                    health = (s.health != previous).then_some((s.health, previous));
                 });
                 sup.publish(&name, control::EventKind::Exit { code });
+                if let Some((health, previous)) = health {
+                    sup.publish(&name, control::EventKind::Health { health, previous });
+                }
                 RunEnd::Exited { code, ran }
             }
             Err(e) => {
