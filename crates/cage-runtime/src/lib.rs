@@ -43,5 +43,6 @@ pub mod sandbox;
 pub mod services;
 pub mod shim;
 pub mod tree;
+pub mod views;
 
 pub use error::Error;

@@ -214,6 +214,43 @@ pub enum Request {
     Internet {
         on: Option<bool>,
     },
+    /// Subscribe: the reply line is followed by one [`Event`] line per event, until the
+    /// supervisor ends or the subscriber goes.
+    Events,
+}
+
+/// One thing that happened to a service, as the control socket streams it to `events`
+/// subscribers (and `events --json` prints it).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Unix time in milliseconds.
+    pub time_ms: u64,
+    /// The service (empty for `dropped`).
+    pub service: String,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What happened; `"event"` names it in the JSON.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The container runs; `pid` is its init on the host.
+    Start { pid: i32 },
+    /// It ended with `code` (128+signal when killed).
+    Exit { code: i32 },
+    /// It could not be started.
+    Failed { error: String },
+    /// It is about to start again (`restarts` counts the restarts so far, this one included).
+    Restart { restarts: u32 },
+    /// Its healthcheck's verdict changed.
+    Health {
+        health: cage_spec::lifecycle::Health,
+        previous: cage_spec::lifecycle::Health,
+    },
+    /// This subscriber read too slowly: `count` events were dropped for it (the supervisor
+    /// never waits for a subscriber).
+    Dropped { count: u64 },
 }
 
 /// Internet mode as the control socket reports it.
@@ -226,8 +263,8 @@ pub struct InternetStatus {
     pub gateway: String,
 }
 
-/// One service as `ps` shows it (and `ps --json` prints).
-#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+/// One service as `ps` shows it (and `ps --json` prints; docs/json.md lists the fields).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct Status {
     pub service: String,
     pub state: cage_spec::lifecycle::ServiceState,

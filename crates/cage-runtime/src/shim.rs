@@ -1,5 +1,5 @@
-//! The `docker` shim: cagerun answering to the name `docker` inside a service that has
-//! sandboxes (OpenClaw's sandbox backend runs `docker` from PATH).
+//! The `docker` shim: cagerun answering to the name `docker` (or `podman`) inside a service
+//! that has sandboxes (OpenClaw's sandbox backend runs `docker` or `podman` from PATH).
 //!
 //! It decides nothing. It sends its argv and the contents of the `--env-file`s it names (they
 //! live in the service's private /tmp, which the broker never opens) as one
@@ -14,15 +14,24 @@ use crate::ipc::{self, IpcError};
 use crate::proto::{ShimReply, ShimRequest, MAX_SHIM_REQUEST};
 
 /// Where the broker's directory appears inside the service (a tmpfs /dev of its own: no
-/// image tree is touched); the shim itself is bound at `BROKER_DIR/docker`.
+/// image tree is touched); the shim itself is bound at `BROKER_DIR/docker` and
+/// `BROKER_DIR/podman`.
 pub const BROKER_DIR: &str = "/dev/.cagerun";
 pub const SOCKET_NAME: &str = "docker.sock";
 
-/// Is this process the shim (invoked as `docker`)?
-pub fn invoked_as_docker() -> bool {
+/// The names the shim answers to: OpenClaw's sandbox backend is `docker` or `podman`, and
+/// both speak the same CLI for the calls it makes; one parser, one broker, for both.
+pub const NAMES: [&str; 2] = cage_spec::service::SHIM_NAMES;
+
+/// Is this process the shim (invoked as `docker` or `podman`)?
+pub fn invoked_as_shim() -> bool {
     std::env::args_os()
         .next()
-        .map(|a| std::path::Path::new(&a).file_name() == Some(std::ffi::OsStr::new("docker")))
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|n| NAMES.iter().any(|name| n == *name))
+        })
         .unwrap_or(false)
 }
 

@@ -52,10 +52,14 @@ pub struct Wiring {
     /// arguments before the command). Bound read-only.
     pub init: Option<(PathBuf, String, Vec<String>)>,
     /// The sandbox broker's directory (its socket) and the shim binary, for a service with
-    /// sandboxes: the directory is bound at `inside`, the shim at `inside/docker`, and
-    /// `inside` goes first on PATH (OpenClaw finds `docker` there).
+    /// sandboxes: the directory is bound at `inside`, the shim at `inside/docker` and
+    /// `inside/podman` ([`SHIM_NAMES`]), and `inside` goes first on PATH (OpenClaw finds
+    /// `docker` or `podman` there).
     pub broker: Option<BrokerWiring>,
 }
+
+/// The names the broker's shim is bound under inside a service.
+pub const SHIM_NAMES: [&str; 2] = ["docker", "podman"];
 
 pub struct BrokerWiring {
     pub dir: PathBuf,
@@ -218,7 +222,10 @@ pub fn wire_service(
 
     if let Some(b) = &wiring.broker {
         mounts.push(ro_bind(&b.dir, &b.inside, false)?);
-        mounts.push(ro_bind(&b.shim, &format!("{}/docker", b.inside), true)?);
+        // OpenClaw's sandbox backend is `docker` or `podman`: the same shim answers to both.
+        for name in SHIM_NAMES {
+            mounts.push(ro_bind(&b.shim, &format!("{}/{name}", b.inside), true)?);
+        }
         if let Some(mut process) = spec.process().clone() {
             let mut env = process.env().clone().unwrap_or_default();
             match env.iter_mut().find(|e| e.starts_with("PATH=")) {

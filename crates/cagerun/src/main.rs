@@ -8,9 +8,9 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
-use cli::{build, exec, host, image, internal, model, services};
+use cli::{build, docs, exec, host, image, internal, model, observe, services};
 
 #[derive(Parser)]
 #[command(
@@ -47,7 +47,7 @@ enum Command {
     #[command(subcommand)]
     Image(image::ImageCommand),
     /// List the images in the store (name, digest, size, age).
-    Images(image::StoreArg),
+    Images(image::ImagesArgs),
     /// Remove an image from the store and delete the blobs no other image uses.
     Rmi {
         name: String,
@@ -68,8 +68,16 @@ enum Command {
     SetupCgroups(host::SetupArgs),
     /// Start the cage's services (config/cage.toml) under a supervisor; foreground unless -d.
     Up(services::UpArgs),
-    /// Stop the cage: SIGTERM, a grace period, SIGKILL; remove its network, cgroups and state.
+    /// Stop the cage (or the running cage NAME): SIGTERM, a grace period, SIGKILL; remove its
+    /// network, cgroups and state.
     Down(services::DownArgs),
+    /// This user's running cages: name, services, uptime, directory.
+    Ls(observe::LsArgs),
+    /// One service's resolved settings (root, command, user, mounts, ports, resources) and
+    /// live state.
+    Inspect(observe::InspectArgs),
+    /// Stream a running cage's service starts, exits, restarts and health changes.
+    Events(observe::EventsArgs),
     /// The cage's services: state, pid, uptime, restarts, health, ports.
     Ps(services::PsArgs),
     /// What the cage's services wrote (stdout and stderr).
@@ -85,6 +93,10 @@ enum Command {
     /// One-shot OpenClaw CLI (onboard, channels add, doctor) with a writable config:
     /// `cagerun run cli -- ARGS`.
     Cli(services::CliArgs),
+    /// Print a shell completion script (bash, zsh, fish).
+    Completion(docs::CompletionArgs),
+    /// Print a manual page (roff), or write them all with --out DIR.
+    Man(docs::ManArgs),
     /// (internal) The cage's user and network namespace holder.
     #[command(hide = true)]
     Holder(internal::HolderArgs),
@@ -100,8 +112,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // Inside a service with sandboxes, this binary is also its `docker` (the broker's shim).
-    if cage_runtime::shim::invoked_as_docker() {
+    // Inside a service with sandboxes, this binary is also its `docker` and `podman` (the
+    // broker's shim).
+    if cage_runtime::shim::invoked_as_shim() {
         return ExitCode::from(cage_runtime::shim::main().clamp(0, 255) as u8);
     }
     // `cagerun exec SVC -- CMD` (into a running service) beside `cagerun exec [FLAGS] -- CMD`.
@@ -135,11 +148,16 @@ fn main() -> ExitCode {
         Command::Bundle(args) => build::bundle(args).map(|()| 0),
         Command::Build(args) => build::build(args),
         Command::Model(cmd) => model::run(cmd).map(|()| 0),
-        Command::Images(store) => image::list(store).map(|()| 0),
+        Command::Images(args) => image::list(args).map(|()| 0),
         Command::Rmi { name, store } => image::remove(&name, store).map(|()| 0),
         Command::Up(args) => services::up(args),
         Command::Down(args) => services::down(args),
         Command::Ps(args) => services::ps(args),
+        Command::Ls(args) => observe::ls(args),
+        Command::Inspect(args) => observe::inspect(args),
+        Command::Events(args) => observe::events(args),
+        Command::Completion(args) => docs::completion(args, Cli::command()),
+        Command::Man(args) => docs::man(args, Cli::command()),
         Command::Logs(args) => services::logs(args),
         Command::Restart(args) => services::restart(args),
         Command::Internet(args) => services::internet(args),

@@ -161,7 +161,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The directory bound into the service at [`crate::shim::BROKER_DIR`]: the socket, and an
-/// empty file the shim binary is bound onto.
+/// empty file per name the shim binary is bound onto (`docker`, `podman`).
 pub fn service_dir(runtime: &Path, service: &str) -> PathBuf {
     runtime.join(format!("broker-{service}"))
 }
@@ -171,7 +171,9 @@ impl Broker {
     pub fn start(setup: Setup, runtime: &Path, exe: PathBuf) -> Result<Arc<Broker>> {
         let dir = service_dir(runtime, &setup.service);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::write(dir.join("docker"), b"")?;
+        for name in crate::shim::NAMES {
+            std::fs::write(dir.join(name), b"")?;
+        }
         let sock = dir.join(SOCKET_NAME);
         let _ = std::fs::remove_file(&sock);
         let listener = seqpacket_listener(&sock)?;

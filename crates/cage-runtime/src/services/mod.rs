@@ -9,6 +9,8 @@ pub mod enter;
 pub mod forward;
 pub mod health;
 pub mod holder_client;
+pub mod inspect;
+pub mod listing;
 pub mod setup;
 pub mod state;
 pub mod supervisor;

@@ -80,6 +80,50 @@ impl CagePaths {
         })
     }
 
+    /// The paths of the running (or stale) cage `id` found in this user's runtime
+    /// directory, from its record: no config is read, so this works after the cage's
+    /// directory was moved or deleted.
+    pub fn of_running(id: &str) -> Option<CagePaths> {
+        let runtime = runtime_base().join(id);
+        let record: Record =
+            serde_json::from_str(&std::fs::read_to_string(runtime.join("record.json")).ok()?)
+                .ok()?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        record.directory.hash(&mut h);
+        Some(CagePaths {
+            id: id.to_string(),
+            cage_dir: record.directory,
+            config: record.config,
+            runtime,
+            seed: h.finish(),
+        })
+    }
+
+    /// The paths of cage `id` with nothing but its runtime directory known (a directory
+    /// without a record).
+    pub fn runtime_of(id: &str) -> CagePaths {
+        CagePaths {
+            id: id.to_string(),
+            cage_dir: PathBuf::new(),
+            config: PathBuf::new(),
+            runtime: runtime_base().join(id),
+            seed: 0,
+        }
+    }
+
+    /// The ids of this user's cages that have a runtime directory (running, or stale).
+    pub fn running_ids() -> Vec<String> {
+        let mut ids: Vec<String> = std::fs::read_dir(runtime_base())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        ids.sort();
+        ids
+    }
+
     pub fn control_socket(&self) -> PathBuf {
         self.runtime.join("control.sock")
     }
@@ -147,6 +191,19 @@ impl CagePaths {
     }
 }
 
+/// Seconds since the epoch, now.
+pub fn unix_now() -> u64 {
+    unix_now_ms() / 1000
+}
+
+/// Milliseconds since the epoch, now.
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
 /// A process this cage started, named by pid and start time (so a reused pid is never
 /// mistaken for ours).
 #[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -197,6 +254,15 @@ pub struct Record {
     pub uplink: Option<Proc>,
     #[serde(default)]
     pub host_uplink: Option<(String, String)>,
+    /// The cage's config and directory as they were at `up`: `ls` shows them, and `down
+    /// NAME` finds the cage by its runtime directory alone (they may be gone since).
+    #[serde(default)]
+    pub config: PathBuf,
+    #[serde(default)]
+    pub directory: PathBuf,
+    /// Unix time the supervisor started (0: an older cagerun's record).
+    #[serde(default)]
+    pub started: u64,
 }
 
 impl Record {

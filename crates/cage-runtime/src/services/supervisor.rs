@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use cage_net::topology;
@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, Notify};
 
 use super::cgroup::{self, CageCgroup};
 use super::holder_client::{self, Holder};
-use super::state::{CagePaths, Proc, Record};
+use super::state::{unix_now, CagePaths, Proc, Record};
 use super::{control, forward, health, Status};
 use crate::ipc;
 use crate::proto::{InternetStatus, MonitorCommand, MonitorEvent};
@@ -51,6 +51,9 @@ pub struct Supervisor {
     /// Internet mode: on or off, and the uplink once it was first needed.
     internet_on: AtomicBool,
     uplink: Mutex<Option<super::uplink::Uplink>>,
+    /// Starts, exits, restarts and health changes, for `events` subscribers (bounded; see
+    /// [`control`]).
+    events: tokio::sync::broadcast::Sender<control::Event>,
 }
 
 struct Svc {
@@ -452,6 +455,9 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
     paths.create_runtime()?;
     let mut record = Record {
         supervisor: Proc::of(std::process::id() as i32).context("reading our own start time")?,
+        config: paths.config.clone(),
+        directory: paths.cage_dir.clone(),
+        started: unix_now(),
         ..Default::default()
     };
     let subnet = topology::pick_subnet(paths.seed, &paths.taken_subnets())
@@ -484,6 +490,7 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
         subnet,
         internet_on: AtomicBool::new(false),
         uplink: Mutex::new(None),
+        events: tokio::sync::broadcast::channel(control::EVENT_BUFFER).0,
     });
 
     // Networks and bundles for every service before the first one starts.
@@ -577,6 +584,19 @@ impl Supervisor {
         if let Some(s) = self.status.lock().unwrap().get_mut(name) {
             f(s);
         }
+    }
+
+    /// Tell the subscribers, if any; never waits for them.
+    fn publish(&self, service: &str, kind: control::EventKind) {
+        let _ = self.events.send(control::Event {
+            time_ms: super::state::unix_now_ms(),
+            service: service.to_string(),
+            kind,
+        });
+    }
+
+    fn status_of(&self, name: &str) -> Option<Status> {
+        self.status.lock().unwrap().get(name).cloned()
     }
 
     fn state_of(&self, name: &str) -> Option<(ServiceState, Health)> {
@@ -797,12 +817,19 @@ async fn run_service(sup: Arc<Supervisor>, name: String, first: FirstTx) {
         sup.set(&name, |s| s.state = ServiceState::Starting);
         let end = match run_once(&sup, &svc, &mut first).await {
             Ok((code, ran)) => {
+                let mut health = None;
                 sup.set(&name, |s| {
                     s.state = ServiceState::Exited;
                     s.pid = None;
                     s.last_exit = Some(code);
+                    let previous = s.health;
                     s.health = s.health.after_exit();
+                    health = (s.health != previous).then_some((s.health, previous));
                 });
+                sup.publish(&name, control::EventKind::Exit { code });
+                if let Some((health, previous)) = health {
+                    sup.publish(&name, control::EventKind::Health { health, previous });
+                }
                 RunEnd::Exited { code, ran }
             }
             Err(e) => {
@@ -810,6 +837,12 @@ async fn run_service(sup: Arc<Supervisor>, name: String, first: FirstTx) {
                     s.state = ServiceState::Failed;
                     s.error = Some(format!("{e:#}"));
                 });
+                sup.publish(
+                    &name,
+                    control::EventKind::Failed {
+                        error: format!("{e:#}"),
+                    },
+                );
                 if let Some(tx) = first.take() {
                     let _ = tx.send((name.clone(), Settled::Failed(format!("{e:#}"))));
                     break;
@@ -830,6 +863,8 @@ async fn run_service(sup: Arc<Supervisor>, name: String, first: FirstTx) {
             Next::AwaitRequest => {
                 if wait_for_restart_request(&sup, &svc).await {
                     backoff.reset();
+                    let restarts = sup.status_of(&name).map_or(0, |s| s.restarts);
+                    sup.publish(&name, control::EventKind::Restart { restarts });
                     continue;
                 }
                 break;
@@ -845,7 +880,12 @@ async fn run_service(sup: Arc<Supervisor>, name: String, first: FirstTx) {
         if sup.stopping.load(Ordering::SeqCst) {
             break;
         }
-        sup.set(&name, |s| s.restarts += 1);
+        let mut restarts = 0;
+        sup.set(&name, |s| {
+            s.restarts += 1;
+            restarts = s.restarts;
+        });
+        sup.publish(&name, control::EventKind::Restart { restarts });
     }
     if sup.stopping.load(Ordering::SeqCst) {
         sup.set(&name, |s| s.state = ServiceState::Stopped);
@@ -912,16 +952,14 @@ async fn run_once(
                 sup.remember(|r| r.containers.push(c.clone()));
             }
             *svc.monitor_ctl.lock().unwrap() = Some(ours.clone());
-            let now = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs();
+            let now = unix_now();
             sup.set(name, |s| {
                 s.state = ServiceState::Running;
                 s.pid = Some(pid);
                 s.started = Some(now);
                 s.error = None;
             });
+            sup.publish(name, control::EventKind::Start { pid });
             if let Some(tx) = first.take() {
                 let _ = tx.send((name.clone(), Settled::Started(pid)));
             }
@@ -970,10 +1008,21 @@ async fn watch_health(sup: Arc<Supervisor>, svc: Arc<Svc>, h: cage_spec::cage::H
             }
         };
         // cage-spec decides what a probe's result does to the health shown.
+        let mut change = None;
         sup.set(&svc.service.name, |s| {
+            let previous = s.health;
             s.health = watch.observe(s.health, r.is_ok(), begun.elapsed(), &h);
             s.health_error = r.as_ref().err().map(|e| format!("{e:#}"));
+            if s.health != previous {
+                change = Some(control::EventKind::Health {
+                    health: s.health,
+                    previous,
+                });
+            }
         });
+        if let Some(kind) = change {
+            sup.publish(&svc.service.name, kind);
+        }
         tokio::time::sleep(h.interval()).await;
     }
 }
@@ -1018,6 +1067,16 @@ pub fn clean_stale(paths: &CagePaths) -> bool {
 }
 
 impl control::Answer for Supervisor {
+    fn subscribe(&self) -> Result<tokio::sync::broadcast::Receiver<control::Event>, String> {
+        if self.events.receiver_count() >= control::MAX_SUBSCRIBERS {
+            return Err(format!(
+                "{} event subscribers already: end one (`cagerun events`) first",
+                control::MAX_SUBSCRIBERS
+            ));
+        }
+        Ok(self.events.subscribe())
+    }
+
     async fn answer(self: Arc<Self>, request: control::Request) -> control::Reply {
         use control::{refused, Reply, Request};
         let ok = Reply {
@@ -1047,6 +1106,8 @@ impl control::Answer for Supervisor {
                 Ok(()) => ok,
                 Err(e) => refused(format!("{e:#}")),
             },
+            // The control socket streams these itself (see `subscribe`).
+            Request::Events => refused("events are a subscription"),
             Request::Down => {
                 self.teardown().await;
                 self.stop.notify_one();

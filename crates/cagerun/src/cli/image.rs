@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use cage_runtime::image::{self, Store, StoreRoot};
 use cage_runtime::progress::human;
+use cage_runtime::views::ImageView;
 use clap::{Args, Subcommand};
 
 #[derive(Args, Debug)]
@@ -111,8 +112,33 @@ pub fn pull(args: PullArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn list(store: StoreArg) -> Result<()> {
-    let store = store.open()?;
+#[derive(Args, Debug)]
+pub struct ImagesArgs {
+    /// Print the images as JSON (docs/json.md).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    store: StoreArg,
+}
+
+pub fn list(args: ImagesArgs) -> Result<()> {
+    let store = args.store.open()?;
+    if args.json {
+        let list: Vec<ImageView> = image::list(&store)?
+            .into_iter()
+            .map(|r| ImageView {
+                name: r.name,
+                source: r.source,
+                digest: r.manifest,
+                config: r.config,
+                layers: r.layers.len(),
+                size: r.size,
+                created: r.created,
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();

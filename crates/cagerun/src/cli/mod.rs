@@ -2,9 +2,11 @@
 //! calls `cage_runtime`, and prints what came back.
 
 pub mod build;
+pub mod docs;
 pub mod exec;
 pub mod host;
 pub mod image;
 pub mod internal;
 pub mod model;
+pub mod observe;
 pub mod services;

@@ -24,6 +24,9 @@ pub struct CageArg {
 }
 
 impl CageArg {
+    pub fn config(&self) -> &std::path::Path {
+        &self.config
+    }
     fn paths(&self) -> Result<(CagePaths, cage_spec::cage::Cage)> {
         services::open(&self.config)
     }
@@ -90,14 +93,20 @@ pub fn up(args: UpArgs) -> Result<i32> {
 #[derive(Args, Debug)]
 pub struct DownArgs {
     /// Also delete the cage's named volumes (.cagerun/volumes).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "name")]
     volumes: bool,
     #[command(flatten)]
     cage: CageArg,
+    /// A running cage by its name (`cagerun ls`) instead of --config: works even when its
+    /// directory was moved or deleted while it ran.
+    name: Option<String>,
 }
 
 pub fn down(args: DownArgs) -> Result<i32> {
-    let (paths, _) = args.cage.paths()?;
+    let paths = match &args.name {
+        Some(name) => services::listing::find(name)?,
+        None => args.cage.paths()?.0,
+    };
     match services::down(&paths)? {
         Down::Stopped => println!("cage {} is down", paths.id),
         Down::CleanedStale => println!(
@@ -116,6 +125,7 @@ pub fn down(args: DownArgs) -> Result<i32> {
 
 #[derive(Args, Debug)]
 pub struct PsArgs {
+    /// Print the services as JSON (docs/json.md).
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -323,6 +333,9 @@ pub struct InternetArgs {
     /// on | off (live, no restart); without it, say which it is.
     #[arg(value_parser = ["on", "off"])]
     state: Option<String>,
+    /// Print the state as JSON (docs/json.md).
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     cage: CageArg,
 }
@@ -332,6 +345,10 @@ pub struct InternetArgs {
 pub fn internet(args: InternetArgs) -> Result<i32> {
     let (paths, _) = args.cage.paths()?;
     let st = services::internet(&paths, args.state.as_deref().map(|s| s == "on"))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+        return Ok(0);
+    }
     if st.on {
         println!(
             "internet: on for {} (uplink: {}, gateway {}; the host itself is not reachable)",
