@@ -6,5 +6,6 @@ pub mod exec;
 pub mod host;
 pub mod image;
 pub mod internal;
+pub mod login;
 pub mod model;
 pub mod services;
