@@ -815,4 +815,25 @@ mod tests {
         assert_eq!(r("localhost:5000/x:1"), "localhost:5000/x:1");
         assert!(is_local("127.0.0.1:5000") && is_local("localhost") && !is_local("ghcr.io"));
     }
+
+    #[test]
+    fn credentials_are_looked_up_under_the_registry_users_name() {
+        let at = locate("busybox").unwrap();
+        assert_eq!(
+            (at.registry.as_str(), at.repository.as_str()),
+            ("docker.io", "library/busybox")
+        );
+        let at = locate("ghcr.io/openclaw/openclaw:2026.9.6").unwrap();
+        assert_eq!(
+            (at.registry.as_str(), at.repository.as_str()),
+            ("ghcr.io", "openclaw/openclaw")
+        );
+    }
+
+    #[test]
+    fn registry_text_in_errors_is_one_bounded_line() {
+        let long = format!("a\nb\r\tc{}", "x".repeat(500));
+        let line = one_line(&long);
+        assert!(line.starts_with("a b c") && !line.contains('\n') && line.len() <= 200);
+    }
 }

@@ -91,8 +91,21 @@ fn bad_file(path: &Path) -> impl FnOnce(auth::AuthFileError) -> anyhow::Error + 
 pub fn for_reference(reference: &str) -> Result<Option<FiledCredentials>> {
     let at = cage_image::registry::locate(reference)?;
     for path in search_path() {
-        let Some(content) = read_bounded(&path)? else {
-            continue;
+        let content = match read_bounded(&path) {
+            Ok(Some(content)) => content,
+            Ok(None) => continue,
+            // A HOME that is not the caller's (`sudo -u` keeps root's) holds no file of
+            // theirs. (login and logout, which rewrite the file, do not skip it.)
+            Err(e)
+                if e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                    io.kind() == std::io::ErrorKind::PermissionDenied
+                        || io.raw_os_error() == Some(libc::ENOTDIR)
+                }) =>
+            {
+                tracing::warn!(file = %path.display(), "skipping a credentials file: {e:#}");
+                continue;
+            }
+            Err(e) => return Err(e),
         };
         match auth::lookup(&content, &at.registry, &at.repository).map_err(bad_file(&path))? {
             Some(Found::Credentials(credentials)) => {
