@@ -5,6 +5,17 @@
 //!
 //! Plain HTTP only for a registry on this machine (localhost, 127.0.0.0/8, ::1) or one the
 //! user names as insecure.
+//!
+//! Auth is oci-client's: on a `Bearer realm=…,service=…` challenge it asks the realm for a
+//! `repository:NAME:pull` token, anonymously or with the caller's credentials as Basic (Docker
+//! Hub, ghcr.io, distribution's `auth: token`); on a Basic challenge it sends the credentials
+//! with each request. It is called once up front so that its errors surface (inside a request
+//! it drops them). Login checks ([`verify_login`]) follow the challenge themselves, as podman
+//! does: oci-client only asks for repository-scoped tokens and checks nothing on Basic.
+//!
+//! Failures become typed [`ImageError`]s that name the cause and the fix: the network ones
+//! (DNS, refused, TLS, timeout) are told apart by the error types in reqwest's cause chain;
+//! 401/403/404 by status and the distribution error codes.
 
 use std::error::Error as StdError;
 use std::sync::Arc;
