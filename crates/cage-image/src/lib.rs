@@ -1,5 +1,7 @@
 //! OCI images for cagerun, without Docker and without root.
 //!
+//! - [`auth`]: registry credentials files (auth.json, Docker's config.json) and
+//!   `WWW-Authenticate` challenges, parsed and edited in memory.
 //! - [`digest`]: `sha256:<hex>` digests and verification while reading.
 //! - [`store`]: a content-addressed blob store; nothing enters it unverified, partial
 //!   downloads resume.
@@ -9,6 +11,7 @@
 //!   whiteouts, and with no way for an entry to write outside the target.
 
 pub mod archive;
+pub mod auth;
 pub mod compression;
 pub mod digest;
 pub mod error;

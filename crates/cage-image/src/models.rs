@@ -13,8 +13,11 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::Reference;
 
 use crate::digest::Digest;
+use crate::error::Sent;
 use crate::error::{io, ImageError, Result};
-use crate::registry::{block_on, client_for, fetch_blob, is_local, registry_err, PullProgress};
+use crate::registry::{
+    block_on, client_for, fetch_blob, is_local, registry_err, PullProgress, Target, DEFAULT_TIMEOUT,
+};
 use crate::store::{Naming, Store};
 
 pub const DEFAULT_REGISTRY: &str = "registry.ollama.ai";
@@ -151,10 +154,11 @@ pub fn pull_model(
                 "{host}: plain HTTP is only spoken to this machine's registries"
             )));
         }
-        let client = client_for(&host, plain)?;
+        let client = client_for(&host, plain, DEFAULT_TIMEOUT)?;
         let at: Reference = format!("{host}/{}/{}:{}", model.namespace, model.model, model.tag)
             .parse()
             .map_err(|e| ImageError::Format(format!("{model}: {e}")))?;
+        let target = Target::of(&at, Sent::Nothing, DEFAULT_TIMEOUT);
         let (bytes, digest) = client
             .pull_manifest_raw(&at, &RegistryAuth::Anonymous, &[MANIFEST_TYPE])
             .await
@@ -168,7 +172,7 @@ pub fn pull_model(
         }
         let store = Store::open_with(models, Naming::Ollama)?;
         for (d, size) in manifest_blobs(&bytes)? {
-            fetch_blob(&client, &at, &store, &d, size, progress.as_ref()).await?;
+            fetch_blob(&client, &at, &store, &d, size, progress.as_ref(), &target).await?;
         }
         // The manifest last: Ollama lists a model only once everything it names is there.
         let path = model.manifest_path(models);

@@ -58,10 +58,7 @@ pub fn build(
     let target = rootfs_dir.join(&recipe.name);
     let work = crate::image::beside(&target, "build");
     eprintln!("cagerun: base {}", recipe.from);
-    let opts = cage_image::registry::PullOptions {
-        insecure_registries: insecure.to_vec(),
-        ..Default::default()
-    };
+    let opts = crate::credentials::pull_options(&recipe.from, insecure)?;
     let (canonical, image) =
         cage_image::registry::pull(store, &recipe.from, &opts, crate::progress::bars())
             .with_context(|| format!("pulling the base image {}", recipe.from))?;

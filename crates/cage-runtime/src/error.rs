@@ -33,6 +33,12 @@ pub enum Error {
     NotUp { cage: String, hint: &'static str },
     #[error("cage {cage} is already up (`cagerun ps`, `cagerun down`)")]
     AlreadyUp { cage: String },
+    #[error("no space left on device in {what} {}: free space there, or choose another place with {flag} DIR; nothing was left behind", dir.display())]
+    DiskFull {
+        dir: PathBuf,
+        what: &'static str,
+        flag: &'static str,
+    },
 }
 
 impl Error {
@@ -45,7 +51,8 @@ impl Error {
             | Error::CgroupNotDelegatedV1 { .. }
             | Error::CgroupNotDelegatedV2 { .. }
             | Error::NotUp { .. }
-            | Error::AlreadyUp { .. } => EXIT_CAGERUN_ERROR,
+            | Error::AlreadyUp { .. }
+            | Error::DiskFull { .. } => EXIT_CAGERUN_ERROR,
         }
     }
 }

@@ -92,8 +92,17 @@ pub fn unpack(store: &Store, image: &cage_image::layout::Image, target: &Path) -
             };
             unpack_image(store, image, target, &shifted).map(drop)?
         }
+        // The helper's error crosses back as text: a full disk is named inside it.
         (false, Some(sub)) => ids::as_mapped_root(&sub, || {
-            unpack_image(store, image, target, &chowned)?;
+            unpack_image(store, image, target, &chowned).map_err(|e| {
+                let dir = target.parent().unwrap_or(Path::new("."));
+                disk_full(
+                    e.into(),
+                    dir,
+                    "the root filesystem directory",
+                    "--rootfs-dir",
+                )
+            })?;
             Ok(())
         })?,
         (false, None) => unpack_image(store, image, target, &UnpackOptions::default()).map(drop)?,
@@ -174,27 +183,80 @@ pub fn beside(target: &Path, what: &str) -> PathBuf {
     ))
 }
 
+/// Pull `reference` into the store with its filed credentials (see [`crate::credentials`]),
+/// with progress bars.
+fn pull_into_store(
+    store: &Store,
+    reference: &str,
+    insecure_registries: &[String],
+) -> Result<(String, cage_image::layout::Image)> {
+    let opts = crate::credentials::pull_options(reference, insecure_registries)?;
+    cage_image::registry::pull(store, reference, &opts, progress::bars())
+        .map_err(|e| disk_full(e.into(), store.root(), "the image store", "--store"))
+        .with_context(|| format!("pulling {reference}"))
+}
+
+/// `e` as [`Error::DiskFull`] when a write in `dir` ran out of space (ENOSPC anywhere in
+/// its chain); otherwise `e` as it is.
+fn disk_full(
+    e: anyhow::Error,
+    dir: &Path,
+    what: &'static str,
+    flag: &'static str,
+) -> anyhow::Error {
+    let is_enospc = |io: &std::io::Error| io.raw_os_error() == Some(libc::ENOSPC);
+    let enospc = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(is_enospc)
+            // A layer's own error holds its io::Error without naming it as the source.
+            || matches!(c.downcast_ref::<cage_image::ImageError>(),
+                Some(cage_image::ImageError::Archive(io)) if is_enospc(io))
+    });
+    if enospc {
+        crate::Error::DiskFull {
+            dir: dir.to_path_buf(),
+            what,
+            flag,
+        }
+        .into()
+    } else {
+        e
+    }
+}
+
+/// Unpack `image` beside `target`, record it as `name`, and rename it into place: an
+/// interrupted or failed unpack (a full disk) leaves nothing at `target`, nor beside it.
+fn unpack_into_place(
+    store: &Store,
+    name: &str,
+    source: &str,
+    image: &cage_image::layout::Image,
+    target: &Path,
+) -> Result<ImageRecord> {
+    let partial = beside(target, "partial");
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let unpacked = unpack(store, image, &partial)
+        .map_err(|e| disk_full(e, dir, "the root filesystem directory", "--rootfs-dir"))
+        .with_context(|| format!("unpacking {source} into {}", target.display()))
+        .and_then(|()| {
+            std::fs::rename(&partial, target)
+                .with_context(|| format!("moving {} into place", target.display()))
+        });
+    if let Err(e) = unpacked {
+        if partial.exists() {
+            tree::remove(&partial);
+        }
+        return Err(e);
+    }
+    let rec = ImageRecord::new(store, name, source, image)?;
+    records::save(store, &rec)?;
+    Ok(rec)
+}
+
 /// Pull `reference` (with progress) and unpack it to `target` (a service's rootfs).
 pub fn pull_to(store: &Store, reference: &str, target: &Path) -> Result<()> {
     let name = default_name(reference);
-    let (canonical, image) = cage_image::registry::pull(
-        store,
-        reference,
-        &cage_image::registry::PullOptions::default(),
-        progress::bars(),
-    )
-    .with_context(|| format!("pulling {reference}"))?;
-    // Unpacked beside the target and renamed into place: an interrupted unpack never
-    // leaves a tree that a later `up` would take for a finished one.
-    let partial = beside(target, "partial");
-    let unpacked = unpack_and_record(store, &name, &canonical, &image, &partial).and_then(|_| {
-        std::fs::rename(&partial, target)
-            .with_context(|| format!("moving {} into place", target.display()))
-    });
-    if unpacked.is_err() && partial.exists() {
-        tree::remove(&partial);
-    }
-    unpacked
+    let (canonical, image) = pull_into_store(store, reference, &[])?;
+    unpack_into_place(store, &name, &canonical, &image, target).map(drop)
 }
 
 /// `cagerun pull`: `reference` into the store as `name` (default: [`default_name`]) and
@@ -217,13 +279,8 @@ pub fn pull(
             target.display()
         );
     }
-    let opts = cage_image::registry::PullOptions {
-        insecure_registries: insecure_registries.to_vec(),
-        ..Default::default()
-    };
-    let (canonical, image) = cage_image::registry::pull(store, reference, &opts, progress::bars())
-        .with_context(|| format!("pulling {reference}"))?;
-    let rec = unpack_and_record(store, &name, &canonical, &image, &target)?;
+    let (canonical, image) = pull_into_store(store, reference, insecure_registries)?;
+    let rec = unpack_into_place(store, &name, &canonical, &image, &target)?;
     Ok((canonical, rec, target))
 }
 

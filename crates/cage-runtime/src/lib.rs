@@ -18,7 +18,7 @@
 //!   ([`shim`]) inside a service: the agent's tool calls become fresh sandboxes.
 //!
 //! On disk: [`services::state`] (the cage's runtime directory and record), [`config`] (the
-//! cage.toml and its `.env`), [`image`] and [`build`] (root filesystems), [`bundle`] (OCI
+//! cage.toml and its `.env`), [`credentials`] (registry logins), [`image`] and [`build`] (root filesystems), [`bundle`] (OCI
 //! bundles). Messages between the processes are typed in [`proto`]; the errors users hit are
 //! typed in [`error`].
 
@@ -26,6 +26,7 @@ pub mod build;
 pub mod bundle;
 pub mod cgroup_setup;
 pub mod config;
+pub mod credentials;
 pub mod doctor;
 mod dotenv;
 pub mod error;

@@ -41,6 +41,18 @@ impl cage_image::registry::PullProgress for Progress {
             b.inc(bytes);
         }
     }
+    fn layer_skipped(&self, d: &cage_image::Digest, media_type: &str) {
+        let line = format!(
+            "{}: skipped a foreign layer ({media_type}): registries do not serve it; the image is unpacked from its other layers",
+            &d.hex()[..12]
+        );
+        // Through the bars when they are drawn, so the line does not tear them.
+        if self.tty {
+            let _ = self.multi.println(line);
+        } else {
+            eprintln!("{line}");
+        }
+    }
     fn blob_done(&self, d: &cage_image::Digest) {
         match self.bars.lock().unwrap().remove(&d.to_string()) {
             Some(b) => b.finish(),

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-use cli::{build, docs, exec, host, image, internal, model, observe, services};
+use cli::{build, docs, exec, host, image, internal, login, model, observe, services};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +35,10 @@ enum Command {
     Spec(exec::ExecArgs),
     /// Pull an image from a registry into the store and unpack it to ROOTFS_DIR/NAME.
     Pull(image::PullArgs),
+    /// Check credentials against a registry and file them for pulls of its private images.
+    Login(login::LoginArgs),
+    /// Remove a registry's credentials filed by `cagerun login`.
+    Logout(login::LogoutArgs),
     /// Ollama models: pull (Ollama's registry protocol), ls, rm — in Ollama's own layout.
     #[command(subcommand)]
     Model(model::ModelCommand),
@@ -145,6 +149,8 @@ fn main() -> ExitCode {
         Command::Check { file } => host::check(&file),
         Command::Image(cmd) => image::run(cmd).map(|()| 0),
         Command::Pull(args) => image::pull(args).map(|()| 0),
+        Command::Login(args) => login::login(args).map(|()| 0),
+        Command::Logout(args) => login::logout(args).map(|()| 0),
         Command::Bundle(args) => build::bundle(args).map(|()| 0),
         Command::Build(args) => build::build(args),
         Command::Model(cmd) => model::run(cmd).map(|()| 0),

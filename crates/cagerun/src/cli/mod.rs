@@ -7,6 +7,7 @@ pub mod exec;
 pub mod host;
 pub mod image;
 pub mod internal;
+pub mod login;
 pub mod model;
 pub mod observe;
 pub mod services;
