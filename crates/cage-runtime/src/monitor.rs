@@ -177,7 +177,32 @@ fn watch(pid: Pid, log_r: &OwnedFd, ctl: &OwnedFd, log: &mut Log) -> Result<i32>
         if kill_at.is_some_and(|t| Instant::now() >= t) {
             let _ = kill(pid, Signal::SIGKILL);
             kill_at = None;
+        } else if kill_at.is_some() && term_was_dropped(pid) {
+            // A stop that came while the container's init was still starting: the kernel
+            // drops a signal to a pid namespace's init that neither blocks nor handles it.
+            let _ = kill(pid, Signal::SIGTERM);
         }
+    }
+}
+
+/// `pid` (the container's init) neither blocks, handles nor has pending SIGTERM: a SIGTERM
+/// sent to it was dropped. (Read from /proc/PID/status; unreadable counts as not dropped.)
+fn term_was_dropped(pid: Pid) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let mask = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    };
+    let term = 1u64 << (Signal::SIGTERM as u64 - 1);
+    match (mask("SigBlk:"), mask("SigCgt:"), mask("SigPnd:"), mask("ShdPnd:")) {
+        (Some(blocked), Some(caught), Some(pending), Some(shared)) => {
+            (blocked | caught | pending | shared) & term == 0
+        }
+        _ => false,
     }
 }
 
