@@ -22,6 +22,18 @@ struct Entry {
     #[serde(default)]
     repo_tags: Option<Vec<String>>,
     layers: Vec<String>,
+    /// docker save's record of layers that came with another media type (foreign ones),
+    /// by diff_id.
+    #[serde(default)]
+    layer_sources: std::collections::HashMap<String, LayerSource>,
+}
+
+#[derive(Deserialize)]
+struct LayerSource {
+    #[serde(rename = "mediaType")]
+    media_type: String,
+    digest: String,
+    size: u64,
 }
 
 fn format(msg: impl Into<String>) -> ImageError {
@@ -110,28 +122,44 @@ pub fn import_docker_archive(store: &Store, file: &Path, tag: Option<&str>) -> R
             &store.read_verified(&config_digest)?[..],
         )
         .map_err(|e| format(format!("{}: config: {e}", file.display())))?;
-        let mut layers = Vec::new();
-        for l in &entry.layers {
-            layers.push(put_file(l)?);
-        }
         // The uncompressed layer tars are the diff_ids the config lists.
         let diff_ids: Vec<String> = config.rootfs().diff_ids().to_vec();
-        if diff_ids.len() != layers.len()
-            || diff_ids
-                .iter()
-                .zip(&layers)
-                .any(|(want, (got, _))| *want != got.to_string())
-        {
+        if diff_ids.len() != entry.layers.len() {
             return Err(format(format!(
                 "{}: the layers do not match the config's diff_ids",
                 file.display()
             )));
         }
+        // Each layer's descriptor for the manifest, and the layers to unpack. A foreign
+        // layer is left out (its file need not be in the archive) and keeps its own
+        // descriptor in the manifest, as it had when pulled.
+        let mut descriptors = Vec::new();
+        let mut layers = Vec::new();
+        for (l, diff_id) in entry.layers.iter().zip(&diff_ids) {
+            if let Some(src) = entry
+                .layer_sources
+                .get(diff_id)
+                .filter(|s| crate::layout::is_foreign_layer(&s.media_type))
+            {
+                crate::layout::warn_foreign(&src.digest, &src.media_type);
+                descriptors.push(serde_json::json!({"mediaType": src.media_type, "digest": src.digest, "size": src.size}));
+                continue;
+            }
+            let (d, size) = put_file(l)?;
+            if *diff_id != d.to_string() {
+                return Err(format(format!(
+                    "{}: the layers do not match the config's diff_ids",
+                    file.display()
+                )));
+            }
+            descriptors.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d.to_string(), "size": size}));
+            layers.push((d, size));
+        }
         let manifest = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.to_string(), "size": config_size},
-            "layers": layers.iter().map(|(d, s)| serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d.to_string(), "size": s})).collect::<Vec<_>>(),
+            "layers": descriptors,
         });
         let manifest_digest =
             store.put_bytes(&serde_json::to_vec(&manifest).map_err(|e| format(e.to_string()))?)?;

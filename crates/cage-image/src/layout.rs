@@ -135,13 +135,18 @@ pub fn import_oci_layout(store: &Store, dir: &Path, tag: Option<&str>) -> Result
     let mut layers = Vec::new();
     for l in manifest.layers() {
         let d = digest_of(l)?;
+        if is_foreign_layer(l.media_type().as_ref()) {
+            // Its blob need not be in the layout (it is fetched from elsewhere, if at all).
+            warn_foreign(&d, l.media_type().as_ref());
+            continue;
+        }
         ingest_from_layout(store, dir, &d, l.size())?;
         layers.push(d);
     }
-    if layers.len() != config.rootfs().diff_ids().len() {
+    if manifest.layers().len() != config.rootfs().diff_ids().len() {
         return Err(format(format!(
             "manifest {manifest_digest} has {} layers but its config lists {} diff_ids",
-            layers.len(),
+            manifest.layers().len(),
             config.rootfs().diff_ids().len()
         )));
     }
@@ -151,6 +156,32 @@ pub fn import_oci_layout(store: &Store, dir: &Path, tag: Option<&str>) -> Result
         config,
         layers,
     })
+}
+
+/// Whether a layer's media type says its content is not distributed with the image
+/// (Windows base layers, licensed content): OCI's `…layer.nondistributable.v1.tar*` and
+/// Docker's `…rootfs.foreign.diff.tar*`. Such layers are left out: an image imports and
+/// unpacks from its other layers, as containerd and skopeo carry it without their blobs.
+pub fn is_foreign_layer(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.oci.image.layer.nondistributable.")
+        || media_type.starts_with("application/vnd.docker.image.rootfs.foreign.")
+}
+
+/// The manifest's left-out layers, each as "DIGEST (MEDIA TYPE)".
+pub fn foreign_layers(manifest: &ImageManifest) -> Vec<String> {
+    manifest
+        .layers()
+        .iter()
+        .map(|l| (l.digest().to_string(), l.media_type().to_string()))
+        .filter(|(_, mt)| is_foreign_layer(mt))
+        .map(|(d, mt)| format!("{d} ({mt})"))
+        .collect()
+}
+
+pub(crate) fn warn_foreign(digest: &impl std::fmt::Display, media_type: &str) {
+    tracing::warn!(
+        "leaving out the non-distributable layer {digest} ({media_type}): its content does not travel with the image; the image unpacks from its other layers"
+    );
 }
 
 /// Unpack `image` into `target` (which must not exist yet). Built in a sibling temp dir and

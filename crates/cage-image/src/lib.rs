@@ -8,7 +8,8 @@
 //! - [`layout`]: OCI image layouts on disk (`oci:DIR[:tag]`): index → manifest → config and
 //!   layers.
 //! - [`unpack`]: applying layers to a root filesystem as an unprivileged user, with
-//!   whiteouts, and with no way for an entry to write outside the target.
+//!   whiteouts, and with no way for an entry to write outside the target; `sparse`
+//!   writes the sparse files of a layer.
 
 pub mod archive;
 pub mod auth;
@@ -19,6 +20,7 @@ pub mod layout;
 pub mod models;
 pub mod records;
 pub mod registry;
+mod sparse;
 pub mod store;
 pub mod unpack;
 

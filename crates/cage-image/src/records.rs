@@ -24,6 +24,10 @@ pub struct ImageRecord {
     pub size: u64,
     /// Seconds since the epoch.
     pub created: u64,
+    /// Non-distributable (foreign) layers the manifest lists and the unpack left out, each
+    /// as "DIGEST (MEDIA TYPE)".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_layers: Vec<String>,
 }
 
 /// Image names are file names in the store and directory names under rootfs/.
@@ -58,7 +62,11 @@ impl ImageRecord {
             let p = store.blob_path(d);
             size += fs::metadata(&p).map_err(io(&p, "sizing the blob"))?.len();
         }
+        let manifest =
+            oci_spec::image::ImageManifest::from_reader(&store.read_verified(&image.manifest)?[..])
+                .map_err(|e| ImageError::Format(format!("manifest {}: {e}", image.manifest)))?;
         Ok(ImageRecord {
+            skipped_layers: crate::layout::foreign_layers(&manifest),
             name: name.to_string(),
             source: source.to_string(),
             manifest: image.manifest.to_string(),

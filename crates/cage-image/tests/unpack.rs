@@ -481,3 +481,129 @@ fn with_chown_entries_get_the_images_owners() {
     );
     assert_eq!(r.unmapped_owners, 1, "ids beyond 65535 are not given");
 }
+
+#[test]
+fn a_layer_that_ends_right_after_its_last_file_s_data_reads_to_the_end() {
+    // umoci 0.4.7's insert writes these: no padding after the last file, no end blocks.
+    let (_t, root) = sandbox();
+    let mut l = Vec::new();
+    entry(&mut l, b"etc/motd", Kind::File, b"inserted\n", b"", 0o644);
+    entry(&mut l, b"zlast", Kind::File, b"odd", b"", 0o644);
+    l.truncate(l.len() - (512 - 3));
+    assert_eq!(l.len() % 512, 3, "the probe layer ends unpadded");
+    apply(&root, &l).unwrap();
+    assert_eq!(fs::read(root.join("zlast")).unwrap(), b"odd");
+    assert_eq!(fs::read(root.join("etc/motd")).unwrap(), b"inserted\n");
+    // Data cut short is still an error, padded or not.
+    let (_t2, root2) = sandbox();
+    let mut l = Vec::new();
+    entry(&mut l, b"cut", Kind::File, &[7u8; 700], b"", 0o644);
+    l.truncate(512 + 600);
+    let err = apply(&root2, &l).unwrap_err().to_string();
+    assert!(err.contains("ends inside the entry"), "{err}");
+}
+
+#[test]
+fn whiteouts_hide_lower_layers_never_the_same_layer_s_entries() {
+    let (_t, root) = sandbox();
+    let mut l1 = Vec::new();
+    entry(&mut l1, b"d/a", Kind::File, b"old", b"", 0o644);
+    entry(&mut l1, b"d/sub/old", Kind::File, b"old", b"", 0o644);
+    entry(&mut l1, b"o/lower", Kind::File, b"old", b"", 0o644);
+    apply(&root, &finish(l1)).unwrap();
+    let mut l2 = Vec::new();
+    entry(&mut l2, b"d/a", Kind::File, b"new", b"", 0o644);
+    entry(&mut l2, b"d/.wh.a", Kind::File, b"", b"", 0o644);
+    entry(&mut l2, b"d/sub/new", Kind::File, b"new", b"", 0o644);
+    entry(&mut l2, b"d/.wh.sub", Kind::File, b"", b"", 0o644);
+    entry(&mut l2, b"o/upper/x", Kind::File, b"new", b"", 0o644);
+    entry(&mut l2, b"o/.wh..wh..opq", Kind::File, b"", b"", 0o644);
+    entry(
+        &mut l2,
+        b"missing/deeper/.wh.x",
+        Kind::File,
+        b"",
+        b"",
+        0o644,
+    );
+    apply(&root, &finish(l2)).unwrap();
+    assert_eq!(
+        fs::read(root.join("d/a")).unwrap(),
+        b"new",
+        "written in this layer"
+    );
+    assert!(root.join("d/sub/new").exists(), "written in this layer");
+    assert!(
+        !root.join("d/sub/old").exists(),
+        "a lower child of a kept dir goes"
+    );
+    assert!(root.join("o/upper/x").exists());
+    assert!(
+        !root.join("o/lower").exists(),
+        "opaque: the lower child goes"
+    );
+    assert!(
+        !root.join("missing").exists(),
+        "a whiteout makes no directories"
+    );
+}
+
+#[test]
+fn the_root_entry_gives_the_root_its_mode_and_must_be_a_directory() {
+    let (_t, root) = sandbox();
+    let mut l = Vec::new();
+    entry(&mut l, b"./", Kind::Dir, b"", b"", 0o750);
+    entry(&mut l, b"f", Kind::File, b"x", b"", 0o644);
+    apply(&root, &finish(l)).unwrap();
+    let m = fs::metadata(&root).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.mtime()), (0o750, 1_700_000_000));
+    let mut l = Vec::new();
+    entry(&mut l, b"/", Kind::Symlink, b"", b"/etc", 0o777);
+    assert_refused(l, "the image's root must be a directory");
+}
+
+/// A PAX sparse file (GNU tar's format 0.1) with the given map and data.
+fn pax_sparse(name: &str, real_size: u64, map: &str, data: &[u8]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([
+        ("GNU.sparse.size", real_size.to_string().as_bytes()),
+        ("GNU.sparse.name", name.as_bytes()),
+        ("GNU.sparse.map", map.as_bytes()),
+    ])
+    .unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_path("GNUSparseFile.1/x").unwrap();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append(&h, data).unwrap();
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn pax_sparse_files_unpack_with_holes_and_hostile_maps_are_refused() {
+    let (_t, root) = sandbox();
+    apply(&root, &pax_sparse("s", 1 << 20, "0,2,4096,2", b"abcd")).unwrap();
+    let got = fs::read(root.join("s")).unwrap();
+    assert_eq!(got.len(), 1 << 20);
+    assert_eq!((&got[..2], &got[4096..4098]), (&b"ab"[..], &b"cd"[..]));
+    assert!(got[2..4096].iter().all(|b| *b == 0));
+    assert!(
+        fs::metadata(root.join("s")).unwrap().blocks() < 64,
+        "holes stay holes"
+    );
+    // Blocks past the file's size, or going backwards: refused.
+    assert_refused(
+        pax_sparse("s", 10, "0,2,4096,2", b"abcd"),
+        "blocks overlap, go backwards or pass its size",
+    );
+    assert_refused(
+        pax_sparse("s", 1 << 20, "4096,2,0,2", b"abcd"),
+        "blocks overlap, go backwards or pass its size",
+    );
+    // The real name is checked like any other.
+    assert_refused(
+        pax_sparse("../../escape", 4, "0,4", b"abcd"),
+        "path traversal",
+    );
+}

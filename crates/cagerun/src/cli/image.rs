@@ -62,6 +62,11 @@ pub fn run(cmd: ImageCommand) -> Result<()> {
             store,
         } => {
             let (rec, target) = image::import(&store.open()?, &source, &name, &rootfs_dir)?;
+            for layer in &rec.skipped_layers {
+                eprintln!(
+                    "cagerun: {name}: left out the non-distributable layer {layer}: its content does not travel with the image"
+                );
+            }
             println!(
                 "{name}: {} ({} layers, {}) → {}",
                 rec.manifest,
