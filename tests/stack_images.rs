@@ -65,7 +65,10 @@ fn static_bin() -> PathBuf {
 
 /// `text` with `from` replaced by `to`, which must occur.
 fn swap(text: &str, from: &str, to: &str) -> String {
-    assert!(text.contains(from), "config/cage.toml no longer has {from:?}: update the override");
+    assert!(
+        text.contains(from),
+        "config/cage.toml no longer has {from:?}: update the override"
+    );
     text.replace(from, to)
 }
 
@@ -73,7 +76,11 @@ fn swap(text: &str, from: &str, to: &str) -> String {
 /// swapped: the override, and nothing else.
 fn default_cage_override(registry: &str) -> String {
     let shipped = include_str!("../config/cage.toml");
-    let text = swap(shipped, OPENCLAW, &format!("{registry}/openclaw/openclaw:2026.9.6"));
+    let text = swap(
+        shipped,
+        OPENCLAW,
+        &format!("{registry}/openclaw/openclaw:2026.9.6"),
+    );
     // Ollama's model registry is not reachable offline: no `models` pull.
     let models = text
         .lines()
@@ -82,7 +89,10 @@ fn default_cage_override(registry: &str) -> String {
         .to_string();
     let text = swap(&text, &format!("{models}\n"), "");
     let start = text.find("[services.ollama]").expect("the ollama service");
-    let end = start + text[start..].find("\n# OpenClaw").expect("the section after ollama");
+    let end = start
+        + text[start..]
+            .find("\n# OpenClaw")
+            .expect("the section after ollama");
     let model = format!(
         r#"[services.ollama]
 image = "{registry}/cagerun-test/llama:1"
@@ -140,8 +150,19 @@ fn http(port: u16, path: &str) -> (u16, String) {
 /// `openclaw agent` inside the gateway, from the image's own layout (/app).
 fn agent_turn(cage: &Cage, agent: &str, session: &str, message: &str) -> Run {
     cage.cagerun(&[
-        "exec", "gateway", "--", "node", "/app/openclaw.mjs", "agent", "--agent", agent,
-        "--session-id", session, "--message", message, "--json",
+        "exec",
+        "gateway",
+        "--",
+        "node",
+        "/app/openclaw.mjs",
+        "agent",
+        "--agent",
+        agent,
+        "--session-id",
+        session,
+        "--message",
+        message,
+        "--json",
     ])
 }
 
@@ -169,16 +190,26 @@ fn the_default_cage_runs_from_registry_images_root_and_rootless() {
                     &include_str!("stack/openclaw.json")
                         .replace("http://model:8080/v1", "http://ollama:11434/v1"),
                 ),
-                (".env", &format!("GATEWAY_PORT={port}\nOLLAMA_MODEL=smollm2\n")),
+                (
+                    ".env",
+                    &format!("GATEWAY_PORT={port}\nOLLAMA_MODEL=smollm2\n"),
+                ),
                 ("workspace/.keep", ""),
-                ("app/scripted_model.py", include_str!("stack/scripted_model.py")),
+                (
+                    "app/scripted_model.py",
+                    include_str!("stack/scripted_model.py"),
+                ),
             ],
         );
         cage.bin = bin.clone();
         // The service user (1000 inside) writes the config directory and the workspace: as
         // root it is root's subordinate id base+1000 on the host, rootless the caller.
         let svc_ids = (mode.sandbox_host_uid(), mode.sandbox_host_gid());
-        for p in ["config/openclaw", "config/openclaw/openclaw.json", "workspace"] {
+        for p in [
+            "config/openclaw",
+            "config/openclaw/openclaw.json",
+            "workspace",
+        ] {
             chown_tree(&cage.root.join(p), svc_ids);
         }
         std::fs::set_permissions(
@@ -194,16 +225,24 @@ fn the_default_cage_runs_from_registry_images_root_and_rootless() {
         let started = Instant::now();
         let (r, _) = cage.up_with(&["--wait", "--store", store_arg]);
         let cold = started.elapsed();
+        eprintln!("[{mode:?}] image stack: cold up {cold:.1?}");
         for pulled in [
             format!("pulling {reg}/cagerun-test/llama:1 for ollama"),
             format!("pulling {reg}/openclaw/openclaw:2026.9.6 for onboard"),
         ] {
             assert!(r.stderr.contains(&pulled), "{pulled}: {}", r.stderr);
         }
-        assert!(r.stderr.contains("building the sandbox image"), "{}", r.stderr);
+        assert!(
+            r.stderr.contains("building the sandbox image"),
+            "{}",
+            r.stderr
+        );
         assert!(r.stderr.contains("running onboard"), "{}", r.stderr);
         let (code, body) = http(port, "/healthz");
-        assert_eq!(code, 200, "the gateway is healthy on 127.0.0.1:{port}: {body}");
+        assert_eq!(
+            code, 200,
+            "the gateway is healthy on 127.0.0.1:{port}: {body}"
+        );
 
         // Inside the gateway the image's files keep their owners: /app is root's, the
         // home of `node` is node's (uid 1000), as in the upstream image; the root is
@@ -212,10 +251,19 @@ fn the_default_cage_runs_from_registry_images_root_and_rootless() {
             "gateway",
             "stat -c '%n %u:%g' /app /app/openclaw.mjs /home/node /etc/passwd; id -u; touch /app/x 2>&1",
         );
-        for owned in ["/app 0:0", "/app/openclaw.mjs 0:0", "/etc/passwd 0:0"] {
+        for owned in [
+            "/app 0:0",
+            "/app/openclaw.mjs 0:0",
+            "/etc/passwd 0:0",
+            "/home/node 1000:1000",
+        ] {
             assert!(r.stdout.contains(owned), "{owned}: {}", r.stdout);
         }
-        assert!(r.stdout.lines().any(|l| l == "1000"), "the gateway runs as node: {}", r.stdout);
+        assert!(
+            r.stdout.lines().any(|l| l == "1000"),
+            "the gateway runs as node: {}",
+            r.stdout
+        );
         assert!(r.stdout.contains("Read-only file system"), "{}", r.stdout);
 
         // An agent turn to the model, then a tool call through the shim and the broker.
@@ -223,7 +271,11 @@ fn the_default_cage_runs_from_registry_images_root_and_rootless() {
         assert_eq!(turn.code, 0, "{}\n{}", turn.stdout, turn.stderr);
         let reply: serde_json::Value = serde_json::from_str(&turn.stdout).expect("agent --json");
         assert_eq!(reply["status"], "ok", "{}", turn.stdout);
-        assert!(turn.stdout.contains("\"winnerModel\": \"smollm2\""), "{}", turn.stdout);
+        assert!(
+            turn.stdout.contains("\"winnerModel\": \"smollm2\""),
+            "{}",
+            turn.stdout
+        );
         let turn = agent_turn(&cage, "tools", "cagerun-images-tools", "run the probe");
         assert_eq!(turn.code, 0, "{}\n{}", turn.stdout, turn.stderr);
         let text = serde_json::from_str::<serde_json::Value>(&turn.stdout).unwrap()["result"]
@@ -238,13 +290,28 @@ fn the_default_cage_runs_from_registry_images_root_and_rootless() {
             "from-the-sandbox\n"
         );
         let made = std::fs::metadata(cage.root.join("workspace/tool-call.txt")).unwrap();
-        assert_eq!((made.uid(), made.gid()), svc_ids, "the tool's file is the service user's");
+        assert_eq!(
+            (made.uid(), made.gid()),
+            svc_ids,
+            "the tool's file is the service user's"
+        );
 
         // The CLI one-shot shares the gateway's network: it reaches the gateway.
-        let r = cage.cagerun(&["cli", "--", "health", "--json"]);
+        let r = cage.cagerun(&["cli", "--store", store_arg, "--", "health", "--json"]);
         assert_eq!(r.code, 0, "cli health: {}\n{}", r.stdout, r.stderr);
-        assert!(r.stdout.contains("\"ok\": true") || r.stdout.contains("\"ok\":true"), "{}", r.stdout);
-        let r = cage.cagerun(&["cli", "--", "doctor", "--non-interactive"]);
+        assert!(
+            r.stdout.contains("\"ok\": true") || r.stdout.contains("\"ok\":true"),
+            "{}",
+            r.stdout
+        );
+        let r = cage.cagerun(&[
+            "cli",
+            "--store",
+            store_arg,
+            "--",
+            "doctor",
+            "--non-interactive",
+        ]);
         assert_eq!(r.code, 0, "cli doctor: {}\n{}", r.stdout, r.stderr);
 
         let netns = cage.netns_inodes();

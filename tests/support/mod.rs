@@ -149,6 +149,16 @@ pub fn bins() -> &'static Bins {
         let cagerun = PathBuf::from(env!("CARGO_BIN_EXE_cagerun"));
         let probe = cagerun.with_file_name("cage-probe");
         assert!(probe.exists(), "{} is missing: build it with `cargo build -p cage-probe` (cargo test --workspace does)", probe.display());
+        // Copies left by earlier test processes (a static is never dropped): theirs are
+        // gone once their process is.
+        for e in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("cagerun-test-bin-") {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         let dir = std::env::temp_dir().join(format!("cagerun-test-bin-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -198,7 +198,12 @@ fn term_was_dropped(pid: Pid) -> bool {
             .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
     };
     let term = 1u64 << (Signal::SIGTERM as u64 - 1);
-    match (mask("SigBlk:"), mask("SigCgt:"), mask("SigPnd:"), mask("ShdPnd:")) {
+    match (
+        mask("SigBlk:"),
+        mask("SigCgt:"),
+        mask("SigPnd:"),
+        mask("ShdPnd:"),
+    ) {
         (Some(blocked), Some(caught), Some(pending), Some(shared)) => {
             (blocked | caught | pending | shared) & term == 0
         }

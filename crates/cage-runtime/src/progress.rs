@@ -86,3 +86,37 @@ pub fn human(bytes: u64) -> String {
         format!("{v:.1} {}", units[i])
     }
 }
+
+/// A spinner with the elapsed time for a step that has no measure (waiting for health), on
+/// a terminal only; it clears itself when dropped.
+pub struct Spinner(Option<indicatif::ProgressBar>);
+
+pub fn spinner(message: &str) -> Spinner {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return Spinner(None);
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.set_message(message.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    Spinner(Some(bar))
+}
+
+impl Spinner {
+    pub fn set_message(&self, message: String) {
+        if let Some(b) = &self.0 {
+            b.set_message(message);
+        }
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        if let Some(b) = &self.0 {
+            b.finish_and_clear();
+        }
+    }
+}

@@ -126,6 +126,7 @@ pub fn up(opts: UpOptions, report: &dyn UpReport) -> Result<i32> {
 /// that failed, exited or turned unhealthy (the cage stays up to be looked at).
 fn wait_healthy(paths: &CagePaths, timeout: Duration) -> Result<()> {
     let deadline = std::time::Instant::now() + timeout;
+    let spinner = crate::progress::spinner("waiting for health");
     loop {
         let reply = control::request(paths, &control::Request::Ps)
             .context("the supervisor stopped while waiting for health (`cagerun logs`)")?;
@@ -152,6 +153,7 @@ fn wait_healthy(paths: &CagePaths, timeout: Duration) -> Result<()> {
         if pending.is_empty() {
             return Ok(());
         }
+        spinner.set_message(format!("waiting for health: {}", pending.join(", ")));
         if std::time::Instant::now() > deadline {
             bail!(
                 "still not healthy after {}s: {} (`cagerun ps`, `cagerun logs`)",
