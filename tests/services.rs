@@ -797,3 +797,52 @@ mounts = [{{ src = "app", dst = "/app" }}]
         cage.id = None;
     }
 }
+
+#[test]
+fn a_job_that_writes_a_directory_its_user_cannot_write_is_warned_with_the_fix() {
+    let _serial = serial();
+    for mode in modes() {
+        let toml = r#"
+[services.job]
+host = true
+on_demand = true
+command = ["sh", "-c", "touch /w/probe 2>&1 && echo wrote; true", "{MARKER}"]
+mounts = [{ src = "w", dst = "/w", ro = false }]
+"#;
+        // The directory is the caller's: rootless that is the job's user, as root it is not
+        // (the job's user is root's subordinate id base+1000).
+        let cage = Cage::new(
+            mode,
+            "unwritable",
+            &[("config/cage.toml", toml), ("w/.keep", "")],
+        );
+        let r = cage.cagerun(&["run", "job"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let (uid, gid) = (mode.sandbox_host_uid(), mode.sandbox_host_gid());
+        let fix = format!("chown -R {uid}:{gid} ");
+        match mode {
+            Mode::Root => {
+                assert!(
+                    r.stdout.contains("Permission denied"),
+                    "the probe fails without the fix: {}",
+                    r.stdout
+                );
+                assert!(
+                    r.stderr.contains("cannot write") && r.stderr.contains(&fix),
+                    "{}",
+                    r.stderr
+                );
+                // With the fix, the job writes and nothing is said.
+                chown_tree(&cage.root.join("w"), (uid, gid));
+                let r = cage.cagerun(&["run", "job"]);
+                assert!(r.stdout.contains("wrote"), "{}", r.stdout);
+                assert!(!r.stderr.contains("cannot write"), "{}", r.stderr);
+            }
+            Mode::Rootless { .. } => {
+                assert!(r.stdout.contains("wrote"), "{}", r.stdout);
+                assert!(!r.stderr.contains("cannot write"), "{}", r.stderr);
+            }
+        }
+        assert_no_leftovers(&cage.marker);
+    }
+}

@@ -127,6 +127,10 @@ impl Cage {
         let mut args = vec!["up", "-d"];
         args.extend_from_slice(extra);
         let r = self.cagerun(&args);
+        if r.code != 0 {
+            // A failed `--wait` leaves the cage up to be looked at: not after a test.
+            let _ = self.cagerun(&["down"]);
+        }
         assert_eq!(r.code, 0, "up failed: {}", r.stderr);
         let line = r.stdout.lines().find(|l| l.contains(" is up")).unwrap();
         // "cage ID is up (supervisor pid N)"

@@ -243,6 +243,41 @@ fn apply_service(
     Ok(())
 }
 
+/// What a rendered spec's process writes on the host: the host uid and gid it runs as
+/// (through the spec's id maps; None without a user namespace or an unmapped user) and the
+/// sources of its writable binds. `up` warns before a job runs when one of them is not
+/// writable for that user (as root, a cage's writable directories belong to root's
+/// subordinate id base+1000, not to host root).
+pub fn writable_binds(spec: &Spec) -> (Option<(u32, u32)>, Vec<PathBuf>) {
+    let outside = |maps: Option<&Vec<LinuxIdMapping>>, id: u32| {
+        maps.into_iter().flatten().find_map(|m| {
+            (id >= m.container_id() && id - m.container_id() < m.size())
+                .then(|| m.host_id() + (id - m.container_id()))
+        })
+    };
+    let linux = spec.linux().as_ref();
+    let ids = spec.process().as_ref().and_then(|p| {
+        let uid = outside(
+            linux.and_then(|l| l.uid_mappings().as_ref()),
+            p.user().uid(),
+        )?;
+        let gid = outside(
+            linux.and_then(|l| l.gid_mappings().as_ref()),
+            p.user().gid(),
+        )?;
+        Some((uid, gid))
+    });
+    let sources = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .filter(|m| m.typ().as_deref() == Some("bind"))
+        .filter(|m| !m.options().iter().flatten().any(|o| o == "ro"))
+        .filter_map(|m| m.source().clone())
+        .collect();
+    (ids, sources)
+}
+
 /// A bundle written as root for another runtime (runc, crun chown to the container's root):
 /// map the container's root to the host's nobody, which owns nothing that matters and which
 /// nothing in the sandbox can become (no capabilities, no_new_privs). Unchanged when the
@@ -644,6 +679,34 @@ mod tests {
             .iter()
             .map(|m| (m.container_id(), m.host_id(), m.size()))
             .collect()
+    }
+
+    #[test]
+    fn writable_binds_name_the_host_user_and_only_rw_bind_sources() {
+        let mut spec = spec_with(1000, vec![(0, 1_000_000, 65536)]);
+        let bind = |src: &str, ro: bool| {
+            let mut o = vec!["bind".to_string()];
+            if ro {
+                o.push("ro".into());
+            }
+            oci_spec::runtime::MountBuilder::default()
+                .destination(format!("/m{src}"))
+                .typ("bind")
+                .source(src)
+                .options(o)
+                .build()
+                .unwrap()
+        };
+        spec.set_mounts(Some(vec![bind("/rw", false), bind("/ro", true)]));
+        let (ids, sources) = writable_binds(&spec);
+        assert_eq!(
+            ids,
+            Some((1_001_000, 1_000_000)),
+            "uid 1000, gid 0 through the map"
+        );
+        assert_eq!(sources, [PathBuf::from("/rw")]);
+        let (ids, _) = writable_binds(&spec_with(70000, vec![(0, 1_000_000, 65536)]));
+        assert_eq!(ids, None, "an unmapped user has no host id");
     }
 
     #[test]

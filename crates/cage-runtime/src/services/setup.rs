@@ -159,6 +159,7 @@ pub fn run_job(
         None,
     )
     .with_context(|| format!("service {}", service.name))?;
+    warn_unwritable(&service.name, &spec);
     let tty = attach && std::io::IsTerminal::is_terminal(&std::io::stdin());
     if let Some(p) = spec.process_mut() {
         p.set_terminal(Some(tty));
@@ -174,6 +175,35 @@ pub fn run_job(
             super::enter::run_in_network(spec, network, attach)
         }
         None => crate::sandbox::run_spec(&spec, attach),
+    }
+}
+
+/// Say which writable binds the job's user cannot write, with the fix, before the job fails
+/// on them with its own words (OpenClaw says "openat2 beneath root: Permission denied").
+/// Mode bits only (an ACL may still allow it): a warning, never an error.
+fn warn_unwritable(job: &str, spec: &oci_spec::runtime::Spec) {
+    use std::os::unix::fs::MetadataExt;
+    let (Some((uid, gid)), sources) = cage_spec::compose::writable_binds(spec) else {
+        return;
+    };
+    for src in sources {
+        let Ok(m) = std::fs::metadata(&src) else {
+            continue;
+        };
+        let mode = m.mode();
+        let writable = (m.uid() == uid && mode & 0o200 != 0)
+            || (m.gid() == gid && mode & 0o020 != 0)
+            || mode & 0o002 != 0;
+        if !writable {
+            eprintln!(
+                "cagerun: warning: {job} writes {} (owner {}:{}, mode {:o}), which its user (host {uid}:{gid}) cannot write: `chown -R {uid}:{gid} {}`",
+                src.display(),
+                m.uid(),
+                m.gid(),
+                mode & 0o7777,
+                src.display()
+            );
+        }
     }
 }
 
