@@ -35,8 +35,15 @@ pub enum ImageError {
         what: &'static str,
         source: std::io::Error,
     },
-    #[error("layer is larger than the {limit}-byte limit")]
+    #[error("the image's layers write more than the {limit}-byte limit on one image's files; if the image really is that large, raise the limit with {}=BYTES", crate::unpack::MAX_IMAGE_BYTES_ENV)]
     TooLarge { limit: u64 },
+    #[error("layer refused: the {kind} entry at byte {offset} of the uncompressed layer claims {size} bytes, over the {limit}-byte limit on tar metadata entries (real long names and PAX headers are a few KiB); the image is malformed or hostile")]
+    MetadataTooLarge {
+        offset: u64,
+        kind: &'static str,
+        size: u64,
+        limit: u64,
+    },
     #[error("reading the layer: {0}")]
     Archive(std::io::Error),
     #[error("{path}: {what}: {source}")]

@@ -213,8 +213,21 @@ pub fn unpack_image(
     ));
     fs::create_dir(&tmp).map_err(io(&tmp, "creating the unpack directory"))?;
     let result = (|| {
+        // `max_bytes` bounds the image: each layer gets what the layers below left.
+        let mut written = 0u64;
         for d in &image.layers {
-            apply_layer(&tmp, store.open_verified(d)?, opts)?;
+            let layer_opts = UnpackOptions {
+                max_bytes: opts.max_bytes.map(|m| m.saturating_sub(written)),
+                ..opts.clone()
+            };
+            let report =
+                apply_layer(&tmp, store.open_verified(d)?, &layer_opts).map_err(|e| match e {
+                    ImageError::TooLarge { .. } => ImageError::TooLarge {
+                        limit: opts.max_bytes.unwrap_or_default(),
+                    },
+                    e => e,
+                })?;
+            written += report.bytes;
         }
         fs::rename(&tmp, target).map_err(io(target, "moving the rootfs into place"))
     })();

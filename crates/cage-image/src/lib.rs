@@ -9,7 +9,8 @@
 //!   layers.
 //! - [`unpack`]: applying layers to a root filesystem as an unprivileged user, with
 //!   whiteouts, and with no way for an entry to write outside the target; `sparse`
-//!   writes the sparse files of a layer.
+//!   writes the sparse files of a layer; `targuard` refuses oversized tar metadata entries
+//!   before the tar reader buffers them.
 
 pub mod archive;
 pub mod auth;
@@ -22,6 +23,7 @@ pub mod records;
 pub mod registry;
 mod sparse;
 pub mod store;
+mod targuard;
 pub mod unpack;
 
 pub use digest::Digest;

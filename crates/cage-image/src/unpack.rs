@@ -33,13 +33,25 @@ use std::rc::Rc;
 
 use crate::error::{io, ImageError, Result};
 use crate::sparse::{copy_with_holes, PaxRecords, PaxSparse, SparseError};
+use crate::targuard::{self, TarGuard};
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE: &[u8] = b".wh..wh..opq";
 
+/// The bytes one image's layers may write unless [`MAX_IMAGE_BYTES_ENV`] says otherwise:
+/// 64 GiB, far above real images (base images are megabytes, GPU stacks a few GiB),
+/// so a decompression bomb stops with [`ImageError::TooLarge`] long before it has filled a
+/// disk of ordinary size; a full disk still fails cleanly (ENOSPC) below that.
+pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 64 << 30;
+
+/// The environment variable that sets the per-image limit (bytes); named in the error.
+pub const MAX_IMAGE_BYTES_ENV: &str = "CAGERUN_MAX_IMAGE_BYTES";
+
 #[derive(Debug, Clone, Default)]
 pub struct UnpackOptions {
-    /// Refuse a layer whose entries add up to more than this many bytes.
+    /// Refuse to write more than this many bytes of file data (sparse files count with
+    /// their holes): [`apply_layer`] for one layer, [`crate::layout::unpack_image`] for all
+    /// of an image's layers together. cage-runtime sets [`DEFAULT_MAX_IMAGE_BYTES`].
     pub max_bytes: Option<u64>,
     /// Give entries the image's owners (ids 0..65535). Needs the power to chown: root, or
     /// root of a user namespace that maps those ids (subordinate ranges).
@@ -74,8 +86,28 @@ type Components = Vec<Vec<u8>>;
 
 /// Apply one (possibly compressed) layer tar to `root`, an existing directory.
 pub fn apply_layer(root: &Path, layer: impl Read, opts: &UnpackOptions) -> Result<UnpackReport> {
+    // The guard sits below the tar reader, so an oversized long name or PAX header is
+    // refused before the tar reader would buffer it; its refusal wins over the I/O error
+    // the tar reader reports for it.
+    let (guarded, refused) = TarGuard::new(
+        crate::compression::decompress(layer)?,
+        targuard::MAX_METADATA_BYTES,
+    );
+    let result = apply_tar(root, guarded, opts);
+    match refused.take() {
+        Some(r) => Err(ImageError::MetadataTooLarge {
+            offset: r.offset,
+            kind: r.kind,
+            size: r.size,
+            limit: r.limit,
+        }),
+        None => result,
+    }
+}
+
+fn apply_tar(root: &Path, layer: impl Read, opts: &UnpackOptions) -> Result<UnpackReport> {
     let root_fd = open_dir(root)?;
-    let (reader, made_up) = EndAtLastByte::new(crate::compression::decompress(layer)?);
+    let (reader, made_up) = EndAtLastByte::new(layer);
     let mut archive = tar::Archive::new(reader);
     let mut report = UnpackReport::default();
     let mut dir_modes: Vec<DirMode> = Vec::new();

@@ -135,3 +135,53 @@ fn removing_a_tree_unlinks_its_symlinks_and_touches_nothing_outside() {
     assert_eq!(mode, 0o555, "the outside directory's mode changed");
     fs::set_permissions(&outside, fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+/// `max_bytes` bounds what all of an image's layers write together: two layers of 600
+/// bytes each pass a 1000-byte limit one at a time, and the image does not; nothing is
+/// left at the target.
+#[test]
+fn the_byte_limit_spans_all_of_an_images_layers() {
+    use cage_image::unpack::apply_layer;
+    use cage_image::ImageError;
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::open(&t.path().join("store")).unwrap();
+    let layer = |name: &str| {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_path(name).unwrap();
+        h.set_size(600);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append(&h, &[7u8; 600][..]).unwrap();
+        tar.into_inner().unwrap()
+    };
+    let (a, b) = (layer("a"), layer("b"));
+    let limited = UnpackOptions {
+        max_bytes: Some(1000),
+        ..Default::default()
+    };
+    // Each layer alone is within the limit.
+    for l in [&a, &b] {
+        let root = tempfile::tempdir().unwrap();
+        apply_layer(root.path(), &l[..], &limited).unwrap();
+    }
+    let image = cage_image::layout::Image {
+        manifest: Digest::of(b"manifest"),
+        config_digest: Digest::of(b"config"),
+        config: Default::default(),
+        layers: vec![store.put_bytes(&a).unwrap(), store.put_bytes(&b).unwrap()],
+    };
+    let target = t.path().join("rootfs/two");
+    let err = unpack_image(&store, &image, &target, &limited).unwrap_err();
+    assert!(
+        matches!(err, ImageError::TooLarge { limit: 1000 }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("CAGERUN_MAX_IMAGE_BYTES"), "{err}");
+    assert!(!target.exists());
+    let left: Vec<_> = fs::read_dir(t.path().join("rootfs")).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    // Without a limit it unpacks.
+    unpack_image(&store, &image, &target, &UnpackOptions::default()).unwrap();
+    assert_eq!(fs::read(target.join("b")).unwrap(), [7u8; 600]);
+}

@@ -607,3 +607,111 @@ fn pax_sparse_files_unpack_with_holes_and_hostile_maps_are_refused() {
         "path traversal",
     );
 }
+
+/// A plain layer made on the fly: a GNU long-name (`L`) entry claiming `size` bytes, its
+/// data, then a small file. It samples the process's resident memory at every read, so
+/// the highest value seen while the layer is consumed is known.
+struct LongNameBomb {
+    head: Vec<u8>,
+    pos: u64,
+    size: u64,
+    tail: Vec<u8>,
+    peak_rss: u64,
+}
+
+impl LongNameBomb {
+    fn new(size: u64) -> Self {
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+        h.set_entry_type(tar::EntryType::GNULongName);
+        h.set_mode(0o644);
+        h.set_size(size);
+        h.set_cksum();
+        let mut tail = vec![0u8; ((512 - size % 512) % 512) as usize];
+        entry(&mut tail, b"after", Kind::File, b"x", b"", 0o644);
+        LongNameBomb {
+            head: h.as_bytes().to_vec(),
+            pos: 0,
+            size,
+            tail: finish(tail),
+            peak_rss: rss(),
+        }
+    }
+}
+
+impl std::io::Read for LongNameBomb {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.peak_rss = self.peak_rss.max(rss());
+        let (head, size) = (self.head.len() as u64, self.size);
+        let n = if self.pos < head {
+            let s = &self.head[self.pos as usize..];
+            let n = s.len().min(buf.len());
+            buf[..n].copy_from_slice(&s[..n]);
+            n
+        } else if self.pos < head + size {
+            let n = (head + size - self.pos).min(buf.len() as u64) as usize;
+            buf[..n].fill(b'a');
+            n
+        } else {
+            let s = &self.tail[(self.pos - head - size).min(self.tail.len() as u64) as usize..];
+            let n = s.len().min(buf.len());
+            buf[..n].copy_from_slice(&s[..n]);
+            n
+        };
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Resident memory of this process, in bytes (/proc/self/statm counts pages).
+fn rss() -> u64 {
+    let statm = fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// A 256 MiB long name is refused at its header, with the entry and the limit named,
+/// while memory stays small. The probe is valid: the tar reader alone, fed the same
+/// stream, holds the whole name in memory.
+#[test]
+fn an_oversized_long_name_is_refused_without_buffering_it() {
+    const SIZE: u64 = 256 << 20;
+    let (_t, root) = sandbox();
+    let mut layer = LongNameBomb::new(SIZE);
+    let before = layer.peak_rss;
+    let err = apply_layer(&root, &mut layer, &UnpackOptions::default()).unwrap_err();
+    let grew = layer.peak_rss - before;
+    match &err {
+        ImageError::MetadataTooLarge {
+            offset,
+            kind,
+            size,
+            limit,
+        } => {
+            assert_eq!((*offset, *size, *limit), (0, SIZE, 1 << 20));
+            assert!(kind.contains("long name"), "{kind}");
+        }
+        other => panic!("expected MetadataTooLarge, got {other:?}"),
+    }
+    let shown = err.to_string();
+    assert!(
+        shown.contains("at byte 0") && shown.contains("1048576-byte limit"),
+        "{shown}"
+    );
+    assert!(grew < 64 << 20, "resident memory grew by {grew} bytes");
+    assert!(
+        fs::read_dir(&root).unwrap().next().is_none(),
+        "something was written"
+    );
+
+    // Without the guard: the tar reader buffers the whole long name.
+    let mut raw = LongNameBomb::new(SIZE);
+    let before = raw.peak_rss;
+    {
+        let mut archive = tar::Archive::new(&mut raw);
+        let first = archive.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(first.path_bytes().len() as u64, SIZE);
+    }
+    let held = raw.peak_rss - before;
+    assert!(held > 200 << 20, "the probe held only {held} bytes");
+}

@@ -8,7 +8,7 @@ use cage_image::layout::{import_oci_layout, unpack_image};
 pub use cage_image::records::ImageRecord as Record;
 use cage_image::records::{self, ImageRecord};
 pub use cage_image::store::Store;
-use cage_image::unpack::UnpackOptions;
+use cage_image::unpack::{UnpackOptions, DEFAULT_MAX_IMAGE_BYTES, MAX_IMAGE_BYTES_ENV};
 
 use crate::{ids, progress, tree};
 
@@ -75,9 +75,14 @@ pub fn unpack(store: &Store, image: &cage_image::layout::Image, target: &Path) -
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
+    // Read before the mapped helper runs, so a bad value is the caller's error.
+    let bounded = UnpackOptions {
+        max_bytes: Some(max_image_bytes()?),
+        ..Default::default()
+    };
     let chowned = UnpackOptions {
         chown: true,
-        ..Default::default()
+        ..bounded.clone()
     };
     match (root, ids::subordinate()) {
         // As root, the image's ids land in root's subordinate range (image id N is host id
@@ -105,9 +110,23 @@ pub fn unpack(store: &Store, image: &cage_image::layout::Image, target: &Path) -
             })?;
             Ok(())
         })?,
-        (false, None) => unpack_image(store, image, target, &UnpackOptions::default()).map(drop)?,
+        (false, None) => unpack_image(store, image, target, &bounded).map(drop)?,
     }
     Ok(())
+}
+
+/// The most bytes of files one image's layers may write: `$CAGERUN_MAX_IMAGE_BYTES`, else
+/// [`DEFAULT_MAX_IMAGE_BYTES`] (a decompression bomb stops there, not at a full disk).
+pub fn max_image_bytes() -> Result<u64> {
+    match std::env::var(MAX_IMAGE_BYTES_ENV) {
+        Err(_) => Ok(DEFAULT_MAX_IMAGE_BYTES),
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => bail!(
+                "{MAX_IMAGE_BYTES_ENV}={v:?}: expected a number of bytes above 0 (e.g. {DEFAULT_MAX_IMAGE_BYTES})"
+            ),
+        },
+    }
 }
 
 /// Unpack an image that is in the store into `target` and record it under `name`; `source`
