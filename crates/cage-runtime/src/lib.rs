@@ -19,7 +19,8 @@
 //!
 //! On disk: [`services::state`] (the cage's runtime directory and record), [`config`] (the
 //! cage.toml and its `.env`), [`image`] and [`build`] (root filesystems), [`bundle`] (OCI
-//! bundles). Messages between the processes are typed in [`proto`]; the errors users hit are
+//! bundles). On pure cgroup v2, [`systemd`] gets `up` and `exec` a delegated cgroup (a
+//! transient scope over D-Bus) where they start from one they cannot divide. Messages between the processes are typed in [`proto`]; the errors users hit are
 //! typed in [`error`].
 
 pub mod build;
@@ -42,6 +43,7 @@ pub mod proto;
 pub mod sandbox;
 pub mod services;
 pub mod shim;
+pub mod systemd;
 pub mod tree;
 
 pub use error::Error;

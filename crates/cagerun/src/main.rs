@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use cli::{build, exec, host, image, internal, model, services};
+use cli::{build, exec, generate, host, image, internal, model, services};
 
 #[derive(Parser)]
 #[command(
@@ -85,6 +85,9 @@ enum Command {
     /// One-shot OpenClaw CLI (onboard, channels add, doctor) with a writable config:
     /// `cagerun run cli -- ARGS`.
     Cli(services::CliArgs),
+    /// Write files that run the cage under another manager: `generate systemd` (a user unit).
+    #[command(subcommand)]
+    Generate(generate::GenerateCommand),
     /// (internal) The cage's user and network namespace holder.
     #[command(hide = true)]
     Holder(internal::HolderArgs),
@@ -145,6 +148,7 @@ fn main() -> ExitCode {
         Command::Internet(args) => services::internet(args),
         Command::Run(args) => services::run(args),
         Command::Cli(args) => services::cli(args),
+        Command::Generate(cmd) => generate::run(cmd),
         Command::Holder(args) => cage_runtime::holder::run(args.into()).map(|()| 0),
         Command::Monitor(args) => cage_runtime::monitor::run(args.into()),
         Command::Init { command } => cage_runtime::init::run(command),

@@ -3,6 +3,7 @@
 
 pub mod build;
 pub mod exec;
+pub mod generate;
 pub mod host;
 pub mod image;
 pub mod internal;
