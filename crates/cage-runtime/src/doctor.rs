@@ -154,9 +154,13 @@ pub fn check() -> Result<Report> {
             };
             match cgroups::find_parent(uid) {
                 Some(p) => r.ok("limits", format!("cgroup {kind}: {}", p.dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "))),
+                None if kind == "v2" && crate::systemd::user_bus_address().is_some() => r.ok(
+                    "limits",
+                    "cgroup v2, not delegated here (a login session): `exec` asks the user's systemd for a delegated scope over D-Bus",
+                ),
                 None if kind == "v2" => r.warn(
                     "limits",
-                    "cgroup v2 without a delegated subtree: rlimits; run under `systemd-run --user --scope -p Delegate=yes` or set CAGERUN_CGROUP_PARENT",
+                    "cgroup v2 without a delegated subtree and no user bus to ask systemd for one: rlimits; log in through pam_systemd, or run under `systemd-run --user --scope -p Delegate=yes`, or set CAGERUN_CGROUP_PARENT",
                 ),
                 None => r.warn("limits", format!("cgroup {kind} not delegated to uid {uid}: rlimits; fix: sudo cagerun setup-cgroups --user {}", crate::host::user_name(uid))),
             }
@@ -252,7 +256,8 @@ fn services(r: &mut Report, uid: u32) {
         }
         cgroups::Layout::Unified => match cgroups::find_parent(uid) {
             Some(p) => r.ok("services cgroups", format!("v2: cages go under {}", p.dirs[0].display())),
-            None => r.warn("services cgroups", "v2 without a delegated subtree with memory and pids; fix: run `systemd-run --user --scope -p Delegate=yes cagerun up`, or set CAGERUN_CGROUP_PARENT"),
+            None if crate::systemd::user_bus_address().is_some() => r.ok("services cgroups", "v2, not delegated here (a login session): `up` asks the user's systemd for a delegated scope over D-Bus"),
+            None => r.warn("services cgroups", "v2 without a delegated subtree and no user bus to ask systemd for one; fix: log in through pam_systemd or `sudo loginctl enable-linger USER`, or run `systemd-run --user --scope -p Delegate=yes cagerun up`, or set CAGERUN_CGROUP_PARENT"),
         },
         cgroups::Layout::None => r.warn("services cgroups", "no cgroup controllers mounted: services need them"),
     }

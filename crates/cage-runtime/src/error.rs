@@ -29,6 +29,8 @@ pub enum Error {
     },
     #[error("no delegated cgroup v2 subtree with the memory and pids controllers: run cagerun under systemd's user delegation (`systemd-run --user --scope -p Delegate=yes cagerun up`), or set {parent_env}")]
     CgroupNotDelegatedV2 { parent_env: &'static str },
+    #[error("cgroup v2 limits need a delegated cgroup, and there is no user D-Bus to ask systemd for one (DBUS_SESSION_BUS_ADDRESS is unset and $XDG_RUNTIME_DIR/bus is missing): log in through pam_systemd (ssh, a console login, `machinectl shell {user}@`), or run `sudo loginctl enable-linger {user}` once, or run cagerun as `systemd-run --user --scope -p Delegate=yes cagerun ...`")]
+    NoUserBus { user: String },
     #[error("cage {cage} is not up ({hint})")]
     NotUp { cage: String, hint: &'static str },
     #[error("cage {cage} is already up (`cagerun ps`, `cagerun down`)")]
@@ -50,6 +52,7 @@ impl Error {
             | Error::NoSubordinateIds { .. }
             | Error::CgroupNotDelegatedV1 { .. }
             | Error::CgroupNotDelegatedV2 { .. }
+            | Error::NoUserBus { .. }
             | Error::NotUp { .. }
             | Error::AlreadyUp { .. }
             | Error::DiskFull { .. } => EXIT_CAGERUN_ERROR,

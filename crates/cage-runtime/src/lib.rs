@@ -18,8 +18,10 @@
 //!   ([`shim`]) inside a service: the agent's tool calls become fresh sandboxes.
 //!
 //! On disk: [`services::state`] (the cage's runtime directory and record), [`config`] (the
-//! cage.toml and its `.env`), [`credentials`] (registry logins), [`image`] and [`build`] (root filesystems), [`bundle`] (OCI
-//! bundles). Messages between the processes are typed in [`proto`]; the errors users hit are
+//! cage.toml and its `.env`), [`credentials`] (registry logins), [`image`] and [`build`]
+//! (root filesystems), [`bundle`] (OCI bundles). On pure cgroup v2, [`systemd`] gets `up`
+//! and `exec` a delegated cgroup (a transient scope over D-Bus) where they start from one
+//! they cannot divide. Messages between the processes are typed in [`proto`]; the errors users hit are
 //! typed in [`error`].
 
 pub mod build;
@@ -43,6 +45,7 @@ pub mod proto;
 pub mod sandbox;
 pub mod services;
 pub mod shim;
+pub mod systemd;
 pub mod tree;
 pub mod views;
 

@@ -15,6 +15,9 @@
 //!   [`limit_files`] says which file gets which value, per layout.
 //! - **Parents** ([`enable_controllers`]: v2 `cgroup.subtree_control` `+memory +pids`;
 //!   [`fill_cpuset`]: a new v1 cpuset copies its parent's `cpuset.cpus` and `cpuset.mems`).
+//! - **A delegated cgroup of one's own** ([`own_cgroup`], [`take_over`]): on v2, a unit with
+//!   `Delegate=yes` (or the scope cagerun asks systemd for) that this process is alone in is
+//!   made a parent: the process moves into a leaf, the cgroup hands its controllers down.
 //! - **Sandboxes** ([`find_parent`], [`Leaf`]): each sandbox gets a leaf `sbx-<pid>` that is
 //!   removed when it ends; leaves of dead runs are swept on the next. Without a delegated
 //!   subtree the caller falls back to rlimits.
@@ -99,7 +102,8 @@ fn writable(dir: &Path) -> bool {
         && nix::unistd::access(&dir.join("cgroup.procs"), nix::unistd::AccessFlags::W_OK).is_ok()
 }
 
-fn own_v2_cgroup() -> Option<PathBuf> {
+/// This process's cgroup on v2 (`/sys/fs/cgroup/...`), from /proc/self/cgroup.
+pub fn own_v2_cgroup() -> Option<PathBuf> {
     let text = fs::read_to_string("/proc/self/cgroup").ok()?;
     let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
     Some(Path::new(ROOT).join(rel.trim_start_matches('/')))
@@ -109,6 +113,85 @@ fn has_controllers(dir: &Path) -> bool {
     let text = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
     let words: Vec<&str> = text.split_whitespace().collect();
     words.contains(&"memory") && words.contains(&"pids")
+}
+
+/// This process's own v2 cgroup as a place to divide: is it delegated to us (a unit with
+/// `Delegate=yes`, or the scope cagerun asked systemd for)?
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnCgroup {
+    pub path: PathBuf,
+    /// It and its `cgroup.procs` and `cgroup.subtree_control` belong to `uid` and are writable.
+    pub owned: bool,
+    /// No process but this one is in it (its children would be left behind in the cgroup
+    /// that gets controllers enabled, which v2 refuses).
+    pub alone: bool,
+    /// Its parent hands it the memory and pids controllers (`cgroup.controllers`).
+    pub controllers: bool,
+}
+
+/// Look at this process's own v2 cgroup (None: not v2, or not found).
+pub fn own_cgroup(uid: u32) -> Option<OwnCgroup> {
+    use std::os::unix::fs::MetadataExt;
+    let path = own_v2_cgroup()?;
+    if path == Path::new(ROOT) {
+        return None;
+    }
+    let mine = |p: &Path| fs::metadata(p).is_ok_and(|m| m.uid() == uid);
+    let owned = mine(&path)
+        && mine(&path.join("cgroup.procs"))
+        && mine(&path.join("cgroup.subtree_control"))
+        && writable(&path)
+        && nix::unistd::access(
+            &path.join("cgroup.subtree_control"),
+            nix::unistd::AccessFlags::W_OK,
+        )
+        .is_ok();
+    let me = std::process::id().to_string();
+    let procs = fs::read_to_string(path.join("cgroup.procs")).unwrap_or_default();
+    let alone = procs.lines().all(|l| l.trim() == me) && procs.lines().any(|l| l.trim() == me);
+    let available = fs::read_to_string(path.join("cgroup.controllers")).unwrap_or_default();
+    let words: Vec<&str> = available.split_whitespace().collect();
+    let controllers = words.contains(&"memory") && words.contains(&"pids");
+    Some(OwnCgroup {
+        path,
+        owned,
+        alone,
+        controllers,
+    })
+}
+
+/// Make a delegated cgroup `dir` this process is alone in a parent: move the process into
+/// the leaf `dir/<leaf>` (v2 lets only a cgroup without processes hand controllers down), then
+/// give `dir`'s children memory, pids and, where delegated, cpu. What the process starts
+/// from now on starts in the leaf.
+pub fn take_over(dir: &Path, leaf: &str) -> Result<()> {
+    let leaf_dir = dir.join(leaf);
+    match fs::create_dir(&leaf_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        Err(source) => {
+            return Err(SandboxError::Cgroup {
+                path: leaf_dir,
+                what: "creating",
+                source,
+            })
+        }
+    }
+    write_file(
+        &leaf_dir.join("cgroup.procs"),
+        &std::process::id().to_string(),
+        "moving this process into",
+    )?;
+    let available = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+    let mut enable = String::from("+memory +pids");
+    if available.split_whitespace().any(|c| c == "cpu") {
+        enable.push_str(" +cpu");
+    }
+    write_file(
+        &dir.join("cgroup.subtree_control"),
+        &enable,
+        "enabling the memory, pids and cpu controllers",
+    )
 }
 
 /// Find the delegated parent for `uid`, or None (then: rlimits).

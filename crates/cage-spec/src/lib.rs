@@ -19,6 +19,7 @@
 //! | build recipes and the build step's policy | [`build`] |
 //! | the docker CLI OpenClaw sends, judged for the broker | [`docker`] |
 //! | users and groups in a rootfs | [`passwd`] |
+//! | a cage as a systemd user service (`cagerun generate systemd`) | [`systemd_unit`] |
 //! | sizes, annotations, errors | [`size`], [`annotations`], [`error`] |
 
 pub mod annotations;
@@ -36,6 +37,7 @@ pub mod sandbox;
 pub mod seccomp;
 pub mod service;
 pub mod size;
+pub mod systemd_unit;
 
 pub use annotations::{
     BENEATH_ANNOTATION_PREFIX, FILE_ANNOTATION_PREFIX, SYMLINK_ANNOTATION_PREFIX,

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-use cli::{build, docs, exec, host, image, internal, login, model, observe, services};
+use cli::{build, docs, exec, generate, host, image, internal, login, model, observe, services};
 
 #[derive(Parser)]
 #[command(
@@ -101,6 +101,9 @@ enum Command {
     Completion(docs::CompletionArgs),
     /// Print a manual page (roff), or write them all with --out DIR.
     Man(docs::ManArgs),
+    /// Write files that run the cage under another manager: `generate systemd` (a user unit).
+    #[command(subcommand)]
+    Generate(generate::GenerateCommand),
     /// (internal) The cage's user and network namespace holder.
     #[command(hide = true)]
     Holder(internal::HolderArgs),
@@ -169,6 +172,7 @@ fn main() -> ExitCode {
         Command::Internet(args) => services::internet(args),
         Command::Run(args) => services::run(args),
         Command::Cli(args) => services::cli(args),
+        Command::Generate(cmd) => generate::run(cmd),
         Command::Holder(args) => cage_runtime::holder::run(args.into()).map(|()| 0),
         Command::Monitor(args) => cage_runtime::monitor::run(args.into()),
         Command::Init { command } => cage_runtime::init::run(command),

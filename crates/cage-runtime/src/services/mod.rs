@@ -87,6 +87,9 @@ pub fn up(opts: UpOptions, report: &dyn UpReport) -> Result<i32> {
         report.cleaned_stale(&paths.id);
     }
     if first {
+        // A login shell's session scope is not ours to divide: a delegated scope first, so the
+        // supervisor and everything it starts live in it.
+        crate::systemd::ensure_delegated(&paths.id)?;
         let started: Vec<&cage_spec::cage::Service> =
             cage.services.iter().filter(|s| !s.on_demand).collect();
         setup::pull_images(&paths, &started, &opts.store)?;

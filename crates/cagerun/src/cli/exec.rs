@@ -84,6 +84,14 @@ pub fn run(args: ExecArgs) -> Result<i32> {
         interactive: args.interactive,
         timeout,
     };
+    let limited = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .is_some_and(|r| r.memory().is_some() || r.pids().is_some());
+    if limited {
+        cage_runtime::systemd::ensure_delegated_for_sandbox()?;
+    }
     let outcome = cage_runtime::sandbox::run(&spec, &base, &opts)?;
     if outcome == Outcome::TimedOut {
         eprintln!(

@@ -4,6 +4,7 @@
 pub mod build;
 pub mod docs;
 pub mod exec;
+pub mod generate;
 pub mod host;
 pub mod image;
 pub mod internal;
