@@ -10,6 +10,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use support::registry::Registry;
 use support::*;
 
 fn sh(script: &str, dir: &Path) {
@@ -312,82 +313,14 @@ fn cage_cleanup(p: &Path) -> std::io::Result<()> {
     std::fs::remove_dir_all(p)
 }
 
-/// A real registry (Debian's docker-registry) on 127.0.0.1, stopped (by pid) on drop.
-struct Registry {
-    child: std::process::Child,
-    port: u16,
-    _dir: TempDir,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        let dir = TempDir::new("registry", None);
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}/data\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().display()
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("docker-registry (Debian package docker-registry; .ci/run installs it)");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Registry {
-                    child,
-                    port,
-                    _dir: dir,
-                };
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("docker-registry did not listen on 127.0.0.1:{port}");
-    }
-
-    fn push(&self, layout: &Path, name: &str) -> String {
-        self.push_as(layout, name, "oci")
-    }
-
-    /// `format`: `oci` or `v2s2` (Docker's schema 2 media types).
-    fn push_as(&self, layout: &Path, name: &str, format: &str) -> String {
-        let dest = format!("127.0.0.1:{}/{name}", self.port);
-        sh(
-            &format!("skopeo copy -q --format {format} --dest-tls-verify=false oci:{}:base docker://{dest}", layout.display()),
-            layout.parent().unwrap(),
-        );
-        dest
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn pull_from_a_real_registry_resumes_and_recovers() {
     let work = TempDir::new("pull", None);
     let layout = build_layout(work.path());
     let want = umoci_tree(work.path(), &layout);
     let registry = Registry::start();
-    let image = registry.push(&layout, "busy:1");
-    let docker_v2 = registry.push_as(&layout, "busy:v2s2", "v2s2");
+    let image = registry.push(&layout, "base", "busy:1");
+    let docker_v2 = registry.push_as(&layout, "base", "busy:v2s2", "v2s2");
 
     for mode in modes() {
         let (uid, gid) = mode.caller_ids();
@@ -732,7 +665,7 @@ fn a_pull_killed_half_way_resumes_and_the_store_stays_sound() {
         work.path(),
     );
     let registry = Registry::start();
-    let image = registry.push(&work.path().join("L"), "noise:1");
+    let image = registry.push(&work.path().join("L"), "base", "noise:1");
     for mode in modes() {
         let (uid, gid) = mode.caller_ids();
         let mine = TempDir::new("kill-store", Some((uid, gid)));
@@ -1027,7 +960,7 @@ fn build_runs_its_steps_as_root_of_the_tree_with_the_hosts_network_and_keeps_not
     let work = TempDir::new("build", None);
     let layout = build_layout(work.path());
     let registry = Registry::start();
-    let image = registry.push(&layout, "busy:1");
+    let image = registry.push(&layout, "base", "busy:1");
     // A server on the host's 127.0.0.1: a build step reaches it (the build shares the host
     // network); the probe is valid from here first.
     let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -712,7 +712,7 @@ fn a_job_shares_a_services_network_and_sees_only_what_it_sees() {
 host = true
 command = ["python3", "/app/gw.py", "{{MARKER}}"]
 mounts = [{{ src = "app", dst = "/app" }}]
-healthcheck = {{ http = ":8001/", interval = "200ms" }}
+healthcheck = {{ http = ":8001/", interval = "200ms", start_period = "60s" }}
 
 [services.model]
 host = true

@@ -58,9 +58,14 @@ impl Registry {
 
     /// Push `layout:tag` (an OCI layout) as `repo:tag2` (`repo_tag`); the pushed reference.
     pub fn push(&self, layout: &Path, tag: &str, repo_tag: &str) -> String {
+        self.push_as(layout, tag, repo_tag, "oci")
+    }
+
+    /// [`Registry::push`] in `format`: `oci`, or `v2s2` (Docker's schema 2 media types).
+    pub fn push_as(&self, layout: &Path, tag: &str, repo_tag: &str, format: &str) -> String {
         let dest = format!("{}/{repo_tag}", self.address());
         let out = Command::new("skopeo")
-            .args(["copy", "-q", "--dest-tls-verify=false"])
+            .args(["copy", "-q", "--format", format, "--dest-tls-verify=false"])
             .arg(format!("oci:{}:{tag}", layout.display()))
             .arg(format!("docker://{dest}"))
             .output()
