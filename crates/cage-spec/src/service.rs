@@ -97,11 +97,11 @@ fn ro_bind(
 }
 
 /// A one-shot job that shares a running service's network (`network = "service:NAME"`),
-/// as the sandbox engine starts it inside the cage's user namespace (its `Enter`): the
-/// job's own user namespace nests in the cage's with the same ids (an identity map over
-/// the cage's [`crate::sandbox::IMAGE_ID_SPAN`] ids, split where the cage's map is: the
-/// job's files get the host ids the cage's processes have), and it has no network namespace of its own, so it uses the
-/// service's without owning it: it cannot reconfigure that network, and it gets no sysfs
+/// started by a process already inside the cage's user namespace and the service's network
+/// namespace: the job's own user namespace nests in the cage's with the same ids (an
+/// identity map over the cage's [`crate::sandbox::IMAGE_ID_SPAN`] ids, split where the
+/// cage's map is: the job's files get the host ids the cage's processes have), and it has
+/// no network namespace of its own, so it uses the service's without owning it: it cannot reconfigure that network, and it gets no sysfs
 /// (only a network namespace's owner may mount one; a job needs none). It resolves names
 /// as the service does: the service's hosts file, and its resolv.conf when it has one.
 pub fn share_network(
