@@ -16,9 +16,11 @@
 //! | running `nft -j` (as the caller, as namespace root, in the router namespace) | [`firewall::nft`] |
 //! | the rootless host guard kept current | [`firewall::guard`] |
 //! | the host tools' lookup (`nft`, `slirp4netns`) | [`tools`] |
+//! | egress by name: the resolver and proxy of `internet = [...]` services | [`egress`] |
 //! | names and addresses (pure) | [`topology`] |
 //! | /etc/hosts (pure) | [`hosts`] |
 
+pub mod egress;
 pub mod error;
 pub mod firewall;
 pub mod hosts;

@@ -70,6 +70,11 @@ pub fn uplink_host_veth(subnet: u8) -> String {
     format!("cagerun{subnet}")
 }
 
+/// The egress proxy's port on the router address (where the router's table redirects the TCP
+/// of services with an `internet = [...]` list); their resolver is the router's port 53.
+pub const EGRESS_PROXY_PORT: u16 = 15001;
+pub const EGRESS_DNS_PORT: u16 = 53;
+
 /// slirp4netns's fixed addresses: its gateway (which is also the host's loopback) and DNS.
 pub const SLIRP_HOST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 pub const SLIRP_DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);

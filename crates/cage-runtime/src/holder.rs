@@ -85,7 +85,7 @@ pub fn run(args: HolderOptions) -> Result<()> {
             }
             Err(e) => return Err(e.into()),
         };
-        let outcome: Result<(HolderReply, Option<OwnedFd>)> = match request {
+        let outcome: Result<(HolderReply, Vec<OwnedFd>)> = match request {
             HolderRequest::AddService {
                 slot,
                 address,
@@ -95,28 +95,37 @@ pub fn run(args: HolderOptions) -> Result<()> {
                     let netns = ns.as_raw_fd();
                     let copy = ns.try_clone()?;
                     held.insert(netns, ns);
-                    Ok((HolderReply::Netns { netns }, Some(copy)))
+                    Ok((HolderReply::Netns { netns }, vec![copy]))
                 },
             ),
             HolderRequest::Connect { netns, port } => match held.get(&netns) {
-                Some(ns) => connect_inside(ns, port).map(|s| (HolderReply::Socket, Some(s))),
+                Some(ns) => connect_inside(ns, port).map(|s| (HolderReply::Socket, vec![s])),
                 None => Err(anyhow::anyhow!("connect: no such namespace or bad port")),
             },
             HolderRequest::Internet { allowed } => Ok(allowed)
                 .and_then(|a| nft(&cage_net::firewall::rules::router_internet(&a)))
-                .map(|_| (HolderReply::Ok, None)),
+                .map(|_| (HolderReply::Ok, Vec::new())),
             HolderRequest::Uplink {
                 link,
                 address,
                 prefix,
                 gateway,
-            } => uplink(&nl, &link, address, prefix, gateway).map(|_| (HolderReply::Ok, None)),
+            } => {
+                uplink(&nl, &link, address, prefix, gateway).map(|_| (HolderReply::Ok, Vec::new()))
+            }
+            HolderRequest::Egress => {
+                egress_sockets(args.subnet).map(|fds| (HolderReply::EgressSockets, fds))
+            }
+            HolderRequest::EgressSources { addresses } => {
+                nft(&cage_net::firewall::rules::egress_sources(&addresses))
+                    .map(|_| (HolderReply::Ok, Vec::new()))
+            }
             HolderRequest::Drop { netns } => {
                 held.remove(&netns);
-                Ok((HolderReply::Ok, None))
+                Ok((HolderReply::Ok, Vec::new()))
             }
         };
-        let (reply, fd) = outcome.unwrap_or_else(|e| (HolderReply::error(&e), None));
+        let (reply, fd) = outcome.unwrap_or_else(|e| (HolderReply::error(&e), Vec::new()));
         let attached: Vec<_> = fd.iter().map(|f| f.as_fd()).collect();
         ipc::send(&ctl, &reply, &attached)?;
     }
@@ -127,6 +136,27 @@ pub fn run(args: HolderOptions) -> Result<()> {
 fn nft(rules: &cage_net::firewall::Nftables<'_>) -> Result<()> {
     use cage_net::firewall::nft::{apply, Where};
     apply(rules, Where::CallerAsNamespaceRoot).context("in the router namespace")
+}
+
+/// Egress by name: the router's egress table, then (in this namespace, as its root) the
+/// resolver's UDP socket on the router's port 53, the proxy's listener and the NFLOG socket
+/// of what the table drops. The egress proxy uses them from the host's namespace.
+fn egress_sockets(subnet: u8) -> Result<Vec<OwnedFd>> {
+    use cage_net::egress::nflog;
+    nft(&cage_net::firewall::rules::egress_table(
+        subnet,
+        topology::EGRESS_PROXY_PORT,
+        nflog::GROUP,
+    ))?;
+    let router = topology::router_address(subnet);
+    let dns = std::net::UdpSocket::bind(SocketAddrV4::new(router, topology::EGRESS_DNS_PORT))
+        .context("the egress resolver's socket (router port 53)")?;
+    let tcp = std::net::TcpListener::bind(SocketAddrV4::new(router, topology::EGRESS_PROXY_PORT))
+        .context("the egress proxy's listener")?;
+    let log = nflog::open().context(
+        "the egress log of dropped packets (nfnetlink_log; `modprobe nfnetlink_log` as root if the kernel has it as a module)",
+    )?;
+    Ok(vec![dns.into(), tcp.into(), log])
 }
 
 /// The router's end of a veth the supervisor moved in (as root): address and default route.

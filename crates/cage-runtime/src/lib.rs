@@ -31,6 +31,7 @@ pub mod config;
 pub mod credentials;
 pub mod doctor;
 mod dotenv;
+pub mod egress;
 pub mod error;
 pub mod holder;
 pub mod host;

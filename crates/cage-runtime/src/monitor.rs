@@ -251,7 +251,7 @@ fn reap(pid: Pid) -> Result<Option<i32>> {
 }
 
 /// The service's log: appended, rotated once to `.1` past its size limit.
-struct Log {
+pub(crate) struct Log {
     path: PathBuf,
     file: File,
     size: u64,
@@ -259,7 +259,7 @@ struct Log {
 }
 
 impl Log {
-    fn open(path: &Path, max: u64) -> Result<Self> {
+    pub(crate) fn open(path: &Path, max: u64) -> Result<Self> {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -274,7 +274,7 @@ impl Log {
         })
     }
 
-    fn write(&mut self, data: &[u8]) {
+    pub(crate) fn write(&mut self, data: &[u8]) {
         if self.size + data.len() as u64 > self.max && self.size > 0 {
             let mut rotated = self.path.clone().into_os_string();
             rotated.push(".1");

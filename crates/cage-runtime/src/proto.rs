@@ -98,6 +98,11 @@ pub enum HolderRequest {
         prefix: u8,
         gateway: Ipv4Addr,
     },
+    /// Egress by name: the router's egress table, and the sockets of the egress proxy made in
+    /// the router namespace. Answered [`HolderReply::EgressSockets`] with them attached.
+    Egress,
+    /// Exactly these addresses are egress sources (services and sandboxes with a list).
+    EgressSources { addresses: Vec<Ipv4Addr> },
 }
 
 impl Message for HolderRequest {
@@ -115,6 +120,9 @@ pub enum HolderReply {
     },
     /// The connecting socket is attached.
     Socket,
+    /// Attached, in this order: the resolver's UDP socket (router:53), the proxy's TCP
+    /// listener, the NFLOG socket of the router's drops.
+    EgressSockets,
     Ok,
     /// The request failed; the text is what the supervisor reports.
     Error(String),
@@ -129,6 +137,30 @@ impl HolderReply {
 
 impl Message for HolderReply {
     const WHAT: &'static str = "a holder reply";
+}
+
+/// Supervisor → egress proxy: the whole live policy, each time it changes.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub enum SupervisorToEgress {
+    Policy(cage_spec::egress::EgressPolicy),
+}
+
+impl Message for SupervisorToEgress {
+    const WHAT: &'static str = "an egress policy";
+    /// Lists of many entries for many sources.
+    const MAX_BYTES: usize = 192 << 10;
+}
+
+/// Egress proxy → supervisor: one audit log entry.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub enum EgressEvent {
+    Entry(cage_net::egress::Entry),
+}
+
+impl Message for EgressEvent {
+    const WHAT: &'static str = "an egress log entry";
 }
 
 /// Monitor → supervisor.
@@ -214,6 +246,12 @@ pub enum Request {
     Internet {
         on: Option<bool>,
     },
+    /// Add (`allow`) or remove an entry of a service's `internet = [...]` list, live.
+    EgressRule {
+        service: String,
+        entry: String,
+        allow: bool,
+    },
     /// Subscribe: the reply line is followed by one [`Event`] line per event, until the
     /// supervisor ends or the subscriber goes.
     Events,
@@ -261,6 +299,10 @@ pub struct InternetStatus {
     pub uplink: String,
     /// The uplink's gateway address inside the cage (leads to nothing on the host).
     pub gateway: String,
+    /// The live `internet = [...]` lists, by service (`SERVICE/sandboxes` for its tool
+    /// sandboxes'): what they may reach while internet is on.
+    #[serde(default)]
+    pub lists: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// One service as `ps` shows it (and `ps --json` prints; docs/json.md lists the fields).

@@ -10,7 +10,9 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::egress::{Internet, Rule};
 use crate::size::parse_size;
+use std::net::SocketAddrV4;
 
 pub use crate::error::CageError;
 
@@ -27,6 +29,18 @@ struct CageFile {
     /// A line `up` prints once the cage is up (e.g. the dashboard URL with its token).
     dashboard: Option<String>,
     models: Option<Spanned<ModelsFile>>,
+    /// Upstream resolvers of cagerun's egress resolver ("ADDR" or "ADDR:PORT"); default: the
+    /// host's (its resolv.conf).
+    #[serde(default)]
+    dns: Vec<Spanned<String>>,
+}
+
+/// `internet = true | false | ["name", ...]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum InternetFile {
+    Switch(bool),
+    List(Vec<String>),
 }
 
 /// Ollama models `up` pulls into a named volume before any service starts (so the model
@@ -62,8 +76,7 @@ struct ServiceFile {
     ports: Vec<Spanned<String>>,
     #[serde(default)]
     allow_lan: bool,
-    #[serde(default)]
-    internet: bool,
+    internet: Option<Spanned<InternetFile>>,
     #[serde(default)]
     depends_on: Vec<Spanned<DependsFile>>,
     healthcheck: Option<Spanned<HealthFile>>,
@@ -98,6 +111,10 @@ struct SandboxesFile {
     /// caps times `max`.
     memory_total: Option<String>,
     pids_total: Option<i64>,
+    /// What the sandboxes may reach (the same entries as a service's list); none unless
+    /// listed.
+    #[serde(default)]
+    internet: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -211,7 +228,8 @@ pub struct Service {
     pub tmpfs: Vec<(String, u64)>,
     pub volumes: Vec<(String, String)>,
     pub ports: Vec<Port>,
-    pub internet: bool,
+    /// What it may reach outside the cage (nothing, anything, or a list: [`crate::egress`]).
+    pub internet: Internet,
     pub depends_on: Vec<Dependency>,
     pub healthcheck: Option<Healthcheck>,
     pub restart: Restart,
@@ -250,6 +268,8 @@ pub struct Sandboxes {
     /// in, inside the cage's.
     pub memory_total: u64,
     pub pids_total: i64,
+    /// What each sandbox may reach ([`crate::egress`]); empty: nothing but its own `lo`.
+    pub internet: Vec<Rule>,
 }
 
 /// Sandboxes a service may run at once unless `[services.X.sandboxes] max` says otherwise,
@@ -273,6 +293,8 @@ pub struct Cage {
     pub dashboard: Option<String>,
     /// (volume, model names) for `up` to pull.
     pub models: Option<(String, Vec<String>)>,
+    /// Upstream resolvers for the egress resolver; empty: the host's.
+    pub dns: Vec<SocketAddrV4>,
 }
 
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {
@@ -540,6 +562,12 @@ pub fn parse_cage(file: &str, text: &str) -> Result<Cage, CageError> {
                     max,
                     memory_total,
                     pids_total,
+                    internet: f
+                        .internet
+                        .iter()
+                        .map(|e| e.parse::<Rule>())
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| err(sp.clone(), &key("sandboxes.internet"), e.to_string()))?,
                 })
             }
         };
@@ -664,7 +692,18 @@ pub fn parse_cage(file: &str, text: &str) -> Result<Cage, CageError> {
             tmpfs,
             volumes,
             ports,
-            internet: s.internet,
+            internet: match s.internet.as_ref().map(|i| (i.get_ref(), i.span())) {
+                None | Some((InternetFile::Switch(false), _)) => Internet::None,
+                Some((InternetFile::Switch(true), _)) => Internet::Any,
+                Some((InternetFile::List(list), span)) => Internet::Allow(
+                    list.iter()
+                        .map(|e| e.parse::<Rule>())
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| {
+                            err(Some(span.clone()), &key("internet"), e.to_string())
+                        })?,
+                ),
+            },
             depends_on,
             healthcheck,
             restart,
@@ -801,7 +840,26 @@ pub fn parse_cage(file: &str, text: &str) -> Result<Cage, CageError> {
     })?;
     let mut by_name: HashMap<String, Service> =
         services.into_iter().map(|s| (s.name.clone(), s)).collect();
+    let mut dns = Vec::new();
+    for d in &parsed.dns {
+        let text = d.get_ref();
+        let addr = text
+            .parse::<SocketAddrV4>()
+            .or_else(|_| {
+                text.parse::<std::net::Ipv4Addr>()
+                    .map(|a| SocketAddrV4::new(a, 53))
+            })
+            .map_err(|_| {
+                err(
+                    Some(d.span()),
+                    "dns",
+                    format!("{text:?}: an IPv4 resolver address, \"ADDR\" or \"ADDR:PORT\""),
+                )
+            })?;
+        dns.push(addr);
+    }
     Ok(Cage {
+        dns,
         name: parsed.name,
         generate: parsed.generate,
         dashboard: parsed.dashboard,

@@ -15,6 +15,7 @@
 //! | a rendered service wired into its cage (netns, cgroup, hosts, init, broker) | [`service`] |
 //! | a service's life: states, health, dependencies, restarts and backoff, stop order | [`lifecycle`] |
 //! | the resolver file of a service with internet | [`resolver`] |
+//! | egress by name: allowlists, the resolver's and the proxy's decisions | [`egress`] |
 //! | cage.toml, `${VAR}`, `.env` files | [`cage`], [`interpolate`], [`envfile`] |
 //! | build recipes and the build step's policy | [`build`] |
 //! | the docker CLI OpenClaw sends, judged for the broker | [`docker`] |
@@ -27,6 +28,7 @@ pub mod build;
 pub mod cage;
 pub mod compose;
 pub mod docker;
+pub mod egress;
 pub mod envfile;
 pub mod error;
 pub mod interpolate;

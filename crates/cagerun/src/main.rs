@@ -10,7 +10,9 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-use cli::{build, docs, exec, generate, host, image, internal, login, model, observe, services};
+use cli::{
+    build, docs, egress, exec, generate, host, image, internal, login, model, observe, services,
+};
 
 #[derive(Parser)]
 #[command(
@@ -89,8 +91,12 @@ enum Command {
     /// Restart one service of a running cage.
     Restart(services::RestartArgs),
     /// Internet mode, live: `on` gives services with `internet = true` a way out through the
-    /// cage's NAT uplink, `off` takes it away (and cuts live connections).
+    /// cage's NAT uplink and list services their names, `off` takes it away (and cuts live
+    /// connections); `allow|deny SERVICE ENTRY` edit a list.
     Internet(services::InternetArgs),
+    /// The egress audit log: every lookup and connection of `internet = [...]` services and
+    /// sandboxes, with its verdict, bytes and duration.
+    Egress(egress::EgressArgs),
     /// Run a one-shot job of the cage (an `on_demand` or `once` service) with ARGS appended
     /// to its command: attached to this terminal, in the sandbox engine, no network.
     Run(services::RunArgs),
@@ -107,6 +113,9 @@ enum Command {
     /// (internal) The cage's user and network namespace holder.
     #[command(hide = true)]
     Holder(internal::HolderArgs),
+    /// (internal) The egress resolver and proxy of `internet = [...]` lists.
+    #[command(hide = true)]
+    EgressProxy(internal::EgressProxyArgs),
     /// (internal) pid 1 of a service container: forwards signals, reaps orphans.
     #[command(hide = true)]
     Init {
@@ -170,10 +179,12 @@ fn main() -> ExitCode {
         Command::Logs(args) => services::logs(args),
         Command::Restart(args) => services::restart(args),
         Command::Internet(args) => services::internet(args),
+        Command::Egress(args) => egress::egress(args),
         Command::Run(args) => services::run(args),
         Command::Cli(args) => services::cli(args),
         Command::Generate(cmd) => generate::run(cmd),
         Command::Holder(args) => cage_runtime::holder::run(args.into()).map(|()| 0),
+        Command::EgressProxy(args) => cage_runtime::egress::run(args.into()).map(|()| 0),
         Command::Monitor(args) => cage_runtime::monitor::run(args.into()),
         Command::Init { command } => cage_runtime::init::run(command),
     };

@@ -56,6 +56,12 @@ const HOST_SET: &str = "host";
 const PRIO_FILTER: i32 = 0;
 const PRIO_GUARD: i32 = -10;
 const PRIO_SRCNAT: i32 = 100;
+// Before conntrack's NAT (dstnat -100): what is dropped is never redirected.
+const PRIO_RAW_FILTER: i32 = -150;
+const PRIO_DSTNAT: i32 = -100;
+/// The router's egress table and its set of sources ([`egress_table`]).
+pub const EGRESS_TABLE: &str = "cagerun-egress";
+const EGRESS_SET: &str = "egress";
 
 /// slirp4netns's network (its defaults: 10.0.2.2 the host, 10.0.2.3 the resolver).
 pub const SLIRP_NETWORK: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 0, 2, 0), 24);
@@ -234,6 +240,146 @@ pub fn router_internet(addresses: &[Ipv4Addr]) -> Nftables<'static> {
             family: NfFamily::IP,
             table: Cow::Borrowed(ROUTER_TABLE),
             name: Cow::Borrowed(SET),
+            elem: Cow::Owned(addresses.iter().map(|a| text(a.to_string())).collect()),
+        }));
+    }
+    b.to_nftables()
+}
+
+/// The router namespace's egress table (when some service or sandbox has an `internet = [...]`
+/// list), beside [`ROUTER_TABLE`]: for the sources in its set `egress`, from the bridge, to
+/// anything outside the cage's subnet,
+/// - TCP is redirected to the proxy's port on the router (it reads the original destination
+///   with `SO_ORIGINAL_DST`);
+/// - everything else is logged to NFLOG group `log_group` (the proxy writes the audit entry)
+///   and dropped, before any routing decision: UDP (QUIC, DNS to outside resolvers), ICMP.
+///
+/// Only the sources in the set may reach the router's resolver (UDP 53) and proxy ports; their
+/// DNS to the router is the one thing they send that stays in the cage. Whether the internet is
+/// on is the proxy's decision, not this table's: a source stays in the set while internet is
+/// off, so its attempts are still refused by name and logged.
+pub fn egress_table(subnet: u8, proxy_port: u16, log_group: u16) -> Nftables<'static> {
+    let t = EGRESS_TABLE;
+    let router = topology::router_address(subnet);
+    let outside = || {
+        matches(
+            ip("daddr"),
+            Operator::NEQ,
+            prefix(Ipv4Addr::new(10, 89, subnet, 0), topology::PREFIX),
+        )
+    };
+    let in_set = || matches(ip("saddr"), Operator::EQ, text(format!("@{EGRESS_SET}")));
+    let not_in_set = || matches(ip("saddr"), Operator::NEQ, text(format!("@{EGRESS_SET}")));
+    let l4 = |op, proto: &str| matches(meta(MetaKey::L4proto), op, text(proto));
+    let dport = |proto: &'static str, port: u16| {
+        matches(
+            Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+                PayloadField {
+                    protocol: Cow::Borrowed(proto),
+                    field: Cow::Borrowed("dport"),
+                },
+            ))),
+            Operator::EQ,
+            Expression::Number(port as u32),
+        )
+    };
+    let mut b = Batch::new();
+    b.add(table(t));
+    b.add(NfListObject::Set(Box::new(Set {
+        family: NfFamily::IP,
+        table: Cow::Borrowed(EGRESS_TABLE),
+        name: Cow::Borrowed(EGRESS_SET),
+        set_type: SetTypeValue::Single(nftables::schema::SetType::Ipv4Addr),
+        ..Default::default()
+    })));
+    b.add(base_chain(
+        t,
+        "drops",
+        NfChainType::Filter,
+        NfHook::Prerouting,
+        PRIO_RAW_FILTER,
+    ));
+    b.add(rule(
+        t,
+        "drops",
+        vec![
+            iif(topology::BRIDGE),
+            in_set(),
+            outside(),
+            l4(Operator::NEQ, "tcp"),
+            Statement::Log(Some(nftables::stmt::Log {
+                prefix: None,
+                group: Some(u32::from(log_group)),
+                snaplen: None,
+                queue_threshold: None,
+                level: None,
+                flags: None,
+            })),
+            Statement::Drop(None),
+        ],
+    ));
+    b.add(base_chain(
+        t,
+        "redirect",
+        NfChainType::NAT,
+        NfHook::Prerouting,
+        PRIO_DSTNAT,
+    ));
+    b.add(rule(
+        t,
+        "redirect",
+        vec![
+            iif(topology::BRIDGE),
+            in_set(),
+            outside(),
+            l4(Operator::EQ, "tcp"),
+            Statement::Redirect(Some(nftables::stmt::NAT {
+                addr: None,
+                family: None,
+                port: Some(Expression::Number(proxy_port as u32)),
+                flags: None,
+            })),
+        ],
+    ));
+    b.add(base_chain(
+        t,
+        "input",
+        NfChainType::Filter,
+        NfHook::Input,
+        PRIO_FILTER,
+    ));
+    for (proto, port) in [("udp", 53), ("tcp", 53), ("tcp", proxy_port)] {
+        b.add(rule(
+            t,
+            "input",
+            vec![
+                iif(topology::BRIDGE),
+                matches(ip("daddr"), Operator::EQ, text(router.to_string())),
+                dport(proto, port),
+                not_in_set(),
+                Statement::Drop(None),
+            ],
+        ));
+    }
+    b.to_nftables()
+}
+
+/// Exactly these addresses are egress sources (the set is replaced, not extended).
+pub fn egress_sources(addresses: &[Ipv4Addr]) -> Nftables<'static> {
+    let set = Set {
+        family: NfFamily::IP,
+        table: Cow::Borrowed(EGRESS_TABLE),
+        name: Cow::Borrowed(EGRESS_SET),
+        set_type: SetTypeValue::Single(nftables::schema::SetType::Ipv4Addr),
+        ..Default::default()
+    };
+    let mut b = Batch::new();
+    b.add_cmd(NfCmd::Flush(FlushObject::Set(Box::new(set))));
+    if !addresses.is_empty() {
+        b.add(NfListObject::Element(Element {
+            family: NfFamily::IP,
+            table: Cow::Borrowed(EGRESS_TABLE),
+            name: Cow::Borrowed(EGRESS_SET),
             elem: Cow::Owned(addresses.iter().map(|a| text(a.to_string())).collect()),
         }));
     }

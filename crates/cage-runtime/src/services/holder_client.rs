@@ -76,13 +76,48 @@ impl Holder {
     /// Send a request and wait for its answer; [`HolderReply::Error`] is an error here, with
     /// the holder's text.
     fn call(&self, req: &HolderRequest) -> Result<(HolderReply, Option<OwnedFd>)> {
+        let (reply, fds) = self.call_fds(req)?;
+        Ok((reply, fds.into_iter().next()))
+    }
+
+    fn call_fds(&self, req: &HolderRequest) -> Result<(HolderReply, Vec<OwnedFd>)> {
         let sock = self.sock.lock().unwrap();
         ipc::send(&*sock, req, &[])?;
         match ipc::recv::<HolderReply>(&*sock)? {
             Some((HolderReply::Error(why), _)) => bail!("{why}"),
-            Some((reply, fds)) => Ok((reply, fds.into_iter().next())),
+            Some((reply, fds)) => Ok((reply, fds)),
             None => bail!("the network holder is gone"),
         }
+    }
+
+    /// Egress by name: the router's egress table and the proxy's sockets inside the router
+    /// namespace (resolver, listener, dropped-packet log).
+    pub fn egress(&self) -> Result<cage_net::egress::proxy::Sockets> {
+        let req = HolderRequest::Egress;
+        match self.call_fds(&req)? {
+            (HolderReply::EgressSockets, fds) if fds.len() == 3 => {
+                let mut it = fds.into_iter();
+                let (dns, tcp, nflog) =
+                    (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+                Ok(cage_net::egress::proxy::Sockets {
+                    dns: dns.into(),
+                    tcp: tcp.into(),
+                    nflog,
+                })
+            }
+            (received, _) => Err(UnexpectedReply {
+                request: req,
+                received,
+            }
+            .into()),
+        }
+    }
+
+    /// Exactly these addresses are egress sources.
+    pub fn set_egress_sources(&self, addrs: &[std::net::Ipv4Addr]) -> Result<()> {
+        self.call_ok(HolderRequest::EgressSources {
+            addresses: addrs.to_vec(),
+        })
     }
 
     /// A service network namespace: the holder's name for it, and a descriptor of it (which

@@ -125,7 +125,7 @@ pub fn inspect(
             pids: resources.pids().as_ref().map(|p| p.limit()),
             cpus,
         },
-        internet: service.internet,
+        internet: service.internet.is_any(),
         restart: match service.restart {
             Restart::No => "no",
             Restart::OnFailure => "on-failure",

@@ -302,6 +302,25 @@ pub fn internet(paths: &CagePaths, on: Option<bool>) -> Result<control::Internet
     Ok(reply.internet.unwrap_or_default())
 }
 
+/// Add (`allow`) or remove an entry of a list service's `internet = [...]`, live.
+pub fn egress_rule(
+    paths: &CagePaths,
+    service: &str,
+    entry: &str,
+    allow: bool,
+) -> Result<control::InternetStatus> {
+    let reply = control::request(
+        paths,
+        &control::Request::EgressRule {
+            service: service.to_string(),
+            entry: entry.to_string(),
+            allow,
+        },
+    )
+    .map_err(|e| e.context(not_up(paths, "`cagerun up`")))?;
+    Ok(reply.internet.unwrap_or_default())
+}
+
 fn not_up(paths: &CagePaths, hint: &'static str) -> crate::Error {
     crate::Error::NotUp {
         cage: paths.id.clone(),

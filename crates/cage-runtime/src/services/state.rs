@@ -252,6 +252,9 @@ pub struct Record {
     /// Internet mode's uplink: slirp4netns (rootless), or the host veth and nft table (root).
     #[serde(default)]
     pub uplink: Option<Proc>,
+    /// The egress proxy (`internet = [...]` lists).
+    #[serde(default)]
+    pub egress: Option<Proc>,
     #[serde(default)]
     pub host_uplink: Option<(String, String)>,
     /// The cage's config and directory as they were at `up`: `ls` shows them, and `down

@@ -17,6 +17,7 @@ use anyhow::{bail, Context, Result};
 use cage_net::topology;
 use cage_sandbox::plan::IdMap;
 use cage_spec::cage::{Cage, HealthProbe, Service};
+use cage_spec::egress::Internet;
 use cage_spec::lifecycle::{self, Health, LifecycleError, Next, RunEnd, ServiceState};
 use cage_spec::service::{wire_service, BrokerWiring, HostRoot, Wiring};
 use tokio::sync::{mpsc, Notify};
@@ -51,9 +52,20 @@ pub struct Supervisor {
     /// Internet mode: on or off, and the uplink once it was first needed.
     internet_on: AtomicBool,
     uplink: Mutex<Option<super::uplink::Uplink>>,
+    /// Egress by name: the live lists and the proxy that enforces them (when any list exists).
+    egress: Mutex<EgressLists>,
+    egress_proxy: Mutex<Option<Arc<crate::egress::EgressProxy>>>,
     /// Starts, exits, restarts and health changes, for `events` subscribers (bounded; see
     /// [`control`]).
     events: tokio::sync::broadcast::Sender<control::Event>,
+}
+
+/// The live `internet = [...]` lists: each list service's (from cage.toml, then edited by
+/// `cagerun internet allow|deny`) and each running tool sandbox's.
+#[derive(Default)]
+pub(crate) struct EgressLists {
+    services: BTreeMap<String, Vec<cage_spec::egress::Rule>>,
+    sandboxes: BTreeMap<std::net::Ipv4Addr, (String, Vec<cage_spec::egress::Rule>)>,
 }
 
 struct Svc {
@@ -376,8 +388,10 @@ async fn wire_services(
     let resolv = sup
         .order
         .iter()
-        .any(|n| sup.services[n].service.internet)
+        .any(|n| sup.services[n].service.internet.is_any())
         .then(super::uplink::resolv_conf);
+    // A list service's resolver is cagerun's, on the router.
+    let egress_resolv = format!("nameserver {}\n", topology::router_address(sup.subnet));
     for mut b in brokers {
         b.cgroup_parent = Some(cgroup::prepare_sandboxes(
             &sup.cgroup,
@@ -393,7 +407,7 @@ async fn wire_services(
         let addr = topology::service_address(sup.subnet, svc.slot)?;
         let h = sup.holder.clone();
         let slot = svc.slot;
-        let internet = svc.service.internet;
+        let internet = svc.service.internet.any_way_out();
         let (fd, ns) =
             tokio::task::spawn_blocking(move || h.add_service(slot, addr, internet)).await??;
         svc.netns_fd.store(fd, Ordering::Relaxed);
@@ -405,10 +419,15 @@ async fn wire_services(
                 netns: PathBuf::from(format!("/proc/self/fd/{}", crate::proto::fds::NETNS)),
                 cgroups_path: sup.cgroup.relative.join(name),
                 hosts_file: dir.join("hosts"),
-                resolv_file: match &resolv {
-                    Some(text) if svc.service.internet => {
+                resolv_file: match (&resolv, &svc.service.internet) {
+                    (Some(text), Internet::Any) => {
                         let f = dir.join("resolv.conf");
                         std::fs::write(&f, text)?;
+                        Some(f)
+                    }
+                    (_, Internet::Allow(_)) => {
+                        let f = dir.join("resolv.conf");
+                        std::fs::write(&f, &egress_resolv)?;
                         Some(f)
                     }
                     _ => None,
@@ -465,7 +484,27 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
     record.subnet = subnet;
     record.save(&paths)?;
 
-    let any_internet = cage.services.iter().any(|s| s.internet);
+    let any_internet = cage.services.iter().any(|s| s.internet.is_any());
+    let egress_lists = EgressLists {
+        services: cage
+            .services
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), s.internet.rules()?.to_vec())))
+            .collect(),
+        sandboxes: BTreeMap::new(),
+    };
+    let wants_egress = !egress_lists.services.is_empty()
+        || cage
+            .services
+            .iter()
+            .any(|s| s.sandboxes.as_ref().is_some_and(|b| !b.internet.is_empty()));
+    let upstream_dns = if cage.dns.is_empty() {
+        cage_net::egress::dns::host_resolvers(
+            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        )
+    } else {
+        cage.dns.clone()
+    };
     let (cg, holder, owner) = match start_cage(&paths, &mut record, subnet, any_internet).await {
         Ok(v) => v,
         Err(e) => {
@@ -490,6 +529,8 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
         subnet,
         internet_on: AtomicBool::new(false),
         uplink: Mutex::new(None),
+        egress: Mutex::new(egress_lists),
+        egress_proxy: Mutex::new(None),
         events: tokio::sync::broadcast::channel(control::EVENT_BUFFER).0,
     });
 
@@ -497,6 +538,12 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
     if let Err(e) = wire_services(&sup, brokers, &specs).await {
         sup.teardown().await;
         return Err(e);
+    }
+    if wants_egress {
+        if let Err(e) = sup.start_egress(upstream_dns).await {
+            sup.teardown().await;
+            return Err(e.context("starting the egress proxy (internet = [...] lists)"));
+        }
     }
 
     if internet_at_start {
@@ -634,10 +681,15 @@ impl Supervisor {
             .collect()
     }
 
+    /// Services with some way out (anything, or a list).
     fn internet_services(&self) -> Vec<(String, std::net::Ipv4Addr)> {
+        self.services_where(|i| i.any_way_out())
+    }
+
+    fn services_where(&self, f: impl Fn(&Internet) -> bool) -> Vec<(String, std::net::Ipv4Addr)> {
         self.order
             .iter()
-            .filter(|n| self.services[*n].service.internet)
+            .filter(|n| f(&self.services[*n].service.internet))
             .filter_map(|n| {
                 topology::service_address(self.subnet, self.services[n].slot)
                     .ok()
@@ -650,10 +702,13 @@ impl Supervisor {
     /// router's set, which resets live connections (the uplink stays until `down`).
     pub async fn set_internet(self: &Arc<Self>, on: bool) -> Result<()> {
         let services = self.internet_services();
-        if on && services.is_empty() {
-            bail!("no service of this cage has `internet = true` (cage.toml): internet mode would change nothing");
+        let has_sandbox_lists = !self.sandbox_lists().is_empty();
+        if on && services.is_empty() && !has_sandbox_lists {
+            bail!("no service of this cage has `internet = true` or an `internet = [...]` list (cage.toml): internet mode would change nothing");
         }
-        if on && self.uplink.lock().unwrap().is_none() {
+        // The NAT uplink is only for `internet = true`; lists go through the egress proxy.
+        let nat = self.services_where(|i| i.is_any());
+        if on && !nat.is_empty() && self.uplink.lock().unwrap().is_none() {
             let sup = self.clone();
             let uplink = tokio::task::spawn_blocking(move || {
                 if nix::unistd::geteuid().is_root() {
@@ -672,13 +727,16 @@ impl Supervisor {
             *self.uplink.lock().unwrap() = Some(uplink);
         }
         let addrs: Vec<std::net::Ipv4Addr> = if on {
-            services.iter().map(|(_, a)| *a).collect()
+            nat.iter().map(|(_, a)| *a).collect()
         } else {
             Vec::new()
         };
-        let h = self.holder.clone();
-        tokio::task::spawn_blocking(move || h.set_internet(&addrs)).await??;
+        if !nat.is_empty() {
+            let h = self.holder.clone();
+            tokio::task::spawn_blocking(move || h.set_internet(&addrs)).await??;
+        }
         self.internet_on.store(on, Ordering::SeqCst);
+        self.push_egress_policy()?;
         tracing::info!("internet {}", if on { "on" } else { "off" });
         Ok(())
     }
@@ -700,7 +758,130 @@ impl Supervisor {
                 .as_ref()
                 .map(|u| u.gateway(self.subnet).to_string())
                 .unwrap_or_default(),
+            lists: {
+                let lists = self.egress.lock().unwrap();
+                let mut out: BTreeMap<String, Vec<String>> = lists
+                    .services
+                    .iter()
+                    .map(|(n, r)| (n.clone(), r.iter().map(|r| r.to_string()).collect()))
+                    .collect();
+                for (svc, rules) in self.sandbox_lists() {
+                    out.insert(
+                        format!("{svc}/sandboxes"),
+                        rules.iter().map(|r| r.to_string()).collect(),
+                    );
+                }
+                out
+            },
         }
+    }
+
+    /// The tool sandboxes' lists, by service (from cage.toml).
+    fn sandbox_lists(&self) -> Vec<(String, Vec<cage_spec::egress::Rule>)> {
+        self.order
+            .iter()
+            .filter_map(|n| {
+                let sb = self.services[n].service.sandboxes.as_ref()?;
+                (!sb.internet.is_empty()).then(|| (n.clone(), sb.internet.clone()))
+            })
+            .collect()
+    }
+
+    /// The egress proxy on the router namespace's sockets, and the router's set of sources.
+    async fn start_egress(
+        self: &Arc<Self>,
+        upstream_dns: Vec<std::net::SocketAddrV4>,
+    ) -> Result<()> {
+        let h = self.holder.clone();
+        let sockets = tokio::task::spawn_blocking(move || h.egress()).await??;
+        let policy = self.egress_policy();
+        let log = self.paths.logs().join("egress.log");
+        let proxy = crate::egress::EgressProxy::spawn(sockets, &upstream_dns, &policy, &log)?;
+        let pid = proxy.pid();
+        *self.egress_proxy.lock().unwrap() = Some(Arc::new(proxy));
+        self.remember(|r| r.egress = Proc::of(pid));
+        self.push_egress_sources().await
+    }
+
+    /// The policy the proxy enforces now.
+    fn egress_policy(&self) -> cage_spec::egress::EgressPolicy {
+        let lists = self.egress.lock().unwrap();
+        let mut sources: Vec<cage_spec::egress::Source> = lists
+            .services
+            .iter()
+            .filter_map(|(name, rules)| {
+                let slot = self.services.get(name)?.slot;
+                Some(cage_spec::egress::Source {
+                    address: topology::service_address(self.subnet, slot).ok()?,
+                    name: name.clone(),
+                    rules: rules.clone(),
+                })
+            })
+            .collect();
+        sources.extend(lists.sandboxes.iter().map(|(a, (name, rules))| {
+            cage_spec::egress::Source {
+                address: *a,
+                name: name.clone(),
+                rules: rules.clone(),
+            }
+        }));
+        cage_spec::egress::EgressPolicy {
+            on: self.internet_on.load(Ordering::SeqCst),
+            sources,
+        }
+    }
+
+    fn push_egress_policy(&self) -> Result<()> {
+        let proxy = self.egress_proxy.lock().unwrap().clone();
+        match proxy {
+            Some(p) => p.update(&self.egress_policy()),
+            None => Ok(()),
+        }
+    }
+
+    /// The router's set of egress sources: every list service and list sandbox (the
+    /// switch is the proxy's to enforce, so that refusals are logged while it is off).
+    async fn push_egress_sources(&self) -> Result<()> {
+        let addrs: Vec<std::net::Ipv4Addr> = self
+            .egress_policy()
+            .sources
+            .iter()
+            .map(|s| s.address)
+            .collect();
+        let h = self.holder.clone();
+        tokio::task::spawn_blocking(move || h.set_egress_sources(&addrs)).await??;
+        Ok(())
+    }
+
+    /// `cagerun internet allow|deny SERVICE ENTRY`: edit a list service's live list.
+    pub fn edit_egress(&self, service: &str, entry: &str, allow: bool) -> Result<()> {
+        let Some(svc) = self.services.get(service) else {
+            bail!("no service {service:?} in this cage");
+        };
+        match &svc.service.internet {
+            Internet::Allow(_) => {}
+            Internet::Any => bail!("service {service} has `internet = true`: it may already reach anything when internet is on (a list replaces `true` in cage.toml)"),
+            Internet::None => bail!("service {service} has no `internet = [...]` list in cage.toml: without one it has no resolver or route to the proxy (add `internet = []` and restart the cage)"),
+        }
+        let rule: cage_spec::egress::Rule = entry.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+        {
+            let mut lists = self.egress.lock().unwrap();
+            let list = lists.services.entry(service.to_string()).or_default();
+            if allow {
+                if !list.contains(&rule) {
+                    list.push(rule);
+                }
+            } else if let Some(at) = list.iter().position(|r| *r == rule) {
+                list.remove(at);
+            } else {
+                bail!("{entry:?} is not in {service}'s list (see `cagerun internet`)");
+            }
+        }
+        tracing::info!(
+            "egress: {} {entry} for {service}",
+            if allow { "allow" } else { "deny" }
+        );
+        self.push_egress_policy()
     }
 
     pub fn cgroup_path(&self) -> String {
@@ -738,6 +919,10 @@ impl Supervisor {
         let uplink = self.uplink.lock().unwrap().take();
         if let Some(u) = uplink {
             let _ = tokio::task::spawn_blocking(move || u.stop()).await;
+        }
+        let proxy = self.egress_proxy.lock().unwrap().take();
+        if let Some(p) = proxy {
+            let _ = tokio::task::spawn_blocking(move || p.stop()).await;
         }
         let rec = self.record.lock().unwrap().clone();
         for p in rec.containers.iter().chain(rec.monitors.iter()) {
@@ -1045,6 +1230,9 @@ pub fn clean_stale(paths: &CagePaths) -> bool {
     if let Some(u) = &rec.uplink {
         u.kill();
     }
+    if let Some(p) = &rec.egress {
+        p.kill();
+    }
     if let Some((veth, table)) = &rec.host_uplink {
         super::uplink::remove_host_side(veth, table);
     }
@@ -1102,6 +1290,17 @@ impl control::Answer for Supervisor {
                     Err(e) => refused(format!("{e:#}")),
                 }
             }
+            Request::EgressRule {
+                service,
+                entry,
+                allow,
+            } => match self.edit_egress(&service, &entry, allow) {
+                Ok(()) => Reply {
+                    internet: Some(self.internet_status()),
+                    ..ok
+                },
+                Err(e) => refused(format!("{e:#}")),
+            },
             Request::Restart { service } => match self.restart(&service) {
                 Ok(()) => ok,
                 Err(e) => refused(format!("{e:#}")),

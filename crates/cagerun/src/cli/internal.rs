@@ -61,3 +61,18 @@ impl From<MonitorArgs> for cage_runtime::monitor::MonitorOptions {
         }
     }
 }
+
+#[derive(Args, Debug)]
+pub struct EgressProxyArgs {
+    /// An upstream resolver (ADDR:PORT) allowed names are looked up at; repeated.
+    #[arg(long = "dns")]
+    dns: Vec<std::net::SocketAddrV4>,
+}
+
+impl From<EgressProxyArgs> for cage_runtime::egress::EgressOptions {
+    fn from(a: EgressProxyArgs) -> Self {
+        Self {
+            upstream_dns: a.dns,
+        }
+    }
+}

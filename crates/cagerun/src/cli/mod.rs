@@ -3,6 +3,7 @@
 
 pub mod build;
 pub mod docs;
+pub mod egress;
 pub mod exec;
 pub mod generate;
 pub mod host;

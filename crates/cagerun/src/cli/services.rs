@@ -27,7 +27,7 @@ impl CageArg {
     pub fn config(&self) -> &std::path::Path {
         &self.config
     }
-    fn paths(&self) -> Result<(CagePaths, cage_spec::cage::Cage)> {
+    pub(crate) fn paths(&self) -> Result<(CagePaths, cage_spec::cage::Cage)> {
         services::open(&self.config)
     }
 }
@@ -330,9 +330,14 @@ pub fn cli(args: CliArgs) -> Result<i32> {
 
 #[derive(Args, Debug)]
 pub struct InternetArgs {
-    /// on | off (live, no restart); without it, say which it is.
-    #[arg(value_parser = ["on", "off"])]
+    /// on | off (live, no restart) | allow SERVICE ENTRY | deny SERVICE ENTRY (edit a
+    /// service's `internet = [...]` list, live); without it, say which it is.
+    #[arg(value_parser = ["on", "off", "allow", "deny"])]
     state: Option<String>,
+    /// allow/deny: the service whose list changes.
+    service: Option<String>,
+    /// allow/deny: `NAME`, `*.NAME`, `NAME:PORT`, `host:PORT` or `ADDR[:PORT]`.
+    entry: Option<String>,
     /// Print the state as JSON (docs/json.md).
     #[arg(long)]
     json: bool,
@@ -341,23 +346,50 @@ pub struct InternetArgs {
 }
 
 /// `cagerun internet [on|off]`: services with `internet = true` get (or lose) their way out
-/// through the cage's NAT uplink; live connections are cut when it goes off.
+/// through the cage's NAT uplink, and list services (`internet = [...]`) theirs through the
+/// egress proxy; live connections are cut when it goes off. `allow|deny SERVICE ENTRY` edit a
+/// list, live.
 pub fn internet(args: InternetArgs) -> Result<i32> {
     let (paths, _) = args.cage.paths()?;
-    let st = services::internet(&paths, args.state.as_deref().map(|s| s == "on"))?;
+    let st = match args.state.as_deref() {
+        Some(verb @ ("allow" | "deny")) => {
+            let (Some(service), Some(entry)) = (&args.service, &args.entry) else {
+                anyhow::bail!("usage: cagerun internet {verb} SERVICE ENTRY (e.g. `cagerun internet {verb} gateway api.telegram.org`)");
+            };
+            services::egress_rule(&paths, service, entry, verb == "allow")?
+        }
+        state => {
+            if args.service.is_some() {
+                anyhow::bail!("`cagerun internet on|off` takes no service: it switches the whole cage (edit one list with `cagerun internet allow|deny SERVICE ENTRY`)");
+            }
+            services::internet(&paths, state.map(|s| s == "on"))?
+        }
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&st)?);
         return Ok(0);
     }
     if st.on {
-        println!(
-            "internet: on for {} (uplink: {}, gateway {}; the host itself is not reachable)",
-            st.services.join(", "),
-            st.uplink,
-            st.gateway
-        );
+        let how = if st.uplink.is_empty() {
+            "by name only, through cagerun's egress proxy: `cagerun egress` shows every attempt"
+                .to_string()
+        } else {
+            format!(
+                "uplink: {}, gateway {}; the host itself is not reachable",
+                st.uplink, st.gateway
+            )
+        };
+        println!("internet: on for {} ({how})", st.services.join(", "));
     } else {
         println!("internet: off");
+    }
+    for (who, list) in &st.lists {
+        let list = if list.is_empty() {
+            "nothing".to_string()
+        } else {
+            list.join(", ")
+        };
+        println!("  {who} may reach: {list}");
     }
     Ok(0)
 }
