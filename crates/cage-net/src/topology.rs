@@ -39,11 +39,21 @@ pub fn service_address(subnet: u8, slot: usize) -> Result<Ipv4Addr> {
     Ok(Ipv4Addr::new(10, 89, subnet, host as u8))
 }
 
+/// Slots (addresses .130–.254) of tool sandboxes with an `internet = [...]` list: each gets a
+/// network namespace on the bridge whose only way anywhere is the router (its resolver and
+/// egress proxy); the router's bridge table keeps them from every other port.
+pub const SANDBOX_SLOTS: std::ops::RangeInclusive<usize> = 128..=252;
+
 /// The router-side veth name of slot `slot`: short (IFNAMSIZ is 16) and unique in the
-/// router namespace, which is the cage's own.
+/// router namespace, which is the cage's own. A sandbox's starts with [`SANDBOX_VETH_PREFIX`].
 pub fn router_veth(slot: usize) -> String {
-    format!("ve{slot}")
+    if SANDBOX_SLOTS.contains(&slot) {
+        format!("{SANDBOX_VETH_PREFIX}{slot}")
+    } else {
+        format!("ve{slot}")
+    }
 }
+pub const SANDBOX_VETH_PREFIX: &str = "vs";
 
 /// The name a fresh veth peer has before it moves and becomes [`SERVICE_IFACE`].
 pub fn peer_veth(slot: usize) -> String {

@@ -59,6 +59,8 @@ const PRIO_SRCNAT: i32 = 100;
 // Before conntrack's NAT (dstnat -100): what is dropped is never redirected.
 const PRIO_RAW_FILTER: i32 = -150;
 const PRIO_DSTNAT: i32 = -100;
+/// The router's bridge table that keeps tool sandboxes' ports apart ([`egress_table`]).
+pub const SANDBOX_BRIDGE_TABLE: &str = "cagerun-sandboxes";
 /// The router's egress table and its set of sources ([`egress_table`]).
 pub const EGRESS_TABLE: &str = "cagerun-egress";
 const EGRESS_SET: &str = "egress";
@@ -341,6 +343,37 @@ pub fn egress_table(subnet: u8, proxy_port: u16, log_group: u16) -> Nftables<'st
             })),
         ],
     ));
+    // Tool sandboxes' ports on the bridge reach the router (its own address is delivered
+    // locally, not forwarded) and no other port: no service, no other sandbox.
+    let br = SANDBOX_BRIDGE_TABLE;
+    b.add(NfListObject::Table(Table {
+        family: NfFamily::Bridge,
+        name: Cow::Borrowed(br),
+        handle: None,
+    }));
+    b.add(NfListObject::Chain(Chain {
+        family: NfFamily::Bridge,
+        table: Cow::Borrowed(br),
+        name: Cow::Borrowed("forward"),
+        _type: Some(NfChainType::Filter),
+        hook: Some(NfHook::Forward),
+        prio: Some(PRIO_FILTER),
+        policy: Some(NfChainPolicy::Accept),
+        ..Default::default()
+    }));
+    let sandbox_ports = format!("{}*", topology::SANDBOX_VETH_PREFIX);
+    for key in [MetaKey::Iifname, MetaKey::Oifname] {
+        b.add(NfListObject::Rule(Rule {
+            family: NfFamily::Bridge,
+            table: Cow::Borrowed(br),
+            chain: Cow::Borrowed("forward"),
+            expr: Cow::Owned(vec![
+                matches(meta(key), Operator::EQ, text(sandbox_ports.clone())),
+                Statement::Drop(None),
+            ]),
+            ..Default::default()
+        }));
+    }
     b.add(base_chain(
         t,
         "input",

@@ -46,6 +46,8 @@ pub struct Setup {
     /// That cgroup, once the supervisor made it inside the cage's (the sandbox engine's
     /// parent, `CAGERUN_CGROUP_PARENT`).
     pub cgroup_parent: Option<String>,
+    /// What each sandbox may reach (`[services.X.sandboxes] internet`); empty: only its `lo`.
+    pub internet: Vec<cage_spec::egress::Rule>,
 }
 
 /// The broker's policy for a service: its images (resolved now, so a missing tree is an error
@@ -111,6 +113,7 @@ pub fn setup(
         pids_total: sb.pids_total,
         cgroup_parent: None,
         roots,
+        internet: sb.internet.clone(),
     }))
 }
 
@@ -123,6 +126,8 @@ struct Container {
     created: String,
     /// Pids of the `cagerun exec` processes running for it (started by this broker).
     running_execs: Vec<i32>,
+    /// Its network, when the service's sandboxes have an `internet = [...]` list.
+    net: Option<Arc<super::egress::SandboxNet>>,
 }
 
 impl Container {
@@ -140,6 +145,8 @@ impl Container {
 
 pub struct Broker {
     setup: Setup,
+    /// The cage's egress control, when the sandboxes have a list.
+    egress: Option<Arc<super::egress::EgressControl>>,
     exe: PathBuf,
     /// Bundles of running sandboxes (outside anything the service can see).
     runs: PathBuf,
@@ -168,7 +175,12 @@ pub fn service_dir(runtime: &Path, service: &str) -> PathBuf {
 
 impl Broker {
     /// Listen on `dir/docker.sock` and serve on a thread of its own.
-    pub fn start(setup: Setup, runtime: &Path, exe: PathBuf) -> Result<Arc<Broker>> {
+    pub fn start(
+        setup: Setup,
+        runtime: &Path,
+        exe: PathBuf,
+        egress: Option<Arc<super::egress::EgressControl>>,
+    ) -> Result<Arc<Broker>> {
         let dir = service_dir(runtime, &setup.service);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         for name in crate::shim::NAMES {
@@ -184,8 +196,10 @@ impl Broker {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
         let runs = runtime.join(format!("sandboxes-{}", setup.service));
         std::fs::create_dir_all(&runs)?;
+        let egress = egress.filter(|_| !setup.internet.is_empty());
         let broker = Arc::new(Broker {
             setup,
+            egress,
             exe,
             runs,
             containers: Mutex::new(Vec::new()),
@@ -234,8 +248,22 @@ impl Broker {
 
     /// Kill every sandbox still running (the cage is going down).
     pub fn shutdown(&self) {
-        for c in self.containers.lock().unwrap().iter() {
+        let gone: Vec<Container> = std::mem::take(&mut *self.containers.lock().unwrap());
+        for c in gone {
             c.kill_running();
+            self.release(c);
+        }
+    }
+
+    /// A removed container's network goes with it.
+    fn release(&self, c: Container) {
+        if let (Some(egress), Some(net)) = (&self.egress, c.net) {
+            match Arc::try_unwrap(net) {
+                Ok(net) => egress.detach_sandbox(net),
+                // An exec still holds it: it ends (killed) shortly and drops its handle;
+                // the namespace then goes with the supervisor's copy here.
+                Err(_) => tracing::warn!("a removed sandbox's network is still in use"),
+            }
         }
     }
 
@@ -369,7 +397,9 @@ impl Broker {
                         result = Err((no_such_container(n), 1));
                         break;
                     };
-                    containers.remove(i).kill_running();
+                    let c = containers.remove(i);
+                    c.kill_running();
+                    self.release(c);
                     out.push_str(&format!("{n}\n"));
                 }
                 drop(containers);
@@ -409,6 +439,21 @@ impl Broker {
             }
         }
         let id = random_id();
+        // Its network (a list sandbox): a namespace on the cage's bridge whose only way out
+        // is the egress proxy, known in the audit log as SERVICE/ID.
+        let net = match &self.egress {
+            Some(egress) => Some(Arc::new(
+                egress
+                    .attach_sandbox(&self.setup.service, &id, &self.setup.internet)
+                    .map_err(|e| {
+                        (
+                            DockerError(format!("Error response from daemon: {e:#}")),
+                            125,
+                        )
+                    })?,
+            )),
+            None => None,
+        };
         containers.push(Container {
             id: id.clone(),
             shape,
@@ -416,6 +461,7 @@ impl Broker {
             running: false,
             created: now_rfc3339(),
             running_execs: Vec::new(),
+            net,
         });
         Ok(format!("{id}\n"))
     }
@@ -431,7 +477,9 @@ impl Broker {
         let found = {
             let mut containers = self.containers.lock().unwrap();
             match find(&mut containers, &e.container) {
-                Some(c) if c.running => Ok((c.id.clone(), c.shape.clone(), c.env.clone())),
+                Some(c) if c.running => {
+                    Ok((c.id.clone(), c.shape.clone(), c.env.clone(), c.net.clone()))
+                }
                 Some(c) => Err(DockerError(format!(
                     "Error response from daemon: container {} is not running",
                     c.id
@@ -439,7 +487,7 @@ impl Broker {
                 None => Err(no_such_container(&e.container)),
             }
         };
-        let (id, shape, env) = match found {
+        let (id, shape, env, net) = match found {
             Ok(f) => f,
             Err(err) => return io.fail(&err, 1),
         };
@@ -455,7 +503,7 @@ impl Broker {
                 125,
             );
         };
-        self.exec_within_budget(req, e, io, conn, (id, shape, env))
+        self.exec_within_budget(req, e, io, conn, (id, shape, env), net)
     }
 
     fn exec_within_budget(
@@ -465,14 +513,26 @@ impl Broker {
         io: Io,
         conn: &std::os::unix::net::UnixStream,
         (id, shape, mut env): (String, SandboxShape, Vec<(String, String)>),
+        net: Option<Arc<super::egress::SandboxNet>>,
     ) -> i32 {
         if let Err(err) = add_env(&mut env, req, &e.env_files, &e.env) {
             return io.fail(&err, 125);
         }
-        let spec = match self.render(&shape, e, env, &id) {
+        let mut spec = match self.render(&shape, e, env, &id) {
             Ok(s) => s,
             Err(err) => return io.fail(&err, 126),
         };
+        if let Some(net) = &net {
+            // Joins the sandbox's namespace (made by the cage) instead of a fresh one.
+            if let Err(err) =
+                cage_spec::service::share_network(&mut spec, &net.hosts, Some(&net.resolv))
+            {
+                return io.fail(
+                    &DockerError(format!("Error response from daemon: {err}")),
+                    126,
+                );
+            }
+        }
         let run = self
             .runs
             .join(self.next_run.fetch_add(1, Ordering::Relaxed).to_string());
@@ -482,7 +542,7 @@ impl Broker {
                 126,
             );
         }
-        let result = self.run_sandbox(&run, e.interactive, io, conn, &id);
+        let result = self.run_sandbox(&run, e.interactive, io, conn, &id, net.as_deref());
         crate::tree::remove(&run);
         result
     }
@@ -531,9 +591,15 @@ impl Broker {
         io: Io,
         conn: &std::os::unix::net::UnixStream,
         id: &str,
+        net: Option<&super::egress::SandboxNet>,
     ) -> i32 {
         let mut cmd = std::process::Command::new(&self.exe);
         cmd.arg("exec").arg("--bundle").arg(bundle);
+        if let Some(net) = net {
+            // At 3 and 4 in the child only (ipc::pass_fds); closed here when `cmd` goes.
+            cmd.args(["--join-fds", "3,4"]);
+            crate::ipc::pass_fds(&mut cmd, &[net.user.as_raw_fd(), net.netns.as_raw_fd()]);
+        }
         if interactive {
             cmd.arg("-i");
         }

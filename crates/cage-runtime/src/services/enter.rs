@@ -118,6 +118,33 @@ pub fn network_of(paths: &CagePaths, service: &str) -> Result<ServiceNetwork> {
     })
 }
 
+/// [`run_in_network`] on namespaces inherited as descriptors `user` and `net` (the sandbox
+/// broker's list sandboxes: it opened them, the engine runs in a process of its own).
+pub fn run_in_inherited_network(
+    spec: oci_spec::runtime::Spec,
+    user: i32,
+    net: i32,
+    interactive: bool,
+) -> Result<i32> {
+    use std::os::fd::FromRawFd;
+    for fd in [user, net] {
+        if fd < 3 || nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_err() {
+            anyhow::bail!("--join-fds: descriptor {fd} is not open");
+        }
+    }
+    // SAFETY: the broker passed these descriptors open at these numbers; nothing else owns them.
+    let (user, net) = unsafe { (File::from_raw_fd(user), File::from_raw_fd(net)) };
+    run_in_network(
+        spec,
+        ServiceNetwork {
+            service: "the sandbox".into(),
+            user,
+            net,
+        },
+        interactive,
+    )
+}
+
 /// Run a one-shot job's spec (made by [`cage_spec::service::share_network`]: no network
 /// namespace of its own, identity id maps) inside the service's network: its exit code.
 ///

@@ -113,6 +113,11 @@ impl Holder {
         }
     }
 
+    /// Forget a namespace the holder made (it goes once no process is inside).
+    pub fn drop_netns(&self, netns: i32) -> Result<()> {
+        self.call_ok(HolderRequest::Drop { netns })
+    }
+
     /// Exactly these addresses are egress sources.
     pub fn set_egress_sources(&self, addrs: &[std::net::Ipv4Addr]) -> Result<()> {
         self.call_ok(HolderRequest::EgressSources {

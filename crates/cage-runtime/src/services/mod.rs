@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod cgroup;
 pub mod control;
+pub mod egress;
 pub mod enter;
 pub mod forward;
 pub mod health;

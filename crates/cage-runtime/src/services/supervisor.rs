@@ -53,19 +53,10 @@ pub struct Supervisor {
     internet_on: AtomicBool,
     uplink: Mutex<Option<super::uplink::Uplink>>,
     /// Egress by name: the live lists and the proxy that enforces them (when any list exists).
-    egress: Mutex<EgressLists>,
-    egress_proxy: Mutex<Option<Arc<crate::egress::EgressProxy>>>,
+    egress: Arc<super::egress::EgressControl>,
     /// Starts, exits, restarts and health changes, for `events` subscribers (bounded; see
     /// [`control`]).
     events: tokio::sync::broadcast::Sender<control::Event>,
-}
-
-/// The live `internet = [...]` lists: each list service's (from cage.toml, then edited by
-/// `cagerun internet allow|deny`) and each running tool sandbox's.
-#[derive(Default)]
-pub(crate) struct EgressLists {
-    services: BTreeMap<String, Vec<cage_spec::egress::Rule>>,
-    sandboxes: BTreeMap<std::net::Ipv4Addr, (String, Vec<cage_spec::egress::Rule>)>,
 }
 
 struct Svc {
@@ -399,7 +390,12 @@ async fn wire_services(
             b.memory_total,
             b.pids_total,
         )?);
-        let broker = super::broker::Broker::start(b, &sup.paths.runtime, crate::host::self_exe()?)?;
+        let broker = super::broker::Broker::start(
+            b,
+            &sup.paths.runtime,
+            crate::host::self_exe()?,
+            Some(sup.egress.clone()),
+        )?;
         sup.brokers.lock().unwrap().push(broker);
     }
     for name in &sup.order {
@@ -485,19 +481,6 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
     record.save(&paths)?;
 
     let any_internet = cage.services.iter().any(|s| s.internet.is_any());
-    let egress_lists = EgressLists {
-        services: cage
-            .services
-            .iter()
-            .filter_map(|s| Some((s.name.clone(), s.internet.rules()?.to_vec())))
-            .collect(),
-        sandboxes: BTreeMap::new(),
-    };
-    let wants_egress = !egress_lists.services.is_empty()
-        || cage
-            .services
-            .iter()
-            .any(|s| s.sandboxes.as_ref().is_some_and(|b| !b.internet.is_empty()));
     let upstream_dns = if cage.dns.is_empty() {
         cage_net::egress::dns::host_resolvers(
             &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
@@ -522,15 +505,35 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
         record: Mutex::new(record),
         order: cage.services.iter().map(|s| s.name.clone()).collect(),
         services,
-        holder,
+        holder: holder.clone(),
         cgroup: cg,
         owner,
         brokers: Mutex::new(Vec::new()),
         subnet,
         internet_on: AtomicBool::new(false),
         uplink: Mutex::new(None),
-        egress: Mutex::new(egress_lists),
-        egress_proxy: Mutex::new(None),
+        egress: Arc::new(super::egress::EgressControl::new(
+            holder.clone(),
+            subnet,
+            cage.services
+                .iter()
+                .enumerate()
+                .filter_map(|(slot, s)| {
+                    Some((
+                        s.name.clone(),
+                        topology::service_address(subnet, slot).ok()?,
+                        s.internet.rules()?.to_vec(),
+                    ))
+                })
+                .collect(),
+            cage.services
+                .iter()
+                .filter_map(|s| {
+                    let sb = s.sandboxes.as_ref()?;
+                    (!sb.internet.is_empty()).then(|| (s.name.clone(), sb.internet.clone()))
+                })
+                .collect(),
+        )),
         events: tokio::sync::broadcast::channel(control::EVENT_BUFFER).0,
     });
 
@@ -539,7 +542,7 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
         sup.teardown().await;
         return Err(e);
     }
-    if wants_egress {
+    if sup.egress.wanted() {
         if let Err(e) = sup.start_egress(upstream_dns).await {
             sup.teardown().await;
             return Err(e.context("starting the egress proxy (internet = [...] lists)"));
@@ -702,7 +705,7 @@ impl Supervisor {
     /// router's set, which resets live connections (the uplink stays until `down`).
     pub async fn set_internet(self: &Arc<Self>, on: bool) -> Result<()> {
         let services = self.internet_services();
-        let has_sandbox_lists = !self.sandbox_lists().is_empty();
+        let has_sandbox_lists = self.egress.wanted();
         if on && services.is_empty() && !has_sandbox_lists {
             bail!("no service of this cage has `internet = true` or an `internet = [...]` list (cage.toml): internet mode would change nothing");
         }
@@ -736,7 +739,8 @@ impl Supervisor {
             tokio::task::spawn_blocking(move || h.set_internet(&addrs)).await??;
         }
         self.internet_on.store(on, Ordering::SeqCst);
-        self.push_egress_policy()?;
+        let egress = self.egress.clone();
+        tokio::task::spawn_blocking(move || egress.set_on(on)).await??;
         tracing::info!("internet {}", if on { "on" } else { "off" });
         Ok(())
     }
@@ -758,33 +762,8 @@ impl Supervisor {
                 .as_ref()
                 .map(|u| u.gateway(self.subnet).to_string())
                 .unwrap_or_default(),
-            lists: {
-                let lists = self.egress.lock().unwrap();
-                let mut out: BTreeMap<String, Vec<String>> = lists
-                    .services
-                    .iter()
-                    .map(|(n, r)| (n.clone(), r.iter().map(|r| r.to_string()).collect()))
-                    .collect();
-                for (svc, rules) in self.sandbox_lists() {
-                    out.insert(
-                        format!("{svc}/sandboxes"),
-                        rules.iter().map(|r| r.to_string()).collect(),
-                    );
-                }
-                out
-            },
+            lists: self.egress.lists(),
         }
-    }
-
-    /// The tool sandboxes' lists, by service (from cage.toml).
-    fn sandbox_lists(&self) -> Vec<(String, Vec<cage_spec::egress::Rule>)> {
-        self.order
-            .iter()
-            .filter_map(|n| {
-                let sb = self.services[n].service.sandboxes.as_ref()?;
-                (!sb.internet.is_empty()).then(|| (n.clone(), sb.internet.clone()))
-            })
-            .collect()
     }
 
     /// The egress proxy on the router namespace's sockets, and the router's set of sources.
@@ -792,64 +771,10 @@ impl Supervisor {
         self: &Arc<Self>,
         upstream_dns: Vec<std::net::SocketAddrV4>,
     ) -> Result<()> {
-        let h = self.holder.clone();
-        let sockets = tokio::task::spawn_blocking(move || h.egress()).await??;
-        let policy = self.egress_policy();
-        let log = self.paths.logs().join("egress.log");
-        let proxy = crate::egress::EgressProxy::spawn(sockets, &upstream_dns, &policy, &log)?;
-        let pid = proxy.pid();
-        *self.egress_proxy.lock().unwrap() = Some(Arc::new(proxy));
+        let egress = self.egress.clone();
+        let log = crate::egress::log_path(&self.paths);
+        let pid = tokio::task::spawn_blocking(move || egress.start(&upstream_dns, &log)).await??;
         self.remember(|r| r.egress = Proc::of(pid));
-        self.push_egress_sources().await
-    }
-
-    /// The policy the proxy enforces now.
-    fn egress_policy(&self) -> cage_spec::egress::EgressPolicy {
-        let lists = self.egress.lock().unwrap();
-        let mut sources: Vec<cage_spec::egress::Source> = lists
-            .services
-            .iter()
-            .filter_map(|(name, rules)| {
-                let slot = self.services.get(name)?.slot;
-                Some(cage_spec::egress::Source {
-                    address: topology::service_address(self.subnet, slot).ok()?,
-                    name: name.clone(),
-                    rules: rules.clone(),
-                })
-            })
-            .collect();
-        sources.extend(lists.sandboxes.iter().map(|(a, (name, rules))| {
-            cage_spec::egress::Source {
-                address: *a,
-                name: name.clone(),
-                rules: rules.clone(),
-            }
-        }));
-        cage_spec::egress::EgressPolicy {
-            on: self.internet_on.load(Ordering::SeqCst),
-            sources,
-        }
-    }
-
-    fn push_egress_policy(&self) -> Result<()> {
-        let proxy = self.egress_proxy.lock().unwrap().clone();
-        match proxy {
-            Some(p) => p.update(&self.egress_policy()),
-            None => Ok(()),
-        }
-    }
-
-    /// The router's set of egress sources: every list service and list sandbox (the
-    /// switch is the proxy's to enforce, so that refusals are logged while it is off).
-    async fn push_egress_sources(&self) -> Result<()> {
-        let addrs: Vec<std::net::Ipv4Addr> = self
-            .egress_policy()
-            .sources
-            .iter()
-            .map(|s| s.address)
-            .collect();
-        let h = self.holder.clone();
-        tokio::task::spawn_blocking(move || h.set_egress_sources(&addrs)).await??;
         Ok(())
     }
 
@@ -864,24 +789,12 @@ impl Supervisor {
             Internet::None => bail!("service {service} has no `internet = [...]` list in cage.toml: without one it has no resolver or route to the proxy (add `internet = []` and restart the cage)"),
         }
         let rule: cage_spec::egress::Rule = entry.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-        {
-            let mut lists = self.egress.lock().unwrap();
-            let list = lists.services.entry(service.to_string()).or_default();
-            if allow {
-                if !list.contains(&rule) {
-                    list.push(rule);
-                }
-            } else if let Some(at) = list.iter().position(|r| *r == rule) {
-                list.remove(at);
-            } else {
-                bail!("{entry:?} is not in {service}'s list (see `cagerun internet`)");
-            }
-        }
+        self.egress.edit(service, rule, allow)?;
         tracing::info!(
             "egress: {} {entry} for {service}",
             if allow { "allow" } else { "deny" }
         );
-        self.push_egress_policy()
+        Ok(())
     }
 
     pub fn cgroup_path(&self) -> String {
@@ -920,10 +833,8 @@ impl Supervisor {
         if let Some(u) = uplink {
             let _ = tokio::task::spawn_blocking(move || u.stop()).await;
         }
-        let proxy = self.egress_proxy.lock().unwrap().take();
-        if let Some(p) = proxy {
-            let _ = tokio::task::spawn_blocking(move || p.stop()).await;
-        }
+        let egress = self.egress.clone();
+        let _ = tokio::task::spawn_blocking(move || egress.stop()).await;
         let rec = self.record.lock().unwrap().clone();
         for p in rec.containers.iter().chain(rec.monitors.iter()) {
             p.kill();

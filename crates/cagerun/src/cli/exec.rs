@@ -22,6 +22,10 @@ pub struct ExecArgs {
     /// Run an OCI bundle (DIR/config.json) through the fast engine instead of flags.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["workspace", "user", "env", "env_file", "workdir", "memory", "pids", "tmpfs_size", "tty"])]
     bundle: Option<PathBuf>,
+    /// (internal, the sandbox broker) With --bundle: join the cage's user namespace and a
+    /// network namespace of its (descriptors USER,NET inherited), instead of a fresh one.
+    #[arg(long, value_name = "USER,NET", hide = true, requires = "bundle")]
+    join_fds: Option<String>,
     /// Network: `none` (a fresh namespace with only lo).
     #[arg(long, value_name = "MODE", default_value = "none")]
     net: String,
@@ -80,6 +84,19 @@ pub fn run(args: ExecArgs) -> Result<i32> {
         }
         None => (render_from_flags(&args)?, PathBuf::from("/")),
     };
+    if let Some(fds) = &args.join_fds {
+        let parse = |s: Option<&str>| s.and_then(|n| n.trim().parse::<i32>().ok());
+        let mut it = fds.split(',');
+        let (Some(user), Some(net)) = (parse(it.next()), parse(it.next())) else {
+            bail!("--join-fds USER,NET: two descriptor numbers");
+        };
+        return cage_runtime::services::enter::run_in_inherited_network(
+            spec,
+            user,
+            net,
+            args.interactive,
+        );
+    }
     let opts = RunOptions {
         interactive: args.interactive,
         timeout,
