@@ -72,6 +72,9 @@ pub struct ServiceInspect {
     pub resources: ResourcesView,
     /// `internet = true`: it may use the cage's uplink while internet mode is on.
     pub internet: bool,
+    /// `internet = [...]`: what it may reach by name while internet mode is on (as cage.toml
+    /// says; `cagerun internet` shows the live list). None without a list.
+    pub internet_list: Option<Vec<String>>,
     /// `no`, `on-failure` or `always`.
     pub restart: String,
     pub depends_on: Vec<String>,

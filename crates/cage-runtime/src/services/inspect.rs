@@ -126,6 +126,10 @@ pub fn inspect(
             cpus,
         },
         internet: service.internet.is_any(),
+        internet_list: service
+            .internet
+            .rules()
+            .map(|r| r.iter().map(|r| r.to_string()).collect()),
         restart: match service.restart {
             Restart::No => "no",
             Restart::OnFailure => "on-failure",

@@ -109,7 +109,13 @@ pub fn inspect(args: InspectArgs) -> Result<i32> {
         r.pids.map(|p| p.to_string()).unwrap_or("-".into()),
         r.cpus.map(|c| c.to_string()).unwrap_or("-".into()),
     )?;
-    writeln!(out, "internet:  {}", if i.internet { "yes" } else { "no" })?;
+    let internet = match (&i.internet_list, i.internet) {
+        (Some(list), _) if list.is_empty() => "by name: nothing listed yet".to_string(),
+        (Some(list), _) => format!("by name: {}", list.join(", ")),
+        (None, true) => "yes".into(),
+        (None, false) => "no".into(),
+    };
+    writeln!(out, "internet:  {internet}")?;
     writeln!(out, "restart:   {}", i.restart)?;
     if let Some(h) = &i.healthcheck {
         writeln!(
