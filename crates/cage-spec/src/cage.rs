@@ -1035,6 +1035,44 @@ env = { OPENCLAW_CONFIG_READONLY = "1" }
     }
 
     #[test]
+    fn internet_is_a_switch_or_a_list() {
+        use crate::egress::{Internet, Target};
+        let svc =
+            |v: &str| format!("[services.a]\nhost = true\ncommand = [\"x\"]\ninternet = {v}\n");
+        let c = parse_cage("f", &svc("true")).unwrap();
+        assert_eq!(c.services[0].internet, Internet::Any);
+        let c = parse_cage("f", &svc("false")).unwrap();
+        assert_eq!(c.services[0].internet, Internet::None);
+        let c = parse_cage(
+            "f",
+            &svc("[\"api.telegram.org\", \"*.discord.com\", \"host:11434\"]"),
+        )
+        .unwrap();
+        let rules = c.services[0].internet.rules().unwrap();
+        assert_eq!(rules.len(), 3);
+        assert_eq!(rules[2].target, Target::Host);
+        let c = parse_cage("f", &svc("[]")).unwrap();
+        assert_eq!(c.services[0].internet, Internet::Allow(vec![]));
+        // A bad entry names the key, the line and the fix.
+        let e = bad(&svc("[\"host\"]"));
+        assert!(
+            e.contains("services.a.internet") && e.contains(":4:") && e.contains("host:11434"),
+            "{e}"
+        );
+        let e = bad(&svc("[\"a b\"]"));
+        assert!(e.contains("not a DNS name"), "{e}");
+        let e = bad(&svc("\"yes\""));
+        assert!(e.contains(":4:"), "{e}");
+        // Sandboxes: a list, and the top-level upstream resolvers.
+        let c = parse_cage("f", "dns = [\"198.18.0.2\", \"127.0.0.1:5353\"]\n[services.a]\nhost = true\ncommand = [\"x\"]\n[services.a.sandboxes]\nimages = { \"s:1\" = \"host\" }\ninternet = [\"pypi.org\"]\n").unwrap();
+        assert_eq!(c.dns.len(), 2);
+        assert_eq!(c.dns[1].port(), 5353);
+        assert_eq!(c.services[0].sandboxes.as_ref().unwrap().internet.len(), 1);
+        let e = bad("dns = [\"resolver.example\"]\n[services.a]\nhost = true\ncommand = [\"x\"]\n");
+        assert!(e.contains("\"ADDR:PORT\"") && e.contains(":1:"), "{e}");
+    }
+
+    #[test]
     fn a_job_may_share_the_network_of_a_service_and_nothing_else() {
         let base = "[services.gw]\nhost = true\ncommand = [\"x\"]\n[services.once]\nhost = true\ncommand = [\"y\"]\nonce = true\n";
         let job = |net: &str, kind: &str| {

@@ -62,11 +62,13 @@ pub fn egress(args: EgressArgs) -> Result<i32> {
     }
     print(&mut out, &first, args.json)?;
     out.flush()?;
-    while args.follow {
-        std::thread::sleep(Duration::from_millis(200));
-        let batch = reader.next_batch();
-        if print(&mut out, &batch, args.json).is_err() || out.flush().is_err() {
-            break;
+    if args.follow {
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let batch = reader.next_batch();
+            if print(&mut out, &batch, args.json).is_err() || out.flush().is_err() {
+                break;
+            }
         }
     }
     Ok(0)
