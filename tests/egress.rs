@@ -83,6 +83,13 @@ fn dns_udp(name: &str, host: &str) -> Value {
 fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
 }
+/// Unix time in seconds (the audit log's clock).
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
 fn ok(v: &Value) -> bool {
     v["ok"] == true
 }
@@ -443,15 +450,16 @@ fn egress_by_name_allows_only_the_listed_names_and_records_each_attempt() {
 
         // gw's resolver is cagerun's, on the cage's router.
         let resolv = cage.sh_in("gw", "cat /etc/resolv.conf").stdout;
-        let router = resolv
-            .trim()
-            .strip_prefix("nameserver ")
-            .unwrap_or_else(|| panic!("[{mode:?}] gw's resolv.conf: {resolv}"))
-            .to_string();
+        let servers: Vec<&str> = resolv
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("nameserver "))
+            .map(|a| a.trim())
+            .collect();
         assert!(
-            router.starts_with("10.89.") && router.ends_with(".1"),
+            servers.len() == 1 && servers[0].starts_with("10.89.") && servers[0].ends_with(".1"),
             "[{mode:?}] gw's resolv.conf: {resolv}"
         );
+        let router = servers[0].to_string();
 
         // Allowed: allowed.test over TLS and HTTP, by name; one stable fake address; empty
         // AAAA and HTTPS answers (no ECH keys, no IPv6 way around).
@@ -627,10 +635,16 @@ fn egress_by_name_allows_only_the_listed_names_and_records_each_attempt() {
                 "/etc/resolv.conf",
             ])
             .stdout;
-        assert_eq!(
-            sandbox_resolv.trim(),
-            resolv.trim(),
-            "[{mode:?}] the sandbox's resolver"
+        // Its resolver is cagerun's too (a cage router's address).
+        let sandbox_servers: Vec<&str> = sandbox_resolv
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("nameserver "))
+            .collect();
+        assert!(
+            sandbox_servers.len() == 1
+                && sandbox_servers[0].trim().starts_with("10.89.")
+                && sandbox_servers[0].trim().ends_with(".1"),
+            "[{mode:?}] the sandbox's resolv.conf: {sandbox_resolv}"
         );
         w.sync_events();
         assert!(
@@ -742,6 +756,44 @@ fn egress_by_name_allows_only_the_listed_names_and_records_each_attempt() {
         ];
         let r = in_service(&cage, "gw", &ca, &crossed);
         assert_refused(mode, "gw, crossed names", &crossed, &r);
+        // A wildcard: any subdomain, not the domain itself.
+        let r = cage.cagerun(&["internet", "allow", "gw", "*.wild.test"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let wild = [
+            tls("a.wild.test", "a.wild.test"),
+            dns("a.wild.test"),
+            dns("wild.test"),
+        ];
+        let r = in_service(&cage, "gw", &ca, &wild);
+        assert!(ok(&r[0]), "[{mode:?}] *.wild.test: {r:?}");
+        fake_address(mode, &r[1]);
+        assert_eq!(
+            r[2]["rcode"], 3,
+            "[{mode:?}] *.wild.test opened wild.test: {r:?}"
+        );
+        w.sync_dns_log();
+        assert!(!w.dns_asked("wild.test"), "{:?}", w.dns_queries());
+        // An address entry opens that address and port, whatever the protocol (the world's
+        // banner speaks first: no name to wait for); deny closes it again.
+        let before_address_entry = now();
+        let entry = format!("{wa}:{}", world::BANNER_PORT);
+        let r = cage.cagerun(&["internet", "allow", "gw", &entry]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let r = in_service(
+            &cage,
+            "gw",
+            &ca,
+            &[tcp(wa, world::BANNER_PORT), tcp(wa, world::ECHO_PORT)],
+        );
+        assert_eq!(r[0]["banner"], "WORLD", "[{mode:?}] {entry} allowed: {r:?}");
+        assert!(
+            !ok(&r[1]),
+            "[{mode:?}] another port of a listed address: {r:?}"
+        );
+        let r = cage.cagerun(&["internet", "deny", "gw", &entry]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let r = in_service(&cage, "gw", &ca, &[tcp(wa, world::BANNER_PORT)]);
+        assert!(!ok(&r[0]), "[{mode:?}] {entry} denied again: {r:?}");
         assert_eq!(
             cage.record()["supervisor"]["pid"].as_i64(),
             Some(supervisor as i64)
@@ -785,6 +837,13 @@ fn egress_by_name_allows_only_the_listed_names_and_records_each_attempt() {
             t(json!({"proto": "tcp", "port": port_b, "verdict": "deny"})),
             t(json!({"proto": "udp", "address": wa, "port": 53, "verdict": "deny"})),
             t(json!({"proto": "udp", "address": wa, "port": 443, "verdict": "deny"})),
+            t(
+                json!({"proto": "tcp", "name": "a.wild.test", "port": 443, "upstream": wa, "verdict": "allow"}),
+            ),
+            d("wild.test", "deny"),
+            t(
+                json!({"proto": "tcp", "address": wa, "port": world::BANNER_PORT, "upstream": wa, "verdict": "allow"}),
+            ),
         ];
         for fields in [
             json!({"proto": "dns", "name": "allowed.test", "verdict": "allow"}),
@@ -802,7 +861,9 @@ fn egress_by_name_allows_only_the_listed_names_and_records_each_attempt() {
         // Nothing denied is recorded as allowed, and allowed connections carried bytes.
         for e in &entries {
             let name = e["name"].as_str().unwrap_or("");
-            if name == "denied.test" || name == secret || e["port"] == world::BANNER_PORT {
+            let raw_banner = e["port"] == world::BANNER_PORT
+                && e["time"].as_f64().unwrap_or(0.0) < before_address_entry;
+            if name == "denied.test" || name == secret || raw_banner {
                 assert_eq!(e["verdict"], "deny", "[{mode:?}] {e}");
             }
             if e["proto"] == "tcp" && e["verdict"] == "allow" {
