@@ -458,6 +458,18 @@ impl World {
     pub fn start_egress(&mut self) -> &EgressServers {
         use std::os::unix::fs::PermissionsExt;
         assert!(self.egress.is_none(), "egress servers started twice");
+        let have = |tool: &str, arg: &str| {
+            Command::new(tool)
+                .arg(arg)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        assert!(
+            have("dnsmasq", "--version") && have("openssl", "version"),
+            "the egress world needs dnsmasq and openssl: apt-get install dnsmasq-base openssl (scripts/test does)"
+        );
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let dir =
