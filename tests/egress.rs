@@ -697,10 +697,13 @@ fn egress_by_name_allows_only_the_listed_names_and_records_each_attempt() {
                 seen = s;
             }
         }
-        assert!(
-            seen.contains("ok 3"),
-            "[{mode:?}] the live connection works first: {seen}"
-        );
+        if !seen.contains("ok 3") {
+            let log = audit(&cage);
+            panic!(
+                "[{mode:?}] the live connection works first: {seen}\nlast entries: {:#?}",
+                &log[log.len().saturating_sub(12)..]
+            );
+        }
         let r = cage.cagerun(&["internet", "deny", "gw", "allowed.test"]);
         assert_eq!(r.code, 0, "{}", r.stderr);
         let status = live.wait().unwrap();
@@ -832,7 +835,8 @@ fn egress_by_name_allows_only_the_listed_names_and_records_each_attempt() {
             t(json!({"proto": "tcp", "address": fake, "port": 80, "verdict": "deny"})),
             t(json!({"proto": "tcp", "port": world::ECHO_PORT, "verdict": "deny"})),
             t(
-                json!({"proto": "tcp", "name": "host.docker.internal", "port": port_a, "upstream": "127.0.0.1", "verdict": "allow"}),
+                // The host's fake address stands for all its names: logged as `host`.
+                json!({"proto": "tcp", "name": "host", "port": port_a, "upstream": "127.0.0.1", "verdict": "allow"}),
             ),
             t(json!({"proto": "tcp", "port": port_b, "verdict": "deny"})),
             t(json!({"proto": "udp", "address": wa, "port": 53, "verdict": "deny"})),
@@ -866,11 +870,9 @@ fn egress_by_name_allows_only_the_listed_names_and_records_each_attempt() {
             if name == "denied.test" || name == secret || raw_banner {
                 assert_eq!(e["verdict"], "deny", "[{mode:?}] {e}");
             }
+            // (A banner server speaks first: its client may send nothing.)
             if e["proto"] == "tcp" && e["verdict"] == "allow" {
-                assert!(
-                    e["sent"].as_u64() > Some(0) && e["received"].as_u64() > Some(0),
-                    "{e}"
-                );
+                assert!(e["received"].as_u64() > Some(0), "{e}");
             }
             if e["source"] == "model"
                 || e["source"]
@@ -906,7 +908,11 @@ fn egress_by_name_allows_only_the_listed_names_and_records_each_attempt() {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut followed = String::new();
         while !followed.contains(&late) && Instant::now() < deadline {
+            // Each message is everything so far: keep the newest.
             if let Ok(s) = frx.recv_timeout(Duration::from_millis(200)) {
+                followed = s;
+            }
+            while let Ok(s) = frx.try_recv() {
                 followed = s;
             }
         }
@@ -936,14 +942,14 @@ fn egress_by_name_allows_only_the_listed_names_and_records_each_attempt() {
                 .cloned()
                 .collect::<Vec<_>>()
         };
-        while !alive().is_empty() && Instant::now() < deadline {
+        // `down` returns once the supervisor answered; it exits a moment later.
+        let supervisor_alive =
+            || nix::sys::signal::kill(nix::unistd::Pid::from_raw(supervisor), None).is_ok();
+        while (!alive().is_empty() || supervisor_alive()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(alive().is_empty(), "[{mode:?}] left running: {:?}", alive());
-        assert!(
-            !std::path::Path::new(&format!("/proc/{supervisor}")).exists(),
-            "the supervisor is still running"
-        );
+        assert!(!supervisor_alive(), "the supervisor is still running");
         // The host's tables are named after the cage ("cagerun-ID", '-' as '_').
         let id = cage.id().to_string();
         let left: Vec<String> = nft_tables()

@@ -3,7 +3,7 @@
 //! are parsed in a process that holds nothing but its sockets. It runs in the host's network
 //! namespace (it connects from the host's stack) with the router namespace's sockets the
 //! holder made, no_new_privs, and as root drops to `nobody` before it reads a byte. It ends
-//! with its control socket (the supervisor).
+//! with its control socket (the supervisor, however it ends).
 //!
 //! The supervisor's side is [`EgressProxy`]: spawn it, send it the live policy, write what
 //! it reports to the audit log (`<cage>/.cagerun/logs/egress.log`, JSON lines, rotated).
@@ -88,12 +88,13 @@ pub fn run(opts: EgressOptions) -> Result<()> {
     }
 }
 
-/// Die with the supervisor, never gain privileges, and as root become nobody: the proxy
-/// needs no privilege for what it does (accept, connect, splice).
+/// Never gain privileges, and as root become nobody: the proxy needs no privilege for what it
+/// does (accept, connect, splice). It ends with its control socket, not by PDEATHSIG: that
+/// fires when the parent *thread* ends, and the supervisor starts it from a pool thread that
+/// ends when idle.
 fn harden() -> Result<()> {
     // SAFETY: prctl with integer arguments.
     unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             bail!("no_new_privs: {}", std::io::Error::last_os_error());
         }
