@@ -352,20 +352,23 @@ pub struct FakeAddresses {
     next: u32,
 }
 
+/// Names one cage may have fake addresses for (of 2^28 in [`FAKE_NET`]).
+pub const MAX_FAKE_NAMES: u32 = 1 << 16;
+
 /// The host's own fake address (for [`HOST_NAMES`]): the first of the pool, never given to a
 /// name ([`FakeAddresses::assign`] starts after it).
 pub const HOST_FAKE: Ipv4Addr = Ipv4Addr::new(240, 0, 0, 1);
 
 impl FakeAddresses {
-    /// The address of `name` (given now if it has none). None when the pool (2^28 names) is
-    /// spent: refusing beats reusing.
+    /// The address of `name` (given now if it has none). None once [`MAX_FAKE_NAMES`] names
+    /// have one: refusing beats reusing, and a wildcard entry must not let a service grow
+    /// the map without bound (a.wild.test, b.wild.test, ...).
     pub fn assign(&mut self, name: &str) -> Option<Ipv4Addr> {
         if let Some(a) = self.by_name.get(name) {
             return Some(*a);
         }
         let base = u32::from(FAKE_NET.0) + 2;
-        let size = 1u32 << (32 - FAKE_NET.1);
-        if self.next >= size - 3 {
+        if self.next >= MAX_FAKE_NAMES {
             return None;
         }
         let a = Ipv4Addr::from(base + self.next);

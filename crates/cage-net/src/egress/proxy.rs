@@ -137,6 +137,10 @@ impl Shared {
                 if cache.len() > 4096 {
                     let t = Instant::now();
                     cache.retain(|_, (_, until)| *until > t);
+                    if cache.len() > 4096 {
+                        // Only a cache: a lookup again is the price.
+                        cache.clear();
+                    }
                 }
                 cache.insert(name.to_string(), (addrs.clone(), Instant::now() + ttl));
                 Ok(Some(addrs))
