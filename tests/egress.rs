@@ -52,6 +52,13 @@ images = { "sb:1" = "host" }
 [services.model]
 host = true
 command = ["sleep", "100000"]
+
+# Anything, through the NAT uplink (slirp4netns rootless, the veth as root): lists and the
+# uplink side by side in one cage.
+[services.nat]
+host = true
+command = ["sleep", "100000"]
+internet = true
 "#;
 
 fn tls(host: &str, sni: &str) -> Value {
@@ -447,6 +454,14 @@ fn egress_by_name_allows_only_the_listed_names_and_records_each_attempt() {
         assert_refused(mode, "gw with internet off", &off, &r);
         let r = cage.cagerun(&["internet", "on"]);
         assert_eq!(r.code, 0, "{}", r.stderr);
+
+        // The `internet = true` service reaches the world's raw address through the uplink,
+        // which gw (a list without it) may not: both ways out at once.
+        let raw = [tcp(wa, world::BANNER_PORT)];
+        let r = in_service(&cage, "nat", &ca, &raw);
+        assert_through(mode, "nat (internet = true) through the uplink", &raw, &r);
+        let r = in_service(&cage, "gw", &ca, &raw);
+        assert_refused(mode, "gw's raw address while nat's uplink runs", &raw, &r);
 
         // gw's resolver is cagerun's, on the cage's router.
         let resolv = cage.sh_in("gw", "cat /etc/resolv.conf").stdout;

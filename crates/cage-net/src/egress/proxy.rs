@@ -537,12 +537,11 @@ fn connection(s: &Arc<Shared>, client: TcpStream) {
 /// Read until the first bytes show TLS or HTTP (or not), within `wait` and [`MAX_SNIFF`].
 fn read_first(c: &TcpStream, buf: &mut Vec<u8>, wait: Duration) -> Shown {
     let deadline = Instant::now() + wait;
-    let mut chunk = [0u8; 4096];
+    let mut chunk = vec![0u8; MAX_SNIFF];
     loop {
-        let need = match sniff::sniff(buf) {
-            Sniff::Shown(s) => return s,
-            Sniff::Need(n) => n.min(MAX_SNIFF),
-        };
+        if let Sniff::Shown(s) = sniff::sniff(buf) {
+            return s;
+        }
         let Some(left) = deadline.checked_duration_since(Instant::now()) else {
             return if buf.is_empty() {
                 Shown::Other
@@ -551,7 +550,9 @@ fn read_first(c: &TcpStream, buf: &mut Vec<u8>, wait: Duration) -> Shown {
             };
         };
         let _ = c.set_read_timeout(Some(left.max(Duration::from_millis(1))));
-        let want = (need.saturating_sub(buf.len())).clamp(1, chunk.len());
+        // Whatever has arrived, up to the bound (all of it is forwarded afterwards): one
+        // read for a ClientHello or a request head that came in one segment.
+        let want = MAX_SNIFF.saturating_sub(buf.len()).clamp(1, chunk.len());
         match (&*c).read(&mut chunk[..want]) {
             Ok(0) => return partial(buf),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
