@@ -16,6 +16,15 @@ pub const PREFIX: u8 = 24;
 /// veths themselves are faster with fewer, larger packets.
 pub const MTU: u32 = 65520;
 
+/// The bridge's hardware address: fixed (locally administered, the subnet in it). A bridge
+/// left to choose takes the lowest address of its ports and changes it as ports come and go:
+/// when a tool sandbox's port came and went, the services' ARP entries for the router pointed
+/// at an address nobody had, and their lookups and connections to the router vanished until
+/// the entries expired.
+pub fn bridge_mac(subnet: u8) -> [u8; 6] {
+    [0x02, 0x63, 0x61, 0x67, subnet, 0x01]
+}
+
 /// A /24 in 10.89.0.0/16 (podman's default range for user networks is 10.89.x as well).
 /// `seed` spreads cages (a hash of the cage's directory); `taken` are the third octets
 /// running cages already use, so two cages side by side never share one.

@@ -57,6 +57,7 @@ pub fn run(args: HolderOptions) -> Result<()> {
     nl.set_up(nl.index("lo")?)?;
     let bridge = nl.add_bridge(topology::BRIDGE)?;
     nl.set_mtu(bridge, topology::MTU)?;
+    nl.set_mac(bridge, topology::bridge_mac(args.subnet))?;
     nl.add_address(
         bridge,
         IpAddr::V4(topology::router_address(args.subnet)),

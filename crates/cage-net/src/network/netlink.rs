@@ -80,6 +80,16 @@ impl Netlink {
         )
     }
 
+    /// Set a link's hardware address.
+    pub fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<()> {
+        self.set(
+            format!("setting link {index}'s address"),
+            LinkUnspec::new_with_index(index)
+                .address(mac.to_vec())
+                .build(),
+        )
+    }
+
     pub fn rename(&self, index: u32, name: &str) -> Result<()> {
         self.set(
             format!("renaming link {index} to {name}"),
