@@ -463,6 +463,32 @@ fn egress_by_name_allows_only_the_listed_names_and_records_each_attempt() {
         let r = in_service(&cage, "gw", &ca, &raw);
         assert_refused(mode, "gw's raw address while nat's uplink runs", &raw, &r);
 
+        // The proxy that parses the services' bytes holds no privilege: no_new_privs, and as
+        // root the user nobody (not root).
+        let proxy = cage.record()["egress"]["pid"]
+            .as_i64()
+            .expect("egress proxy recorded");
+        let status = std::fs::read_to_string(format!("/proc/{proxy}/status")).unwrap();
+        assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+        let uid_line = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .unwrap()
+            .to_string();
+        match mode {
+            Mode::Root => assert!(
+                uid_line.split_whitespace().skip(1).all(|u| u == "65534"),
+                "{uid_line}"
+            ),
+            Mode::Rootless { uid, .. } => assert!(
+                uid_line
+                    .split_whitespace()
+                    .skip(1)
+                    .all(|u| u == uid.to_string()),
+                "{uid_line}"
+            ),
+        }
+
         // gw's resolver is cagerun's, on the cage's router.
         let resolv = cage.sh_in("gw", "cat /etc/resolv.conf").stdout;
         let servers: Vec<&str> = resolv

@@ -2,7 +2,8 @@
 //! (cage-net `egress`), as its own process: hostile bytes (lookups, ClientHellos, requests)
 //! are parsed in a process that holds nothing but its sockets. It runs in the host's network
 //! namespace (it connects from the host's stack) with the router namespace's sockets the
-//! holder made, no_new_privs, and as root drops to `nobody` before it reads a byte. It ends
+//! holder made, no_new_privs, no filesystem at all (Landlock), and as root drops to `nobody`
+//! before it reads a byte. It ends
 //! with its control socket (the supervisor, however it ends).
 //!
 //! The supervisor's side is [`EgressProxy`]: spawn it, send it the live policy, write what
@@ -50,6 +51,14 @@ pub fn run(opts: EgressOptions) -> Result<()> {
         )
     };
     harden()?;
+    // Nothing from the filesystem is needed past this point (every socket is open, the
+    // resolvers came as arguments): a parser bug reached by hostile bytes finds no file to
+    // read, write or run, and no process outside to signal or trace.
+    match cage_sandbox::landlock::no_filesystem() {
+        Ok(landlock::RulesetStatus::FullyEnforced) => {}
+        Ok(status) => tracing::debug!("egress proxy: Landlock {status:?} on this kernel"),
+        Err(e) => tracing::warn!("egress proxy: Landlock: {e}"),
+    }
     let policy = match ipc::recv::<SupervisorToEgress>(&ctl)? {
         Some((SupervisorToEgress::Policy(p), _)) => p,
         None => return Ok(()),

@@ -71,6 +71,24 @@ pub fn restrict(writable: &[PathBuf]) -> Result<RulesetStatus> {
     Ok(status.ruleset)
 }
 
+/// No filesystem access at all from now on (no open, no exec, no write), signals and
+/// abstract unix sockets scoped: for a process that already holds every descriptor it needs
+/// (the egress proxy). Returns how fully the kernel enforced it.
+pub fn no_filesystem() -> Result<RulesetStatus> {
+    let abi = ABI::V6;
+    let fail = |e: landlock::RulesetError| SandboxError::Setup(format!("landlock: {e}"));
+    let status = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))
+        .map_err(fail)?
+        .scope(Scope::from_all(abi))
+        .map_err(fail)?
+        .create()
+        .map_err(fail)?
+        .restrict_self()
+        .map_err(fail)?;
+    Ok(status.ruleset)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -337,9 +337,34 @@ fn serve_dns(s: Arc<Shared>, sock: UdpSocket) {
 
 fn serve_tcp(s: Arc<Shared>, listener: TcpListener) {
     for client in listener.incoming() {
-        let Ok(client) = client else { continue };
+        let client = match client {
+            Ok(c) => c,
+            Err(_) => {
+                // Out of descriptors (or any other accept failure): back off instead of
+                // spinning on an error that will repeat.
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
         if s.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             s.connections.fetch_sub(1, Ordering::SeqCst);
+            if let Ok(SocketAddr::V4(peer)) = client.peer_addr() {
+                let source = s
+                    .policy
+                    .read()
+                    .unwrap()
+                    .source(*peer.ip())
+                    .map(|x| x.name.clone())
+                    .unwrap_or(peer.ip().to_string());
+                s.log(Entry {
+                    time: now(),
+                    source,
+                    proto: "tcp".into(),
+                    verdict: Verdict::Deny,
+                    reason: format!("too many connections at once ({MAX_CONNECTIONS})"),
+                    ..Default::default()
+                });
+            }
             continue;
         }
         let s2 = s.clone();
