@@ -718,26 +718,9 @@ fn egress_by_name_allows_only_the_listed_names_and_records_each_attempt() {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let mut out = live.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut all = String::new();
-            let mut buf = [0u8; 256];
-            while let Ok(n) = out.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                all.push_str(&String::from_utf8_lossy(&buf[..n]));
-                let _ = tx.send(all.clone());
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut seen = String::new();
-        while !seen.contains("ok 3") && Instant::now() < deadline {
-            if let Ok(s) = rx.recv_timeout(Duration::from_millis(200)) {
-                seen = s;
-            }
-        }
+        let mut out = Stream::of(live.stdout.take().unwrap());
+        out.wait_for(Duration::from_secs(20), |s| s.contains("ok 3"));
+        let seen = out.seen.clone();
         if !seen.contains("ok 3") {
             // Whether the resolver still answers tells a lost lookup from a dead path.
             let again = in_service(&cage, "gw", &ca, &[dns("allowed.test")]);
@@ -754,9 +737,7 @@ fn egress_by_name_allows_only_the_listed_names_and_records_each_attempt() {
         let r = cage.cagerun(&["internet", "deny", "gw", "allowed.test"]);
         assert_eq!(r.code, 0, "{}", r.stderr);
         let status = live.wait().unwrap();
-        while let Ok(s) = rx.recv_timeout(Duration::from_millis(500)) {
-            seen = s;
-        }
+        let seen = out.rest(Duration::from_secs(2)).to_string();
         assert!(status.success(), "{seen}");
         assert!(
             seen.contains("cut:"),
@@ -936,33 +917,12 @@ fn egress_by_name_allows_only_the_listed_names_and_records_each_attempt() {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let mut fout = follow.stdout.take().unwrap();
-        let (ftx, frx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut all = String::new();
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = fout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                all.push_str(&String::from_utf8_lossy(&buf[..n]));
-                let _ = ftx.send(all.clone());
-            }
-        });
+        let mut fout = Stream::of(follow.stdout.take().unwrap());
         std::thread::sleep(Duration::from_millis(500));
         let late = format!("follow-{u}.denied.test");
         in_service(&cage, "gw", &ca, &[dns(&late)]);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut followed = String::new();
-        while !followed.contains(&late) && Instant::now() < deadline {
-            // Each message is everything so far: keep the newest.
-            if let Ok(s) = frx.recv_timeout(Duration::from_millis(200)) {
-                followed = s;
-            }
-            while let Ok(s) = frx.try_recv() {
-                followed = s;
-            }
-        }
+        fout.wait_for(Duration::from_secs(10), |s| s.contains(&late));
+        let followed = fout.seen.clone();
         let _ = follow.kill();
         let _ = follow.wait();
         assert!(followed.contains(&late), "[{mode:?}] egress -f: {followed}");

@@ -217,36 +217,13 @@ fn internet_mode_is_live_only_for_internet_services_and_leaves_nothing() {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let mut out = live.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut all = String::new();
-            let mut buf = [0u8; 256];
-            while let Ok(n) = out.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                all.push_str(&String::from_utf8_lossy(&buf[..n]));
-                let _ = tx.send(all.clone());
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut seen = String::new();
-        while !seen.contains("ok 2") && Instant::now() < deadline {
-            if let Ok(s) = rx.recv_timeout(Duration::from_millis(200)) {
-                seen = s;
-            }
-        }
-        assert!(
-            seen.contains("ok 2"),
-            "the live connection works first: {seen}"
-        );
+        let mut out = Stream::of(live.stdout.take().unwrap());
+        let worked = out.wait_for(Duration::from_secs(20), |s| s.contains("ok 2"));
+        assert!(worked, "the live connection works first: {}", out.seen);
         let r = cage.cagerun(&["internet", "off"]);
         assert_eq!(r.stdout.trim(), "internet: off", "{}", r.stderr);
         let status = live.wait().unwrap();
-        while let Ok(s) = rx.recv_timeout(Duration::from_millis(500)) {
-            seen = s;
-        }
+        let seen = out.rest(Duration::from_secs(2)).to_string();
         assert!(status.success(), "{seen}");
         assert!(
             seen.contains("cut:"),

@@ -363,3 +363,64 @@ pub fn unique(tag: &str) -> String {
         .as_nanos();
     format!("{tag}{}{}", std::process::id(), t % 1_000_000_000)
 }
+
+/// What a child writes (its stdout), collected by a thread as it comes, for a test that
+/// watches a live process.
+pub struct Stream {
+    rx: std::sync::mpsc::Receiver<String>,
+    /// Everything seen so far.
+    pub seen: String,
+}
+
+impl Stream {
+    pub fn of(mut from: impl std::io::Read + Send + 'static) -> Stream {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0
+                    || tx
+                        .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                        .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Stream {
+            rx,
+            seen: String::new(),
+        }
+    }
+
+    /// Wait until `done(everything so far)` or `timeout`: whether it came.
+    pub fn wait_for(&mut self, timeout: std::time::Duration, done: impl Fn(&str) -> bool) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while !done(&self.seen) {
+            let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
+                return false;
+            };
+            match self
+                .rx
+                .recv_timeout(left.min(std::time::Duration::from_millis(200)))
+            {
+                Ok(s) => self.seen.push_str(&s),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return done(&self.seen),
+            }
+        }
+        true
+    }
+
+    /// The rest, until the writer closes (or `timeout` passes).
+    pub fn rest(&mut self, timeout: std::time::Duration) -> &str {
+        let deadline = std::time::Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.rx.recv_timeout(left) {
+                Ok(s) => self.seen.push_str(&s),
+                Err(_) => break,
+            }
+        }
+        &self.seen
+    }
+}

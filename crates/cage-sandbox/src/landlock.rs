@@ -34,7 +34,6 @@ fn outermost(paths: &[PathBuf]) -> Vec<PathBuf> {
 /// Returns whether the kernel enforced the ruleset fully, partly or not at all.
 pub fn restrict(writable: &[PathBuf]) -> Result<RulesetStatus> {
     let abi = ABI::V6;
-    let fail = |e: landlock::RulesetError| SandboxError::Setup(format!("landlock: {e}"));
     let existing = |paths: Vec<&Path>| {
         paths
             .into_iter()
@@ -53,13 +52,7 @@ pub fn restrict(writable: &[PathBuf]) -> Result<RulesetStatus> {
             .collect(),
     );
     let writable = existing(writable.iter().map(PathBuf::as_path).collect());
-    let status = Ruleset::default()
-        .handle_access(AccessFs::from_all(abi))
-        .map_err(fail)?
-        .scope(Scope::from_all(abi))
-        .map_err(fail)?
-        .create()
-        .map_err(fail)?
+    let status = fenced(abi)?
         .add_rules(path_beneath_rules(["/"], AccessFs::from_read(abi)))
         .map_err(fail)?
         .add_rules(path_beneath_rules(&devices, AccessFs::from_file(abi)))
@@ -75,18 +68,24 @@ pub fn restrict(writable: &[PathBuf]) -> Result<RulesetStatus> {
 /// abstract unix sockets scoped: for a process that already holds every descriptor it needs
 /// (the egress proxy). Returns how fully the kernel enforced it.
 pub fn no_filesystem() -> Result<RulesetStatus> {
-    let abi = ABI::V6;
-    let fail = |e: landlock::RulesetError| SandboxError::Setup(format!("landlock: {e}"));
-    let status = Ruleset::default()
+    let status = fenced(ABI::V6)?.restrict_self().map_err(fail)?;
+    Ok(status.ruleset)
+}
+
+fn fail(e: landlock::RulesetError) -> SandboxError {
+    SandboxError::Setup(format!("landlock: {e}"))
+}
+
+/// A ruleset that handles every filesystem access and scope of `abi`, with no rule yet:
+/// everything is denied until a rule allows it.
+fn fenced(abi: ABI) -> Result<landlock::RulesetCreated> {
+    Ruleset::default()
         .handle_access(AccessFs::from_all(abi))
         .map_err(fail)?
         .scope(Scope::from_all(abi))
         .map_err(fail)?
         .create()
-        .map_err(fail)?
-        .restrict_self()
-        .map_err(fail)?;
-    Ok(status.ruleset)
+        .map_err(fail)
 }
 
 #[cfg(test)]

@@ -107,6 +107,20 @@ fn matches(
     Statement::Match(Match { left, right, op })
 }
 
+/// `PROTO dport PORT` (`tcp` or `udp`).
+fn dport(proto: &'static str, port: u16) -> Statement<'static> {
+    matches(
+        Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+            PayloadField {
+                protocol: Cow::Borrowed(proto),
+                field: Cow::Borrowed("dport"),
+            },
+        ))),
+        Operator::EQ,
+        Expression::Number(u32::from(port)),
+    )
+}
+
 fn oif(name: &str) -> Statement<'static> {
     matches(meta(MetaKey::Oifname), Operator::EQ, text(name))
 }
@@ -273,18 +287,6 @@ pub fn egress_table(subnet: u8, proxy_port: u16, log_group: u16) -> Nftables<'st
     let in_set = || matches(ip("saddr"), Operator::EQ, text(format!("@{EGRESS_SET}")));
     let not_in_set = || matches(ip("saddr"), Operator::NEQ, text(format!("@{EGRESS_SET}")));
     let l4 = |op, proto: &str| matches(meta(MetaKey::L4proto), op, text(proto));
-    let dport = |proto: &'static str, port: u16| {
-        matches(
-            Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-                PayloadField {
-                    protocol: Cow::Borrowed(proto),
-                    field: Cow::Borrowed("dport"),
-                },
-            ))),
-            Operator::EQ,
-            Expression::Number(port as u32),
-        )
-    };
     let mut b = Batch::new();
     b.add(table(t));
     b.add(NfListObject::Set(Box::new(Set {
@@ -567,18 +569,6 @@ fn host_set_elements(host: &[(Ipv4Addr, u8)]) -> NfListObject<'static> {
 pub fn slirp_guard(uplink: &str, host: &[(Ipv4Addr, u8)]) -> Nftables<'static> {
     let t = GUARD_TABLE;
     let to = |a: Expression<'static>| matches(ip("daddr"), Operator::EQ, a);
-    let dport = |proto: &'static str, port: u32| {
-        matches(
-            Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-                PayloadField {
-                    protocol: Cow::Borrowed(proto),
-                    field: Cow::Borrowed("dport"),
-                },
-            ))),
-            Operator::EQ,
-            Expression::Number(port),
-        )
-    };
     let mut b = Batch::new();
     b.add(table(t));
     b.add(NfListObject::Set(Box::new(host_set())));

@@ -104,26 +104,9 @@ fn print(out: &mut impl Write, entries: &[Entry], json: bool) -> std::io::Result
 
 /// UTC, to the millisecond: `2026-12-01 19:23:36.123`.
 fn time(t: f64) -> String {
-    let secs = t.floor() as i64;
     let ms = ((t - t.floor()) * 1000.0) as u32;
-    let days = secs.div_euclid(86400);
-    let rem = secs.rem_euclid(86400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{ms:03}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let (y, m, d, h, mi, sec) = cage_runtime::views::civil_utc(t.floor() as i64);
+    format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{sec:02}.{ms:03}")
 }
 
 #[cfg(test)]
