@@ -671,7 +671,12 @@ fn doctor_checks_the_mechanisms_sandboxes_need() {
     for mode in modes() {
         let r = run(mode, &["doctor"]);
         assert_eq!(r.code, 0, "{}", r.stdout);
-        for line in ["ok    user namespaces", "ok    seccomp", "ok    landlock"] {
+        for line in [
+            "ok    user namespaces",
+            "ok    seccomp",
+            "ok    landlock",
+            "ok    egress",
+        ] {
             assert!(r.stdout.contains(line), "{line}: {}", r.stdout);
         }
     }

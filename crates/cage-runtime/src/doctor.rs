@@ -83,6 +83,62 @@ fn userns_works() -> Result<(), String> {
     }
 }
 
+/// Egress by name's kernel parts, tried for real in a throwaway child: a user and network
+/// namespace of its own (as its root), the router's egress table in it (nft redirect, log to
+/// NFLOG, a bridge table) and the NFLOG socket the proxy reads. `Err` names what failed.
+fn egress_works() -> Result<(), String> {
+    let (r, w) = nix::unistd::pipe().map_err(|e| e.to_string())?;
+    let uid = nix::unistd::geteuid().as_raw();
+    let gid = nix::unistd::getegid().as_raw();
+    // SAFETY: the child runs the check, writes one line and exits without returning here.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => Err(e.to_string()),
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop(r);
+            let run = || -> Result<(), String> {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER)
+                    .map_err(|e| format!("user namespace: {e}"))?;
+                std::fs::write("/proc/self/setgroups", "deny").map_err(|e| e.to_string())?;
+                std::fs::write("/proc/self/uid_map", format!("0 {uid} 1"))
+                    .map_err(|e| e.to_string())?;
+                std::fs::write("/proc/self/gid_map", format!("0 {gid} 1"))
+                    .map_err(|e| e.to_string())?;
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| format!("network namespace: {e}"))?;
+                cage_net::firewall::nft::apply(
+                    &cage_net::firewall::rules::egress_table(
+                        1,
+                        cage_net::topology::EGRESS_PROXY_PORT,
+                        cage_net::egress::nflog::GROUP,
+                    ),
+                    cage_net::firewall::nft::Where::CallerAsNamespaceRoot,
+                )
+                .map_err(|e| format!("the egress table: {e}"))?;
+                cage_net::egress::nflog::open().map_err(|e| e.to_string())?;
+                Ok(())
+            };
+            let line = match run() {
+                Ok(()) => "ok".to_string(),
+                Err(e) => e,
+            };
+            let _ = nix::unistd::write(&w, line.as_bytes());
+            // SAFETY: leave without running the parent's destructors.
+            unsafe { libc::_exit(0) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            drop(w);
+            let mut said = String::new();
+            let _ = std::io::Read::read_to_string(&mut std::fs::File::from(r), &mut said);
+            let _ = nix::sys::wait::waitpid(child, None);
+            match said.as_str() {
+                "ok" => Ok(()),
+                "" => Err("the check's child said nothing".into()),
+                why => Err(why.to_string()),
+            }
+        }
+    }
+}
+
 /// Run every check on this host.
 pub fn check() -> Result<Report> {
     let mut r = Report::default();
@@ -206,6 +262,18 @@ pub fn check() -> Result<Report> {
             "nftables",
             "nft is missing (package nftables): internet mode needs it",
         );
+    }
+    if on_path(cage_net::firewall::nft::NFT) {
+        match egress_works() {
+            Ok(()) => r.ok(
+                "egress",
+                "internet = [...] lists work here (nft redirect and log, NFLOG, in a namespace of this user's)",
+            ),
+            Err(why) => r.warn(
+                "egress",
+                format!("internet = [...] lists cannot work here: {why}; fix: as root, `modprobe nft_redir nft_log nfnetlink_log` (the kernel's NFT_REDIR, NFT_LOG, NETFILTER_NETLINK_LOG)"),
+            ),
+        }
     }
     let legacy = read("/proc/sys/dev/tty/legacy_tiocsti");
     if legacy.as_deref() == Some("1") {
