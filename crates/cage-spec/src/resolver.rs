@@ -23,6 +23,12 @@ pub enum Via {
     HostVeth,
 }
 
+/// A resolver file naming one server: slirp4netns's DNS, or cagerun's egress resolver on
+/// the router for `internet = [...]` services and sandboxes.
+pub fn only(server: Ipv4Addr) -> String {
+    format!("nameserver {server}\n")
+}
+
 /// The host's resolver files, in the order they are asked.
 pub const HOST_FILES: [&str; 2] = ["/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"];
 
@@ -30,7 +36,7 @@ pub const HOST_FILES: [&str; 2] = ["/etc/resolv.conf", "/run/systemd/resolve/res
 /// host's local addresses and `read`'s contents of each of [`HOST_FILES`].
 pub fn resolv_conf(via: Via, local: &[(Ipv4Addr, u8)], read: impl Fn(&str) -> String) -> String {
     if let Via::Slirp4netns { dns } = via {
-        return format!("nameserver {dns}\n");
+        return only(dns);
     }
     let is_local = |ip: Ipv4Addr| {
         ip.is_loopback()

@@ -248,22 +248,10 @@ impl Broker {
 
     /// Kill every sandbox still running (the cage is going down).
     pub fn shutdown(&self) {
+        // Their networks go with them (the last handle of each).
         let gone: Vec<Container> = std::mem::take(&mut *self.containers.lock().unwrap());
         for c in gone {
             c.kill_running();
-            self.release(c);
-        }
-    }
-
-    /// A removed container's network goes with it.
-    fn release(&self, c: Container) {
-        if let (Some(egress), Some(net)) = (&self.egress, c.net) {
-            match Arc::try_unwrap(net) {
-                Ok(net) => egress.detach_sandbox(net),
-                // An exec still holds it: it ends (killed) shortly and drops its handle;
-                // the namespace then goes with the supervisor's copy here.
-                Err(_) => tracing::warn!("a removed sandbox's network is still in use"),
-            }
         }
     }
 
@@ -389,6 +377,8 @@ impl Broker {
                 let mut containers = self.containers.lock().unwrap();
                 let mut out = String::new();
                 let mut result = Ok(());
+                // Dropped after the table's lock: a container's network is released then.
+                let mut gone = Vec::new();
                 for n in &names {
                     let Some(i) = containers
                         .iter()
@@ -399,10 +389,12 @@ impl Broker {
                     };
                     let c = containers.remove(i);
                     c.kill_running();
-                    self.release(c);
+                    gone.push(c);
                     out.push_str(&format!("{n}\n"));
                 }
                 drop(containers);
+                // Its network goes with it (or with an exec still ending).
+                drop(gone);
                 io.out(&out);
                 result.map(|()| String::new())
             }

@@ -45,16 +45,33 @@ struct Lists {
     sandbox_lists: BTreeMap<String, Vec<Rule>>,
 }
 
-/// A list sandbox's network: its own namespace on the bridge (held until
-/// [`EgressControl::detach_sandbox`]), and what an exec needs to join it.
+/// A list sandbox's network: its own namespace on the bridge (held by the holder), and what
+/// an exec needs to join it. Dropping the last handle forgets it: its source, its namespace
+/// (which goes with its veth once no process is inside), its files, its slot — whether the
+/// container was removed, the cage went down, or an exec still running held it a moment
+/// longer.
 pub struct SandboxNet {
-    pub slot: usize,
+    control: Arc<EgressControl>,
+    slot: usize,
     holder_name: i32,
     pub netns: OwnedFd,
     /// The cage's user namespace (the network namespace's owner), which a sandbox joins first.
     pub user: File,
     pub hosts: PathBuf,
     pub resolv: PathBuf,
+}
+
+impl Drop for SandboxNet {
+    fn drop(&mut self) {
+        let c = &self.control;
+        c.lists.lock().unwrap().sandboxes.remove(&self.slot);
+        let _ = c.push_policy();
+        let _ = c.push_sources();
+        let _ = c.holder.drop_netns(self.holder_name);
+        if let Some(dir) = self.hosts.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 impl EgressControl {
@@ -98,6 +115,11 @@ impl EgressControl {
         if let Some(p) = self.proxy.lock().unwrap().take() {
             p.stop();
         }
+    }
+
+    /// Internet mode (lists and `true` alike).
+    pub fn is_on(&self) -> bool {
+        self.on.load(Ordering::SeqCst)
     }
 
     pub fn set_on(&self, on: bool) -> Result<()> {
@@ -182,7 +204,13 @@ impl EgressControl {
 
     /// A network namespace on the bridge for the list sandbox `SERVICE/ID`, registered as an
     /// egress source with `rules`.
-    pub fn attach_sandbox(&self, service: &str, id: &str, rules: &[Rule]) -> Result<SandboxNet> {
+    pub fn attach_sandbox(
+        self: &Arc<Self>,
+        service: &str,
+        id: &str,
+        rules: &[Rule],
+    ) -> Result<SandboxNet> {
+        let short = &id[..id.len().min(12)];
         let slot = {
             let mut l = self.lists.lock().unwrap();
             let Some(slot) = topology::SANDBOX_SLOTS
@@ -194,76 +222,49 @@ impl EgressControl {
                     topology::SANDBOX_SLOTS.count()
                 );
             };
-            l.sandboxes.insert(
-                slot,
-                (
-                    format!("{service}/{}", &id[..id.len().min(12)]),
-                    rules.to_vec(),
-                ),
-            );
+            l.sandboxes
+                .insert(slot, (format!("{service}/{short}"), rules.to_vec()));
             slot
         };
-        let made = (|| -> Result<SandboxNet> {
-            let address = topology::service_address(self.subnet, slot)?;
-            let (holder_name, netns) = self.holder.add_service(slot, address, true)?;
+        let made = (|| -> Result<(File, PathBuf)> {
             let user = File::open(format!("/proc/{}/ns/user", self.holder.pid()))
                 .context("opening the cage's user namespace")?;
-            // Where the sandbox's engine (a cage id, as root a subordinate one) can read them:
-            // a fresh directory under the temp dir, not the runtime directory (0700, the cage
-            // owner's). Never one already there.
-            use std::os::unix::fs::DirBuilderExt;
-            let stamp = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .subsec_nanos();
-            let dir = std::env::temp_dir().join(format!(
-                "cagerun-sandbox-{}-{slot}-{stamp}",
-                std::process::id()
-            ));
-            std::fs::DirBuilder::new()
-                .mode(0o755)
-                .create(&dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
-            let hosts = dir.join("hosts");
-            let resolv = dir.join("resolv.conf");
-            std::fs::write(&hosts, "127.0.0.1\tlocalhost\n::1\tlocalhost\n")?;
-            std::fs::write(
-                &resolv,
-                format!("nameserver {}\n", topology::router_address(self.subnet)),
-            )?;
-            Ok(SandboxNet {
-                slot,
-                holder_name,
-                netns,
-                user,
-                hosts,
-                resolv,
-            })
+            Ok((user, crate::tree::fresh_temp_dir("sandbox")?))
         })();
-        match made {
-            Ok(net) => {
-                if let Err(e) = self.push_sources().and_then(|()| self.push_policy()) {
-                    self.detach_sandbox(net);
-                    return Err(e);
+        let netns = made.and_then(|(user, dir)| {
+            let address = topology::service_address(self.subnet, slot)?;
+            match self.holder.add_service(slot, address, true) {
+                Ok(ns) => Ok((user, dir, ns)),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    Err(e)
                 }
-                Ok(net)
             }
+        });
+        let (user, dir, (holder_name, netns)) = match netns {
+            Ok(v) => v,
             Err(e) => {
                 self.lists.lock().unwrap().sandboxes.remove(&slot);
-                Err(e)
+                return Err(e);
             }
-        }
-    }
-
-    /// Forget a list sandbox: its source, its namespace (which goes with its veth once no
-    /// process is inside), its files.
-    pub fn detach_sandbox(&self, net: SandboxNet) {
-        self.lists.lock().unwrap().sandboxes.remove(&net.slot);
-        let _ = self.push_policy();
-        let _ = self.push_sources();
-        let _ = self.holder.drop_netns(net.holder_name);
-        if let Some(dir) = net.hosts.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        };
+        // From here on, dropping `net` undoes all of it.
+        let net = SandboxNet {
+            control: self.clone(),
+            slot,
+            holder_name,
+            netns,
+            user,
+            hosts: dir.join("hosts"),
+            resolv: dir.join("resolv.conf"),
+        };
+        std::fs::write(&net.hosts, cage_net::hosts::render(short, &[]))?;
+        std::fs::write(
+            &net.resolv,
+            cage_spec::resolver::only(topology::router_address(self.subnet)),
+        )?;
+        self.push_sources()?;
+        self.push_policy()?;
+        Ok(net)
     }
 }

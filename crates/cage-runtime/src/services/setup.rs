@@ -212,18 +212,7 @@ struct JobNames(PathBuf);
 
 impl JobNames {
     fn copy_from(service_dir: &std::path::Path) -> Result<JobNames> {
-        use std::os::unix::fs::DirBuilderExt;
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .subsec_nanos();
-        let dir = std::env::temp_dir().join(format!("cagerun-job-{}-{stamp}", std::process::id()));
-        // A new directory (never one that is already there), readable by the job's user.
-        std::fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-        let names = JobNames(dir);
+        let names = JobNames(crate::tree::fresh_temp_dir("job")?);
         for file in ["hosts", "resolv.conf"] {
             let from = service_dir.join(file);
             if !from.exists() {

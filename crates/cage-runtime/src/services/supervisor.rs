@@ -49,8 +49,7 @@ pub struct Supervisor {
     owner: Option<(u32, u32)>,
     brokers: Mutex<Vec<Arc<super::broker::Broker>>>,
     subnet: u8,
-    /// Internet mode: on or off, and the uplink once it was first needed.
-    internet_on: AtomicBool,
+    /// Internet mode's uplink, once it was first needed (whether internet is on is `egress`'s).
     uplink: Mutex<Option<super::uplink::Uplink>>,
     /// Egress by name: the live lists and the proxy that enforces them (when any list exists).
     egress: Arc<super::egress::EgressControl>,
@@ -382,7 +381,7 @@ async fn wire_services(
         .any(|n| sup.services[n].service.internet.is_any())
         .then(super::uplink::resolv_conf);
     // A list service's resolver is cagerun's, on the router.
-    let egress_resolv = format!("nameserver {}\n", topology::router_address(sup.subnet));
+    let egress_resolv = cage_spec::resolver::only(topology::router_address(sup.subnet));
     for mut b in brokers {
         b.cgroup_parent = Some(cgroup::prepare_sandboxes(
             &sup.cgroup,
@@ -510,7 +509,6 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
         owner,
         brokers: Mutex::new(Vec::new()),
         subnet,
-        internet_on: AtomicBool::new(false),
         uplink: Mutex::new(None),
         egress: Arc::new(super::egress::EgressControl::new(
             holder.clone(),
@@ -738,7 +736,6 @@ impl Supervisor {
             let h = self.holder.clone();
             tokio::task::spawn_blocking(move || h.set_internet(&addrs)).await??;
         }
-        self.internet_on.store(on, Ordering::SeqCst);
         let egress = self.egress.clone();
         tokio::task::spawn_blocking(move || egress.set_on(on)).await??;
         tracing::info!("internet {}", if on { "on" } else { "off" });
@@ -748,7 +745,7 @@ impl Supervisor {
     pub fn internet_status(&self) -> InternetStatus {
         let uplink = self.uplink.lock().unwrap();
         InternetStatus {
-            on: self.internet_on.load(Ordering::SeqCst),
+            on: self.egress.is_on(),
             services: self
                 .internet_services()
                 .into_iter()
