@@ -123,12 +123,56 @@ impl Shared {
         }
     }
 
+    /// The upstream addresses of `name` while its cached answer lasts.
+    fn cached(&self, name: &str) -> Option<Vec<Ipv4Addr>> {
+        let cache = self.resolved.lock().unwrap();
+        let (addrs, until) = cache.get(name)?;
+        (Instant::now() < *until).then(|| addrs.clone())
+    }
+
+    /// The answer to an A lookup of the allowed `name` whose upstream addresses are
+    /// `resolved`, and the reason the log gives.
+    fn name_answer(
+        &self,
+        name: &str,
+        resolved: Result<Option<Vec<Ipv4Addr>>, String>,
+    ) -> (Answer, String) {
+        match resolved {
+            Ok(Some(_)) => match self.fakes.lock().unwrap().assign(name) {
+                Some(fake) => (Answer::A(fake, FAKE_TTL), format!("fake address {fake}")),
+                None => (Answer::ServFail, "fake address pool spent".into()),
+            },
+            Ok(None) => (Answer::NxDomain, "upstream: no such name".into()),
+            Err(why) => (Answer::ServFail, why),
+        }
+    }
+
+    /// Send the answer to `raw` and log it.
+    fn answer_lookup(
+        &self,
+        sock: &UdpSocket,
+        from: SocketAddrV4,
+        raw: &[u8],
+        e: Entry,
+        (a, reason): (Answer, String),
+    ) {
+        if let Some(r) = dns::reply(raw, a) {
+            let _ = sock.send_to(&r, from);
+        }
+        self.log(Entry {
+            reason,
+            address: match a {
+                Answer::A(f, _) => Some(f.to_string()),
+                _ => None,
+            },
+            ..e
+        });
+    }
+
     /// The upstream addresses of `name` (cached for their TTL, 5 s to 5 min).
     fn resolve(&self, name: &str) -> Result<Option<Vec<Ipv4Addr>>, String> {
-        if let Some((addrs, until)) = self.resolved.lock().unwrap().get(name) {
-            if Instant::now() < *until {
-                return Ok(Some(addrs.clone()));
-            }
+        if let Some(addrs) = self.cached(name) {
+            return Ok(Some(addrs));
         }
         match dns::lookup_a(&self.upstream_dns, name, LOOKUP_TIMEOUT) {
             Ok(Resolved::Addresses(addrs, ttl)) => {
@@ -286,6 +330,12 @@ fn serve_dns(s: Arc<Shared>, sock: UdpSocket) {
                 ));
             }
             Lookup::Host | Lookup::Name => {
+                let e = entry(source.clone(), Verdict::Allow, String::new());
+                // Answered from the cache at once: only a lookup upstream needs a worker.
+                if let Some(addrs) = s.cached(&name) {
+                    s.answer_lookup(&sock, from, &raw, e, s.name_answer(&name, Ok(Some(addrs))));
+                    continue;
+                }
                 if s.lookups.fetch_add(1, Ordering::SeqCst) >= MAX_LOOKUPS {
                     s.lookups.fetch_sub(1, Ordering::SeqCst);
                     answer(Answer::ServFail);
@@ -296,35 +346,12 @@ fn serve_dns(s: Arc<Shared>, sock: UdpSocket) {
                     ));
                     continue;
                 }
-                let (s2, sock2, e) = (
-                    s.clone(),
-                    sock.clone(),
-                    entry(source, Verdict::Allow, String::new()),
-                );
+                let (s2, sock2) = (s.clone(), sock.clone());
                 let spawned = std::thread::Builder::new()
                     .name("egress-lookup".into())
                     .spawn(move || {
-                        let (a, reason) = match s2.resolve(&name) {
-                            Ok(Some(_)) => match s2.fakes.lock().unwrap().assign(&name) {
-                                Some(fake) => {
-                                    (Answer::A(fake, FAKE_TTL), format!("fake address {fake}"))
-                                }
-                                None => (Answer::ServFail, "fake address pool spent".into()),
-                            },
-                            Ok(None) => (Answer::NxDomain, "upstream: no such name".into()),
-                            Err(why) => (Answer::ServFail, why),
-                        };
-                        if let Some(r) = dns::reply(&raw, a) {
-                            let _ = sock2.send_to(&r, from);
-                        }
-                        s2.log(Entry {
-                            reason,
-                            address: match a {
-                                Answer::A(f, _) => Some(f.to_string()),
-                                _ => None,
-                            },
-                            ..e
-                        });
+                        let a = s2.name_answer(&name, s2.resolve(&name));
+                        s2.answer_lookup(&sock2, from, &raw, e, a);
                         s2.lookups.fetch_sub(1, Ordering::SeqCst);
                     });
                 if spawned.is_err() {
