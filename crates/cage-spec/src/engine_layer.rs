@@ -18,7 +18,7 @@
 //!   marks the rest close-on-exec): the engines' own pipes (conmon's sync and start pipes)
 //!   never do.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{Capability, Process, Spec};
 
@@ -96,6 +96,57 @@ fn landlock_writable(spec: &Spec, no_new_privileges: bool) -> Option<Vec<PathBuf
     Some(writable)
 }
 
+/// Whether a bundle must be given a cgroup in the caller's delegated subtree: run rootless
+/// (podman's rootless containers are created by root of its user namespace) with no
+/// `cgroupsPath`, libcontainer would make one at the top of the host's hierarchy, which only
+/// the host's root may write. runc skips cgroups then; libcontainer cannot, so the container
+/// goes where the user's cgroups live (`cagerun setup-cgroups` on v1, systemd's delegation on
+/// v2), and any limits the bundle asks apply there.
+pub fn needs_delegated_cgroup(spec: &Spec, rootless: bool) -> bool {
+    rootless
+        && spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+            .is_none()
+}
+
+/// The engine's bundle, as libcontainer must read it from another directory: its root and
+/// relative bind sources made absolute against `bundle`, and the cgroup `cgroups_path`.
+pub fn with_cgroup(spec: &Spec, bundle: &Path, cgroups_path: PathBuf) -> Spec {
+    let mut spec = spec.clone();
+    if let Some(root) = spec.root().clone() {
+        let mut root = root;
+        if root.path().is_relative() {
+            root.set_path(bundle.join(root.path()));
+        }
+        spec.set_root(Some(root));
+    }
+    if let Some(mounts) = spec.mounts().clone() {
+        let mounts = mounts
+            .into_iter()
+            .map(|mut m| {
+                if let Some(src) = m.source().clone() {
+                    let bind = m.typ().as_deref() == Some("bind")
+                        || m.options()
+                            .iter()
+                            .flatten()
+                            .any(|o| o == "bind" || o == "rbind");
+                    if bind && src.is_relative() {
+                        m.set_source(Some(bundle.join(src)));
+                    }
+                }
+                m
+            })
+            .collect();
+        spec.set_mounts(Some(mounts));
+    }
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    linux.set_cgroups_path(Some(cgroups_path));
+    spec.set_linux(Some(linux));
+    spec
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,7 +183,13 @@ mod tests {
             linux = linux.seccomp(LinuxSeccompBuilder::default().build().unwrap());
         }
         SpecBuilder::default()
-            .root(RootBuilder::default().readonly(readonly).build().unwrap())
+            .root(
+                RootBuilder::default()
+                    .path("rootfs")
+                    .readonly(readonly)
+                    .build()
+                    .unwrap(),
+            )
             .process(
                 ProcessBuilder::default()
                     .no_new_privileges(nnp)
@@ -191,6 +248,29 @@ mod tests {
 
         let unfiltered = for_exec(&spec(false, false, false), &plain);
         assert!(!unfiltered.reapply_seccomp && !unfiltered.force_no_new_privileges);
+    }
+
+    #[test]
+    fn rootless_without_a_cgroup_path_goes_to_the_delegated_subtree() {
+        let s = spec(true, true, false);
+        assert!(needs_delegated_cgroup(&s, true));
+        assert!(!needs_delegated_cgroup(&s, false));
+        let moved = with_cgroup(&s, Path::new("/b"), PathBuf::from("/cagerun/1001/runc-x"));
+        assert_eq!(
+            moved.linux().as_ref().unwrap().cgroups_path().as_deref(),
+            Some(Path::new("/cagerun/1001/runc-x"))
+        );
+        assert!(!needs_delegated_cgroup(&moved, true));
+        assert_eq!(
+            moved.root().as_ref().unwrap().path(),
+            Path::new("/b/rootfs")
+        );
+        let hosts = moved.mounts().as_ref().unwrap()[2].source().clone();
+        assert_eq!(
+            hosts,
+            Some(PathBuf::from("/x/hosts")),
+            "absolute sources stay"
+        );
     }
 
     #[test]

@@ -39,7 +39,33 @@ impl Executor for LayeredExecutor {
         DefaultExecutor {}.exec(spec)
     }
 
+    /// As runc: a program named by path is run as it is (no PATH needed, as in ctr's
+    /// default spec or an image without `Env PATH`); a bare name is looked up in the spec's
+    /// PATH.
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
-        DefaultExecutor {}.validate(spec)
+        let program = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.args().as_ref())
+            .and_then(|a| a.first());
+        match program {
+            Some(path) if path.contains('/') => match std::fs::metadata(path) {
+                Ok(_) => Ok(()),
+                Err(e) => Err(ExecutorValidationError::ArgValidationError(format!(
+                    "exec: {path:?}: stat {path}: {}",
+                    io_reason(&e)
+                ))),
+            },
+            _ => DefaultExecutor {}.validate(spec),
+        }
+    }
+}
+
+/// Go's wording for the common errors (podman maps "no such file or directory" to 127).
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file or directory".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
     }
 }

@@ -41,6 +41,10 @@ use executor::LayeredExecutor;
 /// the bound keeps a mistake from filling memory).
 const MAX_JSON: u64 = 4 << 20;
 
+/// Under the state directory: bundles moved into the caller's cgroup subtree.
+const MOVED_BUNDLES: &str = ".moved-bundles";
+const ORIGIN: &str = "origin";
+
 /// The runtime's state directory, chosen once per call.
 pub struct Runtime {
     root: PathBuf,
@@ -124,20 +128,61 @@ impl Runtime {
     pub fn create(&self, req: CreateRequest) -> Result<()> {
         let spec = bundle_spec(&req.bundle)?;
         let layer = engine_layer::for_init(&spec);
-        ContainerBuilder::new(req.id.clone(), SyscallType::default())
+        let moved = self.derived_dir(&req.id);
+        let bundle = if engine_layer::needs_delegated_cgroup(&spec, is_rootless()) {
+            self.write_moved_bundle(&spec, &req, &moved)?;
+            moved.clone()
+        } else {
+            req.bundle.clone()
+        };
+        let built = ContainerBuilder::new(req.id.clone(), SyscallType::default())
             .with_executor(executor(&layer, None))
             .with_pid_file(req.pid_file)?
             .with_console_socket(req.console_socket)
             .with_root_path(&self.root)?
             .with_preserved_fds(req.preserve_fds)
             .validate_id()?
-            .as_init(&req.bundle)
+            .as_init(&bundle)
             .with_systemd(false)
             .with_detach(true)
             .with_no_pivot(req.no_pivot)
-            .build()
-            .map_err(|e| engine_error(e, &req.id))?;
+            .build();
+        if let Err(e) = built {
+            if bundle == moved && !self.root.join(&req.id).exists() {
+                let _ = std::fs::remove_dir_all(&moved);
+            }
+            return Err(engine_error(e, &req.id));
+        }
         Ok(())
+    }
+
+    /// Where a bundle moved into the caller's cgroup subtree is written
+    /// ([`engine_layer::needs_delegated_cgroup`]); its `origin` file names the engine's.
+    fn derived_dir(&self, id: &str) -> PathBuf {
+        self.root.join(MOVED_BUNDLES).join(id)
+    }
+
+    fn write_moved_bundle(&self, spec: &Spec, req: &CreateRequest, dir: &Path) -> Result<()> {
+        let cgroup = delegated_cgroup(&req.id)?;
+        let moved = engine_layer::with_cgroup(spec, &req.bundle, cgroup);
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join("config.json"), serde_json::to_vec(&moved)?)
+            .with_context(|| format!("writing {}", dir.display()))?;
+        std::fs::write(dir.join(ORIGIN), req.bundle.as_os_str().as_encoded_bytes())
+            .with_context(|| format!("writing {}", dir.display()))?;
+        Ok(())
+    }
+
+    /// The bundle the engine gave (not the moved copy libcontainer read).
+    fn engine_bundle(&self, container: &Container) -> PathBuf {
+        let bundle = container.bundle();
+        if bundle.starts_with(self.root.join(MOVED_BUNDLES)) {
+            if let Ok(origin) = std::fs::read(bundle.join(ORIGIN)) {
+                use std::os::unix::ffi::OsStringExt;
+                return PathBuf::from(std::ffi::OsString::from_vec(origin));
+            }
+        }
+        bundle.clone()
     }
 
     pub fn start(&self, id: &str) -> Result<()> {
@@ -148,7 +193,7 @@ impl Runtime {
     pub fn state(&self, id: &str) -> Result<State> {
         let mut c = self.load(id)?;
         c.refresh_status().map_err(|e| engine_error(e, id))?;
-        let bundle = c.bundle().clone();
+        let bundle = self.engine_bundle(&c);
         let rootfs = bundle_spec(&bundle)
             .ok()
             .and_then(|s| s.root().as_ref().map(|r| r.path().clone()))
@@ -187,12 +232,15 @@ impl Runtime {
     }
 
     pub fn delete(&self, id: &str, force: bool) -> Result<()> {
+        let moved = self.derived_dir(id);
         if force && !self.root.join(id).exists() {
+            let _ = std::fs::remove_dir_all(&moved);
             return Ok(());
         }
         self.load(id)?
             .delete(force)
             .map_err(|e| engine_error(e, id))?;
+        let _ = std::fs::remove_dir_all(&moved);
         Ok(())
     }
 
@@ -235,6 +283,9 @@ impl Runtime {
     pub fn exec(&self, req: ExecRequest) -> Result<i32> {
         let container = self.load(&req.id)?;
         let spec = bundle_spec(container.bundle())?;
+        if let Some(pid) = container.pid() {
+            join_user_namespace_of(pid.as_raw())?;
+        }
         let (process, process_file) = match &req.process {
             Some(path) => (read_json::<Process>(path, "the process file")?, true),
             None => (flags_process(&spec, &req), false),
@@ -327,6 +378,58 @@ impl Runtime {
         })
         .with_context(|| format!("container {id}: its cgroup"))
     }
+}
+
+/// Not root of the host: a user, or root of a user namespace (rootless podman).
+fn is_rootless() -> bool {
+    let uid_map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+    !nix::unistd::geteuid().is_root() || !root::is_initial_user_namespace(&uid_map)
+}
+
+/// A cgroup for one container in the caller's delegated subtree, as libcontainer's
+/// `cgroupsPath` (relative to each hierarchy's root).
+fn delegated_cgroup(id: &str) -> Result<PathBuf> {
+    use cage_sandbox::cgroups::{self, Layout};
+    let uid_map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+    let host_uid = root::host_id(&uid_map, nix::unistd::geteuid().as_raw())
+        .context("this user namespace does not map the caller's uid")?;
+    let Some(parent) = cgroups::find_parent(host_uid) else {
+        bail!("run rootless with no cgroupsPath, the container needs a cgroup this user may write, and there is none: on cgroup v1 run `sudo cagerun setup-cgroups --user {host_uid}` once per boot; on cgroup v2 run it from a systemd user session (its delegated subtree)");
+    };
+    let top = match &parent.layout {
+        Layout::V1 { memory, .. } => memory.clone(),
+        _ => PathBuf::from(cgroups::ROOT),
+    };
+    let rel = parent.dirs[0]
+        .strip_prefix(&top)
+        .context("the delegated cgroup is outside its hierarchy")?;
+    Ok(Path::new("/").join(rel).join(format!("runc-{id}")))
+}
+
+/// libcontainer's exec joins every namespace of the container but its user namespace: a
+/// process exec'd into a container with one of its own must join it first, or it would run
+/// with the caller's ids and capabilities in the container's other namespaces (rootless, it
+/// could not even join them). Joined, it continues as the namespace's root, as the container's
+/// own setup did; the process's user comes from the spec.
+fn join_user_namespace_of(pid: i32) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let theirs = format!("/proc/{pid}/ns/user");
+    let same = std::fs::metadata(&theirs)
+        .and_then(|t| Ok(t.ino() == std::fs::metadata("/proc/self/ns/user")?.ino()))
+        .with_context(|| format!("the container's user namespace ({theirs})"))?;
+    if same {
+        return Ok(());
+    }
+    let ns = std::fs::File::open(&theirs).with_context(|| format!("opening {theirs}"))?;
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWUSER)
+        .context("joining the container's user namespace")?;
+    // Refused where the namespace denies setgroups; the process's groups come from the spec.
+    let _ = nix::unistd::setgroups(&[]);
+    nix::unistd::setresgid(0.into(), 0.into(), 0.into())
+        .context("becoming root of the container's user namespace (gid 0 is not mapped)")?;
+    nix::unistd::setresuid(0.into(), 0.into(), 0.into())
+        .context("becoming root of the container's user namespace (uid 0 is not mapped)")?;
+    Ok(())
 }
 
 fn executor(

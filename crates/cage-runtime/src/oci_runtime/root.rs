@@ -37,6 +37,21 @@ pub fn is_initial_user_namespace(uid_map: &str) -> bool {
     fields == ["0", "0", "4294967295"]
 }
 
+/// The host id of `id` seen through `uid_map` (`/proc/self/uid_map`'s text).
+pub fn host_id(uid_map: &str, id: u32) -> Option<u32> {
+    uid_map.lines().find_map(|line| {
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let [inside, outside, count] = f[..] else {
+            return None;
+        };
+        let id = u64::from(id);
+        (id >= inside && id < inside + count).then(|| (outside + id - inside) as u32)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +86,15 @@ mod tests {
             default_root(0, false, Some(OsStr::new("/x")), Some(OsStr::new("root"))),
             PathBuf::from("/run/cagerun-runc")
         );
+    }
+
+    #[test]
+    fn host_ids_through_the_map() {
+        let map = "0 1001 1\n1 100000 65536\n";
+        assert_eq!(host_id(map, 0), Some(1001));
+        assert_eq!(host_id(map, 1000), Some(100999));
+        assert_eq!(host_id(map, 70000), None);
+        assert_eq!(host_id("0 0 4294967295", 1001), Some(1001));
     }
 
     #[test]

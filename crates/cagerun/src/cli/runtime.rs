@@ -82,6 +82,14 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
         }
     };
+    // --debug: libcontainer's own account of each step, on stderr (never on success
+    // otherwise: stderr is the container's for create, start and exec).
+    if cli.global.debug {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_max_level(tracing::Level::DEBUG)
+            .init();
+    }
     let format = LogFormat::parse(cli.global.log_format.as_deref());
     let log = cli.global.log.clone();
     let result = match &format {
