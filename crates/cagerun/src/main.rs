@@ -11,7 +11,8 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use cli::{
-    build, docs, egress, exec, generate, host, image, internal, login, model, observe, services,
+    broker, build, docs, egress, exec, generate, host, image, internal, login, model, observe,
+    services,
 };
 
 #[derive(Parser)]
@@ -107,6 +108,9 @@ enum Command {
     Completion(docs::CompletionArgs),
     /// Print a manual page (roff), or write them all with --out DIR.
     Man(docs::ManArgs),
+    /// Serve one service's tool sandboxes on its own (a Kubernetes pod's sidecar): the
+    /// docker shim's socket and the shim itself in DIR, until SIGTERM.
+    Broker(broker::BrokerArgs),
     /// Write files that run the cage under another manager: `generate systemd` (a user unit).
     #[command(subcommand)]
     Generate(generate::GenerateCommand),
@@ -183,6 +187,7 @@ fn main() -> ExitCode {
         Command::Run(args) => services::run(args),
         Command::Cli(args) => services::cli(args),
         Command::Generate(cmd) => generate::run(cmd),
+        Command::Broker(args) => broker::run(args),
         Command::Holder(args) => cage_runtime::holder::run(args.into()).map(|()| 0),
         Command::EgressProxy(args) => cage_runtime::egress::run(args.into()).map(|()| 0),
         Command::Monitor(args) => cage_runtime::monitor::run(args.into()),
