@@ -164,6 +164,31 @@ fn the_sidecar_serves_openclaws_calls_and_stops_clean_on_sigterm() {
     for mode in modes() {
         let cage = SidecarCage::new(mode, CAGE_TOML);
         let marker = unique("bsc");
+        // The service writes DIR too: links planted at the broker's names must be replaced,
+        // never followed. The probe is valid: a chmod or a write by name follows them.
+        use std::os::unix::fs::PermissionsExt;
+        let victim = cage.dir.path().join("victim");
+        std::fs::write(&victim, "mine\n").unwrap();
+        for name in ["docker.sock", "docker"] {
+            std::os::unix::fs::symlink(&victim, cage.shared().join(name)).unwrap();
+        }
+        std::fs::set_permissions(
+            cage.shared().join("docker.sock"),
+            PermissionsExt::from_mode(0o640),
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        let (uid, gid) = mode.caller_ids();
+        for p in [
+            victim.clone(),
+            cage.shared().join("docker.sock"),
+            cage.shared().join("docker"),
+        ] {
+            std::os::unix::fs::lchown(&p, Some(uid), Some(gid)).unwrap();
+        }
         let mut broker = cage
             .broker_cmd("gw", &cage.shared())
             .stdout(Stdio::null())
@@ -179,10 +204,19 @@ fn the_sidecar_serves_openclaws_calls_and_stops_clean_on_sigterm() {
         );
         // It said which limits its sandboxes get.
         assert!(log.seen.contains("sandbox limits: "), "{}", log.seen);
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "mine\n");
+        assert_eq!(
+            std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        use std::os::unix::fs::FileTypeExt;
+        let sock = std::fs::symlink_metadata(cage.socket()).unwrap();
+        assert!(sock.file_type().is_socket());
+        assert_eq!(sock.permissions().mode() & 0o777, 0o666);
         // The shim is a 0755 copy of cagerun, the socket connectable by the service's user.
-        use std::os::unix::fs::PermissionsExt;
         for name in ["docker", "podman"] {
-            let m = std::fs::metadata(cage.shared().join(name)).unwrap();
+            let m = std::fs::symlink_metadata(cage.shared().join(name)).unwrap();
+            assert!(m.file_type().is_file(), "{name}");
             assert_eq!(m.permissions().mode() & 0o7777, 0o755, "{name}");
             assert_eq!(m.len(), std::fs::metadata(&bins().cagerun).unwrap().len());
         }
