@@ -157,8 +157,19 @@ pub fn service_request(
     command: &[String],
     user: Option<&str>,
 ) -> Result<SandboxRequest> {
+    let root = service_root(config, rootfs_dir, store, service)?;
+    request_on_root(config, service, root, command, user)
+}
+
+/// The tree a service runs from and what its image's config says.
+fn service_root(
+    config: &Path,
+    rootfs_dir: &Path,
+    store: Option<&cage_image::store::Store>,
+    service: &Service,
+) -> Result<(RootfsSource, ImageDefaults)> {
     let cage = cage_dir(config);
-    let (rootfs, image) = match &service.root {
+    Ok(match &service.root {
         ServiceRoot::Image(reference) => {
             let image = crate::image::default_name(reference);
             let dir = rootfs_dir.join(&image);
@@ -186,7 +197,59 @@ pub fn service_request(
             )
         }
         ServiceRoot::Host => (host::rootfs_source("host")?, ImageDefaults::default()),
-    };
+    })
+}
+
+/// Where a service's own tree is on this machine (None: the host's, always here).
+fn root_path(config: &Path, rootfs_dir: &Path, service: &Service) -> Option<PathBuf> {
+    match &service.root {
+        ServiceRoot::Image(reference) => {
+            Some(rootfs_dir.join(crate::image::default_name(reference)))
+        }
+        ServiceRoot::Rootfs(dir) => Some(cage_dir(config).join(dir)),
+        ServiceRoot::Host => None,
+    }
+}
+
+/// The request of `service` as its sandbox broker sees it from beside the service rather
+/// than from its supervisor (`cagerun broker`, a pod's sidecar): [`service_request`] when
+/// the service's tree is on this machine; when it is not (in a pod the gateway's image is
+/// its own container's), the same request on that absent tree with no image defaults. What
+/// the broker takes from it (the service's mounts, volumes and tmpfs, through which sandbox
+/// binds are mapped) comes from cage.toml and the cage's directories, never from the tree.
+/// The second value says whether the tree was here.
+pub fn broker_request(
+    config: &Path,
+    rootfs_dir: &Path,
+    store: impl FnOnce() -> Result<cage_image::store::Store>,
+    service: &Service,
+) -> Result<(SandboxRequest, bool)> {
+    match root_path(config, rootfs_dir, service) {
+        Some(tree) if !tree.exists() => {
+            let root = (RootfsSource::Dir(tree), ImageDefaults::default());
+            Ok((request_on_root(config, service, root, &[], None)?, false))
+        }
+        _ => {
+            let store = match service.root {
+                ServiceRoot::Image(_) => Some(store()?),
+                _ => None,
+            };
+            let root = service_root(config, rootfs_dir, store.as_ref(), service)?;
+            Ok((request_on_root(config, service, root, &[], None)?, true))
+        }
+    }
+}
+
+/// The request of `service` running from `root` (what [`service_request`] makes once the
+/// root is found).
+fn request_on_root(
+    config: &Path,
+    service: &Service,
+    (rootfs, image): (RootfsSource, ImageDefaults),
+    command: &[String],
+    user: Option<&str>,
+) -> Result<SandboxRequest> {
+    let cage = cage_dir(config);
     let mut facts = facts(rootfs, image);
     // The command is checked first, as it always was: a service without one is refused
     // before anything is made for it.

@@ -18,6 +18,11 @@ use crate::proto::{ShimReply, ShimRequest, MAX_SHIM_REQUEST};
 /// `BROKER_DIR/podman`.
 pub const BROKER_DIR: &str = "/dev/.cagerun";
 pub const SOCKET_NAME: &str = "docker.sock";
+/// Another socket than `BROKER_DIR/SOCKET_NAME`, for running the shim where no
+/// `/dev/.cagerun` is bound (tests of `cagerun broker` outside a pod). It widens nothing: the
+/// shim runs as the caller's own code, and the caller can connect to any socket it reaches
+/// without it; the broker decides.
+pub const SOCKET_ENV: &str = "CAGERUN_BROKER_SOCKET";
 
 /// The names the shim answers to: OpenClaw's sandbox backend is `docker` or `podman`, and
 /// both speak the same CLI for the calls it makes; one parser, one broker, for both.
@@ -60,7 +65,10 @@ pub fn main() -> i32 {
             }
         }
     }
-    let path = format!("{BROKER_DIR}/{SOCKET_NAME}");
+    let path = std::env::var(SOCKET_ENV)
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| format!("{BROKER_DIR}/{SOCKET_NAME}"));
     let sock = match nix::sys::socket::socket(
         nix::sys::socket::AddressFamily::Unix,
         nix::sys::socket::SockType::SeqPacket,

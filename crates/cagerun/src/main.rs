@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use cli::{
-    build, docs, egress, exec, generate, host, image, internal, login, model, observe, runtime,
-    services,
+    broker, build, docs, egress, exec, generate, host, image, internal, login, model, observe,
+    runtime, services,
 };
 
 #[derive(Parser)]
@@ -116,6 +116,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+    /// Serve one service's tool sandboxes on its own (a Kubernetes pod's sidecar): the
+    /// docker shim's socket and the shim itself in DIR, until SIGTERM.
+    Broker(broker::BrokerArgs),
     /// Write files that run the cage under another manager: `generate systemd` (a user unit).
     #[command(subcommand)]
     Generate(generate::GenerateCommand),
@@ -200,6 +203,7 @@ fn main() -> ExitCode {
             let argv = std::iter::once(runtime::RUNTIME_NAME.into()).chain(args);
             return runtime::main(argv.collect());
         }
+        Command::Broker(args) => broker::run(args),
         Command::Holder(args) => cage_runtime::holder::run(args.into()).map(|()| 0),
         Command::EgressProxy(args) => cage_runtime::egress::run(args.into()).map(|()| 0),
         Command::Monitor(args) => cage_runtime::monitor::run(args.into()),

@@ -173,29 +173,45 @@ pub fn service_dir(runtime: &Path, service: &str) -> PathBuf {
     runtime.join(format!("broker-{service}"))
 }
 
+/// Where a broker listens and where it writes its sandboxes' bundles.
+#[derive(Clone, Debug)]
+pub struct Places {
+    /// The directory of its socket ([`SOCKET_NAME`]). The service may write in it: the
+    /// broker only ever (re)creates its socket there.
+    pub socket_dir: PathBuf,
+    /// The bundles of running sandboxes: a directory the service cannot reach.
+    pub runs: PathBuf,
+}
+
+/// The places of a broker under `up`'s supervisor: [`service_dir`] (0755, with the empty
+/// files the shim is bound onto) and `sandboxes-SERVICE` in the cage's runtime directory.
+pub fn supervisor_places(runtime: &Path, service: &str) -> Result<Places> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = service_dir(runtime, service);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for name in crate::shim::NAMES {
+        std::fs::write(dir.join(name), b"")?;
+    }
+    // The service's user (a subordinate or mapped id) must be able to reach the socket; the
+    // directory is reachable only inside that service and under the 0700 runtime dir.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    Ok(Places {
+        socket_dir: dir,
+        runs: runtime.join(format!("sandboxes-{service}")),
+    })
+}
+
 impl Broker {
-    /// Listen on `dir/docker.sock` and serve on a thread of its own.
+    /// Listen on `places.socket_dir/docker.sock` and serve on a thread of its own.
     pub fn start(
         setup: Setup,
-        runtime: &Path,
+        places: Places,
         exe: PathBuf,
         egress: Option<Arc<super::egress::EgressControl>>,
     ) -> Result<Arc<Broker>> {
-        let dir = service_dir(runtime, &setup.service);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        for name in crate::shim::NAMES {
-            std::fs::write(dir.join(name), b"")?;
-        }
-        let sock = dir.join(SOCKET_NAME);
-        let _ = std::fs::remove_file(&sock);
-        let listener = seqpacket_listener(&sock)?;
-        // The service's user (a subordinate or mapped id) must be able to connect; the
-        // directory is reachable only inside that service and under the 0700 runtime dir.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-        let runs = runtime.join(format!("sandboxes-{}", setup.service));
-        std::fs::create_dir_all(&runs)?;
+        let listener = listen_in(&places.socket_dir)?;
+        let runs = places.runs;
+        std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
         let egress = egress.filter(|_| !setup.internet.is_empty());
         let broker = Arc::new(Broker {
             setup,
@@ -253,6 +269,12 @@ impl Broker {
         for c in gone {
             c.kill_running();
         }
+    }
+
+    /// Sandboxes started and not yet reaped (a call between its budget slot and its
+    /// sandbox's end counts).
+    pub fn sandboxes_running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
     }
 
     fn serve(&self, conn: std::os::unix::net::UnixStream) {
@@ -879,6 +901,57 @@ fn wait_or_hangup(child: &mut std::process::Child, conn: &std::os::unix::net::Un
             return 137;
         }
     }
+}
+
+/// A fresh socket at `dir/docker.sock`, connectable by any user that reaches `dir`. The
+/// service may write in `dir` (and may be racing us): whatever is at the name is unlinked
+/// (never followed), and the mode is set on what the name holds after the bind only when it
+/// is a socket of ours, through a descriptor that does not follow a planted symlink.
+fn listen_in(dir: &Path) -> Result<UnixListener> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::{fstat, Mode, SFlag};
+    use std::os::fd::FromRawFd;
+    let dir_fd = nix::fcntl::open(
+        dir,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("opening {}", dir.display()))?;
+    // SAFETY: just opened, owned here.
+    let dir_fd = unsafe { OwnedFd::from_raw_fd(dir_fd) };
+    match nix::unistd::unlinkat(
+        Some(dir_fd.as_raw_fd()),
+        SOCKET_NAME,
+        nix::unistd::UnlinkatFlags::NoRemoveDir,
+    ) {
+        Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => bail!("removing {}: {e}", dir.join(SOCKET_NAME).display()),
+    }
+    let sock = dir.join(SOCKET_NAME);
+    let listener = seqpacket_listener(&sock)?;
+    let placed = openat(
+        Some(dir_fd.as_raw_fd()),
+        SOCKET_NAME,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("opening {}", sock.display()))?;
+    // SAFETY: just opened, owned here.
+    let placed = unsafe { OwnedFd::from_raw_fd(placed) };
+    let st = fstat(placed.as_raw_fd())?;
+    if SFlag::from_bits_truncate(st.st_mode & libc::S_IFMT) != SFlag::S_IFSOCK
+        || st.st_uid != nix::unistd::geteuid().as_raw()
+    {
+        bail!("{} was replaced while the broker made it", sock.display());
+    }
+    // chmod through the O_PATH descriptor's /proc link (fchmod refuses O_PATH).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        format!("/proc/self/fd/{}", placed.as_raw_fd()),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .with_context(|| format!("making {} connectable", sock.display()))?;
+    Ok(listener)
 }
 
 fn seqpacket_listener(path: &Path) -> Result<UnixListener> {

@@ -187,3 +187,72 @@ pub fn prepare_sandboxes(
             .into_owned()
     })
 }
+
+/// The cgroup of a broker's sandboxes when it runs on its own (`cagerun broker`): a child
+/// `broker-SERVICE-PID` of the caller's delegated parent (the one `cagerun exec` would use),
+/// limited to the service's sandbox totals. None when no parent is available and writable (a
+/// pod's container, usually): then each sandbox gets the sandbox engine's rlimits.
+pub struct SidecarCgroup {
+    /// The sandbox engine's parent ([`cgroups::PARENT_ENV`]: absolute on v2, relative to
+    /// each hierarchy on v1).
+    pub parent_env: String,
+    /// Its directories, one per hierarchy, removed by [`remove`] once its sandboxes are gone.
+    pub dirs: Vec<PathBuf>,
+}
+
+/// Make the directories of [`SidecarCgroup`] for `service`, or None (rlimits).
+pub fn prepare_sidecar_sandboxes(
+    service: &str,
+    memory_total: u64,
+    pids_total: i64,
+) -> Result<Option<SidecarCgroup>> {
+    let uid = nix::unistd::geteuid().as_raw();
+    let Some(parent) = cgroups::find_parent(uid) else {
+        return Ok(None);
+    };
+    let name = format!("broker-{service}-{}", std::process::id());
+    let mut dirs = Vec::new();
+    for d in &parent.dirs {
+        let dir = d.join(&name);
+        if let Err(e) = std::fs::create_dir(&dir) {
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                cgroups::remove_tree(&dirs);
+                return Err(e).with_context(|| format!("creating {}", dir.display()));
+            }
+        }
+        dirs.push(dir);
+    }
+    let limits = Limits {
+        memory: Some(i64::try_from(memory_total).unwrap_or(i64::MAX)),
+        memsw_v1: false,
+        pids: Some(pids_total),
+        cpu: None,
+    };
+    let made = limit_sidecar_sandboxes(&parent.layout, &dirs, &limits);
+    match made {
+        Ok(parent_env) => Ok(Some(SidecarCgroup { parent_env, dirs })),
+        Err(e) => {
+            cgroups::remove_tree(&dirs);
+            Err(e.context("limiting the broker's sandboxes to the service's totals"))
+        }
+    }
+}
+
+/// Write the totals into the broker's new directories; the sandbox engine's parent value.
+fn limit_sidecar_sandboxes(layout: &Layout, dirs: &[PathBuf], limits: &Limits) -> Result<String> {
+    match layout {
+        Layout::Unified => {
+            cgroups::enable_controllers(&dirs[0])?;
+            cgroups::write_limits(layout, dirs, limits, IfAbsent::Fail)?;
+            Ok(dirs[0].to_string_lossy().into_owned())
+        }
+        Layout::V1 { memory, .. } => {
+            for d in dirs {
+                cgroups::fill_cpuset(d)?;
+            }
+            cgroups::write_limits(layout, dirs, limits, IfAbsent::Fail)?;
+            Ok(dirs[0].strip_prefix(memory)?.to_string_lossy().into_owned())
+        }
+        Layout::None => bail!("no cgroup hierarchy"),
+    }
+}

@@ -13,6 +13,7 @@ pub mod holder_client;
 pub mod inspect;
 pub mod listing;
 pub mod setup;
+pub mod sidecar;
 pub mod state;
 pub mod supervisor;
 pub mod uplink;

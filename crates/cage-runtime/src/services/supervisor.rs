@@ -389,9 +389,10 @@ async fn wire_services(
             b.memory_total,
             b.pids_total,
         )?);
+        let places = super::broker::supervisor_places(&sup.paths.runtime, &b.service)?;
         let broker = super::broker::Broker::start(
             b,
-            &sup.paths.runtime,
+            places,
             crate::host::self_exe()?,
             Some(sup.egress.clone()),
         )?;

@@ -1,6 +1,7 @@
 //! One module per verb group; each parses its arguments into the engine's typed options,
 //! calls `cage_runtime`, and prints what came back.
 
+pub mod broker;
 pub mod build;
 pub mod docs;
 pub mod egress;
