@@ -110,6 +110,9 @@ enum Command {
     /// Write files that run the cage under another manager: `generate systemd` (a user unit).
     #[command(subcommand)]
     Generate(generate::GenerateCommand),
+    /// The cage for another platform: `export kube` (Kubernetes manifests, same policy).
+    #[command(subcommand)]
+    Export(cli::export::ExportCommand),
     /// (internal) The cage's user and network namespace holder.
     #[command(hide = true)]
     Holder(internal::HolderArgs),
@@ -183,6 +186,7 @@ fn main() -> ExitCode {
         Command::Run(args) => services::run(args),
         Command::Cli(args) => services::cli(args),
         Command::Generate(cmd) => generate::run(cmd),
+        Command::Export(cmd) => cli::export::run(cmd),
         Command::Holder(args) => cage_runtime::holder::run(args.into()).map(|()| 0),
         Command::EgressProxy(args) => cage_runtime::egress::run(args.into()).map(|()| 0),
         Command::Monitor(args) => cage_runtime::monitor::run(args.into()),
