@@ -58,6 +58,9 @@ pub const BROKER_OVERHEAD: u64 = 128 << 20;
 /// Requested sizes: cage.toml names none (a cage's volumes grow on the host's disk).
 pub const VOLUME_SIZE: &str = "1Gi";
 pub const MODELS_VOLUME_SIZE: &str = "64Gi";
+/// The shortest secret value told apart from other text (a generated one has 64 characters):
+/// a shorter one would match inside ordinary values and be replaced there.
+pub const MIN_SECRET_LEN: usize = 16;
 /// The prefix of the variables a container gets a secret through when the secret is part of
 /// a longer value or an argument (`$(CAGERUN_SECRET_NAME)`).
 pub const SECRET_VAR_PREFIX: &str = "CAGERUN_SECRET_";
@@ -132,6 +135,8 @@ pub enum KubeError {
         kind: String,
         name: String,
     },
+    #[error("{0} in .env (or the environment) is shorter than {MIN_SECRET_LEN} characters: it cannot be told apart from other text, so it cannot be kept out of the manifests; remove it to have a new one generated")]
+    ShortSecret(String),
     #[error("namespace {0:?}: a Kubernetes namespace is lowercase letters, digits and '-', at most 63, starting and ending with a letter or digit")]
     Namespace(String),
     #[error("writing YAML: {0}")]
@@ -190,7 +195,7 @@ fn valid_namespace(ns: &str) -> bool {
 /// A memory size as a Kubernetes quantity (binary suffix when it divides).
 pub fn quantity(bytes: u64) -> String {
     for (shift, suffix) in [(40, "Ti"), (30, "Gi"), (20, "Mi"), (10, "Ki")] {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+        if bytes >= 1 << shift && bytes.trailing_zeros() >= shift {
             return format!("{}{suffix}", bytes >> shift);
         }
     }
@@ -421,6 +426,9 @@ fn claim_template(volume: &str) -> String {
 pub fn render(req: &KubeRequest) -> Result<Export, KubeError> {
     if !valid_namespace(req.namespace) {
         return Err(KubeError::Namespace(req.namespace.to_string()));
+    }
+    if let Some((name, _)) = req.secrets.iter().find(|(_, v)| v.len() < MIN_SECRET_LEN) {
+        return Err(KubeError::ShortSecret(name.clone()));
     }
     let mut plan = Plan::new(req)?;
     let mut out = Vec::new();
@@ -1105,9 +1113,9 @@ fn workload(plan: &mut Plan, s: &Service, kind: Kind) -> Result<Manifest, KubeEr
     });
     if broker {
         let (c, extra) = broker_container(plan, s, &mut comment);
-        containers[0]["volumeMounts"].as_array_mut().map(|m| {
-            m.push(json!({ "name": "broker-dir", "mountPath": SHIM_DIR, "readOnly": true }))
-        });
+        if let Some(m) = containers[0]["volumeMounts"].as_array_mut() {
+            m.push(json!({ "name": "broker-dir", "mountPath": SHIM_DIR, "readOnly": true }));
+        }
         containers.push(c);
         for v in extra {
             let name = v["name"].as_str().unwrap_or_default().to_string();
@@ -1248,7 +1256,9 @@ fn broker_container(plan: &Plan, s: &Service, comment: &mut Vec<String>) -> (Val
     let mut security = hardened(DEFAULT_USER);
     security["seccompProfile"] = json!({ "type": seccomp });
     security["procMount"] = json!("Unmasked");
+    // Limited to all its sandboxes together; it asks the scheduler for one sandbox.
     let memory = sb.memory_total.saturating_add(BROKER_OVERHEAD);
+    let request = sb.memory.saturating_add(BROKER_OVERHEAD);
     let container = json!({
         "name": BROKER_CONTAINER,
         "image": req.broker_image,
@@ -1256,7 +1266,7 @@ fn broker_container(plan: &Plan, s: &Service, comment: &mut Vec<String>) -> (Val
         "securityContext": security,
         "resources": {
             "limits": { "memory": quantity(memory) },
-            "requests": { "memory": quantity(memory) },
+            "requests": { "memory": quantity(request) },
         },
         "volumeMounts": mounts,
     });
@@ -1283,7 +1293,7 @@ fn broker_container(plan: &Plan, s: &Service, comment: &mut Vec<String>) -> (Val
          - AppArmor unconfined for the sidecar (container runtimes' default profile forbids mount);\n\
          - still uid {uid}, no capabilities, allowPrivilegeEscalation false, a read-only root;\n\
          - the service's mounts and volumes where the broker resolves them (below {BROKER_CAGE_DIR}).\n\
-         Sandbox memory: {total} in all (the sidecar's limit, plus {overhead} for the broker).",
+         Sandbox memory: {total} in all (the sidecar's limit, plus {overhead} for the broker; it requests one sandbox's).",
         image = req.broker_image,
         trees = trees.join(", "),
         rc = if req.runtime_class.is_some() {
@@ -1871,6 +1881,19 @@ max = 4
         })
         .unwrap_err();
         assert_eq!(err, KubeError::Namespace("Bad_NS".into()));
+        let short = vec![("OPENCLAW_GATEWAY_TOKEN".to_string(), "ab".to_string())];
+        let err = render(&KubeRequest {
+            cage: &cage,
+            namespace: "clawbot",
+            secrets: &short,
+            env_files: &BTreeMap::new(),
+            config_dirs: &config_dirs(),
+            broker_cage_toml: "",
+            broker_image: "b",
+            runtime_class: None,
+        })
+        .unwrap_err();
+        assert_eq!(err, KubeError::ShortSecret("OPENCLAW_GATEWAY_TOKEN".into()));
     }
 
     #[test]
