@@ -891,7 +891,7 @@ fn tmpfs_volume(name: &str, size: u64) -> Value {
 }
 
 /// The pod volume for a mount source or volume claim.
-fn pod_volume(plan: &Plan, backing: &Backing) -> (String, Value) {
+fn pod_volume(backing: &Backing) -> (String, Value) {
     match backing {
         Backing::ConfigMap(cm) => {
             let name = dns_label(&format!("cm-{cm}"));
@@ -902,7 +902,6 @@ fn pod_volume(plan: &Plan, backing: &Backing) -> (String, Value) {
         }
         Backing::Claim(claim) => {
             let name = dns_label(&format!("pvc-{claim}"));
-            let _ = plan;
             (
                 name.clone(),
                 json!({ "name": name, "persistentVolumeClaim": { "claimName": claim } }),
@@ -948,7 +947,7 @@ fn workload(plan: &mut Plan, s: &Service, kind: Kind) -> Result<Manifest, KubeEr
     let mut mounts = Vec::new();
     for (src, dst, ro) in &s.mounts {
         let backing = &plan.mount_backing[src];
-        let (name, vol) = pod_volume(plan, backing);
+        let (name, vol) = pod_volume(backing);
         let read_only = *ro || matches!(backing, Backing::ConfigMap(_));
         if !*ro && read_only {
             comment.push(format!(
@@ -983,7 +982,7 @@ fn workload(plan: &mut Plan, s: &Service, kind: Kind) -> Result<Manifest, KubeEr
             continue;
         }
         let claim = plan.volume_claims[vol].clone();
-        let (name, v) = pod_volume(plan, &Backing::Claim(claim));
+        let (name, v) = pod_volume(&Backing::Claim(claim));
         volumes.insert(name.clone(), v);
         mounts.push(json!({ "name": name, "mountPath": dst }));
     }
@@ -1204,7 +1203,7 @@ fn broker_container(plan: &Plan, s: &Service, comment: &mut Vec<String>) -> (Val
     let mut sources = vec![
         json!({ "configMap": { "name": CAGE_CONFIGMAP, "items": [{ "key": "cage.toml", "path": "cage.toml" }] } }),
     ];
-    for (src, dst, ro) in &s.mounts {
+    for (src, _, ro) in &s.mounts {
         match &plan.mount_backing[src] {
             Backing::ConfigMap(cm) => {
                 let below = src
@@ -1235,15 +1234,14 @@ fn broker_container(plan: &Plan, s: &Service, comment: &mut Vec<String>) -> (Val
                 }
             }
             backing @ Backing::Claim(_) => {
-                let (name, _) = pod_volume(plan, backing);
+                let (name, _) = pod_volume(backing);
                 mounts
                     .push(json!({ "name": name, "mountPath": broker_path(src), "readOnly": *ro }));
-                let _ = dst;
             }
         }
     }
     for (vol, _) in &s.volumes {
-        let (name, _) = pod_volume(plan, &Backing::Claim(plan.volume_claims[vol].clone()));
+        let (name, _) = pod_volume(&Backing::Claim(plan.volume_claims[vol].clone()));
         mounts.push(
             json!({ "name": name, "mountPath": format!("{BROKER_CAGE_DIR}/{VOLUMES_DIR}/{vol}") }),
         );
