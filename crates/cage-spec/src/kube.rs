@@ -718,7 +718,6 @@ fn network_policies(plan: &mut Plan) -> Vec<Manifest> {
             Internet::Any => {
                 let except: Vec<String> = NOT_INTERNET
                     .iter()
-                    .filter(|(net, len, _)| !(net.is_unspecified() && *len == 8))
                     .map(|(net, len, _)| format!("{net}/{len}"))
                     .collect();
                 egress.push(
