@@ -40,6 +40,47 @@ fn load(config: &Path, generate: bool) -> Result<Cage> {
     Ok(cage_spec::cage::parse_cage(&file, &text)?)
 }
 
+/// The values of the cage's `generate`d secrets as `up` uses them (the environment wins
+/// over `.env`; one not made yet is empty): for `export kube`'s Secret.
+pub fn generated_values(config: &Path, cage: &Cage) -> Result<Vec<(String, String)>> {
+    let vars = crate::dotenv::read(&cage_dir(config))?;
+    Ok(cage
+        .generate
+        .iter()
+        .map(|name| {
+            let value = std::env::var(name)
+                .ok()
+                .or_else(|| vars.get(name).cloned())
+                .unwrap_or_default();
+            (name.clone(), value)
+        })
+        .collect())
+}
+
+/// config/cage.toml with `${NAME}` resolved as [`load_cage`] does, except the `generate`d
+/// secrets, which stay `${NAME}`: the file for a reader that must not hold them (the broker
+/// sidecar of `export kube`, which reads them as empty). A resolved `$` is written `$$`, so
+/// reading the text again gives the same values.
+pub fn text_without_secrets(config: &Path) -> Result<String> {
+    let text =
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let file = config.display().to_string();
+    let secrets = cage_spec::interpolate::generated_names(&file, &text)?;
+    let vars = crate::dotenv::read(&cage_dir(config))?;
+    // A literal `$$` must still be one after this pass.
+    let text = text.replace("$$", "$$$$");
+    let lookup = |name: &str| {
+        if secrets.iter().any(|s| s == name) {
+            return Some(format!("${{{name}}}"));
+        }
+        std::env::var(name)
+            .ok()
+            .or_else(|| vars.get(name).cloned())
+            .map(|v| v.replace('$', "$$"))
+    };
+    Ok(cage_spec::interpolate::interpolate(&file, &text, &lookup)?)
+}
+
 pub fn find_service<'a>(cage: &'a Cage, name: &str, config: &Path) -> Result<&'a Service> {
     cage.services
         .iter()

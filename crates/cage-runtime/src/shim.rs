@@ -16,7 +16,7 @@ use crate::proto::{ShimReply, ShimRequest, MAX_SHIM_REQUEST};
 /// Where the broker's directory appears inside the service (a tmpfs /dev of its own: no
 /// image tree is touched); the shim itself is bound at `BROKER_DIR/docker` and
 /// `BROKER_DIR/podman`.
-pub const BROKER_DIR: &str = "/dev/.cagerun";
+pub const BROKER_DIR: &str = cage_spec::service::SHIM_DIR;
 pub const SOCKET_NAME: &str = "docker.sock";
 /// Another socket than `BROKER_DIR/SOCKET_NAME`, for running the shim where no
 /// `/dev/.cagerun` is bound (tests of `cagerun broker` outside a pod). It widens nothing: the

@@ -314,34 +314,59 @@ pub fn upstream(
 }
 
 /// The ranges that are never the internet (RFC 6890's special-purpose registry, those that
-/// matter): None for a global unicast address.
+/// matter), each with why: the egress proxy refuses them upstream, and `cagerun export kube`
+/// takes them out of an `internet = true` service's 0.0.0.0/0.
+pub const NOT_INTERNET: [(Ipv4Addr, u8, Reason); 10] = [
+    (Ipv4Addr::new(127, 0, 0, 0), 8, "upstream is loopback"),
+    (
+        Ipv4Addr::new(0, 0, 0, 0),
+        8,
+        "upstream is \"this host\" (0/8)",
+    ),
+    (
+        Ipv4Addr::new(10, 0, 0, 0),
+        8,
+        "upstream is a private address",
+    ),
+    (
+        Ipv4Addr::new(172, 16, 0, 0),
+        12,
+        "upstream is a private address",
+    ),
+    (
+        Ipv4Addr::new(192, 168, 0, 0),
+        16,
+        "upstream is a private address",
+    ),
+    (
+        Ipv4Addr::new(169, 254, 0, 0),
+        16,
+        "upstream is link-local (cloud metadata)",
+    ),
+    (
+        Ipv4Addr::new(100, 64, 0, 0),
+        10,
+        "upstream is shared address space (100.64/10)",
+    ),
+    (
+        Ipv4Addr::new(192, 0, 0, 0),
+        24,
+        "upstream is IETF protocol space (192.0.0/24)",
+    ),
+    (Ipv4Addr::new(224, 0, 0, 0), 4, "upstream is multicast"),
+    (
+        Ipv4Addr::new(240, 0, 0, 0),
+        4,
+        "upstream is reserved (240/4) or broadcast",
+    ),
+];
+
+/// Why `a` is not the internet ([`NOT_INTERNET`]): None for a global unicast address.
 pub fn special(a: Ipv4Addr) -> Option<Reason> {
-    let in_net = |net: [u8; 4], len: u32| {
-        let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
-        u32::from(a) & mask == u32::from(Ipv4Addr::from(net)) & mask
-    };
-    if in_net([127, 0, 0, 0], 8) {
-        Some("upstream is loopback")
-    } else if in_net([0, 0, 0, 0], 8) {
-        Some("upstream is \"this host\" (0/8)")
-    } else if in_net([10, 0, 0, 0], 8)
-        || in_net([172, 16, 0, 0], 12)
-        || in_net([192, 168, 0, 0], 16)
-    {
-        Some("upstream is a private address")
-    } else if in_net([169, 254, 0, 0], 16) {
-        Some("upstream is link-local (cloud metadata)")
-    } else if in_net([100, 64, 0, 0], 10) {
-        Some("upstream is shared address space (100.64/10)")
-    } else if in_net([192, 0, 0, 0], 24) {
-        Some("upstream is IETF protocol space (192.0.0/24)")
-    } else if in_net([224, 0, 0, 0], 4) {
-        Some("upstream is multicast")
-    } else if in_net([240, 0, 0, 0], 4) {
-        Some("upstream is reserved (240/4) or broadcast")
-    } else {
-        None
-    }
+    NOT_INTERNET.iter().find_map(|(net, len, reason)| {
+        let mask = u32::MAX.checked_shl(32 - u32::from(*len)).unwrap_or(0);
+        (u32::from(a) & mask == u32::from(*net) & mask).then_some(*reason)
+    })
 }
 
 /// The fake address pool: name → address, stable and never reused for the cage's life.

@@ -22,6 +22,7 @@
 //! | the docker CLI OpenClaw sends, judged for the broker | [`docker`] |
 //! | users and groups in a rootfs | [`passwd`] |
 //! | a cage as a systemd user service (`cagerun generate systemd`) | [`systemd_unit`] |
+//! | a cage as Kubernetes manifests (`cagerun export kube`) | [`kube`] |
 //! | sizes, annotations, errors | [`size`], [`annotations`], [`error`] |
 
 pub mod annotations;
@@ -34,6 +35,7 @@ pub mod engine_layer;
 pub mod envfile;
 pub mod error;
 pub mod interpolate;
+pub mod kube;
 pub mod lifecycle;
 pub mod passwd;
 pub mod resolver;

@@ -33,7 +33,7 @@ pub const MIN_MEMORY: u64 = 8 << 20;
 pub const MIN_TMPFS_SIZE: u64 = 1 << 20;
 const SHM_SIZE: u64 = 64 << 20;
 const NOFILE_LIMIT: u64 = 1024;
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Host directories and files that make up a `--rootfs host` root, bound read-only.
 /// `/bin`, `/lib*`, `/sbin` are symlinks into /usr on merged-/usr hosts; binding them binds

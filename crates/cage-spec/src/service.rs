@@ -61,6 +61,14 @@ pub struct Wiring {
 /// The names the broker's shim is bound under inside a service.
 pub const SHIM_NAMES: [&str; 2] = ["docker", "podman"];
 
+/// Where the broker's directory (its socket, the shim) appears inside a service with
+/// sandboxes: on the container's own /dev, so no image file is touched. The shim finds its
+/// socket there; `cagerun export kube` mounts the broker sidecar's directory there.
+pub const SHIM_DIR: &str = "/dev/.cagerun";
+
+/// Where a cage keeps its named volumes, relative to the cage's directory.
+pub const VOLUMES_DIR: &str = ".cagerun/volumes";
+
 pub struct BrokerWiring {
     pub dir: PathBuf,
     pub inside: String,
@@ -231,8 +239,9 @@ pub fn wire_service(
             match env.iter_mut().find(|e| e.starts_with("PATH=")) {
                 Some(path) => *path = format!("PATH={}:{}", b.inside, &path[5..]),
                 None => env.push(format!(
-                    "PATH={}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                    b.inside
+                    "PATH={}:{}",
+                    b.inside,
+                    crate::sandbox::DEFAULT_PATH
                 )),
             }
             process.set_env(Some(env));

@@ -122,6 +122,9 @@ enum Command {
     /// Write files that run the cage under another manager: `generate systemd` (a user unit).
     #[command(subcommand)]
     Generate(generate::GenerateCommand),
+    /// The cage for another platform: `export kube` (Kubernetes manifests, same policy).
+    #[command(subcommand)]
+    Export(cli::export::ExportCommand),
     /// (internal) The cage's user and network namespace holder.
     #[command(hide = true)]
     Holder(internal::HolderArgs),
@@ -204,6 +207,7 @@ fn main() -> ExitCode {
             return runtime::main(argv.collect());
         }
         Command::Broker(args) => broker::run(args),
+        Command::Export(cmd) => cli::export::run(cmd),
         Command::Holder(args) => cage_runtime::holder::run(args.into()).map(|()| 0),
         Command::EgressProxy(args) => cage_runtime::egress::run(args.into()).map(|()| 0),
         Command::Monitor(args) => cage_runtime::monitor::run(args.into()),

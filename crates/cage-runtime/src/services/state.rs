@@ -144,7 +144,7 @@ impl CagePaths {
         self.cage_dir.join("rootfs")
     }
     pub fn volumes(&self) -> PathBuf {
-        self.cage_dir.join(".cagerun/volumes")
+        self.cage_dir.join(cage_spec::service::VOLUMES_DIR)
     }
     pub fn record(&self) -> PathBuf {
         self.runtime.join("record.json")

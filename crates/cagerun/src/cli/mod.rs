@@ -6,6 +6,7 @@ pub mod build;
 pub mod docs;
 pub mod egress;
 pub mod exec;
+pub mod export;
 pub mod generate;
 pub mod host;
 pub mod image;
