@@ -50,11 +50,11 @@ impl Seen {
     }
 }
 
-/// Run `body`, then clean up whatever it left running and, when it passed, assert that the
-/// cleanup found nothing to do beyond what the engines leave by design.
-fn finish(body: impl FnOnce(), cleanup: impl FnOnce() -> Leftovers, case: &str) {
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
-    let leftovers = cleanup();
+/// Run `body` on a case's engine, then clean up whatever it left running and, when it passed,
+/// assert that the cleanup found nothing to do beyond what the engines leave by design.
+fn finish<T>(engine: T, body: impl FnOnce(&T), cleanup: impl FnOnce(T) -> Leftovers, case: &str) {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&engine)));
+    let leftovers = cleanup(engine);
     if let Err(panic) = outcome {
         if !leftovers.0.is_empty() {
             eprintln!("{case} also left behind:\n  {}", leftovers.0.join("\n  "));
@@ -79,13 +79,21 @@ fn ctr_case(tag: &str, body: impl FnOnce(&Ctr)) {
     let ctrd = Containerd::start(tag, |_| String::new());
     let rootfs = ctrd.dir.path().join("rootfs");
     busybox_rootfs(&rootfs);
-    let ctr = Ctr { ctrd, ns: unique("cagerun-test-"), rootfs, seen: Seen::default() };
+    let ctr = Ctr {
+        ctrd,
+        ns: unique("cagerun-test-"),
+        rootfs,
+        seen: Seen::default(),
+    };
     let marker = ctr.ctrd.dir.path().display().to_string();
     let dir = ctr.ctrd.dir.path().to_path_buf();
     finish(
-        || body(&ctr),
-        || {
-            let Ctr { mut ctrd, ns, seen, .. } = ctr;
+        ctr,
+        body,
+        |ctr| {
+            let Ctr {
+                mut ctrd, ns, seen, ..
+            } = ctr;
             ctrd.clean_namespace(&ns);
             ctrd.stop();
             let ids = seen.ids.borrow().clone();
@@ -136,8 +144,14 @@ impl Ctr {
     /// The task's (pid, status) as `ctr task ls` shows it.
     fn task(&self, id: &str) -> (u32, String) {
         let ls = self.ctr(&["task", "ls"]).ok("ctr task ls");
-        let line = ls.stdout.lines().find(|l| l.split_whitespace().next() == Some(id));
-        let f: Vec<&str> = line.unwrap_or_else(|| panic!("no task {id} in {}", ls.stdout)).split_whitespace().collect();
+        let line = ls
+            .stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id));
+        let f: Vec<&str> = line
+            .unwrap_or_else(|| panic!("no task {id} in {}", ls.stdout))
+            .split_whitespace()
+            .collect();
         (f[1].parse().unwrap(), f[2].to_string())
     }
 
@@ -152,22 +166,49 @@ impl Ctr {
     /// The runtime's own view: `RT --root <runtime root>/<ns> state ID`.
     fn runtime_state(&self, id: &str) -> Ran {
         let mut c = Command::new(runtime());
-        c.arg("--root").arg(self.ctrd.runtime_root().join(&self.ns)).args(["state", id]);
+        c.arg("--root")
+            .arg(self.ctrd.runtime_root().join(&self.ns))
+            .args(["state", id]);
         run_logged(c, None)
     }
 }
 
+/// Whether the cgroup `path` (relative to the hierarchy) is frozen (v1 freezer or v2).
+fn frozen(path: &str) -> bool {
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    if v2 {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{path}/cgroup.freeze"))
+            .unwrap_or_default()
+            .trim()
+            == "1"
+    } else {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/freezer/{path}/freezer.state"))
+            .unwrap_or_default()
+            .trim()
+            == "FROZEN"
+    }
+}
+
 fn state_json(r: &Ran) -> serde_json::Value {
-    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("state printed no JSON ({e}): {}", r.stdout))
+    serde_json::from_str(&r.stdout)
+        .unwrap_or_else(|e| panic!("state printed no JSON ({e}): {}", r.stdout))
 }
 
 #[test]
 fn ctr_run_returns_the_output_and_exit_code_and_shows_runtime_errors() {
     ctr_case("ctr-run", |c| {
         let id = c.seen.id("run");
-        let r = c.run(&["--rm"], &id, &["/bin/sh", "-c", "echo out-$((6*7)); exit 3"]);
+        let r = c.run(
+            &["--rm"],
+            &id,
+            &["/bin/sh", "-c", "echo out-$((6*7)); exit 3"],
+        );
         assert_eq!(r.code, 3, "the task's exit status is ctr's: {}", r.stderr);
-        assert_eq!(r.stdout.trim(), "out-42", "the container's stdout reaches ctr");
+        assert_eq!(
+            r.stdout.trim(),
+            "out-42",
+            "the container's stdout reaches ctr"
+        );
 
         // A command that does not exist: containerd reads the runtime's --log (one runc-style
         // JSON line) and shows its message; a log it cannot parse shows as "unable to retrieve
@@ -175,9 +216,14 @@ fn ctr_run_returns_the_output_and_exit_code_and_shows_runtime_errors() {
         let id = c.seen.id("broken");
         let r = c.run(&["--rm"], &id, &["/nonexistent-command"]);
         assert_ne!(r.code, 0);
-        assert!(r.stderr.contains("OCI runtime create failed"), "{}", r.stderr);
         assert!(
-            r.stderr.contains("/nonexistent-command") && !r.stderr.contains("unable to retrieve OCI runtime error"),
+            r.stderr.contains("OCI runtime create failed"),
+            "{}",
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains("/nonexistent-command")
+                && !r.stderr.contains("unable to retrieve OCI runtime error"),
             "ctr must show the runtime's own message (from its --log): {}",
             r.stderr
         );
@@ -188,20 +234,41 @@ fn ctr_run_returns_the_output_and_exit_code_and_shows_runtime_errors() {
 fn ctr_task_exec_ps_pause_resume_kill_delete() {
     ctr_case("ctr-task", |c| {
         let id = c.seen.id("task");
-        c.run(&["-d"], &id, &["/bin/sleep", "1000"]).ok("ctr run -d");
+        c.run(&["-d"], &id, &["/bin/sleep", "1000"])
+            .ok("ctr run -d");
         let (pid, status) = c.task(&id);
         c.seen.pid(pid);
         assert_eq!(status, "RUNNING");
         let st = state_json(&c.runtime_state(&id).ok("runtime state"));
-        assert_eq!(st["status"], "running", "the runtime sees the task running: {st}");
+        assert_eq!(
+            st["status"], "running",
+            "the runtime sees the task running: {st}"
+        );
         assert_eq!(st["pid"], pid, "the runtime's pid is the shim's: {st}");
 
-        let r = c.ctr(&["task", "exec", "--exec-id", "e1", &id, "/bin/sh", "-c", "echo exec-out; exit 5"]);
-        assert_eq!((r.code, r.stdout.trim()), (5, "exec-out"), "exec's output and exit status: {}", r.stderr);
+        let r = c.ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            &id,
+            "/bin/sh",
+            "-c",
+            "echo exec-out; exit 5",
+        ]);
+        assert_eq!(
+            (r.code, r.stdout.trim()),
+            (5, "exec-out"),
+            "exec's output and exit status: {}",
+            r.stderr
+        );
 
         let ps = c.ctr(&["task", "ps", &id]).ok("ctr task ps");
         assert!(
-            ps.stdout.lines().skip(1).any(|l| l.split_whitespace().next() == Some(&pid.to_string())),
+            ps.stdout
+                .lines()
+                .skip(1)
+                .any(|l| l.split_whitespace().next() == Some(&pid.to_string())),
             "ctr task ps (the runtime's `ps --format json`) lists init {pid}: {}",
             ps.stdout
         );
@@ -209,16 +276,19 @@ fn ctr_task_exec_ps_pause_resume_kill_delete() {
         c.ctr(&["task", "pause", &id]).ok("ctr task pause");
         assert_eq!(c.task(&id).1, "PAUSED");
         assert_eq!(state_json(&c.runtime_state(&id))["status"], "paused");
-        let frozen = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let state = frozen[frozen.rfind(')').unwrap() + 2..].chars().next();
-        assert_eq!(state, Some('D'), "a frozen task sleeps uninterruptibly (freezer): {frozen}");
+        assert!(
+            frozen(&format!("{}/{id}", c.ns)),
+            "pause froze the container's cgroup"
+        );
         c.ctr(&["task", "resume", &id]).ok("ctr task resume");
         assert_eq!(c.task(&id).1, "RUNNING");
 
-        c.ctr(&["task", "kill", "--signal", "SIGKILL", &id]).ok("ctr task kill");
+        c.ctr(&["task", "kill", "--signal", "SIGKILL", &id])
+            .ok("ctr task kill");
         c.wait_status(&id, "STOPPED");
         c.ctr(&["task", "delete", &id]).ok("ctr task delete");
-        c.ctr(&["container", "delete", &id]).ok("ctr container delete");
+        c.ctr(&["container", "delete", &id])
+            .ok("ctr container delete");
         let r = c.runtime_state(&id);
         assert_ne!(r.code, 0, "deleted: the runtime no longer knows {id}");
     });
@@ -228,30 +298,51 @@ fn ctr_task_exec_ps_pause_resume_kill_delete() {
 fn ctr_exec_runs_under_the_containers_seccomp_filter() {
     ctr_case("ctr-seccomp", |c| {
         let seccomp = |id: &str, exec_id: &str, path: &str| {
-            let r = c.ctr(&["task", "exec", "--exec-id", exec_id, id, "/bin/grep", "^Seccomp", path]).ok("ctr task exec");
+            let r = c
+                .ctr(&[
+                    "task",
+                    "exec",
+                    "--exec-id",
+                    exec_id,
+                    id,
+                    "/bin/grep",
+                    "^Seccomp",
+                    path,
+                ])
+                .ok("ctr task exec");
             r.stdout.trim().to_string()
         };
         // The probe: without --seccomp an exec'd process has no filter, so it tells the cases apart.
         let plain = c.seen.id("plain");
-        c.run(&["-d"], &plain, &["/bin/sleep", "1000"]).ok("ctr run -d");
+        c.run(&["-d"], &plain, &["/bin/sleep", "1000"])
+            .ok("ctr run -d");
         c.seen.pid(c.task(&plain).0);
         assert!(seccomp(&plain, "p1", "/proc/self/status").starts_with("Seccomp:\t0"));
 
         let id = c.seen.id("seccomp");
-        c.run(&["-d", "--seccomp"], &id, &["/bin/sleep", "1000"]).ok("ctr run -d --seccomp");
+        c.run(&["-d", "--seccomp"], &id, &["/bin/sleep", "1000"])
+            .ok("ctr run -d --seccomp");
         c.seen.pid(c.task(&id).0);
         let init = seccomp(&id, "s1", "/proc/1/status");
-        assert!(init.starts_with("Seccomp:\t2"), "init runs filtered: {init}");
+        assert!(
+            init.starts_with("Seccomp:\t2"),
+            "init runs filtered: {init}"
+        );
         // Seccomp_filters counts the filters: the exec'd process has the same ones as init
         // (runc applies the container's filter to exec; a runtime that forgets it weakens
         // every `kubectl exec`).
         let exec = seccomp(&id, "s2", "/proc/self/status");
-        assert_eq!(exec, init, "an exec'd process carries init's seccomp filter");
+        assert_eq!(
+            exec, init,
+            "an exec'd process carries init's seccomp filter"
+        );
         for id in [&plain, &id] {
-            c.ctr(&["task", "kill", "--signal", "SIGKILL", id]).ok("ctr task kill");
+            c.ctr(&["task", "kill", "--signal", "SIGKILL", id])
+                .ok("ctr task kill");
             c.wait_status(id, "STOPPED");
             c.ctr(&["task", "delete", id]).ok("ctr task delete");
-            c.ctr(&["container", "delete", id]).ok("ctr container delete");
+            c.ctr(&["container", "delete", id])
+                .ok("ctr container delete");
         }
     });
 }
@@ -262,10 +353,24 @@ fn ctr_exec_runs_under_the_containers_seccomp_filter() {
 
 /// What kubelet adds to every container that CRI alone leaves out (kubelet's defaults).
 const MASKED_PATHS: &[&str] = &[
-    "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
-    "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
 ];
-const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 
 struct Pod {
     ctrd: Containerd,
@@ -278,7 +383,12 @@ struct Pod {
 impl Pod {
     /// A container in the pod running `sleep`, as uid 1000 with a read-only root; `security`
     /// is merged into its Linux security context, `extra` into its config.
-    fn container(&self, name: &str, security: serde_json::Value, extra: serde_json::Value) -> String {
+    fn container(
+        &self,
+        name: &str,
+        security: serde_json::Value,
+        extra: serde_json::Value,
+    ) -> String {
         let mut sc = json!({"run_as_user": {"value": 1000}, "readonly_rootfs": true});
         merge(&mut sc, security);
         let mut config = json!({
@@ -295,25 +405,33 @@ impl Pod {
         );
         let cid = reply["container_id"].as_str().unwrap().to_string();
         self.seen.add_id(&cid);
-        self.cri.call("StartContainer", json!({"container_id": cid}));
+        self.cri
+            .call("StartContainer", json!({"container_id": cid}));
         cid
     }
 
     fn exec(&self, cid: &str, script: &str) -> (i64, String, String) {
-        let reply = self.cri.call("ExecSync", json!({"container_id": cid, "cmd": ["/bin/sh", "-c", script], "timeout": 60}));
+        let reply = self.cri.call(
+            "ExecSync",
+            json!({"container_id": cid, "cmd": ["/bin/sh", "-c", script], "timeout": 60}),
+        );
         exec_sync_output(&reply)
     }
 
     /// The runtime's view through containerd's runtime root for the k8s.io namespace.
     fn runtime_state(&self, id: &str) -> serde_json::Value {
         let mut c = Command::new(runtime());
-        c.arg("--root").arg(self.ctrd.runtime_root().join("k8s.io")).args(["state", id]);
+        c.arg("--root")
+            .arg(self.ctrd.runtime_root().join("k8s.io"))
+            .args(["state", id]);
         state_json(&run_logged(c, None).ok("runtime state"))
     }
 
     fn remove_container(&self, cid: &str) {
-        self.cri.call("StopContainer", json!({"container_id": cid, "timeout": 2}));
-        self.cri.call("RemoveContainer", json!({"container_id": cid}));
+        self.cri
+            .call("StopContainer", json!({"container_id": cid, "timeout": 2}));
+        self.cri
+            .call("RemoveContainer", json!({"container_id": cid}));
     }
 }
 
@@ -358,11 +476,20 @@ fn cri_case(tag: &str, body: impl FnOnce(&Pod)) {
     let marker = ctrd.dir.path().display().to_string();
     let dir = ctrd.dir.path().to_path_buf();
     let seen = Seen::default();
-    let reply = cri.try_call("RunPodSandbox", json!({"config": config, "runtime_handler": "cagerun"}));
+    let reply = cri.try_call(
+        "RunPodSandbox",
+        json!({"config": config, "runtime_handler": "cagerun"}),
+    );
     let pod = reply.map(|r| {
         let id = r["pod_sandbox_id"].as_str().unwrap().to_string();
         seen.add_id(&id);
-        Pod { ctrd, cri, config, id, seen }
+        Pod {
+            ctrd,
+            cri,
+            config,
+            id,
+            seen,
+        }
     });
     let pod = match pod {
         Ok(p) => p,
@@ -374,16 +501,27 @@ fn cri_case(tag: &str, body: impl FnOnce(&Pod)) {
         }
     };
     finish(
-        || {
+        pod,
+        |pod| {
             let sandbox = pod.runtime_state(&pod.id);
-            assert_eq!(sandbox["status"], "running", "the pause sandbox runs through the handler's runtime: {sandbox}");
+            assert_eq!(
+                sandbox["status"], "running",
+                "the pause sandbox runs through the handler's runtime: {sandbox}"
+            );
             pod.seen.pid(sandbox["pid"].as_u64().unwrap() as u32);
-            body(&pod);
+            body(pod);
         },
-        || {
-            let Pod { mut ctrd, cri, seen, .. } = pod;
+        |pod| {
+            let Pod {
+                mut ctrd,
+                cri,
+                seen,
+                ..
+            } = pod;
             cri.remove_all();
-            let left = cri.try_call("ListPodSandbox", json!({})).unwrap_or_default();
+            let left = cri
+                .try_call("ListPodSandbox", json!({}))
+                .unwrap_or_default();
             ctrd.stop();
             let ids = seen.ids.borrow().clone();
             let mut l = Leftovers::default();
@@ -421,7 +559,10 @@ fn cri_runtime_class_runs_a_hardened_pod() {
             json!({}),
         );
         let st = pod.runtime_state(&cid);
-        assert_eq!(st["status"], "running", "the container runs through the handler's runtime: {st}");
+        assert_eq!(
+            st["status"], "running",
+            "the container runs through the handler's runtime: {st}"
+        );
         pod.seen.pid(st["pid"].as_u64().unwrap() as u32);
 
         let (code, out, err) = pod.exec(
@@ -432,11 +573,26 @@ fn cri_runtime_class_runs_a_hardened_pod() {
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.first(), Some(&"cagepod"), "the pod's hostname: {out}");
         assert_eq!(lines.get(1), Some(&"1000"), "run_as_user: {out}");
-        assert!(out.contains("CapEff:\t0000000000000000"), "a non-root user has no effective capabilities: {out}");
-        assert!(out.contains("Seccomp:\t2"), "RuntimeDefault seccomp applies to ExecSync's process: {out}");
-        assert!(out.contains("\n0\n"), "/proc/kcore is masked (reads empty): {out}");
-        assert!(err.contains("/proc/sys/kernel/hostname") && err.contains("Read-only file system"), "/proc/sys is read-only: {err}");
-        assert!(err.contains("/probe") && err.contains("Read-only file system"), "the root is read-only: {err}");
+        assert!(
+            out.contains("CapEff:\t0000000000000000"),
+            "a non-root user has no effective capabilities: {out}"
+        );
+        assert!(
+            out.contains("Seccomp:\t2"),
+            "RuntimeDefault seccomp applies to ExecSync's process: {out}"
+        );
+        assert!(
+            out.contains("\n0\n"),
+            "/proc/kcore is masked (reads empty): {out}"
+        );
+        assert!(
+            err.contains("/proc/sys/kernel/hostname") && err.contains("Read-only file system"),
+            "/proc/sys is read-only: {err}"
+        );
+        assert!(
+            err.contains("/probe") && err.contains("Read-only file system"),
+            "the root is read-only: {err}"
+        );
         assert_ne!(code, 0);
         pod.remove_container(&cid);
     });
@@ -470,29 +626,43 @@ fn cri_pod_can_host_tool_sandboxes_only_unmasked_and_unconfined() {
         let home = pod.ctrd.dir.path().join("home");
         std::fs::create_dir_all(&home).unwrap();
         std::os::unix::fs::chown(&home, Some(1000), Some(1000)).unwrap();
+        // Not under /usr or another dir the sandbox binds from its root: a mount below one is a
+        // locked child in the sandbox's user namespace, and the sandbox's non-recursive bind of
+        // that dir then fails (EINVAL).
         let extra = json!({
             "mounts": [
-                {"container_path": "/usr/local/bin/cagerun", "host_path": bin.display().to_string(), "readonly": true},
+                {"container_path": "/opt/cagerun/cagerun", "host_path": bin.display().to_string(), "readonly": true},
                 {"container_path": "/home/user", "host_path": home.display().to_string()},
             ],
             "envs": [{"key": "HOME", "value": "/home/user"}, {"key": "XDG_RUNTIME_DIR", "value": "/home/user"}],
         });
-        let sandbox_script = "cagerun exec -- /bin/sh -c 'echo uid=$(id -u) host=$(hostname)' 2>&1";
+        let probe = "echo uid=$(id -u) host=$(hostname) userns=$(readlink /proc/self/ns/user)";
+        let sandbox_script = format!("/opt/cagerun/cagerun exec -- /bin/sh -c '{probe}' 2>&1");
 
-        let default = pod.container(
-            "defaults",
-            json!({
-                "masked_paths": MASKED_PATHS,
-                "readonly_paths": READONLY_PATHS,
-                "seccomp": {"profile_type": "RuntimeDefault"},
-            }),
-            extra.clone(),
-        );
-        pod.seen.pid(pod.runtime_state(&default)["pid"].as_u64().unwrap() as u32);
-        let (code, out, _) = pod.exec(&default, sandbox_script);
-        eprintln!("why a tool sandbox fails under kubelet's defaults: {out}");
-        assert_ne!(code, 0, "under masked /proc and RuntimeDefault seccomp the sandbox cannot be made: {out}");
-        assert!(!out.contains("uid="), "{out}");
+        // Each of kubelet's two defaults stops it on its own.
+        for (name, seccomp) in [("defaults", "RuntimeDefault"), ("masked", "Unconfined")] {
+            let cid = pod.container(
+                name,
+                json!({
+                    "masked_paths": MASKED_PATHS,
+                    "readonly_paths": READONLY_PATHS,
+                    "seccomp": {"profile_type": seccomp},
+                }),
+                extra.clone(),
+            );
+            pod.seen
+                .pid(pod.runtime_state(&cid)["pid"].as_u64().unwrap() as u32);
+            let (code, out, _) = pod.exec(&cid, &sandbox_script);
+            eprintln!(
+                "why a tool sandbox fails with masked /proc paths and seccomp {seccomp}: {out}"
+            );
+            assert_ne!(
+                code, 0,
+                "masked /proc, seccomp {seccomp}: the sandbox cannot be made: {out}"
+            );
+            assert!(!out.contains("uid="), "{out}");
+            pod.remove_container(&cid);
+        }
 
         let unmasked = pod.container(
             "unmasked",
@@ -503,15 +673,39 @@ fn cri_pod_can_host_tool_sandboxes_only_unmasked_and_unconfined() {
             }),
             extra,
         );
-        pod.seen.pid(pod.runtime_state(&unmasked)["pid"].as_u64().unwrap() as u32);
-        let (code, outer, _) = pod.exec(&unmasked, "echo uid=$(id -u) host=$(hostname)");
-        assert_eq!((code, outer.trim()), (0, "uid=1000 host=cagepod"), "the pod container itself");
-        let (code, inner, _) = pod.exec(&unmasked, sandbox_script);
-        assert_eq!(code, 0, "unmasked and unconfined, the sandbox is made: {inner}");
-        let inner = inner.lines().find(|l| l.starts_with("uid=")).unwrap_or_else(|| panic!("{inner}"));
-        assert!(!inner.contains("host=cagepod"), "the sandbox has its own hostname: {inner}");
-        assert_ne!(inner, outer.trim(), "the sandbox is not the pod container: {inner}");
-        pod.remove_container(&default);
+        pod.seen
+            .pid(pod.runtime_state(&unmasked)["pid"].as_u64().unwrap() as u32);
+        let (code, outer, _) = pod.exec(&unmasked, probe);
+        assert_eq!(code, 0);
+        assert!(
+            outer.starts_with("uid=1000 host=cagepod "),
+            "the pod container itself: {outer}"
+        );
+        let (code, inner, _) = pod.exec(&unmasked, &sandbox_script);
+        assert_eq!(
+            code, 0,
+            "unmasked and unconfined, the sandbox is made: {inner}"
+        );
+        let inner = inner
+            .lines()
+            .find(|l| l.starts_with("uid="))
+            .unwrap_or_else(|| panic!("{inner}"));
+        let field = |s: &str, k: &str| {
+            s.split_whitespace()
+                .find_map(|f| f.strip_prefix(k))
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert_ne!(
+            field(inner, "host="),
+            "cagepod",
+            "the sandbox has its own hostname: {inner}"
+        );
+        assert_ne!(
+            field(inner, "userns="),
+            field(&outer, "userns="),
+            "the sandbox has its own user namespace: {inner} vs {outer}"
+        );
         pod.remove_container(&unmasked);
     });
 }
@@ -524,7 +718,14 @@ fn cri_pod_can_host_tool_sandboxes_only_unmasked_and_unconfined() {
 /// host state), and rlimits at or below the hard limits (root here lacks CAP_SYS_RESOURCE, and
 /// podman's defaults raise NOFILE and NPROC). 2048, not 1024: podman 4.3 drops a 1024 limit
 /// and keeps its raised default (measured).
-const PODMAN_FLAGS: &[&str] = &["--network", "none", "--ulimit", "nofile=2048:2048", "--ulimit", "nproc=2048:2048"];
+const PODMAN_FLAGS: &[&str] = &[
+    "--network",
+    "none",
+    "--ulimit",
+    "nofile=2048:2048",
+    "--ulimit",
+    "nproc=2048:2048",
+];
 
 fn podman_case(mode: Mode, body: impl FnOnce(&Podman, &Seen, &[&str])) {
     let tag = match mode {
@@ -540,6 +741,12 @@ fn podman_case(mode: Mode, body: impl FnOnce(&Podman, &Seen, &[&str])) {
     let podman = Podman::new(tag, user);
     let rootfs = podman.dir.path().join("rootfs");
     busybox_rootfs(&rootfs);
+    if let Some((uid, gid)) = user {
+        // A rootless user's --rootfs is their own: podman adds /etc/mtab and mount targets.
+        let mut c = Command::new("chown");
+        c.arg("-hR").arg(format!("{uid}:{gid}")).arg(&rootfs);
+        run_logged(c, None).ok("chown the rootfs");
+    }
     // Rootless podman on cgroup v1 makes no cgroups; as root, a parent of the case's own.
     let parent = unique("cagerun-test-");
     let mut flags: Vec<String> = PODMAN_FLAGS.iter().map(|s| s.to_string()).collect();
@@ -551,13 +758,14 @@ fn podman_case(mode: Mode, body: impl FnOnce(&Podman, &Seen, &[&str])) {
     let dir = podman.dir.path().to_path_buf();
     let rootfs_arg = rootfs.display().to_string();
     finish(
-        || {
+        (podman, seen),
+        |(podman, seen)| {
             let mut f: Vec<&str> = flags.iter().map(String::as_str).collect();
             f.push("--rootfs");
             f.push(&rootfs_arg);
-            body(&podman, &seen, &f)
+            body(podman, seen, &f)
         },
-        || {
+        |(podman, seen)| {
             podman.stop();
             let ids = seen.ids.borrow().clone();
             let mut l = Leftovers::default();
@@ -568,6 +776,7 @@ fn podman_case(mode: Mode, body: impl FnOnce(&Podman, &Seen, &[&str])) {
             l.cgroups(&parent, &libpod, false);
             l.runtime_state(&podman.runtime_default_root(), &ids);
             drop(podman);
+            l.engine_dir(&baseline, "/run/containers/networks");
             if dir.exists() {
                 l.0.push(format!("{} could not be removed", dir.display()));
             }
@@ -580,7 +789,10 @@ fn podman_case(mode: Mode, body: impl FnOnce(&Podman, &Seen, &[&str])) {
 
 /// The container id podman wrote to a `--cidfile` (its runtime's container id too).
 fn cid(podman: &Podman, name: &str) -> String {
-    std::fs::read_to_string(podman.dir.path().join(name)).unwrap().trim().to_string()
+    std::fs::read_to_string(podman.dir.path().join(name))
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 #[test]
@@ -593,7 +805,12 @@ fn podman_runs_and_execs_through_the_runtime() {
             a.extend_from_slice(&["/bin/sh", "-c", "echo out-$((6*7)); exit 3"]);
             let r = p.run(&a);
             seen.add_id(&cid(p, "run.cid"));
-            assert_eq!((r.code, r.stdout.trim()), (3, "out-42"), "[{mode:?}] output and exit status: {}", r.stderr);
+            assert_eq!(
+                (r.code, r.stdout.trim()),
+                (3, "out-42"),
+                "[{mode:?}] output and exit status: {}",
+                r.stderr
+            );
 
             // A shell as init that ends on SIGTERM: `podman stop` goes through the runtime's kill.
             let cidfile = p.dir.path().join("d.cid").display().to_string();
@@ -603,7 +820,9 @@ fn podman_runs_and_execs_through_the_runtime() {
             p.run(&a).ok("podman run -d");
             let id = cid(p, "d.cid");
             seen.add_id(&id);
-            let pid = p.run(&["inspect", "--format", "{{.State.Pid}}", "d"]).ok("podman inspect");
+            let pid = p
+                .run(&["inspect", "--format", "{{.State.Pid}}", "d"])
+                .ok("podman inspect");
             seen.pid(pid.stdout.trim().parse().unwrap());
             assert!(
                 p.runtime_default_root().join(&id).exists(),
@@ -611,11 +830,21 @@ fn podman_runs_and_execs_through_the_runtime() {
                 p.runtime_default_root().display()
             );
             let r = p.run(&["exec", "d", "/bin/sh", "-c", "echo exec-out; exit 4"]);
-            assert_eq!((r.code, r.stdout.trim()), (4, "exec-out"), "[{mode:?}] exec: {}", r.stderr);
+            assert_eq!(
+                (r.code, r.stdout.trim()),
+                (4, "exec-out"),
+                "[{mode:?}] exec: {}",
+                r.stderr
+            );
             let started = Instant::now();
             p.run(&["stop", "--time", "10", "d"]).ok("podman stop");
-            assert!(started.elapsed() < Duration::from_secs(8), "SIGTERM reached init (no SIGKILL after the timeout)");
-            let r = p.run(&["inspect", "--format", "{{.State.ExitCode}}", "d"]).ok("podman inspect");
+            assert!(
+                started.elapsed() < Duration::from_secs(8),
+                "SIGTERM reached init (no SIGKILL after the timeout)"
+            );
+            let r = p
+                .run(&["inspect", "--format", "{{.State.ExitCode}}", "d"])
+                .ok("podman inspect");
             assert_eq!(r.stdout.trim(), "0");
             p.run(&["rm", "d"]).ok("podman rm");
         });
@@ -629,7 +858,11 @@ fn podman_shows_the_runtimes_json_error() {
             // podman passes --log-format=json --log only to runtimes it lists; its own
             // containers.conf lists runc but not cagerun-runc.
             let conf = p.dir.path().join("containers.conf");
-            std::fs::write(&conf, "[engine]\nruntime_supports_json = [\"crun\", \"runc\", \"cagerun-runc\"]\n").unwrap();
+            std::fs::write(
+                &conf,
+                "[engine]\nruntime_supports_json = [\"crun\", \"runc\", \"cagerun-runc\"]\n",
+            )
+            .unwrap();
             let cidfile = p.dir.path().join("e.cid").display().to_string();
             let mut a = vec!["run", "--rm", "--cidfile", &cidfile];
             a.extend_from_slice(run_flags);
@@ -641,8 +874,16 @@ fn podman_shows_the_runtimes_json_error() {
                 seen.add_id(id.trim());
             }
             // podman maps "no such file or directory" / "executable file not found" to 127.
-            assert_eq!(r.code, 127, "[{mode:?}] a missing command is podman's 127: {}", r.stderr);
-            assert!(r.stderr.contains("/nonexistent-command"), "[{mode:?}] podman shows the runtime's message: {}", r.stderr);
+            assert_eq!(
+                r.code, 127,
+                "[{mode:?}] a missing command is podman's 127: {}",
+                r.stderr
+            );
+            assert!(
+                r.stderr.contains("/nonexistent-command"),
+                "[{mode:?}] podman shows the runtime's message: {}",
+                r.stderr
+            );
         });
     }
 }

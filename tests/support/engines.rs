@@ -20,7 +20,11 @@ pub fn runtime() -> &'static Path {
     RT.get_or_init(|| {
         if let Some(rt) = std::env::var_os("CAGERUN_TEST_OCI_RUNTIME") {
             let rt = PathBuf::from(rt);
-            assert!(rt.is_absolute() && rt.exists(), "CAGERUN_TEST_OCI_RUNTIME={} must be an absolute path that exists", rt.display());
+            assert!(
+                rt.is_absolute() && rt.exists(),
+                "CAGERUN_TEST_OCI_RUNTIME={} must be an absolute path that exists",
+                rt.display()
+            );
             return rt;
         }
         // A world-readable copy (the rootless podman case runs it as the test user, who may
@@ -54,7 +58,9 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// Root-only cases say so and return when the test runs unprivileged.
 pub fn need_root(case: &str) -> bool {
     if !is_root() {
-        eprintln!("note: {case} needs root (containerd and its CRI plugin run as root here); skipped");
+        eprintln!(
+            "note: {case} needs root (containerd and its CRI plugin run as root here); skipped"
+        );
         return false;
     }
     true
@@ -77,11 +83,16 @@ pub fn busybox_rootfs(dir: &Path) {
     std::fs::copy("/bin/busybox", dir.join("bin/busybox"))
         .expect("copy /bin/busybox (package busybox-static, which scripts/test installs)");
     for applet in [
-        "sh", "true", "false", "sleep", "cat", "id", "hostname", "touch", "grep", "echo", "ls", "mkdir", "env",
+        "sh", "true", "false", "sleep", "cat", "id", "hostname", "touch", "grep", "echo", "ls",
+        "mkdir", "env",
     ] {
         std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
     }
-    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\nuser:x:1000:1000:user:/tmp:/bin/sh\n").unwrap();
+    std::fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/:/bin/sh\nuser:x:1000:1000:user:/tmp:/bin/sh\n",
+    )
+    .unwrap();
     std::fs::write(dir.join("etc/group"), "root:x:0:\nuser:x:1000:\n").unwrap();
 }
 
@@ -94,7 +105,11 @@ pub struct Ran {
 
 impl Ran {
     pub fn ok(self, what: &str) -> Ran {
-        assert_eq!(self.code, 0, "{what} failed: {}\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "{what} failed: {}\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
@@ -102,12 +117,21 @@ impl Ran {
 pub fn run_logged(mut cmd: Command, stdin: Option<&str>) -> Ran {
     use std::io::Write;
     let shown = format!("{cmd:?}");
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {shown}: {e}"));
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     }
     let out: Output = child.wait_with_output().unwrap();
     let r = Ran {
@@ -115,7 +139,12 @@ pub fn run_logged(mut cmd: Command, stdin: Option<&str>) -> Ran {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     };
-    eprintln!("$ {shown}\n  -> {}\n  stdout: {}\n  stderr: {}", r.code, r.stdout.trim(), r.stderr.trim());
+    eprintln!(
+        "$ {shown}\n  -> {}\n  stdout: {}\n  stderr: {}",
+        r.code,
+        r.stdout.trim(),
+        r.stderr.trim()
+    );
     r
 }
 
@@ -143,12 +172,17 @@ const WATCHED: &[&str] = &[
 
 impl HostBaseline {
     pub fn take() -> HostBaseline {
-        HostBaseline { entries: host_entries() }
+        HostBaseline {
+            entries: host_entries(),
+        }
     }
 
     /// Entries that appeared since the baseline.
     pub fn new_entries(&self) -> Vec<String> {
-        host_entries().into_iter().filter(|e| !self.entries.contains(e)).collect()
+        host_entries()
+            .into_iter()
+            .filter(|e| !self.entries.contains(e))
+            .collect()
     }
 }
 
@@ -164,7 +198,10 @@ fn host_entries() -> Vec<String> {
             out.push(e.path().display().to_string());
         }
     }
-    for line in std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines() {
+    for line in std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+    {
         let mountpoint = line.split(' ').nth(4).unwrap_or("");
         if mountpoint.starts_with("/run/netns/") || mountpoint.starts_with("/run/containerd") {
             out.push(format!("mount {mountpoint}"));
@@ -203,7 +240,11 @@ impl Leftovers {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        self.0.extend(processes_naming(marker, &me).into_iter().map(|p| format!("process {p}")));
+        self.0.extend(
+            processes_naming(marker, &me)
+                .into_iter()
+                .map(|p| format!("process {p}")),
+        );
     }
 
     /// Container processes the case saw (by pid, with the start time it had then).
@@ -216,7 +257,10 @@ impl Leftovers {
     }
 
     pub fn mounts(&mut self, marker: &str) {
-        for line in std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines() {
+        for line in std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+        {
             if line.contains(marker) {
                 self.0.push(format!("mount {line}"));
             }
@@ -224,8 +268,9 @@ impl Leftovers {
     }
 
     /// The runtime's per-container cgroups under `parent` (`k8s.io`, a ctr namespace, a podman
-    /// cgroup parent) must be gone; then the parent itself, which engines leave by design (runc
-    /// too), is removed here: its rmdir failing means something is still inside.
+    /// cgroup parent) must be gone. Then the parent itself and the engine's own empty dirs in
+    /// it (conmon's), which engines leave by design (with runc too), are removed here: an rmdir
+    /// failing means a process is still inside.
     pub fn cgroups(&mut self, parent: &str, ids: &[String], parent_existed: bool) {
         for dir in cgroup_dirs(parent) {
             for id in ids {
@@ -234,8 +279,14 @@ impl Leftovers {
                 }
             }
             if !parent_existed && dir.exists() {
+                for sub in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    if sub.path().is_dir() && !ids.iter().any(|id| sub.file_name() == id.as_str()) {
+                        let _ = std::fs::remove_dir(sub.path());
+                    }
+                }
                 if let Err(e) = std::fs::remove_dir(&dir) {
-                    self.0.push(format!("cgroup {} (not empty: {e})", dir.display()));
+                    self.0
+                        .push(format!("cgroup {} (not removable: {e})", dir.display()));
                 }
             }
         }
@@ -245,17 +296,44 @@ impl Leftovers {
     pub fn runtime_state(&mut self, root: &Path, ids: &[String]) {
         for id in ids {
             if root.join(id).exists() {
-                self.0.push(format!("runtime state {}", root.join(id).display()));
+                self.0
+                    .push(format!("runtime state {}", root.join(id).display()));
+            }
+        }
+    }
+
+    /// An empty dir an engine makes on every run whatever its config (podman's
+    /// /run/containers/networks) is removed when the case made it.
+    pub fn engine_dir(&mut self, baseline: &HostBaseline, dir: &str) {
+        if !baseline.entries.iter().any(|e| e == dir) {
+            let _ = std::fs::remove_dir(dir);
+            if let Some(parent) = Path::new(dir).parent() {
+                if !baseline
+                    .entries
+                    .iter()
+                    .any(|e| Path::new(e).starts_with(parent))
+                {
+                    let _ = std::fs::remove_dir(parent);
+                }
             }
         }
     }
 
     pub fn host(&mut self, baseline: &HostBaseline) {
-        self.0.extend(baseline.new_entries().into_iter().map(|e| format!("host entry {e}")));
+        self.0.extend(
+            baseline
+                .new_entries()
+                .into_iter()
+                .map(|e| format!("host entry {e}")),
+        );
     }
 
     pub fn assert_none(&self, case: &str) {
-        assert!(self.0.is_empty(), "{case} left behind:\n  {}", self.0.join("\n  "));
+        assert!(
+            self.0.is_empty(),
+            "{case} left behind:\n  {}",
+            self.0.join("\n  ")
+        );
     }
 }
 
@@ -365,14 +443,21 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .expect("start containerd");
-        let c = Containerd { dir, child: Some(child) };
+        let c = Containerd {
+            dir,
+            child: Some(child),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let out = c.ctr_cmd("default", &["version"]).output().unwrap();
             if out.status.success() {
                 break;
             }
-            assert!(Instant::now() < deadline, "containerd did not answer in 20 s:\n{}", c.log());
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not answer in 20 s:\n{}",
+                c.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         c
@@ -394,7 +479,10 @@ impl Containerd {
 
     pub fn ctr_cmd(&self, ns: &str, args: &[&str]) -> Command {
         let mut c = Command::new("ctr");
-        c.arg("--address").arg(self.socket()).args(["--namespace", ns]).args(args);
+        c.arg("--address")
+            .arg(self.socket())
+            .args(["--namespace", ns])
+            .args(args);
         c
     }
 
@@ -404,11 +492,22 @@ impl Containerd {
 
     /// Remove every task and container left in `ns` (a case that failed midway).
     pub fn clean_namespace(&self, ns: &str) {
-        let out = self.ctr_cmd(ns, &["containers", "list", "--quiet"]).output().unwrap();
+        let out = self
+            .ctr_cmd(ns, &["containers", "list", "--quiet"])
+            .output()
+            .unwrap();
         for id in String::from_utf8_lossy(&out.stdout).lines() {
-            let _ = self.ctr_cmd(ns, &["tasks", "kill", "--all", "--signal", "SIGKILL", id]).output();
+            let _ = self
+                .ctr_cmd(ns, &["tasks", "kill", "--all", "--signal", "SIGKILL", id])
+                .output();
             for _ in 0..50 {
-                if self.ctr_cmd(ns, &["tasks", "delete", id]).output().unwrap().status.success() {
+                if self
+                    .ctr_cmd(ns, &["tasks", "delete", id])
+                    .output()
+                    .unwrap()
+                    .status
+                    .success()
+                {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -437,7 +536,10 @@ impl Drop for Containerd {
         if std::thread::panicking() {
             let log = self.log();
             let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            eprintln!("containerd log (last lines):\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            eprintln!(
+                "containerd log (last lines):\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
         self.stop();
     }
@@ -476,7 +578,7 @@ pub fn cri_config(dir: &Path, runtime: &Path, runtime_root: &Path) -> String {
     )
 }
 
-/// The test's CNI plugins (a dummy eth0 holding an address, and lo up: CRI needs both) and a
+/// The test's CNI plugins (a veth eth0 holding an address, and lo up: CRI needs both) and a
 /// network list naming `network`, in the dirs [`cri_config`] names.
 pub fn install_cni(dir: &Path, network: &str) {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/support/cri");
@@ -484,13 +586,15 @@ pub fn install_cni(dir: &Path, network: &str) {
     let conf = dir.join("cni-conf");
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::create_dir_all(&conf).unwrap();
-    for plugin in ["loopback", "cage-dummy"] {
+    for plugin in ["loopback", "cage-veth"] {
         std::fs::copy(src.join(format!("cni-{plugin}")), bin.join(plugin)).unwrap();
         std::fs::set_permissions(bin.join(plugin), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     std::fs::write(
         conf.join("10-cage.conflist"),
-        format!(r#"{{"cniVersion":"0.4.0","name":"{network}","plugins":[{{"type":"cage-dummy"}}]}}"#),
+        format!(
+            r#"{{"cniVersion":"0.4.0","name":"{network}","plugins":[{{"type":"cage-veth"}}]}}"#
+        ),
     )
     .unwrap();
 }
@@ -504,12 +608,39 @@ pub fn import_cri_images(ctrd: &Containerd, rootfs: &Path) {
     let l = layout.display().to_string();
     let steps: Vec<Vec<String>> = vec![
         vec!["umoci".into(), "init".into(), "--layout".into(), l.clone()],
-        vec!["umoci".into(), "new".into(), "--image".into(), format!("{l}:bb")],
-        vec!["umoci".into(), "insert".into(), "--image".into(), format!("{l}:bb"), rootfs.display().to_string(), "/".into()],
-        vec!["umoci".into(), "config".into(), "--image".into(), format!("{l}:bb"), "--config.cmd".into(), "/bin/sh".into()],
         vec![
-            "umoci".into(), "config".into(), "--image".into(), format!("{l}:bb"), "--tag".into(), "pause".into(),
-            "--config.cmd".into(), "/bin/sleep".into(), "--config.cmd".into(), "1000000".into(),
+            "umoci".into(),
+            "new".into(),
+            "--image".into(),
+            format!("{l}:bb"),
+        ],
+        vec![
+            "umoci".into(),
+            "insert".into(),
+            "--image".into(),
+            format!("{l}:bb"),
+            rootfs.display().to_string(),
+            "/".into(),
+        ],
+        vec![
+            "umoci".into(),
+            "config".into(),
+            "--image".into(),
+            format!("{l}:bb"),
+            "--config.cmd".into(),
+            "/bin/sh".into(),
+        ],
+        vec![
+            "umoci".into(),
+            "config".into(),
+            "--image".into(),
+            format!("{l}:bb"),
+            "--tag".into(),
+            "pause".into(),
+            "--config.cmd".into(),
+            "/bin/sleep".into(),
+            "--config.cmd".into(),
+            "1000000".into(),
         ],
     ];
     for s in steps {
@@ -517,13 +648,27 @@ pub fn import_cri_images(ctrd: &Containerd, rootfs: &Path) {
         c.args(&s[1..]);
         run_logged(c, None).ok(&s[..2].join(" "));
     }
-    for (tag, name) in [("bb", "localhost/bb:test"), ("pause", "localhost/pause:test")] {
+    for (tag, name) in [
+        ("bb", "localhost/bb:test"),
+        ("pause", "localhost/pause:test"),
+    ] {
         let tar = work.join(format!("{tag}.tar"));
         let mut c = Command::new("skopeo");
-        c.args(["copy", "-q"]).arg(format!("oci:{l}:{tag}")).arg(format!("docker-archive:{}:{name}", tar.display()));
+        c.args(["copy", "-q"])
+            .arg(format!("oci:{l}:{tag}"))
+            .arg(format!("docker-archive:{}:{name}", tar.display()));
         run_logged(c, None).ok("skopeo copy");
-        ctrd.ctr("k8s.io", &["images", "import", "--snapshotter", "native", tar.to_str().unwrap()])
-            .ok("ctr images import");
+        ctrd.ctr(
+            "k8s.io",
+            &[
+                "images",
+                "import",
+                "--snapshotter",
+                "native",
+                tar.to_str().unwrap(),
+            ],
+        )
+        .ok("ctr images import");
     }
 }
 
@@ -542,12 +687,23 @@ impl Cri {
                  `bash tests/support/cri/install` makes it and prints the value (scripts/test exports it)"
             )
         });
-        assert!(python.exists(), "CAGERUN_CRI_PYTHON={} does not exist: run `bash tests/support/cri/install`", python.display());
-        Cri { python, socket: socket.to_path_buf() }
+        assert!(
+            python.exists(),
+            "CAGERUN_CRI_PYTHON={} does not exist: run `bash tests/support/cri/install`",
+            python.display()
+        );
+        Cri {
+            python,
+            socket: socket.to_path_buf(),
+        }
     }
 
     /// One CRI call: the request and the reply in proto3 JSON form.
-    pub fn try_call(&self, method: &str, request: serde_json::Value) -> Result<serde_json::Value, String> {
+    pub fn try_call(
+        &self,
+        method: &str,
+        request: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/support/cri/cri.py");
         let mut c = Command::new(&self.python);
         c.arg(script).arg(&self.socket).arg(method);
@@ -555,11 +711,13 @@ impl Cri {
         if r.code != 0 {
             return Err(r.stderr);
         }
-        Ok(serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{method} answered non-JSON ({e}): {}", r.stdout)))
+        Ok(serde_json::from_str(&r.stdout)
+            .unwrap_or_else(|e| panic!("{method} answered non-JSON ({e}): {}", r.stdout)))
     }
 
     pub fn call(&self, method: &str, request: serde_json::Value) -> serde_json::Value {
-        self.try_call(method, request).unwrap_or_else(|e| panic!("CRI {method} failed: {e}"))
+        self.try_call(method, request)
+            .unwrap_or_else(|e| panic!("CRI {method} failed: {e}"))
     }
 
     /// Stop and remove every container and pod sandbox (also after a failed case: a failed
@@ -568,7 +726,10 @@ impl Cri {
         if let Ok(list) = self.try_call("ListContainers", serde_json::json!({})) {
             for c in list["containers"].as_array().into_iter().flatten() {
                 let id = c["id"].clone();
-                let _ = self.try_call("StopContainer", serde_json::json!({"container_id": id, "timeout": 1}));
+                let _ = self.try_call(
+                    "StopContainer",
+                    serde_json::json!({"container_id": id, "timeout": 1}),
+                );
                 let _ = self.try_call("RemoveContainer", serde_json::json!({"container_id": id}));
             }
         }
@@ -576,7 +737,10 @@ impl Cri {
             for s in list["items"].as_array().into_iter().flatten() {
                 let id = s["id"].clone();
                 let _ = self.try_call("StopPodSandbox", serde_json::json!({"pod_sandbox_id": id}));
-                let _ = self.try_call("RemovePodSandbox", serde_json::json!({"pod_sandbox_id": id}));
+                let _ = self.try_call(
+                    "RemovePodSandbox",
+                    serde_json::json!({"pod_sandbox_id": id}),
+                );
             }
         }
     }
@@ -591,7 +755,11 @@ pub fn exec_sync_output(reply: &serde_json::Value) -> (i64, String, String) {
             .unwrap();
         String::from_utf8_lossy(&b).into_owned()
     };
-    (reply["exit_code"].as_i64().unwrap_or(0), text("stdout"), text("stderr"))
+    (
+        reply["exit_code"].as_i64().unwrap_or(0),
+        text("stdout"),
+        text("stderr"),
+    )
 }
 
 /// A private podman: its own storage, run root, tmp dir (the rootless pause process's pid
@@ -600,6 +768,7 @@ pub fn exec_sync_output(reply: &serde_json::Value) -> (i64, String, String) {
 pub struct Podman {
     pub dir: TempDir,
     pub user: Option<(u32, u32)>,
+    stopped: std::cell::Cell<bool>,
 }
 
 impl Podman {
@@ -613,12 +782,20 @@ impl Podman {
             std::fs::set_permissions(&xdg, std::fs::Permissions::from_mode(0o700)).unwrap();
             std::os::unix::fs::chown(&xdg, Some(u), Some(g)).unwrap();
         }
-        Podman { dir, user }
+        Podman {
+            dir,
+            user,
+            stopped: Default::default(),
+        }
     }
 
     /// The runtime's default root in this mode (podman never passes `--root`).
     pub fn runtime_default_root(&self) -> PathBuf {
-        let name = runtime().file_name().unwrap().to_string_lossy().into_owned();
+        let name = runtime()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         match self.user {
             None => PathBuf::from("/run").join(name),
             Some(_) => self.dir.path().join("xdg").join(name),
@@ -629,16 +806,31 @@ impl Podman {
         let d = self.dir.path();
         let mut c = Command::new("podman");
         // vfs: overlay would bind-mount the storage dir onto itself as root.
-        c.arg("--root").arg(d.join("storage"))
-            .arg("--runroot").arg(d.join("runroot"))
-            .arg("--tmpdir").arg(d.join("tmp"))
-            .arg("--network-config-dir").arg(d.join("net"))
-            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file"])
-            .arg("--runtime").arg(runtime())
+        c.arg("--root")
+            .arg(d.join("storage"))
+            .arg("--runroot")
+            .arg(d.join("runroot"))
+            .arg("--tmpdir")
+            .arg(d.join("tmp"))
+            .arg("--network-config-dir")
+            .arg(d.join("net"))
+            .args([
+                "--storage-driver",
+                "vfs",
+                "--cgroup-manager",
+                "cgroupfs",
+                "--events-backend",
+                "file",
+            ])
+            .arg("--runtime")
+            .arg(runtime())
             .args(args)
             .current_dir("/")
             .env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .env("HOME", d);
         if let Some((u, g)) = self.user {
             use std::os::unix::process::CommandExt;
@@ -654,9 +846,20 @@ impl Podman {
     /// Remove every container, then end the rootless pause process (by its pid file) that
     /// keeps podman's user namespace.
     pub fn stop(&self) {
-        let _ = self.cmd(&["rm", "--all", "--force", "--time", "0"]).output();
-        for pidfile in [self.dir.path().join("tmp/pause.pid"), self.dir.path().join("xdg/libpod/tmp/pause.pid")] {
-            if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse().ok()) {
+        if self.stopped.replace(true) {
+            return;
+        }
+        let _ = self
+            .cmd(&["rm", "--all", "--force", "--time", "0"])
+            .output();
+        for pidfile in [
+            self.dir.path().join("tmp/pause.pid"),
+            self.dir.path().join("xdg/libpod/tmp/pause.pid"),
+        ] {
+            if let Some(pid) = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+            {
                 end_process(pid);
             }
         }
