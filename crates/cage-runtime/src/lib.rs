@@ -41,6 +41,7 @@ pub mod init;
 pub mod ipc;
 pub mod models;
 pub mod monitor;
+pub mod oci_runtime;
 pub mod progress;
 pub mod proto;
 pub mod sandbox;

@@ -33,6 +33,17 @@ fn outermost(paths: &[PathBuf]) -> Vec<PathBuf> {
 
 /// Returns whether the kernel enforced the ruleset fully, partly or not at all.
 pub fn restrict(writable: &[PathBuf]) -> Result<RulesetStatus> {
+    restrict_filesystem(writable, true)
+}
+
+/// The filesystem half of [`restrict`] alone, with signals and abstract sockets left as they
+/// are: for another engine's container (`cagerun runtime`), whose init and exec'd processes
+/// are separate Landlock domains that must still signal and reach each other.
+pub fn restrict_writes(writable: &[PathBuf]) -> Result<RulesetStatus> {
+    restrict_filesystem(writable, false)
+}
+
+fn restrict_filesystem(writable: &[PathBuf], scoped: bool) -> Result<RulesetStatus> {
     let abi = ABI::V6;
     let existing = |paths: Vec<&Path>| {
         paths
@@ -52,7 +63,7 @@ pub fn restrict(writable: &[PathBuf]) -> Result<RulesetStatus> {
             .collect(),
     );
     let writable = existing(writable.iter().map(PathBuf::as_path).collect());
-    let status = fenced(abi)?
+    let status = fenced(abi, scoped)?
         .add_rules(path_beneath_rules(["/"], AccessFs::from_read(abi)))
         .map_err(fail)?
         .add_rules(path_beneath_rules(&devices, AccessFs::from_file(abi)))
@@ -68,7 +79,7 @@ pub fn restrict(writable: &[PathBuf]) -> Result<RulesetStatus> {
 /// abstract unix sockets scoped: for a process that already holds every descriptor it needs
 /// (the egress proxy). Returns how fully the kernel enforced it.
 pub fn no_filesystem() -> Result<RulesetStatus> {
-    let status = fenced(ABI::V6)?.restrict_self().map_err(fail)?;
+    let status = fenced(ABI::V6, true)?.restrict_self().map_err(fail)?;
     Ok(status.ruleset)
 }
 
@@ -76,16 +87,18 @@ fn fail(e: landlock::RulesetError) -> SandboxError {
     SandboxError::Setup(format!("landlock: {e}"))
 }
 
-/// A ruleset that handles every filesystem access and scope of `abi`, with no rule yet:
-/// everything is denied until a rule allows it.
-fn fenced(abi: ABI) -> Result<landlock::RulesetCreated> {
-    Ruleset::default()
+/// A ruleset that handles every filesystem access (and, `scoped`, every scope) of `abi`,
+/// with no rule yet: everything is denied until a rule allows it.
+fn fenced(abi: ABI, scoped: bool) -> Result<landlock::RulesetCreated> {
+    let ruleset = Ruleset::default()
         .handle_access(AccessFs::from_all(abi))
-        .map_err(fail)?
-        .scope(Scope::from_all(abi))
-        .map_err(fail)?
-        .create()
-        .map_err(fail)
+        .map_err(fail)?;
+    let ruleset = if scoped {
+        ruleset.scope(Scope::from_all(abi)).map_err(fail)?
+    } else {
+        ruleset
+    };
+    ruleset.create().map_err(fail)
 }
 
 #[cfg(test)]

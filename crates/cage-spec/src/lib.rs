@@ -16,6 +16,7 @@
 //! | a service's life: states, health, dependencies, restarts and backoff, stop order | [`lifecycle`] |
 //! | the resolver file of a service with internet | [`resolver`] |
 //! | egress by name: allowlists, the resolver's and the proxy's decisions | [`egress`] |
+//! | what cagerun adds to another engine's bundle (`cagerun runtime`) | [`engine_layer`] |
 //! | cage.toml, `${VAR}`, `.env` files | [`cage`], [`interpolate`], [`envfile`] |
 //! | build recipes and the build step's policy | [`build`] |
 //! | the docker CLI OpenClaw sends, judged for the broker | [`docker`] |
@@ -29,6 +30,7 @@ pub mod cage;
 pub mod compose;
 pub mod docker;
 pub mod egress;
+pub mod engine_layer;
 pub mod envfile;
 pub mod error;
 pub mod interpolate;

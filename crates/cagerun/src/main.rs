@@ -11,7 +11,8 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use cli::{
-    build, docs, egress, exec, generate, host, image, internal, login, model, observe, services,
+    build, docs, egress, exec, generate, host, image, internal, login, model, observe, runtime,
+    services,
 };
 
 #[derive(Parser)]
@@ -107,6 +108,14 @@ enum Command {
     Completion(docs::CompletionArgs),
     /// Print a manual page (roff), or write them all with --out DIR.
     Man(docs::ManArgs),
+    /// The OCI runtime containerd, Kubernetes (a RuntimeClass) and podman call, runc's
+    /// command line (create, start, state, kill, delete, exec, ps, pause, resume, features,
+    /// update); the binary also answers to the name `cagerun-runc` for engines that take one
+    /// executable path.
+    Runtime {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Write files that run the cage under another manager: `generate systemd` (a user unit).
     #[command(subcommand)]
     Generate(generate::GenerateCommand),
@@ -132,6 +141,10 @@ fn main() -> ExitCode {
     // broker's shim).
     if cage_runtime::shim::invoked_as_shim() {
         return ExitCode::from(cage_runtime::shim::main().clamp(0, 255) as u8);
+    }
+    // The OCI runtime of containerd and podman, which run one executable path.
+    if runtime::invoked_as_runtime() {
+        return runtime::main(std::env::args_os().collect());
     }
     // `cagerun exec SVC -- CMD` (into a running service) beside `cagerun exec [FLAGS] -- CMD`.
     let argv: Vec<String> = std::env::args().collect();
@@ -183,6 +196,10 @@ fn main() -> ExitCode {
         Command::Run(args) => services::run(args),
         Command::Cli(args) => services::cli(args),
         Command::Generate(cmd) => generate::run(cmd),
+        Command::Runtime { args } => {
+            let argv = std::iter::once(runtime::RUNTIME_NAME.into()).chain(args);
+            return runtime::main(argv.collect());
+        }
         Command::Holder(args) => cage_runtime::holder::run(args.into()).map(|()| 0),
         Command::EgressProxy(args) => cage_runtime::egress::run(args.into()).map(|()| 0),
         Command::Monitor(args) => cage_runtime::monitor::run(args.into()),

@@ -12,4 +12,5 @@ pub mod internal;
 pub mod login;
 pub mod model;
 pub mod observe;
+pub mod runtime;
 pub mod services;

@@ -1,0 +1,208 @@
+//! What cagerun adds when another engine (containerd, podman, a Kubernetes RuntimeClass) runs
+//! a bundle through `cagerun runtime`: the bundle is the engine's, so cagerun adds only what
+//! the spec leaves room for and never loosens what it asks.
+//!
+//! - **Seccomp on exec.** libcontainer's exec rebuilds the process's Linux section from the
+//!   namespaces alone and so drops the container's filter; runc applies it. The exec'd
+//!   process gets the container's filter again. Installing a filter needs no_new_privs or
+//!   CAP_SYS_ADMIN; an exec'd process with neither is given no_new_privs (a stricter process,
+//!   never an unfiltered one): runc installs the filter before dropping capabilities, which
+//!   libcontainer's exec path leaves no hook for.
+//! - **Landlock under a read-only root.** A bundle that asks for a read-only root and
+//!   no_new_privs gets a Landlock ruleset: read and execute everywhere, write only beneath
+//!   the spec's mounts that are not read-only (`/dev`, `/proc`, volumes, `/etc/hosts`, ...).
+//!   Without no_new_privs Landlock would need CAP_SYS_ADMIN or a change of the process's
+//!   privileges, so it is left out; it is a second fence, best effort, on top of what the
+//!   spec asks (a kernel or filter without Landlock keeps the read-only mounts).
+//! - **File descriptors.** Only 0–2 and `--preserve-fds` reach the container (libcontainer
+//!   marks the rest close-on-exec): the engines' own pipes (conmon's sync and start pipes)
+//!   never do.
+
+use std::path::PathBuf;
+
+use oci_spec::runtime::{Capability, Process, Spec};
+
+/// cagerun's additions for one process of an engine's container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineLayer {
+    /// Landlock: the only paths (and what lies beneath them) the process may write.
+    pub landlock_writable: Option<Vec<PathBuf>>,
+    /// Give the process no_new_privs (it needs it to install the container's filter).
+    pub force_no_new_privileges: bool,
+    /// Install the container's seccomp filter (exec'd processes: libcontainer drops it).
+    pub reapply_seccomp: bool,
+}
+
+/// The container's first process (`create`): libcontainer applies the spec's own filter.
+pub fn for_init(spec: &Spec) -> EngineLayer {
+    let nnp = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.no_new_privileges())
+        .unwrap_or(false);
+    EngineLayer {
+        landlock_writable: landlock_writable(spec, nnp),
+        force_no_new_privileges: false,
+        reapply_seccomp: false,
+    }
+}
+
+/// A process `exec`'d into the running container: `process` as the engine asked for it.
+pub fn for_exec(spec: &Spec, process: &Process) -> EngineLayer {
+    let filtered = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref())
+        .is_some();
+    let asked_nnp = process.no_new_privileges().unwrap_or(false);
+    let force_no_new_privileges = filtered && !asked_nnp && !has_sys_admin(process);
+    let nnp = asked_nnp || force_no_new_privileges;
+    EngineLayer {
+        landlock_writable: landlock_writable(spec, nnp),
+        force_no_new_privileges,
+        reapply_seccomp: filtered,
+    }
+}
+
+fn has_sys_admin(process: &Process) -> bool {
+    process
+        .capabilities()
+        .as_ref()
+        .and_then(|c| c.effective().as_ref())
+        .is_some_and(|e| e.contains(&Capability::SysAdmin))
+}
+
+/// The writable mount destinations of a read-only-root bundle, for a process with
+/// no_new_privs; `None` when Landlock is not added.
+fn landlock_writable(spec: &Spec, no_new_privileges: bool) -> Option<Vec<PathBuf>> {
+    let read_only_root = spec.root().as_ref().and_then(|r| r.readonly()) == Some(true);
+    if !read_only_root || !no_new_privileges {
+        return None;
+    }
+    let mut writable: Vec<PathBuf> = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .filter(|m| {
+            !m.options()
+                .iter()
+                .flatten()
+                .any(|o| o == "ro" || o == "rro")
+        })
+        .map(|m| m.destination().clone())
+        .collect();
+    writable.sort();
+    writable.dedup();
+    Some(writable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::{
+        LinuxBuilder, LinuxCapabilitiesBuilder, LinuxSeccompBuilder, MountBuilder, ProcessBuilder,
+        RootBuilder, SpecBuilder,
+    };
+
+    fn spec(readonly: bool, nnp: bool, seccomp: bool) -> Spec {
+        let mounts = vec![
+            MountBuilder::default()
+                .destination("/proc")
+                .typ("proc")
+                .source("proc")
+                .build()
+                .unwrap(),
+            MountBuilder::default()
+                .destination("/sys")
+                .typ("sysfs")
+                .source("sysfs")
+                .options(vec!["nosuid".into(), "ro".into()])
+                .build()
+                .unwrap(),
+            MountBuilder::default()
+                .destination("/etc/hosts")
+                .typ("bind")
+                .source("/x/hosts")
+                .options(vec!["rbind".into(), "rw".into()])
+                .build()
+                .unwrap(),
+        ];
+        let mut linux = LinuxBuilder::default();
+        if seccomp {
+            linux = linux.seccomp(LinuxSeccompBuilder::default().build().unwrap());
+        }
+        SpecBuilder::default()
+            .root(RootBuilder::default().readonly(readonly).build().unwrap())
+            .process(
+                ProcessBuilder::default()
+                    .no_new_privileges(nnp)
+                    .build()
+                    .unwrap(),
+            )
+            .mounts(mounts)
+            .linux(linux.build().unwrap())
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn read_only_root_with_no_new_privs_gets_landlock_on_writable_mounts_only() {
+        let layer = for_init(&spec(true, true, false));
+        assert_eq!(
+            layer.landlock_writable,
+            Some(vec![PathBuf::from("/etc/hosts"), PathBuf::from("/proc")])
+        );
+        assert!(!layer.reapply_seccomp && !layer.force_no_new_privileges);
+    }
+
+    #[test]
+    fn no_landlock_without_read_only_root_or_without_no_new_privs() {
+        assert_eq!(for_init(&spec(false, true, false)).landlock_writable, None);
+        assert_eq!(for_init(&spec(true, false, false)).landlock_writable, None);
+    }
+
+    #[test]
+    fn exec_gets_the_containers_filter_and_no_new_privs_when_it_cannot_install_it_otherwise() {
+        let s = spec(false, false, true);
+        let plain = ProcessBuilder::default()
+            .no_new_privileges(false)
+            .build()
+            .unwrap();
+        let layer = for_exec(&s, &plain);
+        assert!(layer.reapply_seccomp);
+        assert!(layer.force_no_new_privileges);
+
+        let admin = ProcessBuilder::default()
+            .no_new_privileges(false)
+            .capabilities(
+                LinuxCapabilitiesBuilder::default()
+                    .effective(
+                        [Capability::SysAdmin]
+                            .into_iter()
+                            .collect::<std::collections::HashSet<_>>(),
+                    )
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let layer = for_exec(&s, &admin);
+        assert!(layer.reapply_seccomp && !layer.force_no_new_privileges);
+
+        let unfiltered = for_exec(&spec(false, false, false), &plain);
+        assert!(!unfiltered.reapply_seccomp && !unfiltered.force_no_new_privileges);
+    }
+
+    #[test]
+    fn a_forced_no_new_privs_also_brings_landlock_under_a_read_only_root() {
+        let layer = for_exec(
+            &spec(true, false, true),
+            &ProcessBuilder::default()
+                .no_new_privileges(false)
+                .build()
+                .unwrap(),
+        );
+        assert!(layer.force_no_new_privileges);
+        assert!(layer.landlock_writable.is_some());
+    }
+}
