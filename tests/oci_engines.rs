@@ -124,7 +124,15 @@ struct Ctr {
 impl Ctr {
     /// `ctr run FLAGS --runtime io.containerd.runc.v2 --runc-binary RT --rootfs DIR ID ARGS`:
     /// no image, no snapshotter (`--rootfs` is a boolean flag: the dir is the first positional).
+    /// The env has PATH, as images set it (ctr's own spec has none).
     fn run(&self, flags: &[&str], id: &str, args: &[&str]) -> Ran {
+        let mut f = vec!["--env", "PATH=/bin"];
+        f.extend_from_slice(flags);
+        self.run_bare(&f, id, args)
+    }
+
+    /// [`Ctr::run`] with ctr's spec as it is.
+    fn run_bare(&self, flags: &[&str], id: &str, args: &[&str]) -> Ran {
         let root = self.ctrd.runtime_root();
         let mut a: Vec<&str> = vec!["run"];
         a.extend_from_slice(flags);
@@ -227,6 +235,17 @@ fn ctr_run_returns_the_output_and_exit_code_and_shows_runtime_errors() {
             "ctr must show the runtime's own message (from its --log): {}",
             r.stderr
         );
+    });
+}
+
+/// ctr's default spec sets no environment; runc looks args[0] up in PATH only when it has no
+/// slash, so an absolute command runs without one.
+#[test]
+fn ctr_runs_an_absolute_command_without_path_in_its_env() {
+    ctr_case("ctr-nopath", |c| {
+        let id = c.seen.id("nopath");
+        let r = c.run_bare(&["--rm"], &id, &["/bin/sh", "-c", "echo ran; exit 0"]);
+        assert_eq!((r.code, r.stdout.trim()), (0, "ran"), "{}", r.stderr);
     });
 }
 

@@ -629,6 +629,8 @@ pub fn import_cri_images(ctrd: &Containerd, rootfs: &Path) {
             format!("{l}:bb"),
             "--config.cmd".into(),
             "/bin/sh".into(),
+            "--config.env".into(),
+            "PATH=/bin".into(),
         ],
         vec![
             "umoci".into(),
