@@ -499,23 +499,25 @@ fn cri_case(tag: &str, body: impl FnOnce(&Pod)) {
         "RunPodSandbox",
         json!({"config": config, "runtime_handler": "cagerun"}),
     );
-    let pod = reply.map(|r| {
-        let id = r["pod_sandbox_id"].as_str().unwrap().to_string();
-        seen.add_id(&id);
-        Pod {
-            ctrd,
-            cri,
-            config,
-            id,
-            seen,
+    let pod = match reply {
+        Ok(r) => {
+            let id = r["pod_sandbox_id"].as_str().unwrap().to_string();
+            seen.add_id(&id);
+            Pod {
+                ctrd,
+                cri,
+                config,
+                id,
+                seen,
+            }
         }
-    });
-    let pod = match pod {
-        Ok(p) => p,
         Err(e) => {
-            // The failed sandbox still reserves its name: remove it before failing.
-            let cri = Cri::new(&dir.join("containerd.sock"));
+            // The failed sandbox still reserves its name: remove it, and what the runtime's
+            // failed create left (the k8s.io cgroup parent), before failing.
             cri.remove_all();
+            let mut ctrd = ctrd;
+            ctrd.stop();
+            Leftovers::default().cgroups("k8s.io", &[], k8s_cgroup_existed);
             panic!("RunPodSandbox through the cagerun handler failed: {e}");
         }
     };
