@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod cage;
+pub mod engines;
 pub mod registry;
 pub mod world;
 
