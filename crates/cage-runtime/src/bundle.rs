@@ -306,7 +306,7 @@ fn request_on_root(
 /// A named volume's directory under the cage, made on first use (as root, owned by the
 /// service user's id in root's range: a new, empty directory of ours, nothing to follow).
 fn volume_dir(cage: &Path, volume: &str, user: cage_spec::IdPair) -> Result<PathBuf> {
-    let dir = cage.join(".cagerun/volumes").join(volume);
+    let dir = cage.join(cage_spec::service::VOLUMES_DIR).join(volume);
     if !dir.exists() {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating volume {}", dir.display()))?;
