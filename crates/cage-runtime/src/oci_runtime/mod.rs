@@ -237,9 +237,18 @@ impl Runtime {
             let _ = std::fs::remove_dir_all(&moved);
             return Ok(());
         }
-        self.load(id)?
-            .delete(force)
-            .map_err(|e| engine_error(e, id))?;
+        match self.load(id)?.delete(force) {
+            Ok(()) => {}
+            // A poststop hook that fails is a warning and the deletion goes on (the
+            // runtime-spec's rule; libcontainer stops there, after the container's processes
+            // and cgroup are gone, before its state is removed).
+            Err(libcontainer::error::LibcontainerError::Hook(e)) => {
+                tracing::warn!("container {id}: a poststop hook failed: {e}");
+                std::fs::remove_dir_all(self.root.join(id))
+                    .with_context(|| format!("removing the state of {id}"))?;
+            }
+            Err(e) => return Err(engine_error(e, id)),
+        }
         let _ = std::fs::remove_dir_all(&moved);
         Ok(())
     }
