@@ -96,24 +96,41 @@ fn landlock_writable(spec: &Spec, no_new_privileges: bool) -> Option<Vec<PathBuf
     Some(writable)
 }
 
-/// Whether a bundle must be given a cgroup in the caller's delegated subtree: run rootless
-/// (podman's rootless containers are created by root of its user namespace) with no
-/// `cgroupsPath`, libcontainer would make one at the top of the host's hierarchy, which only
-/// the host's root may write. runc skips cgroups then; libcontainer cannot, so the container
-/// goes where the user's cgroups live (`cagerun setup-cgroups` on v1, systemd's delegation on
-/// v2), and any limits the bundle asks apply there.
-pub fn needs_delegated_cgroup(spec: &Spec, rootless: bool) -> bool {
-    rootless
-        && spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.cgroups_path().as_ref())
-            .is_none()
+/// Whether a rootless bundle must be rewritten before libcontainer reads it (runc makes the
+/// same two allowances for rootless containers; libcontainer makes neither):
+/// - no `cgroupsPath`: libcontainer would make a cgroup at the top of the host's hierarchy,
+///   which only the host's root may write (podman's rootless containers are created by root
+///   of its user namespace, with no path). runc then runs without a cgroup; the container goes
+///   where the user's cgroups live instead (`cagerun setup-cgroups` on v1, systemd's
+///   delegation on v2), and any limits the bundle asks apply there.
+/// - device rules (`resources.devices`): the devices controller takes rules from the host's
+///   root only (v1's files, v2's BPF programs). They are dropped, as runc drops them rootless:
+///   a user namespace cannot create device nodes, so the container reaches only the nodes
+///   bound into its /dev, each still under the host's permissions. On cgroup v1 libcontainer
+///   writes its default device rules whenever it applies any resource, so there a bundle's
+///   resources go entirely, and one that asks for a limit is refused
+///   ([`RootlessLimitsOnV1`]) rather than run without it.
+pub fn needs_rewrite_for_rootless(spec: &Spec, rootless: bool) -> bool {
+    let linux = spec.linux().as_ref();
+    let no_cgroup = linux.and_then(|l| l.cgroups_path().as_ref()).is_none();
+    let resources = linux.and_then(|l| l.resources().as_ref()).is_some();
+    rootless && (no_cgroup || resources)
 }
 
-/// The engine's bundle, as libcontainer must read it from another directory: its root and
-/// relative bind sources made absolute against `bundle`, and the cgroup `cgroups_path`.
-pub fn with_cgroup(spec: &Spec, bundle: &Path, cgroups_path: PathBuf) -> Spec {
+/// A rootless bundle on cgroup v1 asks for limits that cannot be applied there.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rootless on cgroup v1, the bundle's resource limits ({0}) cannot be applied (libcontainer sets device rules with every limit, and only the host's root may): run the container as root, on cgroup v2, or without limits")]
+pub struct RootlessLimitsOnV1(pub String);
+
+/// The engine's bundle rewritten for a rootless run ([`needs_rewrite_for_rootless`]), as
+/// libcontainer reads it from another directory: its root and relative bind sources made
+/// absolute against `bundle`, the cgroup `cgroups_path` when it had none, no device rules.
+pub fn rewritten_for_rootless(
+    spec: &Spec,
+    bundle: &Path,
+    cgroups_path: PathBuf,
+    cgroup_v1: bool,
+) -> Result<Spec, RootlessLimitsOnV1> {
     let mut spec = spec.clone();
     if let Some(root) = spec.root().clone() {
         let mut root = root;
@@ -142,9 +159,50 @@ pub fn with_cgroup(spec: &Spec, bundle: &Path, cgroups_path: PathBuf) -> Spec {
         spec.set_mounts(Some(mounts));
     }
     let mut linux = spec.linux().clone().unwrap_or_default();
-    linux.set_cgroups_path(Some(cgroups_path));
+    if linux.cgroups_path().is_none() {
+        linux.set_cgroups_path(Some(cgroups_path));
+    }
+    if let Some(mut resources) = linux.resources().clone() {
+        resources.set_devices(None);
+        if cgroup_v1 {
+            let asked = limits_asked(&resources);
+            if !asked.is_empty() {
+                return Err(RootlessLimitsOnV1(asked.join(", ")));
+            }
+            linux.set_resources(None);
+        } else {
+            linux.set_resources(Some(resources));
+        }
+    }
     spec.set_linux(Some(linux));
-    spec
+    Ok(spec)
+}
+
+/// The limits a bundle's resources ask for (device rules aside).
+fn limits_asked(r: &oci_spec::runtime::LinuxResources) -> Vec<String> {
+    let mut asked = Vec::new();
+    if r.memory()
+        .as_ref()
+        .is_some_and(|m| m.limit().is_some() || m.reservation().is_some() || m.swap().is_some())
+    {
+        asked.push("memory".to_string());
+    }
+    if r.pids().as_ref().is_some_and(|p| p.limit() > 0) {
+        asked.push("pids".to_string());
+    }
+    if r.cpu()
+        .as_ref()
+        .is_some_and(|c| c.quota().is_some() || c.shares().is_some() || c.cpus().is_some())
+    {
+        asked.push("cpu".to_string());
+    }
+    if r.block_io().is_some() {
+        asked.push("blockIO".to_string());
+    }
+    if r.hugepage_limits().as_ref().is_some_and(|h| !h.is_empty()) {
+        asked.push("hugepageLimits".to_string());
+    }
+    asked
 }
 
 #[cfg(test)]
@@ -253,14 +311,20 @@ mod tests {
     #[test]
     fn rootless_without_a_cgroup_path_goes_to_the_delegated_subtree() {
         let s = spec(true, true, false);
-        assert!(needs_delegated_cgroup(&s, true));
-        assert!(!needs_delegated_cgroup(&s, false));
-        let moved = with_cgroup(&s, Path::new("/b"), PathBuf::from("/cagerun/1001/runc-x"));
+        assert!(needs_rewrite_for_rootless(&s, true));
+        assert!(!needs_rewrite_for_rootless(&s, false));
+        let moved = rewritten_for_rootless(
+            &s,
+            Path::new("/b"),
+            PathBuf::from("/cagerun/1001/runc-x"),
+            true,
+        )
+        .unwrap();
         assert_eq!(
             moved.linux().as_ref().unwrap().cgroups_path().as_deref(),
             Some(Path::new("/cagerun/1001/runc-x"))
         );
-        assert!(!needs_delegated_cgroup(&moved, true));
+        assert!(!needs_rewrite_for_rootless(&moved, true));
         assert_eq!(
             moved.root().as_ref().unwrap().path(),
             Path::new("/b/rootfs")
@@ -270,6 +334,47 @@ mod tests {
             hosts,
             Some(PathBuf::from("/x/hosts")),
             "absolute sources stay"
+        );
+    }
+
+    #[test]
+    fn rootless_resources_lose_device_rules_and_on_v1_refuse_limits() {
+        use oci_spec::runtime::{
+            LinuxDeviceCgroupBuilder, LinuxPidsBuilder, LinuxResourcesBuilder,
+        };
+        let devices = vec![LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .build()
+            .unwrap()];
+        let with = |pids: bool| {
+            let mut s = spec(false, true, false);
+            let mut r = LinuxResourcesBuilder::default().devices(devices.clone());
+            if pids {
+                r = r.pids(LinuxPidsBuilder::default().limit(64).build().unwrap());
+            }
+            let mut linux = s.linux().clone().unwrap();
+            linux.set_cgroups_path(Some(PathBuf::from("/given")));
+            linux.set_resources(Some(r.build().unwrap()));
+            s.set_linux(Some(linux));
+            s
+        };
+        let b = Path::new("/b");
+        assert!(needs_rewrite_for_rootless(&with(false), true));
+        let v2 = rewritten_for_rootless(&with(true), b, PathBuf::new(), false).unwrap();
+        let r = v2.linux().as_ref().unwrap().resources().clone().unwrap();
+        assert!(
+            r.devices().is_none() && r.pids().is_some(),
+            "v2 keeps the limits"
+        );
+        assert_eq!(
+            v2.linux().as_ref().unwrap().cgroups_path().as_deref(),
+            Some(Path::new("/given"))
+        );
+        let v1 = rewritten_for_rootless(&with(false), b, PathBuf::new(), true).unwrap();
+        assert!(v1.linux().as_ref().unwrap().resources().is_none());
+        assert_eq!(
+            rewritten_for_rootless(&with(true), b, PathBuf::new(), true),
+            Err(RootlessLimitsOnV1("pids".into()))
         );
     }
 

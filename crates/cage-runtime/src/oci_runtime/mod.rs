@@ -41,7 +41,7 @@ use executor::LayeredExecutor;
 /// the bound keeps a mistake from filling memory).
 const MAX_JSON: u64 = 4 << 20;
 
-/// Under the state directory: bundles moved into the caller's cgroup subtree.
+/// Under the state directory: bundles rewritten for a rootless run.
 const MOVED_BUNDLES: &str = ".moved-bundles";
 const ORIGIN: &str = "origin";
 
@@ -129,7 +129,7 @@ impl Runtime {
         let spec = bundle_spec(&req.bundle)?;
         let layer = engine_layer::for_init(&spec);
         let moved = self.derived_dir(&req.id);
-        let bundle = if engine_layer::needs_delegated_cgroup(&spec, is_rootless()) {
+        let bundle = if engine_layer::needs_rewrite_for_rootless(&spec, is_rootless()) {
             self.write_moved_bundle(&spec, &req, &moved)?;
             moved.clone()
         } else {
@@ -156,15 +156,28 @@ impl Runtime {
         Ok(())
     }
 
-    /// Where a bundle moved into the caller's cgroup subtree is written
-    /// ([`engine_layer::needs_delegated_cgroup`]); its `origin` file names the engine's.
+    /// Where a bundle rewritten for a rootless run is written
+    /// ([`engine_layer::needs_rewrite_for_rootless`]); its `origin` file names the engine's.
     fn derived_dir(&self, id: &str) -> PathBuf {
         self.root.join(MOVED_BUNDLES).join(id)
     }
 
     fn write_moved_bundle(&self, spec: &Spec, req: &CreateRequest, dir: &Path) -> Result<()> {
-        let cgroup = delegated_cgroup(&req.id)?;
-        let moved = engine_layer::with_cgroup(spec, &req.bundle, cgroup);
+        let has_cgroup = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+            .is_some();
+        let cgroup = if has_cgroup {
+            PathBuf::new()
+        } else {
+            delegated_cgroup(&req.id)?
+        };
+        let v1 = matches!(
+            cage_sandbox::cgroups::detect(),
+            cage_sandbox::cgroups::Layout::V1 { .. }
+        );
+        let moved = engine_layer::rewritten_for_rootless(spec, &req.bundle, cgroup, v1)?;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::write(dir.join("config.json"), serde_json::to_vec(&moved)?)
             .with_context(|| format!("writing {}", dir.display()))?;
