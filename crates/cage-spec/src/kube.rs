@@ -448,7 +448,7 @@ pub fn render(req: &KubeRequest) -> Result<Export, KubeError> {
     ns["labels"]["pod-security.kubernetes.io/enforce"] = json!(level);
     out.push(Manifest {
         comment: if with_broker {
-            "Pod Security \"privileged\": the broker sidecar needs seccomp Unconfined (or the cagerun\nRuntimeClass) and procMount Unmasked, which the baseline and restricted levels forbid.\nEvery other container still meets \"restricted\" (see each securityContext).".into()
+            "Pod Security \"privileged\": the broker sidecar needs seccomp Unconfined and procMount Unmasked,\nwhich the baseline and restricted levels forbid.\nEvery other container still meets \"restricted\" (see each securityContext).".into()
         } else {
             "Pod Security \"restricted\": every container meets it.".into()
         },
@@ -1245,11 +1245,11 @@ fn broker_container(plan: &Plan, s: &Service, comment: &mut Vec<String>) -> (Val
             json!({ "name": name, "mountPath": format!("{BROKER_CAGE_DIR}/{VOLUMES_DIR}/{vol}") }),
         );
     }
-    let seccomp = if req.runtime_class.is_some() {
-        "RuntimeDefault"
-    } else {
-        "Unconfined"
-    };
+    // Unconfined with a RuntimeClass too: RuntimeDefault is the CRI implementation's profile
+    // (containerd's, CRI-O's), which the class's OCI runtime does not change, and it refuses
+    // unshare/clone of namespaces without CAP_SYS_ADMIN (tests/oci_engines.rs shows it with
+    // the cagerun handler).
+    let seccomp = "Unconfined";
     let mut security = hardened(DEFAULT_USER);
     security["seccompProfile"] = json!({ "type": seccomp });
     security["procMount"] = json!("Unmasked");
@@ -1286,18 +1286,13 @@ fn broker_container(plan: &Plan, s: &Service, comment: &mut Vec<String>) -> (Val
          - hostUsers: false (a user namespace of its own; the node's runtime must support it) and\n\
          \x20 procMount: Unmasked (a fresh /proc in a nested user+pid namespace is refused under masked paths);\n\
          - seccomp {seccomp}: the RuntimeDefault profile forbids unshare/clone of namespaces without CAP_SYS_ADMIN\n\
-         \x20 ({rc}); the sandboxes get cagerun's own filter;\n\
+         \x20 (a RuntimeClass does not change it: it is the container runtime's); the sandboxes get cagerun's own filter;\n\
          - AppArmor unconfined for the sidecar (container runtimes' default profile forbids mount);\n\
          - still uid {uid}, no capabilities, allowPrivilegeEscalation false, a read-only root;\n\
          - the service's mounts and volumes where the broker resolves them (below {BROKER_CAGE_DIR}).\n\
          Sandbox memory: {total} in all (the sidecar's limit, plus {overhead} for the broker; it requests one sandbox's).",
         image = req.broker_image,
         trees = trees.join(", "),
-        rc = if req.runtime_class.is_some() {
-            "here the RuntimeClass's default profile must allow it"
-        } else {
-            "or run the pod with the cagerun RuntimeClass: --runtime-class"
-        },
         uid = DEFAULT_USER.uid,
         total = quantity(sb.memory_total),
         overhead = quantity(BROKER_OVERHEAD),
@@ -1806,7 +1801,7 @@ max = 4
         let gw = find(&e, "Deployment", "gateway");
         assert_eq!(pod(gw)["runtimeClassName"], "cagerun");
         let sc = &container(gw, BROKER_CONTAINER)["securityContext"];
-        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+        assert_eq!(sc["seccompProfile"]["type"], "Unconfined");
         assert_eq!(
             pod(find(&e, "StatefulSet", "ollama"))["runtimeClassName"],
             "cagerun"
