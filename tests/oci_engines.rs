@@ -731,6 +731,341 @@ fn cri_pod_can_host_tool_sandboxes_only_unmasked_and_unconfined() {
     });
 }
 
+/// The cage of the sidecar case: a gateway on the busybox image (so its rendered command runs
+/// as it is) whose tool sandboxes run a busybox tree below the cage.
+const SIDECAR_CAGE_TOML: &str = r#"
+[services.gw]
+image = "localhost/bb:test"
+user = "1000"
+command = ["/bin/sleep", "1000"]
+mounts = [{ src = "workspace", dst = "/workspace", ro = false }]
+
+[services.gw.sandboxes]
+images = { "cage-sandbox:test" = "rootfs/sandbox" }
+"#;
+
+/// `cagerun export kube --runtime-class cagerun` of the cage at `config`: the `gw` pod spec.
+fn rendered_pod(config: &Path) -> serde_json::Value {
+    use serde::Deserialize;
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cagerun"));
+    c.args(["export", "kube", "--runtime-class", "cagerun", "--config"])
+        .arg(config);
+    let yaml = run_logged(c, None).ok("cagerun export kube").stdout;
+    for doc in serde_norway::Deserializer::from_str(&yaml) {
+        let v = serde_json::Value::deserialize(doc).unwrap();
+        if v["kind"] == "Deployment" && v["metadata"]["name"] == "gw" {
+            return v["spec"]["template"]["spec"].clone();
+        }
+    }
+    panic!("no Deployment gw in the export:\n{yaml}");
+}
+
+/// The CRI container config kubelet sends for a rendered container, for the fields the
+/// hardening rests on: runAsUser → run_as_user, readOnlyRootFilesystem → readonly_rootfs,
+/// allowPrivilegeEscalation false → no_new_privs, capabilities.drop → drop_capabilities,
+/// seccompProfile → seccomp, procMount (Unmasked → no masked or read-only paths, else kubelet's
+/// defaults), env, and volumeMounts at their mountPath and readOnly, each volume backed by the
+/// host dir `volumes` names (kubelet's emptyDir or claim dir). Not mirrored: the image and
+/// command (the caller's), resources, AppArmor (the host has none enabled), hostUsers (this
+/// containerd has no CRI user namespaces; the pod's ids are the host's).
+fn cri_mirror(
+    rendered: &serde_json::Value,
+    volumes: &[(&str, &Path)],
+) -> (serde_json::Value, serde_json::Value) {
+    let sc = &rendered["securityContext"];
+    let unmasked = sc["procMount"] == "Unmasked";
+    let security = json!({
+        "run_as_user": {"value": sc["runAsUser"]},
+        "readonly_rootfs": sc["readOnlyRootFilesystem"],
+        "no_new_privs": sc["allowPrivilegeEscalation"] == false,
+        "capabilities": {"drop_capabilities": sc["capabilities"]["drop"]},
+        "seccomp": {"profile_type": sc["seccompProfile"]["type"]},
+        "masked_paths": if unmasked { json!([]) } else { json!(MASKED_PATHS) },
+        "readonly_paths": if unmasked { json!([]) } else { json!(READONLY_PATHS) },
+    });
+    let mounts: Vec<serde_json::Value> = rendered["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let name = m["name"].as_str().unwrap();
+            let host = volumes
+                .iter()
+                .find(|(n, _)| *n == name)
+                .unwrap_or_else(|| panic!("no host dir for the rendered volume {name}"))
+                .1;
+            json!({
+                "container_path": m["mountPath"],
+                "host_path": host.display().to_string(),
+                "readonly": m["readOnly"] == true,
+            })
+        })
+        .collect();
+    let envs: Vec<serde_json::Value> = rendered["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| json!({"key": e["name"], "value": e["value"]}))
+        .collect();
+    (security, json!({"mounts": mounts, "envs": envs}))
+}
+
+/// A dir owned by the pod's uid, as kubelet makes an emptyDir or claim dir for fsGroup 1000.
+fn pod_dir(path: &Path) -> &Path {
+    std::fs::create_dir_all(path).unwrap();
+    std::os::unix::fs::chown(path, Some(1000), Some(1000)).unwrap();
+    path
+}
+
+/// OpenClaw's sandbox calls through the `docker` on the gateway's PATH (ExecSync in the
+/// gateway container): the cagerun shim in the broker's emptyDir, served by the `broker`
+/// sidecar, which makes each tool sandbox inside the pod. The pod is what `cagerun export
+/// kube --runtime-class cagerun` renders for a cage with sandboxes, run through the `cagerun`
+/// RuntimeClass handler: each container's CRI security context, env and mounts are derived
+/// from the rendered container ([`cri_mirror`]) after asserting the fields it rests on.
+#[test]
+fn cri_pod_broker_sidecar_makes_tool_sandboxes_for_the_gateway() {
+    let bin = static_bin();
+    cri_case("cri-sidecar", |pod| {
+        let base = pod.ctrd.dir.path();
+        let cage = base.join("cage");
+        std::fs::create_dir_all(cage.join("config")).unwrap();
+        std::fs::write(cage.join("config/cage.toml"), SIDECAR_CAGE_TOML).unwrap();
+        let workspace = pod_dir(&cage.join("workspace")).to_path_buf();
+        busybox_rootfs(&cage.join("rootfs/sandbox"));
+        let spec = rendered_pod(&cage.join("config/cage.toml"));
+        let container = |name: &str| {
+            spec["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == name)
+                .unwrap_or_else(|| panic!("no container {name}: {spec}"))
+                .clone()
+        };
+        let (gw, broker) = (container("gw"), container("broker"));
+
+        // What the rendering says, which the CRI requests below carry over.
+        let bsc = &broker["securityContext"];
+        assert_eq!(bsc["runAsUser"], 1000, "{bsc}");
+        assert_eq!(bsc["procMount"], "Unmasked", "{bsc}");
+        assert_eq!(bsc["seccompProfile"]["type"], "Unconfined", "{bsc}");
+        assert_eq!(bsc["allowPrivilegeEscalation"], false, "{bsc}");
+        assert_eq!(bsc["capabilities"]["drop"], json!(["ALL"]), "{bsc}");
+        assert_eq!(bsc["readOnlyRootFilesystem"], true, "{bsc}");
+        assert_eq!(
+            broker["command"],
+            json!([
+                "cagerun",
+                "broker",
+                "--config",
+                "/cage/config/cage.toml",
+                "--service",
+                "gw",
+                "--dir",
+                "/run/cagerun-broker"
+            ])
+        );
+        let gsc = &gw["securityContext"];
+        assert_eq!(gsc["runAsUser"], 1000, "{gsc}");
+        assert!(gsc.get("procMount").is_none(), "{gsc}");
+        assert_eq!(gsc["seccompProfile"]["type"], "RuntimeDefault", "{gsc}");
+        assert_eq!(gsc["readOnlyRootFilesystem"], true, "{gsc}");
+        assert_eq!(gw["command"], json!(["/bin/sleep", "1000"]));
+        let path = gw["env"]
+            .as_array()
+            .and_then(|e| e.iter().find(|v| v["name"] == "PATH"))
+            .map(|v| v["value"].as_str().unwrap().to_string())
+            .unwrap_or_default();
+        assert!(path.starts_with("/dev/.cagerun:"), "{path}");
+        let mount_of = |c: &serde_json::Value, volume: &str| -> (String, bool) {
+            let m = c["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"] == volume)
+                .unwrap_or_else(|| panic!("{} mounts no {volume}", c["name"]));
+            (
+                m["mountPath"].as_str().unwrap().into(),
+                m["readOnly"] == true,
+            )
+        };
+        assert_eq!(
+            mount_of(&broker, "broker-dir"),
+            ("/run/cagerun-broker".into(), false)
+        );
+        assert_eq!(mount_of(&gw, "broker-dir"), ("/dev/.cagerun".into(), true));
+        assert_eq!(
+            mount_of(&broker, "broker-cage"),
+            ("/cage/config".into(), true)
+        );
+        assert_eq!(mount_of(&broker, "broker-tmp").0, "/tmp");
+        assert_eq!(
+            mount_of(&broker, "pvc-workspace"),
+            ("/cage/workspace".into(), false)
+        );
+        assert_eq!(mount_of(&gw, "pvc-workspace"), ("/workspace".into(), false));
+
+        // The pod's volumes as host dirs: the shared emptyDir, each container's /tmp, the
+        // workspace claim, the cage.toml ConfigMap.
+        let shared = pod_dir(&base.join("broker-dir")).to_path_buf();
+        let broker_tmp = pod_dir(&base.join("broker-tmp")).to_path_buf();
+        let gw_tmp = pod_dir(&base.join("gw-tmp")).to_path_buf();
+        let config = cage.join("config");
+        let volumes: Vec<(&str, &Path)> = vec![
+            ("broker-dir", &shared),
+            ("broker-cage", &config),
+            ("broker-tmp", &broker_tmp),
+            ("tmpfs-tmp", &gw_tmp),
+            ("pvc-workspace", &workspace),
+        ];
+
+        let (security, mut extra) = cri_mirror(&gw, &volumes);
+        merge(&mut extra, json!({"command": gw["command"]}));
+        let gateway = pod.container("gw", security, extra);
+        pod.seen
+            .pid(pod.runtime_state(&gateway)["pid"].as_u64().unwrap() as u32);
+
+        // The broker image's content: the static cagerun on PATH (at a path of its own: a bind
+        // below a dir the sandbox binds would be a locked mount there) and the sandbox tree
+        // where cage.toml names it below /cage.
+        let (security, mut image_content) = cri_mirror(&broker, &volumes);
+        let cagerun = "/opt/cagerun/cagerun";
+        let tree = cage.join("rootfs/sandbox").display().to_string();
+        let mut command = broker["command"].as_array().unwrap().clone();
+        command[0] = json!(cagerun);
+        image_content["mounts"].as_array_mut().unwrap().extend([
+            json!({"container_path": cagerun, "host_path": bin.display().to_string(), "readonly": true}),
+            json!({"container_path": "/cage/rootfs/sandbox", "host_path": tree, "readonly": true}),
+        ]);
+        merge(&mut image_content, json!({"command": command}));
+        // Kubelet restarts a sidecar as the same name with the next attempt.
+        let start_broker = |attempt: u32| {
+            let mut extra = image_content.clone();
+            merge(
+                &mut extra,
+                json!({"metadata": {"attempt": attempt}, "log_path": format!("broker-{attempt}.log")}),
+            );
+            let cid = pod.container("broker", security.clone(), extra);
+            pod.seen
+                .pid(pod.runtime_state(&cid)["pid"].as_u64().unwrap() as u32);
+            let log = base.join("pod-logs").join(format!("broker-{attempt}.log"));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("serving")
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "the broker never served: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            assert!(shared.join("docker.sock").exists());
+            cid
+        };
+        let stop_broker = |cid: &str| {
+            pod.cri
+                .call("StopContainer", json!({"container_id": cid, "timeout": 10}));
+            let st = pod
+                .cri
+                .call("ContainerStatus", json!({"container_id": cid}));
+            assert_eq!(
+                st["status"]["exit_code"].as_i64().unwrap_or(0),
+                0,
+                "SIGTERM ends the broker cleanly: {st}"
+            );
+            assert!(
+                !shared.join("docker.sock").exists(),
+                "the stopped broker removed its socket"
+            );
+            // Its private bundle dir (in its /tmp: no XDG_RUNTIME_DIR) went with it.
+            let private = broker_tmp.join("cagerun-1000");
+            let left: Vec<_> = std::fs::read_dir(&private)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            assert!(left.is_empty(), "the broker left {left:?}");
+        };
+
+        let name = unique("sbx-");
+        let create = format!(
+            "docker create --name {name} --label openclaw.sandbox=1 --read-only --tmpfs /tmp \
+             --network none --user 1000:1000 --cap-drop ALL --security-opt no-new-privileges \
+             --pids-limit 256 --memory 1g --workdir /workspace -v /workspace:/workspace:z \
+             cage-sandbox:test sleep infinity"
+        );
+
+        // The probe is valid: with the shim in place and no broker serving, the same call
+        // fails with the shim's error (the sandbox is the broker's doing, not the gateway's).
+        let first = start_broker(0);
+        stop_broker(&first);
+        pod.cri
+            .call("RemoveContainer", json!({"container_id": first}));
+        let (code, out, err) = pod.exec(&gateway, &create);
+        assert_ne!(code, 0, "{out}");
+        assert!(err.contains("Cannot connect to the Docker daemon"), "{err}");
+        assert!(!workspace.join("from-sandbox").exists());
+
+        let broker_cid = start_broker(1);
+        let (code, out, err) = pod.exec(&gateway, &create);
+        assert_eq!(code, 0, "docker create: {out}{err}");
+        let id = out.trim().to_string();
+        assert!(
+            id.len() == 64 && id.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')),
+            "docker's id: {id}"
+        );
+        let (code, _, err) = pod.exec(&gateway, &format!("docker start {name}"));
+        assert_eq!(code, 0, "docker start: {err}");
+        let (code, out, err) = pod.exec(
+            &gateway,
+            &format!("docker inspect --format '{{{{.Id}}}}' {name}"),
+        );
+        assert_eq!(
+            (code, out.trim()),
+            (0, id.as_str()),
+            "docker inspect: {err}"
+        );
+        let script = r#"id -u; hostname; grep -E "NoNewPrivs|Seccomp|CapEff" /proc/self/status; echo hi > /workspace/from-sandbox"#;
+        let (code, out, err) =
+            pod.exec(&gateway, &format!("docker exec -i {id} sh -lc '{script}'"));
+        assert_eq!(code, 0, "docker exec: {out}{err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.first(), Some(&"1000"), "the policy's user: {out}");
+        assert_eq!(
+            lines.get(1),
+            Some(&&id[..12]),
+            "the sandbox's own hostname: {out}"
+        );
+        assert_eq!(support::line_after(&out, "NoNewPrivs:"), "1", "{out}");
+        assert_eq!(
+            support::line_after(&out, "Seccomp:"),
+            "2",
+            "cagerun's filter: {out}"
+        );
+        assert_eq!(
+            support::line_after(&out, "CapEff:"),
+            "0000000000000000",
+            "{out}"
+        );
+        let written = workspace.join("from-sandbox");
+        assert_eq!(std::fs::read_to_string(&written).unwrap(), "hi\n");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&written).unwrap().uid(), 1000);
+
+        let (code, _, err) = pod.exec(&gateway, &format!("docker rm -f {id}"));
+        assert_eq!(code, 0, "docker rm -f: {err}");
+        let (code, _, _) = pod.exec(&gateway, &format!("docker inspect {name}"));
+        assert_ne!(code, 0, "{name} is gone");
+        stop_broker(&broker_cid);
+        pod.remove_container(&broker_cid);
+        pod.remove_container(&gateway);
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // podman (conmon), root and rootless
 // ---------------------------------------------------------------------------------------------

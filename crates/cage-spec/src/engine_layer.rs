@@ -13,7 +13,10 @@
 //!   the spec's mounts that are not read-only (`/dev`, `/proc`, volumes, `/etc/hosts`, ...).
 //!   Without no_new_privs Landlock would need CAP_SYS_ADMIN or a change of the process's
 //!   privileges, so it is left out; it is a second fence, best effort, on top of what the
-//!   spec asks (a kernel or filter without Landlock keeps the read-only mounts).
+//!   spec asks (a kernel or filter without Landlock keeps the read-only mounts). Only for a
+//!   bundle with a seccomp filter: a Landlock domain may not mount, even in namespaces of its
+//!   own, and an unfiltered (seccomp Unconfined) container is how a pod asks to make them (the
+//!   broker sidecar's tool sandboxes); a filtered one (RuntimeDefault) may not anyway.
 //! - **File descriptors.** Only 0–2 and `--preserve-fds` reach the container (libcontainer
 //!   marks the rest close-on-exec): the engines' own pipes (conmon's sync and start pipes)
 //!   never do.
@@ -76,7 +79,12 @@ fn has_sys_admin(process: &Process) -> bool {
 /// no_new_privs; `None` when Landlock is not added.
 fn landlock_writable(spec: &Spec, no_new_privileges: bool) -> Option<Vec<PathBuf>> {
     let read_only_root = spec.root().as_ref().and_then(|r| r.readonly()) == Some(true);
-    if !read_only_root || !no_new_privileges {
+    let filtered = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref())
+        .is_some();
+    if !read_only_root || !no_new_privileges || !filtered {
         return None;
     }
     let mut writable: Vec<PathBuf> = spec
@@ -262,7 +270,7 @@ mod tests {
 
     #[test]
     fn read_only_root_with_no_new_privs_gets_landlock_on_writable_mounts_only() {
-        let layer = for_init(&spec(true, true, false));
+        let layer = for_init(&spec(true, true, true));
         assert_eq!(
             layer.landlock_writable,
             Some(vec![PathBuf::from("/etc/hosts"), PathBuf::from("/proc")])
@@ -271,9 +279,11 @@ mod tests {
     }
 
     #[test]
-    fn no_landlock_without_read_only_root_or_without_no_new_privs() {
-        assert_eq!(for_init(&spec(false, true, false)).landlock_writable, None);
-        assert_eq!(for_init(&spec(true, false, false)).landlock_writable, None);
+    fn no_landlock_without_read_only_root_no_new_privs_or_a_seccomp_filter() {
+        assert_eq!(for_init(&spec(false, true, true)).landlock_writable, None);
+        assert_eq!(for_init(&spec(true, false, true)).landlock_writable, None);
+        // Unconfined: it may make namespaces, and mount in them (a Landlock domain may not).
+        assert_eq!(for_init(&spec(true, true, false)).landlock_writable, None);
     }
 
     #[test]

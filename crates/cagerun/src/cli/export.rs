@@ -26,8 +26,8 @@ pub struct KubeArgs {
     /// The namespace of every object (default: the cage's name).
     #[arg(long, value_name = "N")]
     namespace: Option<String>,
-    /// Run every pod with this RuntimeClass (e.g. `cagerun`); the broker sidecar then keeps
-    /// the class's default seccomp profile instead of Unconfined.
+    /// Run every pod with this RuntimeClass (e.g. `cagerun`). The broker sidecar stays
+    /// seccomp Unconfined: RuntimeDefault is the container runtime's profile, not the class's.
     #[arg(long, value_name = "NAME")]
     runtime_class: Option<String>,
     /// The broker sidecar's image: the static cagerun binary and the sandbox image trees.
