@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::engines::*;
-use support::{modes, unique, Mode};
+use support::{modes, static_cagerun, unique, Mode};
 
 /// The containers a case made, so its leftover check can name what must be gone.
 #[derive(Default)]
@@ -621,17 +621,7 @@ fn cri_runtime_class_runs_a_hardened_pod() {
 
 /// The static cagerun (scripts/test builds it), bind-mounted read-only into containers.
 fn static_bin() -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let bin = std::env::var_os("CAGERUN_STATIC_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("target/static/bin/cagerun"));
-    assert!(
-        bin.exists(),
-        "{} is missing: the tool-sandbox case runs a static cagerun inside a pod; build it with \
-         `PREFIX=target/static CAGERUN_PROFILE=dev scripts/install` (scripts/test does)",
-        bin.display()
-    );
-    bin
+    static_cagerun("the tool-sandbox cases run a static cagerun inside a pod")
 }
 
 /// A cagerun tool sandbox made inside a CRI pod's container (the gateway's case when it runs

@@ -48,15 +48,7 @@ fn image_layout() -> PathBuf {
 
 /// The static cagerun (scripts/test builds it); copied where the test user can run it.
 fn static_bin() -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let bin = std::env::var_os("CAGERUN_STATIC_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("target/static/bin/cagerun"));
-    assert!(
-        bin.exists(),
-        "{} is missing: image services run the shim from a static cagerun; build it with `PREFIX=target/static CAGERUN_PROFILE=dev scripts/install` (scripts/test does)",
-        bin.display()
-    );
+    let bin = static_cagerun("image services run the shim from a static cagerun");
     let copy = bins().cagerun.with_file_name("cagerun-static");
     std::fs::copy(&bin, &copy).unwrap();
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -7,7 +7,7 @@
 //! same cases then prove each probe is valid), else a `cagerun-runc` symlink to this build's
 //! cagerun (engines take one absolute path and no leading arguments, so cagerun answers as the
 //! runtime when its argv[0] is named `cagerun-runc`).
-use super::{is_root, TempDir};
+use super::{is_root, leftover_processes, TempDir};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -233,15 +233,14 @@ impl Leftovers {
     /// Processes whose command line names `marker` (the case's temp dir: containerd, shims,
     /// conmon, whatever runs from the rootfs).
     pub fn processes(&mut self, marker: &str) {
-        let me = std::process::id().to_string();
         for _ in 0..100 {
-            if processes_naming(marker, &me).is_empty() {
+            if leftover_processes(marker).is_empty() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         self.0.extend(
-            processes_naming(marker, &me)
+            leftover_processes(marker)
                 .into_iter()
                 .map(|p| format!("process {p}")),
         );
@@ -337,23 +336,6 @@ impl Leftovers {
     }
 }
 
-fn processes_naming(marker: &str, me: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.parse::<u32>().is_err() || name == me {
-            continue;
-        }
-        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(marker) {
-                found.push(format!("{name}: {cmd}"));
-            }
-        }
-    }
-    found
-}
-
 /// A process's start time (field 22 of /proc/PID/stat): with the pid, it names one process.
 pub fn proc_start(pid: u32) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -379,8 +361,7 @@ pub fn end_process(pid: u32) {
 
 /// Pids of processes whose command line names `marker`.
 pub fn pids_naming(marker: &str) -> Vec<u32> {
-    let me = std::process::id().to_string();
-    processes_naming(marker, &me)
+    leftover_processes(marker)
         .iter()
         .filter_map(|p| p.split(':').next()?.parse().ok())
         .collect()

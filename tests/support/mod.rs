@@ -173,6 +173,21 @@ pub fn bins() -> &'static Bins {
     })
 }
 
+/// The static cagerun (`CAGERUN_STATIC_BIN`; scripts/test builds it at target/static):
+/// `needed_for` says in the error why this test needs it.
+pub fn static_cagerun(needed_for: &str) -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let bin = std::env::var_os("CAGERUN_STATIC_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("target/static/bin/cagerun"));
+    assert!(
+        bin.exists(),
+        "{} is missing: {needed_for}; build it with `PREFIX=target/static CAGERUN_PROFILE=dev scripts/install` (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
 /// A temp directory owned by whoever the sandbox user is on the host in `mode`; removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -339,7 +354,8 @@ pub fn assert_no_leftovers_locked(marker: &str) {
     assert!(leaves.is_empty(), "cgroups left behind: {leaves:?}");
 }
 
-fn leftover_processes(marker: &str) -> Vec<String> {
+/// Processes (other than this one) whose command line names `marker`, as `PID: CMDLINE`.
+pub fn leftover_processes(marker: &str) -> Vec<String> {
     let me = std::process::id().to_string();
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
