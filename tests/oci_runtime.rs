@@ -194,6 +194,23 @@ impl Bundle {
     }
 }
 
+/// A case that fails midway still ends its containers: every one left in the state
+/// directory is force-deleted (the runtime kills its processes and removes its cgroup).
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        for e in std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if !id.starts_with('.') {
+                let _ = self.cmd(&["delete", "--force", &id]).output();
+            }
+        }
+    }
+}
+
 fn chown_tree(dir: &Path, (uid, gid): (u32, u32)) {
     if !is_root() || uid == 0 {
         return;
