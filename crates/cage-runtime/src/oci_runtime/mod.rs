@@ -48,6 +48,9 @@ const ORIGIN: &str = "origin";
 /// The runtime's state directory, chosen once per call.
 pub struct Runtime {
     root: PathBuf,
+    /// `/proc/self/uid_map`, read once: whether this is the host's root, and who the caller is
+    /// on the host.
+    uid_map: String,
 }
 
 /// `create`'s arguments.
@@ -102,17 +105,15 @@ pub struct State {
 impl Runtime {
     /// `--root`, or the default for this user ([`root::default_root`]), created 0700.
     pub fn open(root: Option<PathBuf>) -> Result<Runtime> {
+        let uid_map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
         let root = match root {
             Some(r) => r,
-            None => {
-                let uid_map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
-                root::default_root(
-                    nix::unistd::geteuid().as_raw(),
-                    root::is_initial_user_namespace(&uid_map),
-                    std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
-                    std::env::var_os("USER").as_deref(),
-                )
-            }
+            None => root::default_root(
+                nix::unistd::geteuid().as_raw(),
+                root::is_initial_user_namespace(&uid_map),
+                std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
+                std::env::var_os("USER").as_deref(),
+            ),
         };
         if !root.is_dir() {
             use std::os::unix::fs::DirBuilderExt;
@@ -122,14 +123,20 @@ impl Runtime {
                 .create(&root)
                 .with_context(|| format!("creating the state directory {}", root.display()))?;
         }
-        Ok(Runtime { root })
+        Ok(Runtime { root, uid_map })
     }
 
     pub fn create(&self, req: CreateRequest) -> Result<()> {
         let spec = bundle_spec(&req.bundle)?;
         let layer = engine_layer::for_init(&spec);
+        if container_dir(&self.root, &req.id).is_none() {
+            bail!(
+                "{:?} is not a container id: one path component (no '/', not . or ..)",
+                req.id
+            );
+        }
         let moved = self.derived_dir(&req.id);
-        let bundle = if engine_layer::needs_rewrite_for_rootless(&spec, is_rootless()) {
+        let bundle = if engine_layer::needs_rewrite_for_rootless(&spec, self.is_rootless()) {
             self.write_moved_bundle(&spec, &req, &moved)?;
             moved.clone()
         } else {
@@ -158,6 +165,7 @@ impl Runtime {
 
     /// Where a bundle rewritten for a rootless run is written
     /// ([`engine_layer::needs_rewrite_for_rootless`]); its `origin` file names the engine's.
+    /// `id` is one path component ([`container_dir`] checked it).
     fn derived_dir(&self, id: &str) -> PathBuf {
         self.root.join(MOVED_BUNDLES).join(id)
     }
@@ -171,7 +179,7 @@ impl Runtime {
         let cgroup = if has_cgroup {
             PathBuf::new()
         } else {
-            delegated_cgroup(&req.id)?
+            delegated_cgroup(&req.id, &self.uid_map)?
         };
         let v1 = matches!(
             cage_sandbox::cgroups::detect(),
@@ -245,8 +253,11 @@ impl Runtime {
     }
 
     pub fn delete(&self, id: &str, force: bool) -> Result<()> {
+        let Some(dir) = container_dir(&self.root, id) else {
+            bail!("container {id:?} does not exist");
+        };
         let moved = self.derived_dir(id);
-        if force && !self.root.join(id).exists() {
+        if force && !dir.exists() {
             let _ = std::fs::remove_dir_all(&moved);
             return Ok(());
         }
@@ -257,7 +268,7 @@ impl Runtime {
             // and cgroup are gone, before its state is removed).
             Err(libcontainer::error::LibcontainerError::Hook(e)) => {
                 tracing::warn!("container {id}: a poststop hook failed: {e}");
-                std::fs::remove_dir_all(self.root.join(id))
+                std::fs::remove_dir_all(&dir)
                     .with_context(|| format!("removing the state of {id}"))?;
             }
             Err(e) => return Err(engine_error(e, id)),
@@ -379,11 +390,9 @@ impl Runtime {
     }
 
     fn load(&self, id: &str) -> Result<Container> {
-        // An id is one path component (libcontainer validates it again when creating).
-        if id.is_empty() || id.contains('/') || id == "." || id == ".." {
+        let Some(dir) = container_dir(&self.root, id) else {
             bail!("container {id:?} does not exist");
-        }
-        let dir = self.root.join(id);
+        };
         if !dir.join("state.json").exists() {
             bail!("container {id} does not exist");
         }
@@ -402,18 +411,25 @@ impl Runtime {
     }
 }
 
-/// Not root of the host: a user, or root of a user namespace (rootless podman).
-fn is_rootless() -> bool {
-    let uid_map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
-    !nix::unistd::geteuid().is_root() || !root::is_initial_user_namespace(&uid_map)
+impl Runtime {
+    /// Not root of the host: a user, or root of a user namespace (rootless podman).
+    fn is_rootless(&self) -> bool {
+        !nix::unistd::geteuid().is_root() || !root::is_initial_user_namespace(&self.uid_map)
+    }
+}
+
+/// A container's state directory; `None` when `id` is not one path component (it would
+/// name something outside the state directory). libcontainer checks ids again on create.
+fn container_dir(root: &Path, id: &str) -> Option<PathBuf> {
+    let one_component = !id.is_empty() && !id.contains('/') && id != "." && id != "..";
+    one_component.then(|| root.join(id))
 }
 
 /// A cgroup for one container in the caller's delegated subtree, as libcontainer's
 /// `cgroupsPath` (relative to each hierarchy's root).
-fn delegated_cgroup(id: &str) -> Result<PathBuf> {
+fn delegated_cgroup(id: &str, uid_map: &str) -> Result<PathBuf> {
     use cage_sandbox::cgroups::{self, Layout};
-    let uid_map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
-    let host_uid = root::host_id(&uid_map, nix::unistd::geteuid().as_raw())
+    let host_uid = root::host_id(uid_map, nix::unistd::geteuid().as_raw())
         .context("this user namespace does not map the caller's uid")?;
     let Some(parent) = cgroups::find_parent(host_uid) else {
         bail!("run rootless with no cgroupsPath, the container needs a cgroup this user may write, and there is none: on cgroup v1 run `sudo cagerun setup-cgroups --user {host_uid}` once per boot; on cgroup v2 run it from a systemd user session (its delegated subtree)");
@@ -545,21 +561,15 @@ fn engine_error(e: libcontainer::error::LibcontainerError, id: &str) -> anyhow::
     }
     let mut text = e.to_string();
     let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        let s = s.to_string();
-        if !text.contains(&s) {
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
             text.push_str(": ");
-            text.push_str(&s);
+            text.push_str(&said);
         }
-        source = s_next(source);
+        source = cause.source();
     }
     anyhow::anyhow!(runc_phrasing(&text))
-}
-
-fn s_next<'a>(
-    e: Option<&'a (dyn std::error::Error + 'static)>,
-) -> Option<&'a (dyn std::error::Error + 'static)> {
-    e.and_then(|e| e.source())
 }
 
 /// libcontainer says `executable 'x' not found in $PATH`; runc (and so podman's and
@@ -655,6 +665,15 @@ const CAPABILITIES: [&str; 41] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_id_is_one_path_component() {
+        let root = Path::new("/run/cagerun-runc");
+        assert_eq!(container_dir(root, "abc"), Some(root.join("abc")));
+        for bad in ["", ".", "..", "../x", "a/b"] {
+            assert_eq!(container_dir(root, bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn missing_executable_reads_as_runcs() {
