@@ -127,21 +127,14 @@ impl SidecarCage {
     }
 }
 
-/// Host pids of processes whose command line names `tag` (not the test itself).
+/// Host pids of processes whose command line names `tag` and passes `what` (not the test
+/// itself).
 fn pids_naming(tag: &str, what: impl Fn(&str) -> bool) -> Vec<i32> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(tag) && what(&cmd) && pid != std::process::id() as i32 {
-                found.push(pid);
-            }
-        }
-    }
-    found
+    processes_naming(tag)
+        .into_iter()
+        .filter(|(_, cmd)| what(cmd))
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {

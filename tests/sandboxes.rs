@@ -62,23 +62,6 @@ fn new_cage(mode: Mode) -> Cage {
     cage
 }
 
-/// (host pid, command line) of every process whose command line names `tag`.
-fn processes_naming(tag: &str) -> Vec<(i32, String)> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(tag) && pid != std::process::id() as i32 {
-                found.push((pid, cmd));
-            }
-        }
-    }
-    found
-}
-
 #[test]
 fn every_tool_command_runs_in_a_fresh_sandbox_with_the_shims_stdio() {
     let _serial = serial();

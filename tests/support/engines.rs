@@ -7,7 +7,7 @@
 //! same cases then prove each probe is valid), else a `cagerun-runc` symlink to this build's
 //! cagerun (engines take one absolute path and no leading arguments, so cagerun answers as the
 //! runtime when its argv[0] is named `cagerun-runc`).
-use super::{is_root, leftover_processes, TempDir};
+use super::{is_root, leftover_processes, processes_naming, TempDir};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -361,9 +361,9 @@ pub fn end_process(pid: u32) {
 
 /// Pids of processes whose command line names `marker`.
 pub fn pids_naming(marker: &str) -> Vec<u32> {
-    leftover_processes(marker)
-        .iter()
-        .filter_map(|p| p.split(':').next()?.parse().ok())
+    processes_naming(marker)
+        .into_iter()
+        .map(|(pid, _)| pid as u32)
         .collect()
 }
 

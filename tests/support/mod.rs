@@ -354,23 +354,34 @@ pub fn assert_no_leftovers_locked(marker: &str) {
     assert!(leaves.is_empty(), "cgroups left behind: {leaves:?}");
 }
 
-/// Processes (other than this one) whose command line names `marker`, as `PID: CMDLINE`.
-pub fn leftover_processes(marker: &str) -> Vec<String> {
-    let me = std::process::id().to_string();
+/// (host pid, command line) of every process other than this one whose command line names
+/// `marker`.
+pub fn processes_naming(marker: &str) -> Vec<(i32, String)> {
+    let me = std::process::id() as i32;
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.parse::<u32>().is_err() || name == me {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == me {
             continue;
         }
         if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
             if cmd.contains(marker) {
-                found.push(format!("{name}: {cmd}"));
+                found.push((pid, cmd));
             }
         }
     }
     found
+}
+
+/// [`processes_naming`] as `PID: CMDLINE` lines (what a leftover report shows).
+pub fn leftover_processes(marker: &str) -> Vec<String> {
+    processes_naming(marker)
+        .into_iter()
+        .map(|(pid, cmd)| format!("{pid}: {cmd}"))
+        .collect()
 }
 
 pub fn unique(tag: &str) -> String {
