@@ -139,6 +139,13 @@ pub struct HealthcheckView {
     pub retries: u32,
 }
 
+/// A Unix time as RFC 3339 in UTC to the second (`2026-12-01T23:02:15Z`): docker's
+/// `Created`, the OCI runtime's log lines.
+pub fn rfc3339_utc(secs: i64) -> String {
+    let (y, m, d, h, mi, sec) = civil_utc(secs);
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{sec:02}Z")
+}
+
 /// A Unix time in UTC as (year, month, day, hour, minute, second), for the times views
 /// print (docker's `Created`, the egress log's table).
 pub fn civil_utc(secs: i64) -> (i64, i64, i64, i64, i64, i64) {

@@ -8,7 +8,8 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::views::civil_utc;
+use crate::services::state::unix_now;
+use crate::views::rfc3339_utc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -33,8 +34,7 @@ impl LogFormat {
 
 /// One error line (with its newline) at `unix_secs`.
 pub fn error_line(format: LogFormat, msg: &str, unix_secs: i64) -> String {
-    let (y, mo, d, h, mi, s) = civil_utc(unix_secs);
-    let time = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z");
+    let time = rfc3339_utc(unix_secs);
     match format {
         LogFormat::Json => {
             let line = serde_json::json!({ "level": "error", "msg": msg, "time": time });
@@ -52,10 +52,7 @@ pub fn error_line(format: LogFormat, msg: &str, unix_secs: i64) -> String {
 /// Append the error to the engine's `--log` file (created 0600 if missing).
 pub fn append(log: &Path, format: LogFormat, msg: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = unix_now() as i64;
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -473,7 +473,7 @@ impl Broker {
             shape,
             env,
             running: false,
-            created: now_rfc3339(),
+            created: crate::views::rfc3339_utc(super::state::unix_now() as i64),
             running_execs: Vec::new(),
             net,
         });
@@ -977,13 +977,4 @@ fn random_id() -> String {
         let _ = f.read_exact(&mut bytes);
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let (y, m, d, h, mi, sec) = crate::views::civil_utc(secs);
-    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{sec:02}Z")
 }
