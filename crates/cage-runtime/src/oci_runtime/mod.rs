@@ -506,32 +506,31 @@ fn bundle_spec(bundle: &Path) -> Result<Spec> {
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
+    let what = format!("{what} {}", path.display());
+    let file = std::fs::File::open(path).with_context(|| format!("opening {what}"))?;
+    parse_bounded(file, &what)
+}
+
+/// JSON from `from`, refused past [`MAX_JSON`] bytes.
+fn parse_bounded<T: serde::de::DeserializeOwned>(
+    from: impl std::io::Read,
+    what: &str,
+) -> Result<T> {
     use std::io::Read;
-    let file =
-        std::fs::File::open(path).with_context(|| format!("opening {what} {}", path.display()))?;
     let mut text = Vec::new();
-    file.take(MAX_JSON + 1)
+    from.take(MAX_JSON + 1)
         .read_to_end(&mut text)
-        .with_context(|| format!("reading {what} {}", path.display()))?;
+        .with_context(|| format!("reading {what}"))?;
     if text.len() as u64 > MAX_JSON {
-        bail!("{what} {} is larger than {MAX_JSON} bytes", path.display());
+        bail!("{what} is larger than {MAX_JSON} bytes");
     }
-    serde_json::from_slice(&text).with_context(|| format!("{what} {}", path.display()))
+    serde_json::from_slice(&text).with_context(|| what.to_string())
 }
 
 /// `update --resources`'s JSON (a file, or `-` for stdin as containerd sends it).
 pub fn read_resources(source: &Path) -> Result<LinuxResources> {
     if source == Path::new("-") {
-        use std::io::Read;
-        let mut text = Vec::new();
-        std::io::stdin()
-            .take(MAX_JSON + 1)
-            .read_to_end(&mut text)
-            .context("reading the resources from stdin")?;
-        if text.len() as u64 > MAX_JSON {
-            bail!("the resources on stdin are larger than {MAX_JSON} bytes");
-        }
-        return serde_json::from_slice(&text).context("the resources on stdin");
+        return parse_bounded(std::io::stdin(), "the resources on stdin");
     }
     read_json(source, "the resources file")
 }
