@@ -12,6 +12,7 @@ pub fn run_spec(spec: &oci_spec::runtime::Spec, interactive: bool) -> Result<i32
     let opts = RunOptions {
         interactive,
         timeout: None,
+        park: None,
     };
     Ok(run(spec, Path::new("/"), &opts)?.code())
 }
@@ -26,6 +27,16 @@ pub fn run(spec: &oci_spec::runtime::Spec, base: &Path, opts: &RunOptions) -> Re
         plan.uid_map[0].outside
     );
     Ok(cage_sandbox::run(&plan, opts)?)
+}
+
+/// `--park FD`: only a socket the broker passed; anything else is a caller's mistake.
+pub fn check_park_socket(fd: i32) -> Result<()> {
+    let st = nix::sys::stat::fstat(fd)
+        .map_err(|e| anyhow::anyhow!("--park {fd}: {e}: pass an open socket"))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        anyhow::bail!("--park {fd}: not a socket");
+    }
+    Ok(())
 }
 
 /// An OCI bundle's spec and its resolved directory.

@@ -314,6 +314,18 @@ impl Leaf {
         &self.dirs
     }
 
+    /// The leaf's directory (cgroup v2: the one hierarchy), for clone3's CLONE_INTO_CGROUP.
+    pub fn open_dir(&self) -> Result<std::os::fd::OwnedFd> {
+        let dir = &self.dirs[0];
+        fs::File::open(dir)
+            .map(std::os::fd::OwnedFd::from)
+            .map_err(|source| SandboxError::Cgroup {
+                path: dir.clone(),
+                what: "opening",
+                source,
+            })
+    }
+
     /// How many times the memory limit was hit (v2 `memory.events` max, v1 failcnt).
     pub fn memory_pressure_events(&self) -> u64 {
         let read = |p: PathBuf| fs::read_to_string(p).unwrap_or_default();

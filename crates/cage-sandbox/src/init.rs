@@ -32,6 +32,9 @@ pub struct ChildFds {
     pub tty: Option<RawFd>,
     /// Keep the caller's stdin (`-i`); otherwise stdin is /dev/null.
     pub interactive: bool,
+    /// A parked sandbox's socket (see [`crate::park`]): the command, its stdio and the go
+    /// come from there.
+    pub park: Option<RawFd>,
 }
 
 pub struct ChildArgs<'a> {
@@ -115,6 +118,7 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
     let mut keep = vec![f.sync_read, f.err_write, f.status_write];
     keep.extend(f.net_receiver);
     keep.extend(f.tty);
+    keep.extend(f.park);
     fds::close_all_except(&keep);
     setup_stdio(&f)?;
 
@@ -122,6 +126,10 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
     //    the caller's own host identity; we already hold every capability in the new
     //    namespaces, so the hostname can be set.
     let sources = open_sources(plan)?;
+    let ready = match f.park {
+        Some(_) => parked_sources(plan, &sources)?,
+        None => crate::park::Ready::default(),
+    };
     if let (true, Some(name)) = (plan.namespaces.uts, &plan.hostname) {
         nix::unistd::sethostname(name)
             .map_err(|e| SandboxError::Setup(format!("sethostname: {e}")))?;
@@ -176,7 +184,31 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
     }
 
-    // 6. The command.
+    // 6. The command: a parked sandbox waits for it here, with everything above done.
+    let parked_process;
+    let process = match f.park {
+        Some(sock) => {
+            let (go, stdio) = crate::park::wait_for_go(sock, &ready)?;
+            for (target, fd) in stdio.iter().enumerate() {
+                use std::os::fd::AsRawFd;
+                // SAFETY: dup2 of descriptors we own onto stdio.
+                if unsafe { libc::dup2(fd.as_raw_fd(), target as RawFd) } < 0 {
+                    return Err(SandboxError::Setup(format!(
+                        "dup2: {}",
+                        std::io::Error::last_os_error()
+                    )));
+                }
+            }
+            drop(stdio);
+            let mut p = plan.process.clone();
+            p.args = go.args;
+            p.env = go.env;
+            p.cwd = go.cwd.into();
+            parked_process = p;
+            &parked_process
+        }
+        None => &plan.process,
+    };
     let all = SigSet::all();
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), None)
         .map_err(|e| SandboxError::Setup(format!("sigprocmask: {e}")))?;
@@ -186,8 +218,14 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
     let mut stack = vec![0u8; 256 << 10];
     let err_write = f.err_write;
     let spawn = Box::new(|| -> isize {
-        let e = exec_command(plan, seccomp, &f).unwrap_err();
+        let e = exec_command(process, plan, seccomp, &f).unwrap_err();
         report(err_write, &e.to_string());
+        if f.park.is_some() {
+            // A parked sandbox's caller reads the stderr it handed over, not the engine's:
+            // the same line `cagerun exec` prints for a fresh sandbox goes there.
+            let line = format!("cagerun: {}\n", SandboxError::Setup(e.to_string()));
+            report(2, &line);
+        }
         // SAFETY: leave without unwinding into pid 1's frames.
         unsafe { libc::_exit(125) }
     });
@@ -220,6 +258,9 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
     let bytes = code.to_ne_bytes();
     // SAFETY: a write of a live buffer.
     unsafe { libc::write(f.status_write, bytes.as_ptr().cast(), bytes.len()) };
+    if let Some(sock) = f.park {
+        crate::park::send_code(sock, code);
+    }
     Ok(code)
 }
 
@@ -299,6 +340,24 @@ fn open_sources(plan: &Plan) -> Result<rootfs::SourceFds> {
     Ok(map)
 }
 
+/// What a parked sandbox reports it binds from hostile roots (see [`crate::park::Ready`]).
+fn parked_sources(plan: &Plan, sources: &rootfs::SourceFds) -> Result<crate::park::Ready> {
+    let mut ready = crate::park::Ready::default();
+    for m in &plan.mounts {
+        if let crate::mounts::MountKind::Bind {
+            source,
+            beneath: Some(_),
+            ..
+        } = &m.kind
+        {
+            if let Some(fd) = sources.get(source) {
+                ready.sources.push(crate::park::identity(*fd)?);
+            }
+        }
+    }
+    Ok(ready)
+}
+
 fn set_identity(plan: &Plan, privileged: bool) -> Result<()> {
     let fail = |what: &str, e: nix::Error| SandboxError::Setup(format!("{what}: {e}"));
     prctl(libc::PR_SET_KEEPCAPS, 1, "PR_SET_KEEPCAPS")?;
@@ -353,9 +412,14 @@ pub fn reap_and_forward(command: Pid) -> i32 {
     }
 }
 
-fn exec_command(plan: &Plan, seccomp: &[BpfProgram], f: &ChildFds) -> Result<Infallible> {
+fn exec_command(
+    process: &crate::plan::ProcessPlan,
+    plan: &Plan,
+    seccomp: &[BpfProgram],
+    f: &ChildFds,
+) -> Result<Infallible> {
     crate::process::exec(
-        &plan.process,
+        process,
         seccomp,
         &crate::process::ExecSetup {
             console: f.tty.is_some(),

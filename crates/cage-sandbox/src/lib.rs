@@ -38,12 +38,14 @@ pub mod loopback;
 pub mod mounts;
 pub mod namespaces;
 pub mod netns;
+pub mod park;
 pub mod plan;
 pub mod process;
 pub mod pty;
 pub mod rlimits;
 pub mod rootfs;
 pub mod seccomp;
+pub mod steps;
 pub mod syscalls;
 
 pub use error::SandboxError;

@@ -111,6 +111,8 @@ struct SandboxesFile {
     /// caps times `max`.
     memory_total: Option<String>,
     pids_total: Option<i64>,
+    /// Sandboxes kept made and parked per started container (the broker's warm pool).
+    pool: Option<u32>,
     /// What the sandboxes may reach (the same entries as a service's list); none unless
     /// listed.
     #[serde(default)]
@@ -268,6 +270,10 @@ pub struct Sandboxes {
     /// in, inside the cage's.
     pub memory_total: u64,
     pub pids_total: i64,
+    /// Sandboxes the broker keeps made and parked per started container, so a tool call
+    /// finds its sandbox ready (each still runs one command; 0: every call makes its own).
+    /// They count against `max` and the totals like running ones.
+    pub pool: u32,
     /// What each sandbox may reach ([`crate::egress`]); empty: nothing but its own `lo`.
     pub internet: Vec<Rule>,
 }
@@ -276,6 +282,10 @@ pub struct Sandboxes {
 /// and the most it may say.
 pub const SANDBOXES_MAX_DEFAULT: u32 = 8;
 pub const SANDBOXES_MAX_LIMIT: u32 = 64;
+/// Parked sandboxes per started container unless `[services.X.sandboxes] pool` says
+/// otherwise: OpenClaw creates one container per session and runs every tool command of the
+/// session in it, so one parked sandbox serves each next call.
+pub const SANDBOXES_POOL_DEFAULT: u32 = 1;
 
 impl Service {
     /// A long-running service the supervisor starts (not a one-shot job).
@@ -544,6 +554,14 @@ pub fn parse_cage(file: &str, text: &str) -> Result<Cage, CageError> {
                     None => memory.saturating_mul(u64::from(max)),
                 };
                 let pids_total = f.pids_total.unwrap_or(pids.saturating_mul(i64::from(max)));
+                let pool = f.pool.unwrap_or(SANDBOXES_POOL_DEFAULT);
+                if pool > max {
+                    return Err(err(
+                        sp,
+                        &key("sandboxes.pool"),
+                        format!("{pool}: at most max ({max}): parked sandboxes count against it"),
+                    ));
+                }
                 if memory_total < memory || pids_total < pids {
                     return Err(err(
                         sp,
@@ -562,6 +580,7 @@ pub fn parse_cage(file: &str, text: &str) -> Result<Cage, CageError> {
                     max,
                     memory_total,
                     pids_total,
+                    pool,
                     internet: f
                         .internet
                         .iter()
@@ -939,6 +958,19 @@ restart = "on-failure"
 tmpfs = [{ dst = "/tmp", size = "256m" }]
 env = { OPENCLAW_CONFIG_READONLY = "1" }
 "#;
+
+    #[test]
+    fn a_sandbox_pool_defaults_to_one_and_fits_within_max() {
+        let cage = |extra: &str| {
+            format!("[services.a]\nhost = true\ncommand = [\"x\"]\n[services.a.sandboxes]\nimages = {{ \"s:1\" = \"host\" }}\n{extra}")
+        };
+        let c = parse_cage("f", &cage("")).unwrap();
+        assert_eq!(c.services[0].sandboxes.as_ref().unwrap().pool, 1);
+        let c = parse_cage("f", &cage("pool = 0\n")).unwrap();
+        assert_eq!(c.services[0].sandboxes.as_ref().unwrap().pool, 0);
+        let e = bad(&cage("max = 2\npool = 3\n"));
+        assert!(e.contains("sandboxes.pool") && e.contains("at most max (2)"), "{e}");
+    }
 
     fn bad(text: &str) -> String {
         parse_cage("config/cage.toml", text)

@@ -27,6 +27,8 @@ use cage_spec::docker::{self, BrokerPolicy, Call, DockerError, SandboxShape};
 use cage_spec::sandbox::DEFAULT_USER;
 use cage_spec::{passwd, HostIds, RootfsSource};
 
+mod pool;
+
 use crate::ipc::IpcError;
 use crate::proto::{ShimReply, ShimRequest as Request};
 use crate::shim::SOCKET_NAME;
@@ -43,6 +45,8 @@ pub struct Setup {
     /// Their totals (`memory_total`, `pids_total`): the limits of the cgroup they all run in.
     pub memory_total: u64,
     pub pids_total: i64,
+    /// Sandboxes kept parked per started container ([`pool`]).
+    pub pool: usize,
     /// That cgroup, once the supervisor made it inside the cage's (the sandbox engine's
     /// parent, `CAGERUN_CGROUP_PARENT`).
     pub cgroup_parent: Option<String>,
@@ -111,6 +115,7 @@ pub fn setup(
         max_running: sb.max as usize,
         memory_total: sb.memory_total,
         pids_total: sb.pids_total,
+        pool: sb.pool as usize,
         cgroup_parent: None,
         roots,
         internet: sb.internet.clone(),
@@ -156,6 +161,10 @@ pub struct Broker {
     running: Arc<AtomicUsize>,
     /// Calls being served now (each holds a thread and the shim's descriptors).
     connections: Arc<AtomicUsize>,
+    /// The warm pool ([`pool`]): parked sandboxes, and the thread that makes and reaps them.
+    parked: Mutex<Vec<pool::Parked>>,
+    jobs: Mutex<Option<std::sync::mpsc::Sender<pool::Job>>>,
+    pool_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// Calls served at once; one more is answered "busy" and closed at once. A tool command
@@ -222,7 +231,19 @@ impl Broker {
             next_run: AtomicU64::new(0),
             connections: Arc::new(AtomicUsize::new(0)),
             running: Arc::new(AtomicUsize::new(0)),
+            parked: Mutex::new(Vec::new()),
+            jobs: Mutex::new(None),
+            pool_thread: Mutex::new(None),
         });
+        if broker.setup.pool > 0 {
+            let (tx, rx) = std::sync::mpsc::channel();
+            *broker.jobs.lock().unwrap() = Some(tx);
+            let b = broker.clone();
+            let handle = std::thread::Builder::new()
+                .name("broker-pool".into())
+                .spawn(move || b.pool_thread(rx))?;
+            *broker.pool_thread.lock().unwrap() = Some(handle);
+        }
         let b = broker.clone();
         std::thread::Builder::new()
             .name("broker".into())
@@ -268,6 +289,12 @@ impl Broker {
         let gone: Vec<Container> = std::mem::take(&mut *self.containers.lock().unwrap());
         for c in gone {
             c.kill_running();
+        }
+        // The pool's thread ends its parked sandboxes and reaps what it holds, then exits.
+        self.send_job(pool::Job::Stop);
+        self.jobs.lock().unwrap().take();
+        if let Some(t) = self.pool_thread.lock().unwrap().take() {
+            let _ = t.join();
         }
     }
 
@@ -346,10 +373,12 @@ impl Broker {
                 let mut containers = self.containers.lock().unwrap();
                 let mut out = String::new();
                 let mut result = Ok(());
+                let mut started = Vec::new();
                 for n in &names {
                     match find(&mut containers, n) {
                         Some(c) => {
                             c.running = true;
+                            started.push(c.id.clone());
                             out.push_str(&format!("{n}\n"));
                         }
                         None => {
@@ -359,6 +388,10 @@ impl Broker {
                     }
                 }
                 drop(containers);
+                // Its first call finds a sandbox parked.
+                for id in started {
+                    self.send_job(pool::Job::Fill(id));
+                }
                 io.out(&out);
                 result.map(|()| String::new())
             }
@@ -411,6 +444,7 @@ impl Broker {
                     };
                     let c = containers.remove(i);
                     c.kill_running();
+                    self.drop_parked(&c.id);
                     gone.push(c);
                     out.push_str(&format!("{n}\n"));
                 }
@@ -505,10 +539,32 @@ impl Broker {
             Ok(f) => f,
             Err(err) => return io.fail(&err, 1),
         };
+        // A parked sandbox of the same spec, if the pool has one (never with a terminal,
+        // which the engine opens before the sandbox, or a network of the container's own).
+        if !e.tty && net.is_none() && self.setup.pool > 0 {
+            let mut call_env = env.clone();
+            if add_env(&mut call_env, req, &e.env_files, &e.env).is_ok() {
+                if let Ok(spec) = self.render(&shape, e, call_env, &id) {
+                    if let pool::Served::Ran(code) =
+                        self.serve_parked(&id, &spec, e.interactive, &io, conn)
+                    {
+                        // The pool is topped up after the call, not beside it: on a small
+                        // machine a sandbox being made would slow the command down.
+                        self.send_job(pool::Job::Fill(id));
+                        return code;
+                    }
+                }
+            }
+        }
         // The sandbox budget: a slot is taken before anything starts and given back when
-        // the sandbox has ended.
+        // the sandbox has ended. Parked sandboxes hold slots too: one gives way to a call.
         let max = self.setup.max_running;
-        let Some(_slot) = Slot::take(&self.running, max) else {
+        let slot = Slot::take(&self.running, max).or_else(|| {
+            self.evict_one()
+                .then(|| Slot::take(&self.running, max))
+                .flatten()
+        });
+        let Some(_slot) = slot else {
             return io.fail(
                 &DockerError(format!(
                     "Error response from daemon: the cage's sandbox budget is spent ({max} sandboxes running, `[services.{}.sandboxes] max`): try again when one has ended",
@@ -517,7 +573,9 @@ impl Broker {
                 125,
             );
         };
-        self.exec_within_budget(req, e, io, conn, (id, shape, env), net)
+        let code = self.exec_within_budget(req, e, io, conn, (id.clone(), shape, env), net);
+        self.send_job(pool::Job::Fill(id));
+        code
     }
 
     fn exec_within_budget(
@@ -598,15 +656,14 @@ impl Broker {
             .map_err(|err| DockerError(format!("Error response from daemon: {err}")))
     }
 
-    fn run_sandbox(
+    /// `cagerun exec --bundle` for one sandbox, as every sandbox of the broker starts: fresh
+    /// for a call, or parked by the pool.
+    fn sandbox_command(
         &self,
         bundle: &Path,
         interactive: bool,
-        io: Io,
-        conn: &std::os::unix::net::UnixStream,
-        id: &str,
         net: Option<&super::egress::SandboxNet>,
-    ) -> i32 {
+    ) -> std::process::Command {
         let mut cmd = std::process::Command::new(&self.exe);
         cmd.arg("exec").arg("--bundle").arg(bundle);
         if let Some(net) = net {
@@ -617,17 +674,15 @@ impl Broker {
         if interactive {
             cmd.arg("-i");
         }
-        cmd.stdin(std::process::Stdio::from(io.stdin))
-            .stdout(std::process::Stdio::from(io.stdout))
-            .stderr(std::process::Stdio::from(io.stderr))
-            .env_remove("CAGERUN_LOG")
+        cmd.env_remove("CAGERUN_LOG")
             .env_remove(cage_sandbox::cgroups::PARENT_ENV);
         if let Some(parent) = &self.setup.cgroup_parent {
             // Inside the cage's cgroup, under the service's sandbox totals.
             cmd.env(cage_sandbox::cgroups::PARENT_ENV, parent);
         }
-        // SAFETY: prctl is async-signal-safe. The sandbox dies with this thread (the
-        // supervisor's), so a supervisor that dies cannot leave it behind.
+        // SAFETY: prctl is async-signal-safe. The sandbox dies with the thread that starts
+        // it (a call's, or the pool's: both the supervisor's), so a supervisor that dies
+        // cannot leave it behind.
         unsafe {
             cmd.pre_exec(|| {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -636,6 +691,22 @@ impl Broker {
                 Ok(())
             });
         }
+        cmd
+    }
+
+    fn run_sandbox(
+        &self,
+        bundle: &Path,
+        interactive: bool,
+        io: Io,
+        conn: &std::os::unix::net::UnixStream,
+        id: &str,
+        net: Option<&super::egress::SandboxNet>,
+    ) -> i32 {
+        let mut cmd = self.sandbox_command(bundle, interactive, net);
+        cmd.stdin(std::process::Stdio::from(io.stdin))
+            .stdout(std::process::Stdio::from(io.stdout))
+            .stderr(std::process::Stdio::from(io.stderr));
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(err) => {
