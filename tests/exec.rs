@@ -708,3 +708,60 @@ fn stdin_is_attached_only_with_dash_i() {
         }
     }
 }
+
+/// On cgroup v1 (this project's CI hosts have the hybrid layout) every sandbox is moved into
+/// its cgroup by a write to `cgroup.procs`, which waits out an RCU grace period unless the
+/// kernel's global `favordynmods` is on: `setup-cgroups` turns it on through the cgroup2
+/// mount and keeps that mount's other options. (How long a move takes is measured by
+/// scripts/bench, never asserted here.)
+#[test]
+fn setup_cgroups_makes_cgroup_moves_cheap_on_v1_and_keeps_the_mounts_options() {
+    let mountinfo = || std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let cgroup2 = |info: &str| {
+        info.lines().find(|l| l.contains(" - cgroup2 ")).map(|l| {
+            let super_opts = l.rsplit(' ').next().unwrap().to_string();
+            let mount_opts = l.split(' ').nth(5).unwrap().to_string();
+            (super_opts, mount_opts)
+        })
+    };
+    if !std::path::Path::new("/sys/fs/cgroup/memory").is_dir() {
+        // Pure v2: sandboxes are born in their cgroup (CLONE_INTO_CGROUP); nothing to set.
+        return;
+    }
+    assert!(
+        is_root(),
+        "setup-cgroups is a root command: run the tests as root (scripts/test)"
+    );
+    let (before_super, before_mount) = cgroup2(&mountinfo())
+        .expect("the hybrid layout has a cgroup2 mount (/sys/fs/cgroup/unified)");
+    let user = std::env::var("CAGERUN_TEST_USER").unwrap_or("cagetest".into());
+    let out = std::process::Command::new(&bins().cagerun)
+        .args(["setup-cgroups", "--user", &user])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("cheap cgroup moves: favordynmods on "),
+        "{stdout}"
+    );
+    let (after_super, after_mount) = cgroup2(&mountinfo()).unwrap();
+    assert!(
+        after_super.split(',').any(|o| o == "favordynmods"),
+        "{after_super}"
+    );
+    for opt in before_super.split(',').filter(|o| *o != "favordynmods") {
+        assert!(
+            after_super.split(',').any(|o| o == opt),
+            "{opt} kept: {after_super}"
+        );
+    }
+    assert_eq!(
+        after_mount, before_mount,
+        "the mount's own flags are untouched"
+    );
+}

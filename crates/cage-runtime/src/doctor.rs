@@ -220,6 +220,16 @@ pub fn check() -> Result<Report> {
                 ),
                 None => r.warn("limits", format!("cgroup {kind} not delegated to uid {uid}: rlimits; fix: sudo cagerun setup-cgroups --user {}", crate::host::user_name(uid))),
             }
+            // v1 moves each sandbox into its cgroup by a write that waits out an RCU grace
+            // period unless favordynmods is on (v2 starts it there with CLONE_INTO_CGROUP).
+            if kind != "v2" {
+                match cgroups::cgroup2_mount() {
+                    Some((_, opts)) if opts.iter().any(|o| o == cgroups::FAVOR_DYNMODS) => {
+                        r.ok("cgroup moves", "favordynmods: a sandbox joins its cgroup at once")
+                    }
+                    _ => r.warn("cgroup moves", "favordynmods is off: each `cagerun exec` waits 5-12 ms for the kernel to move its sandbox into its cgroup; fix: sudo cagerun setup-cgroups --user NAME (Linux 6.0+ with a cgroup2 mount)"),
+                }
+            }
         }
     }
 

@@ -969,7 +969,10 @@ env = { OPENCLAW_CONFIG_READONLY = "1" }
         let c = parse_cage("f", &cage("pool = 0\n")).unwrap();
         assert_eq!(c.services[0].sandboxes.as_ref().unwrap().pool, 0);
         let e = bad(&cage("max = 2\npool = 3\n"));
-        assert!(e.contains("sandboxes.pool") && e.contains("at most max (2)"), "{e}");
+        assert!(
+            e.contains("sandboxes.pool") && e.contains("at most max (2)"),
+            "{e}"
+        );
     }
 
     fn bad(text: &str) -> String {

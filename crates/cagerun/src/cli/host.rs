@@ -29,9 +29,20 @@ pub struct SetupArgs {
 
 pub fn setup_cgroups(args: SetupArgs) -> Result<()> {
     match cage_runtime::cgroup_setup::delegate(&args.user)? {
-        Delegation::V1 { user, dirs } => {
+        Delegation::V1 {
+            user,
+            dirs,
+            favordynmods,
+        } => {
             for dir in dirs {
                 println!("delegated {} to {user}", dir.display());
+            }
+            match favordynmods {
+                Ok(point) => println!(
+                    "cheap cgroup moves: favordynmods on {} (global; undo with a remount without it)",
+                    point.display()
+                ),
+                Err(why) => println!("cheap cgroup moves: not available: {why}"),
             }
         }
         Delegation::Unified { user, uid } => println!(
