@@ -29,14 +29,29 @@ pub fn run(spec: &oci_spec::runtime::Spec, base: &Path, opts: &RunOptions) -> Re
     Ok(cage_sandbox::run(&plan, opts)?)
 }
 
-/// `--park FD`: only a socket the broker passed; anything else is a caller's mistake.
-pub fn check_park_socket(fd: i32) -> Result<()> {
+/// The broker's warm pool starts `cagerun exec --bundle B` with this variable naming the
+/// descriptor of a parked sandbox's socket (cage-sandbox `park`). An environment variable,
+/// not an argument: pid 1's command line is readable inside the sandbox, its environment is
+/// not (pid 1 is not dumpable), so a parked sandbox's pid 1 reads like a fresh one's.
+pub const PARK_ENV: &str = "CAGERUN_PARK_FD";
+
+/// [`PARK_ENV`], taken out of this process's environment: only a socket is accepted.
+pub fn park_socket_from_env() -> Result<Option<i32>> {
+    let Some(value) = std::env::var_os(PARK_ENV) else {
+        return Ok(None);
+    };
+    // Single-threaded here (the CLI before the engine starts).
+    std::env::remove_var(PARK_ENV);
+    let fd: i32 = value
+        .to_str()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("{PARK_ENV}={value:?}: a descriptor number"))?;
     let st = nix::sys::stat::fstat(fd)
-        .map_err(|e| anyhow::anyhow!("--park {fd}: {e}: pass an open socket"))?;
+        .map_err(|e| anyhow::anyhow!("{PARK_ENV}={fd}: {e}: pass an open socket"))?;
     if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-        anyhow::bail!("--park {fd}: not a socket");
+        anyhow::bail!("{PARK_ENV}={fd}: not a socket");
     }
-    Ok(())
+    Ok(Some(fd))
 }
 
 /// An OCI bundle's spec and its resolved directory.

@@ -588,7 +588,7 @@ pub fn favor_dynamic_moves(point: &Path, options: &[String]) -> Result<()> {
 }
 
 /// Remove cgroup directories deepest first (each one's children, then itself); each must be
-/// empty of processes by now. What cannot be removed stays.
+/// empty of processes by now (one still busy gets 200 ms). What cannot be removed stays.
 pub fn remove_tree(dirs: &[PathBuf]) {
     for d in dirs {
         if let Ok(entries) = fs::read_dir(d) {
@@ -598,7 +598,15 @@ pub fn remove_tree(dirs: &[PathBuf]) {
                 }
             }
         }
-        let _ = fs::remove_dir(d);
+        // A process killed a moment ago may still be leaving (EBUSY): give it a little time.
+        for _ in 0..100 {
+            match fs::remove_dir(d) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(2))
+                }
+                _ => break,
+            }
+        }
     }
 }
 

@@ -189,7 +189,9 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
     let process = match f.park {
         Some(sock) => {
             let (go, stdio) = crate::park::wait_for_go(sock, &ready)?;
-            for (target, fd) in stdio.iter().enumerate() {
+            // Two descriptors: stdout and stderr (stdin stays the /dev/null of step 1).
+            let first = 3 - stdio.len();
+            for (target, fd) in (first..).zip(stdio.iter()) {
                 use std::os::fd::AsRawFd;
                 // SAFETY: dup2 of descriptors we own onto stdio.
                 if unsafe { libc::dup2(fd.as_raw_fd(), target as RawFd) } < 0 {

@@ -8,8 +8,9 @@
 //!    hostile root, so the broker can check, when it hands the sandbox a command, that a
 //!    fresh sandbox would bind the same directories now;
 //! 2. the broker sends [`Go`]: the command's argv, environment and working directory, with
-//!    its stdin, stdout and stderr as SCM_RIGHTS;
-//! 3. pid 1 puts the three on 0, 1, 2 and starts the command down the same path every
+//!    its stdout and stderr as SCM_RIGHTS, and its stdin before them when the call keeps it
+//!    (`-i`; otherwise the command keeps the /dev/null pid 1 opened, as a fresh one does);
+//! 3. pid 1 puts them on 0 (or 1), 1, 2 and starts the command down the same path every
 //!    sandbox takes (capabilities, no_new_privs, Landlock, seccomp last);
 //! 4. when the command ends pid 1 sends its exit code (4 bytes), before the namespaces are
 //!    torn down, so the broker can answer its caller at once.
@@ -164,7 +165,7 @@ pub fn current_sources(plan: &crate::plan::Plan) -> Result<Ready> {
 }
 
 /// One message, whole (SOCK_SEQPACKET keeps boundaries; a truncated one is refused).
-fn recv_message(sock: RawFd, max: usize, want_fds: usize) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
+fn recv_message(sock: RawFd, max: usize, want_fds: &[usize]) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
     let mut buf = vec![0u8; max];
     let mut cmsg = nix::cmsg_space!([RawFd; 3]);
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
@@ -195,7 +196,7 @@ fn recv_message(sock: RawFd, max: usize, want_fds: usize) -> Result<(Vec<u8>, Ve
             "park socket: the broker went away".into(),
         ));
     }
-    if truncated || fds.len() != want_fds {
+    if truncated || !want_fds.contains(&fds.len()) {
         return Err(malformed("message"));
     }
     buf.truncate(len);
@@ -215,13 +216,13 @@ fn send_message(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> Result<()> {
     }
 }
 
-/// pid 1's side: say it is parked, then wait for its command and stdio.
-pub(crate) fn wait_for_go(sock: RawFd, ready: &Ready) -> Result<(Go, [OwnedFd; 3])> {
+/// pid 1's side: say it is parked, then wait for its command and stdio: stdout and stderr,
+/// and stdin first when the call keeps it (`-i`); otherwise the command keeps the /dev/null
+/// pid 1 opened, as a fresh sandbox's does.
+pub(crate) fn wait_for_go(sock: RawFd, ready: &Ready) -> Result<(Go, Vec<OwnedFd>)> {
     send_message(sock, &ready.encode(), &[])?;
-    let (bytes, fds) = recv_message(sock, GO_MAX, 3)?;
-    let go = Go::decode(&bytes)?;
-    let [stdin, stdout, stderr]: [OwnedFd; 3] = fds.try_into().map_err(|_| malformed("stdio"))?;
-    Ok((go, [stdin, stdout, stderr]))
+    let (bytes, fds) = recv_message(sock, GO_MAX, &[2, 3])?;
+    Ok((Go::decode(&bytes)?, fds))
 }
 
 /// pid 1's side: the command's exit code.
@@ -231,12 +232,16 @@ pub(crate) fn send_code(sock: RawFd, code: i32) {
 
 /// The broker's side: wait until the sandbox is parked.
 pub fn recv_ready(sock: &OwnedFd) -> Result<Ready> {
-    let (bytes, _) = recv_message(sock.as_raw_fd(), 1 + 16 * READY_MAX, 0)?;
+    let (bytes, _) = recv_message(sock.as_raw_fd(), 1 + 16 * READY_MAX, &[0])?;
     Ready::decode(&bytes)
 }
 
-/// The broker's side: hand the sandbox its command and stdio.
-pub fn send_go(sock: &OwnedFd, go: &Go, stdio: [RawFd; 3]) -> Result<()> {
+/// The broker's side: hand the sandbox its command and stdio: `[stdin, stdout, stderr]`
+/// for a call that keeps stdin (`-i`), `[stdout, stderr]` for one that does not.
+pub fn send_go(sock: &OwnedFd, go: &Go, stdio: &[RawFd]) -> Result<()> {
+    if !(2..=3).contains(&stdio.len()) {
+        return Err(malformed("stdio"));
+    }
     if go
         .args
         .iter()
@@ -255,13 +260,13 @@ pub fn send_go(sock: &OwnedFd, go: &Go, stdio: [RawFd; 3]) -> Result<()> {
             bytes.len()
         )));
     }
-    send_message(sock.as_raw_fd(), &bytes, &stdio)
+    send_message(sock.as_raw_fd(), &bytes, stdio)
 }
 
 /// The broker's side: the command's exit code, or None when pid 1 went away without one
 /// (killed: the engine's own exit status says how).
 pub fn recv_code(sock: &OwnedFd) -> Option<i32> {
-    let (bytes, _) = recv_message(sock.as_raw_fd(), 4, 0).ok()?;
+    let (bytes, _) = recv_message(sock.as_raw_fd(), 4, &[0]).ok()?;
     Some(i32::from_ne_bytes(bytes.try_into().ok()?))
 }
 

@@ -26,11 +26,6 @@ pub struct ExecArgs {
     /// network namespace of its (descriptors USER,NET inherited), instead of a fresh one.
     #[arg(long, value_name = "USER,NET", hide = true, requires = "bundle")]
     join_fds: Option<String>,
-    /// (internal, the sandbox broker's warm pool) With --bundle: build the sandbox, then
-    /// wait on the SOCK_SEQPACKET socket at descriptor FD for its command and stdio
-    /// (cage-sandbox `park`).
-    #[arg(long, value_name = "FD", hide = true, requires = "bundle", conflicts_with_all = ["join_fds", "timeout"])]
-    park: Option<i32>,
     /// Network: `none` (a fresh namespace with only lo).
     #[arg(long, value_name = "MODE", default_value = "none")]
     net: String,
@@ -102,13 +97,14 @@ pub fn run(args: ExecArgs) -> Result<i32> {
             args.interactive,
         );
     }
-    if let Some(fd) = args.park {
-        cage_runtime::sandbox::check_park_socket(fd)?;
+    let park = cage_runtime::sandbox::park_socket_from_env()?;
+    if park.is_some() && (args.bundle.is_none() || timeout.is_some()) {
+        bail!("{}: only for a --bundle without --timeout (the broker's warm pool)", cage_runtime::sandbox::PARK_ENV);
     }
     let opts = RunOptions {
         interactive: args.interactive,
         timeout,
-        park: args.park,
+        park,
     };
     let limited = spec
         .linux()

@@ -1,7 +1,8 @@
 //! The broker's warm pool: sandboxes made ahead of a call and parked before their command
 //! (cage-sandbox `park`), so a tool call costs a message, not a sandbox start.
 //!
-//! - **Made like any sandbox.** A parked sandbox is `cagerun exec --bundle B --park 3`, the
+//! - **Made like any sandbox.** A parked sandbox is `cagerun exec --bundle B` with its socket
+//!   at descriptor 3 (`CAGERUN_PARK_FD`), the
 //!   spec rendered by [`Broker::render`] for the container with a placeholder command, under
 //!   the same cgroup and budget as a call's. Nothing of a call is known when it is made.
 //! - **Used once, only where a fresh one would be the same.** A call takes one only when the
@@ -77,9 +78,11 @@ fn key(spec: &oci_spec::runtime::Spec) -> serde_json::Value {
 }
 
 impl Parked {
-    fn end(mut self) -> Done {
-        // Its pid 1 has PDEATHSIG: killing the engine's process ends the sandbox.
-        let _ = self.child.kill();
+    /// End it gracefully: closing its socket makes its pid 1 give up (no command), and the
+    /// engine's process then removes the sandbox's cgroup and exits, as after any run. A
+    /// SIGKILL would leave that cgroup to the next sweep.
+    fn end(self) -> Done {
+        drop(self.sock);
         Done {
             child: self.child,
             run: self.run,
@@ -88,9 +91,25 @@ impl Parked {
     }
 }
 
+/// How long an ended sandbox's engine gets to clean up before it is killed.
+const END_GRACE: Duration = Duration::from_secs(2);
+
 impl Done {
     fn finish(mut self) {
-        let _ = self.child.wait();
+        let deadline = Instant::now() + END_GRACE;
+        loop {
+            match self.child.try_wait() {
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Ok(None) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break;
+                }
+                _ => break,
+            }
+        }
         crate::tree::remove(&self.run);
     }
 }
@@ -256,9 +275,11 @@ impl Broker {
         let (ours, theirs) = park::socket_pair()?;
         let stderr = std::fs::File::create(run.join("stderr"))?;
         let mut cmd = self.sandbox_command(&run, false, None);
-        cmd.arg("--park")
-            .arg(crate::proto::fds::CONTROL.to_string())
-            .stdin(std::process::Stdio::null())
+        cmd.env(
+            crate::sandbox::PARK_ENV,
+            crate::proto::fds::CONTROL.to_string(),
+        )
+        .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(stderr);
         crate::ipc::pass_fds(&mut cmd, &[theirs.as_raw_fd()]);
@@ -353,24 +374,14 @@ impl Broker {
                 .map(|p| p.cwd().to_string_lossy().into_owned())
                 .unwrap_or_else(|| "/".into()),
         };
-        // Without -i a fresh sandbox's stdin is /dev/null (cage-sandbox `init`): the same.
-        let null = match interactive {
-            true => None,
-            false => match std::fs::File::open("/dev/null") {
-                Ok(f) => Some(f),
-                Err(_) => {
-                    self.send_job(Job::Reap(p.end()));
-                    return Served::NotTaken;
-                }
-            },
+        // Without -i a fresh sandbox's stdin is the /dev/null its pid 1 opened: a parked one
+        // keeps its own the same way (the call's stdin is not passed).
+        let stdio: Vec<i32> = if interactive {
+            vec![io.stdin.as_raw_fd(), io.stdout.as_raw_fd(), io.stderr.as_raw_fd()]
+        } else {
+            vec![io.stdout.as_raw_fd(), io.stderr.as_raw_fd()]
         };
-        let stdio = [
-            null.as_ref()
-                .map_or(io.stdin.as_raw_fd(), |f| f.as_raw_fd()),
-            io.stdout.as_raw_fd(),
-            io.stderr.as_raw_fd(),
-        ];
-        if let Err(e) = park::send_go(&p.sock, &go, stdio) {
+        if let Err(e) = park::send_go(&p.sock, &go, &stdio) {
             tracing::debug!(%container, "pool: handing over: {e}; a fresh one runs");
             self.send_job(Job::Reap(p.end()));
             return Served::NotTaken;
