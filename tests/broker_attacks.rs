@@ -453,7 +453,9 @@ fn a_source_swapped_for_a_symlink_after_create_or_while_sandboxes_start_stays_in
         }
 
         // A loop swapping the source between a directory and a symlink while 200 sandboxes
-        // start: each sees the benign directory or fails, never the host. With the pool,
+        // start: each sees the benign directory or fails, never the host (the loop stops
+        // after a whole swap, not in the middle of one, which a kill would leave racing
+        // the final planting below). With the pool,
         // sandboxes park while the source flips; the sampler shows they were in play.
         let r = gateway(
             &cage,
@@ -485,10 +487,11 @@ fn a_source_swapped_for_a_symlink_after_create_or_while_sandboxes_start_stays_in
         let r = gateway(
             &cage,
             &format!(
-                "( for i in $(seq 20000); do sleep 0.01; mv /workspace/s /workspace/s.real; ln -s {m} /workspace/s; sleep 0.01; rm /workspace/s; mv /workspace/s.real /workspace/s; done ) &\n\
+                "rm -f /tmp/stop-swapping\n\
+                 ( while [ ! -e /tmp/stop-swapping ]; do sleep 0.01; mv /workspace/s /workspace/s.real; ln -s {m} /workspace/s; sleep 0.01; rm /workspace/s; mv /workspace/s.real /workspace/s; done ) &\n\
                  swapper=$!\n\
                  for i in $(seq 200); do docker exec c-loop cat /mnt/secret 2>&1 || echo failed; done | cat > /tmp/seen\n\
-                 kill $swapper; wait $swapper 2>/dev/null\n\
+                 touch /tmp/stop-swapping; wait $swapper\n\
                  rm -rf /workspace/s /workspace/s.real; ln -s {m} /workspace/s\n\
                  echo \"benign: $(grep -c benign /tmp/seen)\"; echo \"failed: $(grep -c failed /tmp/seen)\"\n\
                  echo \"total: $(wc -l < /tmp/seen)\"; echo \"other: $(grep -v -e benign -e failed /tmp/seen | head -3 | tr '\\n' ' ')\""
@@ -496,6 +499,7 @@ fn a_source_swapped_for_a_symlink_after_create_or_while_sandboxes_start_stays_in
         );
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         let parked_seen = sampler.join().unwrap();
+        eprintln!("[{mode:?} {pool:?}] parked sandboxes seen during the loop: {parked_seen}");
         assert_eq!(r.code, 0, "{}", r.stderr);
         let benign: usize = line_after(&r.stdout, "benign:").parse().unwrap();
         assert!(
@@ -757,13 +761,11 @@ fn sandboxes_over_the_budget_are_refused_in_dockers_words() {
         parked_for(&cage, pool, &id);
         let r = gateway(
             &cage,
-            &format!(
-                "docker exec c-b sleep 3 & docker exec c-b sleep 3 &\n\
-                 sleep 1\n\
-                 docker exec c-b echo third; echo \"third: $?\"\n\
-                 wait\n\
-                 echo \"after: $(docker exec c-b echo ok)\""
-            ),
+            "docker exec c-b sleep 3 & docker exec c-b sleep 3 &\n\
+             sleep 1\n\
+             docker exec c-b echo third; echo \"third: $?\"\n\
+             wait\n\
+             echo \"after: $(docker exec c-b echo ok)\"",
         );
         assert_eq!(line_after(&r.stdout, "third:"), "125", "{}", r.stdout);
         assert!(r.stderr.contains("sandbox budget is spent"), "{}", r.stderr);
