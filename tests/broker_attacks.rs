@@ -6,6 +6,11 @@
 //! path walk (what the broker did before it resolved bind sources beneath their root),
 //! reaches a host marker file the sandbox user could read. Then it shows that the sandbox
 //! cannot read it and that the marker is unchanged.
+//!
+//! Every case runs twice: with `pool = 0` (each call makes its sandbox) and with the default
+//! warm pool, where the test waits for the container's parked sandbox before the hostile
+//! call and shows from inside that the call ran in it (support::pool: its pid 1 is older
+//! than the call).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -15,6 +20,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::cage::*;
+use support::pool::{self, Pool, AGE_SH};
 use support::*;
 
 const IMAGE: &str = "openclaw-sandbox:bookworm-slim";
@@ -33,6 +39,7 @@ max = 2
 pids = 30
 pids_total = 30
 memory_total = "1g"
+{POOL}
 "#;
 
 /// A host directory outside the cage with a secret the sandbox user could read if it got
@@ -82,11 +89,12 @@ fn set_mode(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-fn new_cage(mode: Mode) -> Cage {
+fn new_cage(mode: Mode, pool: Pool) -> Cage {
+    let toml = GATEWAY_TOML.replace("{POOL}", pool.toml());
     let cage = Cage::new(
         mode,
         "atk",
-        &[("config/cage.toml", GATEWAY_TOML), ("workspace/.keep", "")],
+        &[("config/cage.toml", &toml), ("workspace/.keep", "")],
     );
     std::os::unix::fs::chown(
         cage.root.join("workspace"),
@@ -98,8 +106,8 @@ fn new_cage(mode: Mode) -> Cage {
 }
 
 /// A new cage, up: (the cage, its network namespaces for the leftover check).
-fn up_cage(mode: Mode) -> (Cage, Vec<u64>) {
-    let mut cage = new_cage(mode);
+fn up_cage(mode: Mode, pool: Pool) -> (Cage, Vec<u64>) {
+    let mut cage = new_cage(mode, pool);
     cage.up();
     let netns = cage.netns_inodes();
     (cage, netns)
@@ -115,15 +123,54 @@ fn gateway(cage: &Cage, script: &str) -> Run {
     cage.sh_in("gw", script)
 }
 
-/// A shell function in the gateway: `sbx NAME SRC DST` creates and starts a sandbox with
-/// one bind, the way OpenClaw does (`-v SRC:DST:z`).
+/// Every (mode, pool) a case runs in.
+fn runs() -> Vec<(Mode, Pool)> {
+    modes()
+        .into_iter()
+        .flat_map(|m| Pool::BOTH.map(|p| (m, p)))
+        .collect()
+}
+
+/// With the pool: wait until the container (its id) has a parked sandbox, so that the next
+/// call goes to it.
+fn parked_for(cage: &Cage, pool: Pool, id: &str) -> Option<pool::Sandbox> {
+    (pool == Pool::Default).then(|| pool::park_for(cage, "gw", id))
+}
+
+/// With the pool: the call whose output is `out` ran in a parked sandbox; without, in one
+/// made for it.
+fn assert_sandbox(pool: Pool, out: &str, what: &str) {
+    match pool {
+        Pool::Default => pool::assert_parked(out, what),
+        Pool::Off => pool::assert_fresh(out, what),
+    }
+}
+
+/// `out` after [`AGE_SH`]'s line (a call that printed its age, then its answer).
+fn after_age(out: &str) -> &str {
+    let at = out.find("pid1-age:").expect("an age line");
+    let rest = &out[at + "pid1-age:".len()..];
+    let rest = rest.trim_start();
+    rest[rest.find(char::is_whitespace).unwrap_or(rest.len())..].trim()
+}
+
+/// A shell function in the gateway: `sbx NAME SRC DST [FLAGS]` creates and starts a sandbox
+/// with one bind, the way OpenClaw does (`-v SRC:DST:z`), and says `started NAME ID`.
 fn sbx_fn() -> String {
     format!(
         "printf 'A=1\\n' > /tmp/sbx.env\n\
-         sbx() {{ docker create --name \"$1\" --read-only --network none --user 1000:1000 \
+         sbx() {{ docker create --name \"$1\" --read-only --network none --user ${{4:-1000:1000}} \
          --cap-drop ALL --security-opt no-new-privileges --env-file /tmp/sbx.env \
-         -v \"$2:$3:z\" {IMAGE} sleep infinity >/dev/null && docker start \"$1\" >/dev/null; }}\n"
+         -v \"$2:$3:z\" {IMAGE} sleep infinity >/dev/null && docker start \"$1\" >/dev/null \
+         && echo \"started $1 $(docker inspect -f '{{{{.Id}}}}' \"$1\")\"; }}\n"
     )
+}
+
+/// The id `sbx NAME` said it started, if it did.
+fn started(out: &str, name: &str) -> Option<String> {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("started {name} ")))
+        .map(str::to_owned)
 }
 
 /// The probe is valid: a plain host walk of `planted` (inside the cage's workspace or
@@ -138,13 +185,29 @@ fn assert_host_walk_reaches(planted: &Path, marker: &Marker, case: &str) {
     assert_eq!(got, marker.secret, "{case}: the probe is invalid");
 }
 
+/// One symlink shape planted in the workspace and named as a bind source.
+struct Planted {
+    case: &'static str,
+    /// What the gateway runs in /workspace to plant it.
+    plant: String,
+    /// The path (below /workspace) the plant makes a link, for the pooled run's benign
+    /// stand-in.
+    link: &'static str,
+    src: String,
+    dst: &'static str,
+    /// What the sandbox reads.
+    read: String,
+    /// The host path (below the workspace) a plain walk of the source resolves.
+    walk: String,
+}
+
 #[test]
 fn symlinks_of_every_shape_in_a_bind_source_stay_inside_the_gateways_mount() {
     let _serial = serial();
-    for mode in modes() {
+    for (mode, pool) in runs() {
         let marker = Marker::new();
         let before = marker.state();
-        let (cage, netns) = up_cage(mode);
+        let (cage, netns) = up_cage(mode, pool);
         let m = marker.path().display().to_string();
         let parent = marker.path().parent().unwrap().display().to_string();
         let base = marker
@@ -153,85 +216,164 @@ fn symlinks_of_every_shape_in_a_bind_source_stay_inside_the_gateways_mount() {
             .unwrap()
             .to_string_lossy()
             .to_string();
-        // (case, what the gateway plants in /workspace, bind source, destination, what the
-        // sandbox reads, the host path a plain walk of the source + read path resolves)
         let climb = "../".repeat(30);
-        let cases: Vec<(&str, String, String, &str, String, String)> = vec![
-            (
+        let planted = |case, plant: String, link, src: &str, dst, read: &str, walk: &str| Planted {
+            case,
+            plant,
+            link,
+            src: src.into(),
+            dst,
+            read: read.into(),
+            walk: walk.into(),
+        };
+        let cases = vec![
+            planted(
                 "absolute",
                 format!("ln -s {m} abs"),
-                "/workspace/abs".into(),
+                "abs",
+                "/workspace/abs",
                 "/mnt",
-                "/mnt/secret".into(),
-                "abs/secret".into(),
+                "/mnt/secret",
+                "abs/secret",
             ),
-            (
+            planted(
                 "relative",
                 format!("ln -s {climb}{} rel", m.trim_start_matches('/')),
-                "/workspace/rel".into(),
+                "rel",
+                "/workspace/rel",
                 "/mnt",
-                "/mnt/secret".into(),
-                "rel/secret".into(),
+                "/mnt/secret",
+                "rel/secret",
             ),
-            (
+            planted(
                 "proc-root",
                 format!("ln -s /proc/self/root{m} proc"),
-                "/workspace/proc".into(),
+                "proc",
+                "/workspace/proc",
                 "/mnt",
-                "/mnt/secret".into(),
-                "proc/secret".into(),
+                "/mnt/secret",
+                "proc/secret",
             ),
-            (
+            planted(
                 "middle",
                 format!("ln -s {parent} mid"),
-                format!("/workspace/mid/{base}"),
+                "mid",
+                &format!("/workspace/mid/{base}"),
                 "/mnt",
-                "/mnt/secret".into(),
-                format!("mid/{base}/secret"),
+                "/mnt/secret",
+                &format!("mid/{base}/secret"),
             ),
-            (
+            planted(
                 "chain",
                 format!("ln -s chain2 chain1 && ln -s {m} chain2"),
-                "/workspace/chain1".into(),
+                "chain1",
+                "/workspace/chain1",
                 "/mnt",
-                "/mnt/secret".into(),
-                "chain1/secret".into(),
+                "/mnt/secret",
+                "chain1/secret",
             ),
-            (
+            planted(
                 "file",
                 format!("ln -s {m}/secret file"),
-                "/workspace/file".into(),
+                "file",
+                "/workspace/file",
                 "/mnt/f",
-                "/mnt/f".into(),
-                "file".into(),
+                "/mnt/f",
+                "file",
             ),
-            (
+            planted(
                 "dotdot-inside",
                 format!(
                     "mkdir -p d/e && ln -s ../../{climb}{} d/e/up",
                     m.trim_start_matches('/')
                 ),
-                "/workspace/d/e/up".into(),
+                "d/e/up",
+                "/workspace/d/e/up",
                 "/mnt",
-                "/mnt/secret".into(),
-                "d/e/up/secret".into(),
+                "/mnt/secret",
+                "d/e/up/secret",
             ),
         ];
-        let mut script = sbx_fn();
-        script.push_str("cd /workspace\n");
-        for (case, plant, src, dst, read, _) in &cases {
-            script.push_str(&format!(
-                "{plant}\nif sbx c-{case} {src} {dst}; then echo \"{case}: $(docker exec c-{case} cat {read} 2>&1 | tr '\\n' ' ')\"; else echo \"{case}: create refused\"; fi\n"
-            ));
-        }
-        let r = gateway(&cage, &script);
-        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-        for (case, _, _, _, _, walk) in &cases {
-            assert_host_walk_reaches(&cage.root.join("workspace").join(walk), &marker, case);
-            let seen = line_after(&r.stdout, &format!("{case}:"));
+        for c in &cases {
+            let case = c.case;
+            // Planted before create: no sandbox can be made of it, parked or fresh.
+            let r = gateway(
+                &cage,
+                &format!(
+                    "{}cd /workspace\n{}\nsbx c-{case} {} {} || echo 'create refused'",
+                    sbx_fn(),
+                    c.plant,
+                    c.src,
+                    c.dst
+                ),
+            );
+            let seen = match started(&r.stdout, &format!("c-{case}")) {
+                Some(_) => {
+                    let r = gateway(
+                        &cage,
+                        &format!(
+                            "docker exec c-{case} sh -c '{AGE_SH}; cat {}' 2>&1; docker rm -f c-{case}",
+                            c.read
+                        ),
+                    );
+                    r.stdout
+                }
+                None => r.stdout,
+            };
+            assert_host_walk_reaches(&cage.root.join("workspace").join(&c.walk), &marker, case);
             assert!(
                 !seen.contains(&marker.secret),
                 "{case}: the sandbox read the host's secret: {seen}"
+            );
+            if pool == Pool::Off {
+                continue;
+            }
+            // Planted after a sandbox parked with a benign stand-in at the same path: the
+            // call must not get the parked sandbox (its source changed), nor the host.
+            let stand_in = match case {
+                "file" => "echo benign > file".to_string(),
+                _ => format!(
+                    "mkdir -p {src} && echo benign > {src}/secret",
+                    src = c.src.trim_start_matches("/workspace/")
+                ),
+            };
+            let r = gateway(
+                &cage,
+                &format!(
+                    "{}cd /workspace\nrm -rf abs rel proc mid chain1 chain2 file d\n{stand_in}\nsbx p-{case} {} {}",
+                    sbx_fn(),
+                    c.src,
+                    c.dst
+                ),
+            );
+            let id = started(&r.stdout, &format!("p-{case}"))
+                .unwrap_or_else(|| panic!("{case}: the stand-in was refused: {}", r.stderr));
+            let parked = parked_for(&cage, pool, &id).unwrap();
+            // The probe is valid: the parked sandbox holds the stand-in.
+            let init = parked.init.unwrap();
+            let held = std::fs::read_to_string(format!("/proc/{init}/root{}", c.read));
+            assert_eq!(
+                held.ok().as_deref(),
+                Some("benign\n"),
+                "{case}: the parked sandbox"
+            );
+            let r = gateway(
+                &cage,
+                &format!(
+                    "cd /workspace && rm -rf {} && {}\n\
+                     docker exec p-{case} sh -c '{AGE_SH}; cat {}' 2>&1; docker rm -f p-{case}",
+                    c.link, c.plant, c.read
+                ),
+            );
+            assert_host_walk_reaches(&cage.root.join("workspace").join(&c.walk), &marker, case);
+            // Neither the host nor the stand-in the parked sandbox holds: no sandbox of the
+            // source as it is now can be made, so the command never ran.
+            assert!(
+                !r.stdout.contains(&marker.secret)
+                    && !r.stdout.contains("benign")
+                    && !r.stdout.contains("pid1-age"),
+                "{case}: planted after parking, the call read {}",
+                r.stdout
             );
         }
         // The probe's other half: the bind itself works when the source is what it says.
@@ -243,12 +385,16 @@ fn symlinks_of_every_shape_in_a_bind_source_stay_inside_the_gateways_mount() {
         );
         let r = gateway(
             &cage,
-            &format!(
-                "{}sbx c-real /workspace/real /mnt && docker exec c-real cat /mnt/secret",
-                sbx_fn()
-            ),
+            &format!("{}sbx c-real /workspace/real /mnt", sbx_fn()),
         );
-        assert_eq!(r.stdout.trim(), "benign", "{}", r.stderr);
+        let id = started(&r.stdout, "c-real").expect("c-real started");
+        parked_for(&cage, pool, &id);
+        let r = gateway(
+            &cage,
+            &format!("docker exec c-real sh -c '{AGE_SH}; cat /mnt/secret'"),
+        );
+        assert_sandbox(pool, &r.stdout, "real");
+        assert_eq!(after_age(&r.stdout), "benign", "{}", r.stderr);
         assert_eq!(marker.state(), before, "the marker changed");
         down_cage(&cage, &netns);
     }
@@ -257,58 +403,103 @@ fn symlinks_of_every_shape_in_a_bind_source_stay_inside_the_gateways_mount() {
 #[test]
 fn a_source_swapped_for_a_symlink_after_create_or_while_sandboxes_start_stays_inside() {
     let _serial = serial();
-    for mode in modes() {
+    for (mode, pool) in runs() {
         let marker = Marker::new();
         let before = marker.state();
-        let (cage, netns) = up_cage(mode);
+        let (cage, netns) = up_cage(mode, pool);
         let m = marker.path().display().to_string();
         let ws = cage.root.join("workspace");
 
         // The last component, then a middle one, swapped for a symlink between create and
-        // exec.
+        // exec (with the pool: after a sandbox of the benign directory parked).
         for (case, source, swapped) in [("swap-last", "sub", "sub"), ("swap-middle", "d1/x", "d1")]
         {
             let r = gateway(
                 &cage,
                 &format!(
                     "{}mkdir -p /workspace/{source} && echo benign > /workspace/{source}/secret\n\
-                     sbx c-{case} /workspace/{source} /mnt\n\
-                     echo \"before: $(docker exec c-{case} cat /mnt/secret 2>&1)\"\n\
-                     rm -r /workspace/{swapped} && ln -s {m} /workspace/{swapped}\n\
-                     echo \"after: $(docker exec c-{case} cat /mnt/secret 2>&1 | tr '\\n' ' ')\"",
+                     sbx c-{case} /workspace/{source} /mnt",
                     sbx_fn()
                 ),
             );
-            assert_eq!(
-                line_after(&r.stdout, "before:"),
-                "benign",
-                "{case}: {}",
-                r.stderr
+            let id = started(&r.stdout, &format!("c-{case}")).expect("started");
+            parked_for(&cage, pool, &id);
+            let r = gateway(
+                &cage,
+                &format!("docker exec c-{case} sh -c '{AGE_SH}; cat /mnt/secret' 2>&1"),
+            );
+            assert_sandbox(pool, &r.stdout, case);
+            assert_eq!(after_age(&r.stdout), "benign", "{case}: {}", r.stderr);
+            // The probe is valid: the parked sandbox the next call would get holds the
+            // benign directory.
+            if let Some(parked) = parked_for(&cage, pool, &id) {
+                let init = parked.init.unwrap();
+                let held = std::fs::read_to_string(format!("/proc/{init}/root/mnt/secret"));
+                assert_eq!(held.ok().as_deref(), Some("benign\n"), "{case}");
+            }
+            let r = gateway(
+                &cage,
+                &format!(
+                    "rm -r /workspace/{swapped} && ln -s {m} /workspace/{swapped}\n\
+                     echo \"after: $(docker exec c-{case} sh -c '{AGE_SH}; cat /mnt/secret' 2>&1 | tr '\\n' ' ')\""
+                ),
             );
             assert_host_walk_reaches(&ws.join(source).join("secret"), &marker, case);
-            assert!(
-                !line_after(&r.stdout, "after:").contains(&marker.secret),
-                "{case}"
-            );
+            let after = line_after(&r.stdout, "after:");
+            assert!(!after.contains(&marker.secret), "{case}: {after}");
+            // No sandbox of the swapped source can be made, and the parked one (holding the
+            // old directory) was not handed the call: the command never ran.
+            assert!(!after.contains("pid1-age"), "{case}: {after}");
         }
 
         // A loop swapping the source between a directory and a symlink while 200 sandboxes
-        // start: each sees the benign directory or fails, never the host.
+        // start: each sees the benign directory or fails, never the host (the loop stops
+        // after a whole swap, not in the middle of one, which a kill would leave racing
+        // the final planting below). With the pool,
+        // sandboxes park while the source flips; the sampler shows they were in play.
         let r = gateway(
             &cage,
             &format!(
                 "{}mkdir -p /workspace/s && sbx c-loop /workspace/s /mnt\n\
-                 echo benign > /workspace/s/secret\n\
-                 ( for i in $(seq 20000); do sleep 0.01; mv /workspace/s /workspace/s.real; ln -s {m} /workspace/s; sleep 0.01; rm /workspace/s; mv /workspace/s.real /workspace/s; done ) &\n\
-                 swapper=$!\n\
-                 for i in $(seq 200); do docker exec c-loop cat /mnt/secret 2>&1 || echo failed; done | cat > /tmp/seen\n\
-                 kill $swapper; wait $swapper 2>/dev/null\n\
-                 rm -rf /workspace/s /workspace/s.real; ln -s {m} /workspace/s\n\
-                 echo \"benign: $(grep -c benign /tmp/seen)\"; echo \"failed: $(grep -c failed /tmp/seen)\"\n\
-                 echo \"total: $(wc -l < /tmp/seen)\"; echo \"other: $(grep -v -e benign -e failed /tmp/seen | head -3 | tr '\\n' ' ')\"",
+                 echo benign > /workspace/s/secret",
                 sbx_fn()
             ),
         );
+        let id = started(&r.stdout, "c-loop").expect("started");
+        parked_for(&cage, pool, &id);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = {
+            let (stop, runs) = (stop.clone(), pool::runs_dir(&cage, "gw"));
+            std::thread::spawn(move || {
+                let mut seen = std::collections::BTreeSet::new();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    seen.extend(
+                        pool::sandboxes_in(&runs)
+                            .into_iter()
+                            .filter(|s| s.waiting)
+                            .map(|s| s.bundle),
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                seen.len()
+            })
+        };
+        let r = gateway(
+            &cage,
+            &format!(
+                "rm -f /tmp/stop-swapping\n\
+                 ( while [ ! -e /tmp/stop-swapping ]; do sleep 0.01; mv /workspace/s /workspace/s.real; ln -s {m} /workspace/s; sleep 0.01; rm /workspace/s; mv /workspace/s.real /workspace/s; done ) &\n\
+                 swapper=$!\n\
+                 for i in $(seq 200); do docker exec c-loop cat /mnt/secret 2>&1 || echo failed; done | cat > /tmp/seen\n\
+                 touch /tmp/stop-swapping; wait $swapper\n\
+                 rm -rf /workspace/s /workspace/s.real; ln -s {m} /workspace/s\n\
+                 echo \"benign: $(grep -c benign /tmp/seen)\"; echo \"failed: $(grep -c failed /tmp/seen)\"\n\
+                 echo \"total: $(wc -l < /tmp/seen)\"; echo \"other: $(grep -v -e benign -e failed /tmp/seen | head -3 | tr '\\n' ' ')\""
+            ),
+        );
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let parked_seen = sampler.join().unwrap();
+        eprintln!("[{mode:?} {pool:?}] parked sandboxes seen during the loop: {parked_seen}");
         assert_eq!(r.code, 0, "{}", r.stderr);
         let benign: usize = line_after(&r.stdout, "benign:").parse().unwrap();
         assert!(
@@ -317,6 +508,12 @@ fn a_source_swapped_for_a_symlink_after_create_or_while_sandboxes_start_stays_in
             r.stdout,
             r.stderr
         );
+        if pool == Pool::Default {
+            assert!(
+                parked_seen > 1,
+                "the pool was not in play: {parked_seen} parked sandboxes seen"
+            );
+        }
         assert_host_walk_reaches(&ws.join("s/secret"), &marker, "swap-loop");
         assert!(!r.stdout.contains(&marker.secret), "{}", r.stdout);
         assert_eq!(marker.state(), before, "the marker changed");
@@ -327,9 +524,9 @@ fn a_source_swapped_for_a_symlink_after_create_or_while_sandboxes_start_stays_in
 #[test]
 fn links_planted_in_the_state_volume_touch_nothing_outside_it_on_down_or_up() {
     let _serial = serial();
-    for mode in modes() {
+    for (mode, pool) in runs() {
         let marker = Marker::new();
-        let (mut cage, netns) = up_cage(mode);
+        let (mut cage, netns) = up_cage(mode, pool);
         let m = marker.path().display().to_string();
         let state = cage.root.join(".cagerun/volumes/state");
         // The gateway plants symlinks to the host in its state volume ...
@@ -377,22 +574,29 @@ fn links_planted_in_the_state_volume_touch_nothing_outside_it_on_down_or_up() {
 #[test]
 fn stdio_that_is_not_a_pipe_socket_or_terminal_is_refused() {
     let _serial = serial();
-    for mode in modes() {
-        let (cage, netns) = up_cage(mode);
+    for (mode, pool) in runs() {
+        let (cage, netns) = up_cage(mode, pool);
+        let r = gateway(
+            &cage,
+            &format!("{}sbx c-fd /workspace /workspace", sbx_fn()),
+        );
+        let id = started(&r.stdout, "c-fd").expect("started");
+        // With the pool, the refused calls find a parked sandbox, and leave it to the first
+        // call that is served.
+        parked_for(&cage, pool, &id);
         // The probe is valid: a process whose stdin is a directory reaches that directory's
         // tree through /proc/self/fd/0 (in a sandbox, that would be the gateway's root).
         let r = gateway(
             &cage,
             &format!(
-                "{}sbx c-fd /workspace /workspace\n\
-                 echo \"probe: $(sh -c 'ls /proc/self/fd/0/dev/.cagerun' < / | tr '\\n' ' ')\"\n\
+                "echo \"probe: $(sh -c 'ls /proc/self/fd/0/dev/.cagerun' < / | tr '\\n' ' ')\"\n\
                  docker exec -i c-fd sh -c 'ls /proc/self/fd/0/dev/.cagerun' < /; echo \"dir-stdin: $?\"\n\
                  docker exec c-fd echo leaked > /tmp/regular; echo \"file-stdout: $? $(cat /tmp/regular)\"\n\
-                 docker exec c-fd echo fine | cat; echo \"pipe: $?\"\n\
-                 docker exec c-fd echo fine > /dev/null; echo \"null: $?\"",
-                sbx_fn()
+                 docker exec c-fd sh -c '{AGE_SH}; echo fine' | cat; echo \"pipe: $?\"\n\
+                 docker exec c-fd echo fine > /dev/null; echo \"null: $?\""
             ),
         );
+        assert_sandbox(pool, &r.stdout, "the first call served");
         assert!(
             line_after(&r.stdout, "probe:").contains("docker"),
             "{}",
@@ -416,8 +620,15 @@ fn stdio_that_is_not_a_pipe_socket_or_terminal_is_refused() {
 #[test]
 fn a_fifo_wedged_create_delays_nothing_and_down_still_ends_everything() {
     let _serial = serial();
-    for mode in modes() {
-        let (cage, netns) = up_cage(mode);
+    for (mode, pool) in runs() {
+        let (cage, netns) = up_cage(mode, pool);
+        // With the pool, a sandbox is parked all along (and `down` must end it too).
+        let r = gateway(
+            &cage,
+            &format!("{}sbx c-park /workspace /workspace", sbx_fn()),
+        );
+        let id = started(&r.stdout, "c-park").expect("started");
+        let parked: Vec<pool::Sandbox> = parked_for(&cage, pool, &id).into_iter().collect();
         // The probe is valid: the FIFO is full (a write to it would block).
         let r = gateway(
             &cage,
@@ -445,6 +656,7 @@ fn a_fifo_wedged_create_delays_nothing_and_down_still_ends_everything() {
         let t = Instant::now();
         cage.down();
         assert!(t.elapsed() < Duration::from_secs(20));
+        pool::wait_ended(&parked, "down");
         cage.assert_gone(&netns);
     }
 }
@@ -452,10 +664,16 @@ fn a_fifo_wedged_create_delays_nothing_and_down_still_ends_everything() {
 #[test]
 fn five_thousand_idle_connections_leave_the_supervisor_answering() {
     let _serial = serial();
-    for mode in modes() {
-        let mut cage = new_cage(mode);
+    for (mode, pool) in runs() {
+        let mut cage = new_cage(mode, pool);
         let supervisor = cage.up();
         let netns = cage.netns_inodes();
+        let r = gateway(
+            &cage,
+            &format!("{}sbx c-flood /workspace /workspace", sbx_fn()),
+        );
+        let id = started(&r.stdout, "c-flood").expect("started");
+        parked_for(&cage, pool, &id);
         // 5 processes × 1000 connections to the broker's socket, held idle for 8 s.
         let flood = r#"
 import os, socket, sys, time, resource
@@ -520,9 +738,13 @@ for p in kids:
             .filter_map(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok())
             .sum();
         assert!(held >= 4000, "the flood never connected: {said}");
-        // Afterwards the broker still serves.
+        // Afterwards the broker still serves, and (with the pool) hands the call to the
+        // sandbox parked before the flood.
         let r = gateway(&cage, "docker version");
         assert_eq!(r.code, 0, "{}", r.stderr);
+        let r = gateway(&cage, &format!("docker exec c-flood sh -c '{AGE_SH}'"));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_sandbox(pool, &r.stdout, "after the flood");
         down_cage(&cage, &netns);
     }
 }
@@ -530,20 +752,20 @@ for p in kids:
 #[test]
 fn sandboxes_over_the_budget_are_refused_in_dockers_words() {
     let _serial = serial();
-    for mode in modes() {
-        let (cage, netns) = up_cage(mode);
-        // max = 2 in the cage: two sandboxes run, the third exec is refused.
+    for (mode, pool) in runs() {
+        let (cage, netns) = up_cage(mode, pool);
+        let r = gateway(&cage, &format!("{}sbx c-b /workspace /workspace", sbx_fn()));
+        let id = started(&r.stdout, "c-b").expect("started");
+        // max = 2 in the cage: two sandboxes run, the third exec is refused (with the pool,
+        // the first goes to the parked sandbox, which holds its slot).
+        parked_for(&cage, pool, &id);
         let r = gateway(
             &cage,
-            &format!(
-                "{}sbx c-b /workspace /workspace\n\
-                 docker exec c-b sleep 3 & docker exec c-b sleep 3 &\n\
-                 sleep 1\n\
-                 docker exec c-b echo third; echo \"third: $?\"\n\
-                 wait\n\
-                 echo \"after: $(docker exec c-b echo ok)\"",
-                sbx_fn()
-            ),
+            "docker exec c-b sleep 3 & docker exec c-b sleep 3 &\n\
+             sleep 1\n\
+             docker exec c-b echo third; echo \"third: $?\"\n\
+             wait\n\
+             echo \"after: $(docker exec c-b echo ok)\"",
         );
         assert_eq!(line_after(&r.stdout, "third:"), "125", "{}", r.stdout);
         assert!(r.stderr.contains("sandbox budget is spent"), "{}", r.stderr);
@@ -581,18 +803,20 @@ fn sandboxes_over_the_budget_are_refused_in_dockers_words() {
         assert_eq!(memory, ["1073741824"], "the sandboxes' memory total");
         // pids: one sandbox alone starts 20 sleepers (its own cap is 30); beside another
         // that holds 20, it gets what is left of the total 30, not its own cap.
-        let count = "for i in \\$(seq 20); do sleep 4 & done 2>/dev/null; sleep 0.5; ls /proc | grep -c '^[0-9]*\\$'";
+        let count = "for i in $(seq 20); do sleep 4 & done 2>/dev/null; sleep 0.5; ls /proc | grep -c \"^[0-9]*$\"";
+        parked_for(&cage, pool, &id);
+        let r = gateway(&cage, &format!("docker exec c-b sh -c '{AGE_SH}; {count}'"));
+        assert_sandbox(pool, &r.stdout, "alone");
+        let alone: usize = after_age(&r.stdout).parse().unwrap();
         let r = gateway(
             &cage,
             &format!(
-                "echo \"alone: $(docker exec c-b sh -c \"{count}\")\"\n\
-                 docker exec c-b sh -c 'for i in $(seq 20); do sleep 4 & done; sleep 3' &\n\
+                "docker exec c-b sh -c 'for i in $(seq 20); do sleep 4 & done; sleep 3' &\n\
                  sleep 1\n\
-                 echo \"beside: $(docker exec c-b sh -c \"{count}\" 2>/dev/null)\"\n\
+                 echo \"beside: $(docker exec c-b sh -c '{count}' 2>/dev/null)\"\n\
                  wait"
             ),
         );
-        let alone: usize = line_after(&r.stdout, "alone:").parse().unwrap();
         let beside: usize = line_after(&r.stdout, "beside:").parse().unwrap_or(0);
         assert!(
             alone >= 21,
@@ -610,8 +834,8 @@ fn sandboxes_over_the_budget_are_refused_in_dockers_words() {
 #[test]
 fn oversized_calls_and_bad_names_are_refused_and_nothing_is_recorded() {
     let _serial = serial();
-    for mode in modes() {
-        let (cage, netns) = up_cage(mode);
+    for (mode, pool) in runs() {
+        let (cage, netns) = up_cage(mode, pool);
         let r = gateway(
             &cage,
             &format!(
@@ -665,25 +889,54 @@ fn whatever_user_the_gateway_asks_for_files_carry_no_host_identity() {
         "gid 42 is not shadow on this host: {}",
         String::from_utf8_lossy(&group.stdout)
     );
-    for mode in modes() {
-        let mut cage = new_cage(mode);
+    for (mode, pool) in runs() {
+        let mut cage = new_cage(mode, pool);
         set_mode(&cage.root.join("workspace"), 0o777);
         cage.up();
         let netns = cage.netns_inodes();
+        let r = gateway(&cage, &format!("{}sbx c-u /workspace /workspace", sbx_fn()));
+        let id = started(&r.stdout, "c-u").expect("started");
+        let parked = parked_for(&cage, pool, &id);
         let r = gateway(
             &cage,
             &format!(
-                "{}sbx c-u /workspace /workspace\n\
-                 docker exec -u 1003:42 c-u sh -c 'echo \"ids: $(id -u) $(id -g)\"; cp /bin/cat /workspace/cat-sg && chmod 6755 /workspace/cat-sg; touch /workspace/u-file'\n\
-                 docker exec -u 70000:70000 c-u true; echo \"outside: $?\"",
+                "docker exec -u 1003:42 c-u sh -c '{AGE_SH}; echo \"ids: $(id -u) $(id -g)\"; cp /bin/cat /workspace/cat-sg && chmod 6755 /workspace/cat-sg; touch /workspace/u-file'\n\
+                 docker exec -u 70000:70000 c-u true; echo \"outside: $?\""
+            ),
+        );
+        // Inside, the sandbox got the ids it asked for: not the container's parked sandbox,
+        // made for its create's user, which stays parked.
+        assert_eq!(line_after(&r.stdout, "ids:"), "1003 42", "{}", r.stderr);
+        pool::assert_fresh(&r.stdout, "exec -u");
+        if let Some(p) = parked {
+            let still = pool::parked(&cage, "gw", Some(&id[..12]));
+            assert!(
+                still.contains(&p),
+                "exec -u took the parked sandbox: {still:?}"
+            );
+        }
+        let outside = line_after(&r.stdout, "outside:").to_string();
+        // A container created as that user: its calls go to a sandbox parked as that user.
+        let r = gateway(
+            &cage,
+            &format!(
+                "{}docker rm -f c-u >/dev/null; sbx c-g /workspace /workspace 1003:42",
                 sbx_fn()
             ),
         );
-        // Inside, the sandbox got the ids it asked for ...
+        let id = started(&r.stdout, "c-g").expect("started");
+        parked_for(&cage, pool, &id);
+        let r = gateway(
+            &cage,
+            &format!(
+                "docker exec c-g sh -c '{AGE_SH}; echo \"ids: $(id -u) $(id -g)\"; cp /bin/cat /workspace/cat-sg2 && chmod 6755 /workspace/cat-sg2; touch /workspace/u-file2'"
+            ),
+        );
+        assert_sandbox(pool, &r.stdout, "created as 1003:42");
         assert_eq!(line_after(&r.stdout, "ids:"), "1003 42", "{}", r.stderr);
         // ... and on the host they are no host identity.
         let ws = cage.root.join("workspace");
-        for f in ["u-file", "cat-sg"] {
+        for f in ["u-file", "cat-sg", "u-file2", "cat-sg2"] {
             let m = std::fs::metadata(ws.join(f)).unwrap();
             match mode {
                 Mode::Root => {
@@ -701,7 +954,7 @@ fn whatever_user_the_gateway_asks_for_files_carry_no_host_identity() {
         }
         if mode == Mode::Root {
             // An id beyond the mapped range is refused, never mapped to itself on the host.
-            assert_ne!(line_after(&r.stdout, "outside:"), "0", "{}", r.stderr);
+            assert_ne!(outside, "0", "{}", r.stderr);
         }
         down_cage(&cage, &netns);
     }

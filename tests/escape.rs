@@ -122,59 +122,68 @@ fn setup_cmd(cmd: &mut Command, a: &Attack, leaked: Option<i32>) -> Option<std::
     replica_keep
 }
 
-fn assert_attack(a: Attack) {
-    let owner = match modes()[0] {
+/// The Unix owner of the canary and workspace in the outside run.
+fn outside_owner() -> (u32, u32) {
+    match modes()[0] {
         Mode::Root => (1000, 1000),
         m => (m.sandbox_host_uid(), m.sandbox_host_gid()),
-    };
-    // 1. Outside: the probe works.
-    {
-        let t = Targets::new(owner);
-        let ws = TempDir::new("outside-ws", Some(owner));
-        std::os::unix::fs::symlink(&t.canary, ws.path().join("link")).unwrap();
-        let leaked = a
-            .with_leaked_fd
-            .then(|| std::fs::File::open(t.canary_dir.path()).unwrap());
-        let args: Vec<String> = a.outside.iter().map(|s| t.expand(ws.path(), s)).collect();
-        if a.outside_as == Outside::TestUser {
-            make_suid_probe(ws.path());
-        }
-        let mut cmd = match (a.outside_as, is_root()) {
-            (Outside::Root, true) => {
-                let mut c = Command::new("unshare");
-                c.args(["-m", "-u", "--propagation", "private", "--"])
-                    .arg(&bins().probe);
-                c
-            }
-            (Outside::Root, false) => {
-                let mut c = Command::new("unshare");
-                c.args(["-U", "-r", "-m", "-u", "--propagation", "private", "--"])
-                    .arg(&bins().probe);
-                c
-            }
-            (Outside::TestUser, _) => {
-                let probe = ws.path().join("suid-probe");
-                assert!(probe.exists(), "setuid probe missing");
-                let mut c = Command::new(probe);
-                let m = modes();
-                let Mode::Rootless { uid, gid } = m[m.len() - 1] else {
-                    unreachable!()
-                };
-                c.uid(uid).gid(gid);
-                c
-            }
-        };
-        cmd.args(&args).stdin(Stdio::null());
-        let _keep = setup_cmd(&mut cmd, &a, leaked.as_ref().map(|f| f.as_raw_fd()));
-        let out = cmd.output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            stdout.starts_with("WORKS"),
-            "the probe must work outside the sandbox, or it proves nothing: {args:?} -> {stdout} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // Outside effects on the canary are undone by recreating it for the inside runs.
     }
+}
+
+/// The probe is valid: outside any sandbox (as root in a throwaway mount+UTS namespace, or
+/// as the test user) the attack works.
+fn assert_works_outside(a: &Attack) {
+    let owner = outside_owner();
+    let t = Targets::new(owner);
+    let ws = TempDir::new("outside-ws", Some(owner));
+    std::os::unix::fs::symlink(&t.canary, ws.path().join("link")).unwrap();
+    let leaked = a
+        .with_leaked_fd
+        .then(|| std::fs::File::open(t.canary_dir.path()).unwrap());
+    let args: Vec<String> = a.outside.iter().map(|s| t.expand(ws.path(), s)).collect();
+    if a.outside_as == Outside::TestUser {
+        make_suid_probe(ws.path());
+    }
+    let mut cmd = match (a.outside_as, is_root()) {
+        (Outside::Root, true) => {
+            let mut c = Command::new("unshare");
+            c.args(["-m", "-u", "--propagation", "private", "--"])
+                .arg(&bins().probe);
+            c
+        }
+        (Outside::Root, false) => {
+            let mut c = Command::new("unshare");
+            c.args(["-U", "-r", "-m", "-u", "--propagation", "private", "--"])
+                .arg(&bins().probe);
+            c
+        }
+        (Outside::TestUser, _) => {
+            let probe = ws.path().join("suid-probe");
+            assert!(probe.exists(), "setuid probe missing");
+            let mut c = Command::new(probe);
+            let m = modes();
+            let Mode::Rootless { uid, gid } = m[m.len() - 1] else {
+                unreachable!()
+            };
+            c.uid(uid).gid(gid);
+            c
+        }
+    };
+    cmd.args(&args).stdin(Stdio::null());
+    let _keep = setup_cmd(&mut cmd, a, leaked.as_ref().map(|f| f.as_raw_fd()));
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("WORKS"),
+        "the probe must work outside the sandbox, or it proves nothing: {args:?} -> {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Outside effects on the canary are undone by recreating it for the inside runs.
+}
+
+fn assert_attack(a: Attack) {
+    // 1. Outside: the probe works.
+    assert_works_outside(&a);
     // 2. Inside: it fails, in every mode, and the host is unchanged.
     let host_name = nix::unistd::gethostname().unwrap();
     for mode in modes() {
@@ -240,6 +249,11 @@ fn make_suid_probe(dir: &std::path::Path) {
 macro_rules! attacks {
     ($($name:ident => $attack:expr;)*) => {
         $(#[test] fn $name() { assert_attack($attack); })*
+
+        /// Every attack above by its test's name: the pooled run goes through them too.
+        fn all_attacks() -> Vec<(&'static str, Attack)> {
+            vec![$((stringify!($name), $attack)),*]
+        }
     };
 }
 
@@ -288,6 +302,131 @@ attacks! {
     set_the_clock => attack(&["clock-settime"]);
     switch_on_process_accounting => attack(&["acct"]);
     pivot_root => attack(&["pivot-root"]);
+}
+
+/// The `docker create` flags that give a broker sandbox what an attack's `cagerun exec`
+/// flags give a fresh one.
+fn create_flags(exec_flags: &[&str]) -> String {
+    match exec_flags {
+        [] => String::new(),
+        ["--pids", n] => format!("--pids-limit {n}"),
+        ["--tmpfs-size", size] => format!("--tmpfs /tmp:size={size}"),
+        other => panic!("no docker create flags for {other:?}: add them here"),
+    }
+}
+
+/// The same attacks from a tool sandbox the broker had parked (the warm pool): each probe
+/// runs through `docker exec` in a gateway service, in a sandbox parked before the call
+/// (its pid 1 is older than the call: support::pool), after the same outside run proves
+/// the probe. Left out: the terminal attacks (a call with `-t` never gets a parked sandbox)
+/// and the inherited descriptor (the shim hands the broker 0/1/2 only).
+#[test]
+fn the_attacks_fail_in_a_parked_tool_sandbox_too() {
+    use support::cage::*;
+    use support::pool::{self, AGE_SH};
+    let _serial = serial();
+    let attacks: Vec<(&str, Attack)> = all_attacks()
+        .into_iter()
+        .filter(|(_, a)| !a.with_tty && !a.with_leaked_fd)
+        .collect();
+    for (_, a) in &attacks {
+        assert_works_outside(a);
+    }
+    let toml = r#"
+[services.gw]
+host = true
+command = ["sleep", "100000"]
+env = { CAGE_MARKER = "{MARKER}" }
+mounts = [{ src = "workspace", dst = "/workspace", ro = false }]
+
+[services.gw.sandboxes]
+images = { "sb" = "host" }
+"#;
+    let host_name = nix::unistd::gethostname().unwrap();
+    for mode in modes() {
+        let mut cage = Cage::new(
+            mode,
+            "escpool",
+            &[("config/cage.toml", toml), ("workspace/.keep", "")],
+        );
+        let ws = cage.root.join("workspace");
+        std::fs::copy(&bins().probe, ws.join("cage-probe")).unwrap();
+        std::fs::set_permissions(
+            ws.join("cage-probe"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        chown_tree(&ws, (mode.sandbox_host_uid(), mode.sandbox_host_gid()));
+        if attacks
+            .iter()
+            .any(|(_, a)| a.outside_as == Outside::TestUser)
+        {
+            make_suid_probe(&ws);
+        }
+        cage.up();
+        let netns = cage.netns_inodes();
+        // One container per set of flags, made when an attack first needs it.
+        let mut containers: Vec<(String, String)> = Vec::new();
+        for (name, a) in &attacks {
+            let flags = create_flags(a.flags);
+            let id = match containers.iter().find(|(f, _)| *f == flags) {
+                Some((_, id)) => id.clone(),
+                None => {
+                    let c = format!("c{}", containers.len());
+                    let r = cage.sh_in(
+                        "gw",
+                        &format!(
+                            "docker create --name {c} --read-only --network none --user 1000:1000 \
+                             --cap-drop ALL --security-opt no-new-privileges --workdir /workspace \
+                             -v /workspace:/workspace:z {flags} sb sleep infinity >/dev/null && \
+                             docker start {c} >/dev/null && docker inspect -f '{{{{.Id}}}}' {c}"
+                        ),
+                    );
+                    assert_eq!(r.code, 0, "{}", r.stderr);
+                    containers.push((flags.clone(), r.stdout.trim().to_string()));
+                    r.stdout.trim().to_string()
+                }
+            };
+            let t = Targets::new((mode.sandbox_host_uid(), mode.sandbox_host_gid()));
+            let _ = std::fs::remove_file(ws.join("link"));
+            std::os::unix::fs::symlink(&t.canary, ws.join("link")).unwrap();
+            let probe = if a.outside_as == Outside::TestUser {
+                "/workspace/suid-probe"
+            } else {
+                "/workspace/cage-probe"
+            };
+            let args: Vec<String> = a
+                .inside
+                .iter()
+                .map(|s| format!("\"{}\"", t.expand(&ws, s)))
+                .collect();
+            pool::park_for(&cage, "gw", &id);
+            let r = cage.sh_in(
+                "gw",
+                &format!(
+                    "docker exec {} sh -c '{AGE_SH} >&2; exec \"$0\" \"$@\"' {probe} {}",
+                    &id[..12],
+                    args.join(" ")
+                ),
+            );
+            pool::assert_parked(&r.stderr, name);
+            assert_eq!(
+                r.code, 1,
+                "{name}: the probe ran and reported a refusal (not a setup error): {} {}",
+                r.stdout, r.stderr
+            );
+            assert!(r.stdout.starts_with("BLOCKED"), "{name}: {}", r.stdout);
+            assert_eq!(
+                std::fs::read_to_string(&t.canary).unwrap(),
+                "original",
+                "{name}: host canary unchanged"
+            );
+            assert_eq!(nix::unistd::gethostname().unwrap(), host_name, "{name}");
+        }
+        let _ = std::fs::remove_file(ws.join("link"));
+        cage.down();
+        cage.assert_gone(&netns);
+    }
 }
 
 /// `cagerun exec SVC` and command health checks become a process the one way the sandbox's

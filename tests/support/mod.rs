@@ -9,6 +9,7 @@
 
 pub mod cage;
 pub mod engines;
+pub mod pool;
 pub mod registry;
 pub mod world;
 
