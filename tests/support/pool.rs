@@ -1,6 +1,6 @@
 //! The broker's warm pool seen from the host and from inside a sandbox.
 //!
-//! A parked sandbox is an engine process `cagerun exec --bundle RUNS/N --park FD` (RUNS: the
+//! A parked sandbox is an engine process `cagerun exec --bundle RUNS/N` with CAGERUN_PARK_FD set (RUNS: the
 //! service's `sandboxes-SERVICE` in the cage's runtime directory) and its pid 1, a clone of
 //! the engine (same command line) that waits on the park socket for its command. Tests wait
 //! for the pool with [`wait_parked`] instead of sleeping, and tell from inside whether a call
@@ -90,7 +90,7 @@ pub struct Sandbox {
     pub engine: i32,
     pub init: Option<i32>,
     pub bundle: PathBuf,
-    /// Made by the pool (`--park`), whether or not it has been handed a command yet.
+    /// Made by the pool (CAGERUN_PARK_FD), whether or not it has been handed a command yet.
     pub pooled: bool,
     /// Parked: pid 1 waits on the park socket and has no child (no command yet).
     pub waiting: bool,
@@ -216,7 +216,12 @@ pub fn sandboxes_in(runs: &Path) -> Vec<Sandbox> {
             .iter()
             .find(|q| q.ppid == p.pid && q.inner_pid == Some(1) && same(q))
             .map(|q| q.pid);
-        let pooled = p.argv.iter().any(|a| a == "--park");
+        // The pool hands the engine its socket in CAGERUN_PARK_FD (not on the command line,
+        // which the sandbox can read); the tests run as root and read the environment.
+        let pooled = std::fs::read(format!("/proc/{}/environ", p.pid)).is_ok_and(|env| {
+            env.split(|b| *b == 0)
+                .any(|v| v.starts_with(b"CAGERUN_PARK_FD="))
+        });
         let waiting = pooled
             && init.is_some_and(|i| {
                 !procs.iter().any(|q| q.ppid == i) && in_recvmsg(i) != Some(false)

@@ -99,7 +99,10 @@ pub fn run(args: ExecArgs) -> Result<i32> {
     }
     let park = cage_runtime::sandbox::park_socket_from_env()?;
     if park.is_some() && (args.bundle.is_none() || timeout.is_some()) {
-        bail!("{}: only for a --bundle without --timeout (the broker's warm pool)", cage_runtime::sandbox::PARK_ENV);
+        bail!(
+            "{}: only for a --bundle without --timeout (the broker's warm pool)",
+            cage_runtime::sandbox::PARK_ENV
+        );
     }
     let opts = RunOptions {
         interactive: args.interactive,

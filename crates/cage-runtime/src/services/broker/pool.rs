@@ -280,8 +280,8 @@ impl Broker {
             crate::proto::fds::CONTROL.to_string(),
         )
         .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(stderr);
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr);
         crate::ipc::pass_fds(&mut cmd, &[theirs.as_raw_fd()]);
         let child = cmd.spawn();
         drop(theirs);
@@ -377,7 +377,11 @@ impl Broker {
         // Without -i a fresh sandbox's stdin is the /dev/null its pid 1 opened: a parked one
         // keeps its own the same way (the call's stdin is not passed).
         let stdio: Vec<i32> = if interactive {
-            vec![io.stdin.as_raw_fd(), io.stdout.as_raw_fd(), io.stderr.as_raw_fd()]
+            vec![
+                io.stdin.as_raw_fd(),
+                io.stdout.as_raw_fd(),
+                io.stderr.as_raw_fd(),
+            ]
         } else {
             vec![io.stdout.as_raw_fd(), io.stderr.as_raw_fd()]
         };
