@@ -41,7 +41,7 @@ const PARK_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) struct Parked {
     container: String,
     /// Its spec without the command, environment and working directory ([`key`]).
-    key: serde_json::Value,
+    key: oci_spec::runtime::Spec,
     child: Child,
     sock: OwnedFd,
     ready: park::Ready,
@@ -66,15 +66,15 @@ pub(super) enum Job {
 }
 
 /// What a parked sandbox and a call must agree on: the whole spec but the process's args,
-/// env and cwd, which the go message brings.
-fn key(spec: &oci_spec::runtime::Spec) -> serde_json::Value {
-    let mut v = serde_json::to_value(spec).unwrap_or_default();
-    if let Some(p) = v.get_mut("process").and_then(|p| p.as_object_mut()) {
-        p.remove("args");
-        p.remove("env");
-        p.remove("cwd");
+/// env and cwd, which the go message brings (compared with `==`, every field).
+fn key(spec: &oci_spec::runtime::Spec) -> oci_spec::runtime::Spec {
+    let mut key = spec.clone();
+    if let Some(p) = key.process_mut().as_mut() {
+        p.set_args(None);
+        p.set_env(None);
+        p.set_cwd(PathBuf::from("/"));
     }
-    v
+    key
 }
 
 impl Parked {
