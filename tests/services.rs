@@ -214,6 +214,208 @@ fn two_services_talk_by_name_publish_only_what_is_published_and_leave_nothing() 
     }
 }
 
+/// The far end of a published port, bound to the service's own 127.0.0.1 (a socket opened
+/// inside its namespace reaches it). One command line per connection: `echo` (read to EOF,
+/// then send it all back), `shut` (say BYE, half-close, read to EOF and keep it for `last`),
+/// `last`, `stall` (never read, never close until `release`), `release`.
+const PORT_SERVER_PY: &str = r#"
+import socket, threading
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("127.0.0.1", 8000))
+l.listen(512)
+held, last = [], [b""]
+def line(c):
+    b = b""
+    while not b.endswith(b"\n"):
+        d = c.recv(1)
+        if not d:
+            break
+        b += d
+    return b.decode().strip()
+def rest(c):
+    out = b""
+    while True:
+        d = c.recv(65536)
+        if not d:
+            return out
+        out += d
+def handle(c):
+    cmd = line(c)
+    if cmd == "echo":
+        c.sendall(rest(c))
+    elif cmd == "shut":
+        c.sendall(b"BYE")
+        c.shutdown(socket.SHUT_WR)
+        last[0] = rest(c)
+    elif cmd == "last":
+        c.sendall(last[0])
+    elif cmd == "stall":
+        held.append(c)
+        return
+    elif cmd == "release":
+        while held:
+            held.pop().close()
+    c.close()
+while True:
+    c, _ = l.accept()
+    threading.Thread(target=handle, args=(c,), daemon=True).start()
+"#;
+
+/// One connection to the published port: `command`, then `payload`, half-closed; all the
+/// service answered until it closed.
+fn port_call(port: u16, command: &str, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    s.write_all(format!("{command}\n").as_bytes())?;
+    s.write_all(payload)?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)?;
+    Ok(got)
+}
+
+/// (open descriptors, forwarding threads) of the supervisor.
+fn forwarder_load(supervisor: i32) -> (usize, usize) {
+    let fds = std::fs::read_dir(format!("/proc/{supervisor}/fd"))
+        .unwrap()
+        .count();
+    let threads = std::fs::read_dir(format!("/proc/{supervisor}/task"))
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "cagerun-port")
+        })
+        .count();
+    (fds, threads)
+}
+
+#[test]
+fn a_published_port_passes_half_closes_both_ways_many_connections_and_a_stall_and_leaks_nothing() {
+    use std::io::{Read, Write};
+    let _serial = serial();
+    for mode in modes() {
+        let port = free_port();
+        let toml = format!(
+            "[services.srv]\nhost = true\ncommand = [\"python3\", \"/app/srv.py\", \"{{MARKER}}\"]\nmounts = [{{ src = \"app\", dst = \"/app\" }}]\nports = [\"127.0.0.1:{port}:8000\"]\n"
+        );
+        let mut cage = Cage::new(
+            mode,
+            "fwd",
+            &[("config/cage.toml", &toml), ("app/srv.py", PORT_SERVER_PY)],
+        );
+        let supervisor = cage.up();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while port_call(port, "echo", b"ready").ok().as_deref() != Some(b"ready") {
+            assert!(
+                Instant::now() < deadline,
+                "the published port never answered"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let netns = cage.netns_inodes();
+        // Idle: the ready probe's threads end just after it saw EOF.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let idle_fds = loop {
+            match forwarder_load(supervisor) {
+                (fds, 0) => break fds,
+                (_, threads) => assert!(
+                    Instant::now() < deadline,
+                    "{threads} forwarding threads with no connection"
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+
+        // The host half-closes first: the service reads to EOF, then still answers.
+        let big: Vec<u8> = (0..4u32 << 20).map(|i| (i % 253) as u8).collect();
+        assert!(
+            port_call(port, "echo", &big).unwrap() == big,
+            "echo came back changed"
+        );
+
+        // The service half-closes first: the host sees EOF and still sends.
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"shut\n").unwrap();
+        let mut bye = Vec::new();
+        s.read_to_end(&mut bye).unwrap();
+        assert_eq!(bye, b"BYE");
+        s.write_all(b"after the service's half-close").unwrap();
+        drop(s);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while port_call(port, "last", b"").unwrap() != b"after the service's half-close" {
+            assert!(
+                Instant::now() < deadline,
+                "what the host sent after EOF never arrived"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+
+        // A connection whose service never reads: filled until the host's writes block...
+        let mut stalled = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stalled.write_all(b"stall\n").unwrap();
+        stalled
+            .set_write_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        let mut sent = 0usize;
+        loop {
+            match stalled.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("writing to the stalled connection: {e}"),
+            }
+            assert!(
+                sent < 512 << 20,
+                "a stalled reader took {sent} bytes: unbounded"
+            );
+        }
+        assert!(sent > 0 && forwarder_load(supervisor).1 >= 2);
+        // ...does not hold up 100 others at once, each with its own bytes.
+        let started = Instant::now();
+        let calls: Vec<_> = (0..100u32)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    let payload: Vec<u8> =
+                        (0..65536u32).map(|j| ((i * 7 + j) % 256) as u8).collect();
+                    port_call(port, "echo", &payload).map(|got| got == payload)
+                })
+            })
+            .collect();
+        for c in calls {
+            assert!(
+                c.join().unwrap().unwrap(),
+                "a concurrent connection came back changed"
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "100 connections beside a stalled one took {:?}",
+            started.elapsed()
+        );
+
+        // Once every connection is closed, the forwarder holds nothing more than when idle.
+        assert_eq!(port_call(port, "release", b"").unwrap(), b"");
+        drop(stalled);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (fds, threads) = forwarder_load(supervisor);
+            if fds <= idle_fds && threads == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the forwarder still holds {fds} descriptors (idle: {idle_fds}) and {threads} threads"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cage.down();
+        cage.assert_gone(&netns);
+    }
+}
+
 #[test]
 fn a_killed_service_restarts_per_policy_with_backoff() {
     let _serial = serial();

@@ -555,10 +555,17 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
         }
     }
     let control = control::serve(&sup.paths.control_socket(), sup.clone())?;
+    let connections = forward::connection_limit();
     for (name, l, port) in listeners {
         let l = tokio::net::TcpListener::from_std(l)?;
         let ns = sup.services[&name].netns_fd.clone();
-        tokio::spawn(forward::serve(l, sup.holder.clone(), ns, port));
+        tokio::spawn(forward::serve(
+            l,
+            sup.holder.clone(),
+            ns,
+            port,
+            connections.clone(),
+        ));
     }
     let mut tasks = Vec::new();
     let (first_tx, mut first_rx) = mpsc::unbounded_channel::<(String, Settled)>();
