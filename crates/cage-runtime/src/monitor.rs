@@ -37,6 +37,9 @@ pub struct MonitorOptions {
     pub log_max: u64,
 }
 
+/// When a stop's SIGTERM is checked, once, for having been dropped by a starting init.
+const TERM_RETRY: Duration = Duration::from_millis(500);
+
 pub fn run(args: MonitorOptions) -> Result<i32> {
     // SAFETY: the supervisor put our end of the control socket at fds::CONTROL.
     let ctl = unsafe { OwnedFd::from_raw_fd(crate::proto::fds::CONTROL) };
@@ -106,6 +109,7 @@ fn supervise(args: &MonitorOptions, ctl: &OwnedFd) -> Result<i32> {
 
 fn watch(pid: Pid, log_r: &OwnedFd, ctl: &OwnedFd, log: &mut Log) -> Result<i32> {
     let mut kill_at: Option<Instant> = None;
+    let mut term_retry_at: Option<Instant> = None;
     let mut log_open = true;
     let mut ctl_open = true;
     let mut buf = vec![0u8; 64 << 10];
@@ -124,7 +128,7 @@ fn watch(pid: Pid, log_r: &OwnedFd, ctl: &OwnedFd, log: &mut Log) -> Result<i32>
             }
             return Ok(code);
         }
-        let timeout = match kill_at {
+        let timeout = match kill_at.into_iter().chain(term_retry_at).min() {
             Some(t) => t
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(100)),
@@ -163,6 +167,7 @@ fn watch(pid: Pid, log_r: &OwnedFd, ctl: &OwnedFd, log: &mut Log) -> Result<i32>
                 Ok(Some((MonitorCommand::Stop { grace_ms }, _))) => {
                     let _ = kill(pid, Signal::SIGTERM);
                     kill_at = Some(Instant::now() + Duration::from_millis(grace_ms));
+                    term_retry_at = Some(Instant::now() + TERM_RETRY);
                 }
                 // A command that does not parse is ignored: only a closed (or broken) socket
                 // means the supervisor is gone.
@@ -177,10 +182,16 @@ fn watch(pid: Pid, log_r: &OwnedFd, ctl: &OwnedFd, log: &mut Log) -> Result<i32>
         if kill_at.is_some_and(|t| Instant::now() >= t) {
             let _ = kill(pid, Signal::SIGKILL);
             kill_at = None;
-        } else if kill_at.is_some() && term_was_dropped(pid) {
+        } else if term_retry_at.is_some_and(|t| Instant::now() >= t) {
             // A stop that came while the container's init was still starting: the kernel
             // drops a signal to a pid namespace's init that neither blocks nor handles it.
-            let _ = kill(pid, Signal::SIGTERM);
+            // Sent again once only: an init waiting in sigwait (cagerun's own) shows SIGTERM
+            // neither blocked nor caught while it waits, and forwards every copy to the
+            // command (OpenClaw took a re-send on every log line for a second stop).
+            term_retry_at = None;
+            if term_was_dropped(pid) {
+                let _ = kill(pid, Signal::SIGTERM);
+            }
         }
     }
 }
