@@ -29,6 +29,8 @@ use cage_spec::{passwd, HostIds, RootfsSource};
 
 mod pool;
 
+use pool::Slot;
+
 use crate::ipc::IpcError;
 use crate::proto::{ShimReply, ShimRequest as Request};
 use crate::shim::SOCKET_NAME;
@@ -162,9 +164,7 @@ pub struct Broker {
     /// Calls being served now (each holds a thread and the shim's descriptors).
     connections: Arc<AtomicUsize>,
     /// The warm pool ([`pool`]): parked sandboxes, and the thread that makes and reaps them.
-    parked: Mutex<Vec<pool::Parked>>,
-    jobs: Mutex<Option<std::sync::mpsc::Sender<pool::Job>>>,
-    pool_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    pool: pool::Pool,
 }
 
 /// Calls served at once; one more is answered "busy" and closed at once. A tool command
@@ -231,18 +231,10 @@ impl Broker {
             next_run: AtomicU64::new(0),
             connections: Arc::new(AtomicUsize::new(0)),
             running: Arc::new(AtomicUsize::new(0)),
-            parked: Mutex::new(Vec::new()),
-            jobs: Mutex::new(None),
-            pool_thread: Mutex::new(None),
+            pool: pool::Pool::default(),
         });
         if broker.setup.pool > 0 {
-            let (tx, rx) = std::sync::mpsc::channel();
-            *broker.jobs.lock().unwrap() = Some(tx);
-            let b = broker.clone();
-            let handle = std::thread::Builder::new()
-                .name("broker-pool".into())
-                .spawn(move || b.pool_thread(rx))?;
-            *broker.pool_thread.lock().unwrap() = Some(handle);
+            pool::Pool::start(broker.clone())?;
         }
         let b = broker.clone();
         std::thread::Builder::new()
@@ -291,11 +283,7 @@ impl Broker {
             c.kill_running();
         }
         // The pool's thread ends its parked sandboxes and reaps what it holds, then exits.
-        self.send_job(pool::Job::Stop);
-        self.jobs.lock().unwrap().take();
-        if let Some(t) = self.pool_thread.lock().unwrap().take() {
-            let _ = t.join();
-        }
+        self.pool.stop();
     }
 
     /// Sandboxes started and not yet reaped (a call between its budget slot and its
@@ -390,7 +378,7 @@ impl Broker {
                 drop(containers);
                 // Its first call finds a sandbox parked.
                 for id in started {
-                    self.send_job(pool::Job::Fill(id));
+                    self.pool.send(pool::Job::Fill(id));
                 }
                 io.out(&out);
                 result.map(|()| String::new())
@@ -444,7 +432,7 @@ impl Broker {
                     };
                     let c = containers.remove(i);
                     c.kill_running();
-                    self.drop_parked(&c.id);
+                    self.pool.drop_parked(&c.id);
                     gone.push(c);
                     out.push_str(&format!("{n}\n"));
                 }
@@ -546,11 +534,12 @@ impl Broker {
             if add_env(&mut call_env, req, &e.env_files, &e.env).is_ok() {
                 if let Ok(spec) = self.render(&shape, e, call_env, &id) {
                     if let pool::Served::Ran(code) =
-                        self.serve_parked(&id, &spec, e.interactive, &io, conn)
+                        self.pool
+                            .serve(self, &id, &spec, e.interactive, io.fds(), conn)
                     {
                         // The pool is topped up after the call, not beside it: on a small
                         // machine a sandbox being made would slow the command down.
-                        self.send_job(pool::Job::Fill(id));
+                        self.pool.send(pool::Job::Fill(id));
                         return code;
                     }
                 }
@@ -560,11 +549,12 @@ impl Broker {
         // the sandbox has ended. Parked sandboxes hold slots too: one gives way to a call.
         let max = self.setup.max_running;
         let slot = Slot::take(&self.running, max).or_else(|| {
-            self.evict_one()
+            self.pool
+                .evict_one()
                 .then(|| Slot::take(&self.running, max))
                 .flatten()
         });
-        let Some(_slot) = slot else {
+        let Some(slot) = slot else {
             return io.fail(
                 &DockerError(format!(
                     "Error response from daemon: the cage's sandbox budget is spent ({max} sandboxes running, `[services.{}.sandboxes] max`): try again when one has ended",
@@ -574,7 +564,10 @@ impl Broker {
             );
         };
         let code = self.exec_within_budget(req, e, io, conn, (id.clone(), shape, env), net);
-        self.send_job(pool::Job::Fill(id));
+        // The slot is given back before the pool is asked to refill, or the refill finds
+        // the budget still spent by this very call.
+        drop(slot);
+        self.pool.send(pool::Job::Fill(id));
         code
     }
 
@@ -734,24 +727,95 @@ impl Broker {
     }
 }
 
-/// One of a bounded number of places (calls being served, sandboxes running): taken with
-/// [`Slot::take`] when fewer than `max` are taken, given back when dropped, whatever path
-/// the holder leaves by.
-struct Slot(Arc<AtomicUsize>);
-
-impl Slot {
-    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
-        if count.fetch_add(1, Ordering::SeqCst) >= max {
-            count.fetch_sub(1, Ordering::SeqCst);
-            return None;
-        }
-        Some(Slot(count.clone()))
+/// What the warm pool asks of the broker: it renders and starts, the pool keeps and hands
+/// over.
+impl pool::Host for Broker {
+    fn pool(&self) -> &pool::Pool {
+        &self.pool
     }
-}
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+    fn pool_size(&self) -> usize {
+        self.setup.pool
+    }
+
+    fn budget(&self) -> (&Arc<AtomicUsize>, usize) {
+        (&self.running, self.setup.max_running)
+    }
+
+    fn poolable(&self, container: &str) -> bool {
+        let mut containers = self.containers.lock().unwrap();
+        find(&mut containers, container).is_some_and(|c| c.running && c.net.is_none())
+    }
+
+    fn exists(&self, container: &str) -> bool {
+        find(&mut self.containers.lock().unwrap(), container).is_some()
+    }
+
+    fn start_parked(&self, container: &str) -> Result<pool::Started> {
+        let (id, shape, env) = {
+            let mut containers = self.containers.lock().unwrap();
+            let c = find(&mut containers, container).context("the container is gone")?;
+            (c.id.clone(), c.shape.clone(), c.env.clone())
+        };
+        // Nothing of a call is known yet: a placeholder command, the container's own env
+        // (a call's spec is compared with this one less argv, env and cwd).
+        let placeholder = docker::Exec {
+            interactive: true,
+            tty: false,
+            workdir: None,
+            env_files: Vec::new(),
+            env: Vec::new(),
+            user: None,
+            container: id.clone(),
+            command: vec!["true".into()],
+        };
+        let spec = self
+            .render(&shape, &placeholder, env, &id)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let run = self
+            .runs
+            .join(self.next_run.fetch_add(1, Ordering::Relaxed).to_string());
+        crate::bundle::write_config(&run, &spec)?;
+        let (ours, theirs) = cage_sandbox::park::socket_pair()?;
+        let stderr = std::fs::File::create(run.join("stderr"))?;
+        let mut cmd = self.sandbox_command(&run, false, None);
+        cmd.env(
+            crate::sandbox::PARK_ENV,
+            crate::proto::fds::CONTROL.to_string(),
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr);
+        crate::ipc::pass_fds(&mut cmd, &[theirs.as_raw_fd()]);
+        let child = cmd.spawn();
+        drop(theirs);
+        match child {
+            Ok(child) => Ok(pool::Started {
+                spec,
+                child,
+                sock: ours,
+                run,
+            }),
+            Err(e) => {
+                crate::tree::remove(&run);
+                Err(e).context("starting a parked sandbox")
+            }
+        }
+    }
+
+    fn track(&self, container: &str, pid: i32, running: bool) -> bool {
+        let mut containers = self.containers.lock().unwrap();
+        match find(&mut containers, container) {
+            Some(c) if running => {
+                c.running_execs.push(pid);
+                true
+            }
+            Some(c) => {
+                c.running_execs.retain(|p| *p != pid);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -778,6 +842,13 @@ impl Io {
             })?;
         }
         Ok(())
+    }
+    fn fds(&self) -> [i32; 3] {
+        [
+            self.stdin.as_raw_fd(),
+            self.stdout.as_raw_fd(),
+            self.stderr.as_raw_fd(),
+        ]
     }
     fn out(&self, text: &str) {
         write_bounded(&self.stdout, text.as_bytes());

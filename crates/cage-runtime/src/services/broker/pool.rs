@@ -12,33 +12,83 @@
 //!   fresh sandbox would resolve now (device and inode). Otherwise, or for a terminal (`-t`)
 //!   or a sandbox with a network of its own, the call makes a fresh one. A used sandbox ends
 //!   with its command; the pool makes another in the background.
-//! - **Bounded.** [`Setup::pool`] per started container; each parked sandbox holds a slot of
+//! - **Bounded.** `[sandboxes] pool` per started container; each parked sandbox holds a slot of
 //!   `max` and lives in the sandboxes' cgroup, so memory and pids count against the cage. A
 //!   call that finds no slot free evicts a parked sandbox first. One that stays unused for
 //!   [`IDLE`] is ended and not replaced until the container's next call.
 //! - **Dies with the supervisor.** One thread makes them all and they have PDEATHSIG bound
-//!   to it; it ends (and they with it) at [`Broker::shutdown`] or when the process dies.
+//!   to it; it ends (and they with it) at [`Pool::stop`] or when the process dies.
+//!
+//! The pool knows nothing of containers or specs beyond what its [`Host`] (the broker) says:
+//! the broker renders and starts, the pool keeps, matches, hands over and ends.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::process::Child;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cage_sandbox::park;
-use cage_spec::docker::{self, SandboxShape};
-
-use super::{find, Broker, Slot};
 
 /// A parked sandbox unused this long is ended (and not replaced until its container's next
 /// call).
 pub const IDLE: Duration = Duration::from_secs(60);
 /// How long a sandbox may take to park before the pool gives up on it.
 const PARK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an ended sandbox's engine gets to clean up before it is killed.
+const END_GRACE: Duration = Duration::from_secs(2);
 
-pub(super) struct Parked {
+/// One of a bounded number of places (calls being served, sandboxes running): taken with
+/// [`Slot::take`] when fewer than `max` are taken, given back when dropped, whatever path
+/// the holder leaves by.
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    pub fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        if count.fetch_add(1, Ordering::SeqCst) >= max {
+            count.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Slot(count.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A sandbox engine started parked by the [`Host`]: its spec, process, socket, bundle.
+pub struct Started {
+    pub spec: oci_spec::runtime::Spec,
+    pub child: Child,
+    pub sock: OwnedFd,
+    pub run: PathBuf,
+}
+
+/// What the pool asks of the broker.
+pub trait Host: Send + Sync + 'static {
+    fn pool(&self) -> &Pool;
+    /// Parked sandboxes per started container.
+    fn pool_size(&self) -> usize;
+    /// The sandbox budget: the count of slots taken and `max`.
+    fn budget(&self) -> (&Arc<AtomicUsize>, usize);
+    /// `container` is started and its calls may go to parked sandboxes.
+    fn poolable(&self, container: &str) -> bool;
+    /// `container` still exists.
+    fn exists(&self, container: &str) -> bool;
+    /// Render `container`'s sandbox with a placeholder command, write its bundle and start its
+    /// engine parked, with the other end of the returned socket.
+    fn start_parked(&self, container: &str) -> anyhow::Result<Started>;
+    /// Count (or stop counting) an engine as one of `container`'s running sandboxes (`rm`
+    /// kills them). False when the container is gone.
+    fn track(&self, container: &str, pid: i32, running: bool) -> bool;
+}
+
+pub struct Parked {
     container: String,
     /// Its spec without the command, environment and working directory ([`key`]).
     key: oci_spec::runtime::Spec,
@@ -52,13 +102,13 @@ pub(super) struct Parked {
 
 /// A sandbox that is done (ended after its call, evicted, idle): reaped and its bundle
 /// removed on the pool's thread.
-pub(super) struct Done {
+pub struct Done {
     child: Child,
     run: PathBuf,
     _slot: Slot,
 }
 
-pub(super) enum Job {
+pub enum Job {
     /// Top up the pool of this container.
     Fill(String),
     Reap(Done),
@@ -91,9 +141,6 @@ impl Parked {
     }
 }
 
-/// How long an ended sandbox's engine gets to clean up before it is killed.
-const END_GRACE: Duration = Duration::from_secs(2);
-
 impl Done {
     fn finish(mut self) {
         let deadline = Instant::now() + END_GRACE;
@@ -116,31 +163,44 @@ impl Done {
 
 /// A call served by a parked sandbox: it ran, or it could not be handed over (the call then
 /// runs a fresh sandbox, with its stdio untouched).
-pub(super) enum Served {
+pub enum Served {
     Ran(i32),
     NotTaken,
 }
 
-impl Broker {
-    pub(super) fn pool_thread(self: Arc<Broker>, jobs: Receiver<Job>) {
-        loop {
-            match jobs.recv_timeout(Duration::from_secs(1)) {
-                Ok(Job::Fill(container)) => self.fill(&container),
-                Ok(Job::Reap(done)) => done.finish(),
-                Ok(Job::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => {}
-            }
-            self.shrink();
-        }
-        let all: Vec<Parked> = std::mem::take(&mut *self.parked.lock().unwrap());
-        for p in all {
-            p.end().finish();
+/// The parked sandboxes, and the thread that makes and reaps them.
+#[derive(Default)]
+pub struct Pool {
+    parked: Mutex<Vec<Parked>>,
+    jobs: Mutex<Option<Sender<Job>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Pool {
+    /// Start the pool's thread for `host`.
+    pub fn start(host: Arc<dyn Host>) -> std::io::Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        *host.pool().jobs.lock().unwrap() = Some(tx);
+        let h = host.clone();
+        let handle = std::thread::Builder::new()
+            .name("broker-pool".into())
+            .spawn(move || thread_main(h, rx))?;
+        *host.pool().thread.lock().unwrap() = Some(handle);
+        Ok(())
+    }
+
+    pub fn send(&self, job: Job) {
+        if let Some(tx) = self.jobs.lock().unwrap().as_ref() {
+            let _ = tx.send(job);
         }
     }
 
-    pub(super) fn send_job(&self, job: Job) {
-        if let Some(tx) = self.jobs.lock().unwrap().as_ref() {
-            let _ = tx.send(job);
+    /// End every parked sandbox and the thread (it reaps what it holds first).
+    pub fn stop(&self) {
+        self.send(Job::Stop);
+        self.jobs.lock().unwrap().take();
+        if let Some(t) = self.thread.lock().unwrap().take() {
+            let _ = t.join();
         }
     }
 
@@ -161,7 +221,7 @@ impl Broker {
     }
 
     /// End the parked sandboxes of a removed container.
-    pub(super) fn drop_parked(&self, container: &str) {
+    pub fn drop_parked(&self, container: &str) {
         let gone: Vec<Parked> = {
             let mut parked = self.parked.lock().unwrap();
             let (gone, keep) = std::mem::take(&mut *parked)
@@ -171,12 +231,12 @@ impl Broker {
             gone
         };
         for p in gone {
-            self.send_job(Job::Reap(p.end()));
+            self.send(Job::Reap(p.end()));
         }
     }
 
     /// Free a slot for a call by ending a parked sandbox (the oldest), now.
-    pub(super) fn evict_one(&self) -> bool {
+    pub fn evict_one(&self) -> bool {
         let victim = {
             let mut parked = self.parked.lock().unwrap();
             let oldest = parked
@@ -196,18 +256,11 @@ impl Broker {
     }
 
     /// Make parked sandboxes for `container` up to the pool's size, within the budget.
-    fn fill(&self, container: &str) {
+    fn fill(&self, host: &dyn Host, container: &str) {
         loop {
-            let shape = {
-                let mut containers = self.containers.lock().unwrap();
-                match find(&mut containers, container) {
-                    Some(c) if c.running && c.net.is_none() => {
-                        Some((c.shape.clone(), c.env.clone()))
-                    }
-                    _ => None,
-                }
-            };
-            let Some((shape, env)) = shape else { return };
+            if !host.poolable(container) {
+                return;
+            }
             let have = self
                 .parked
                 .lock()
@@ -215,137 +268,44 @@ impl Broker {
                 .iter()
                 .filter(|p| p.container == container)
                 .count();
-            if have >= self.setup.pool {
+            if have >= host.pool_size() {
                 return;
             }
-            let Some(slot) = Slot::take(&self.running, self.setup.max_running) else {
+            let (count, max) = host.budget();
+            let Some(slot) = Slot::take(count, max) else {
                 return;
             };
-            match self.park_one(container, &shape, env, slot) {
+            match park_one(host, container, slot) {
                 Ok(p) => {
                     // The container may have been removed meanwhile.
-                    let mut containers = self.containers.lock().unwrap();
-                    if find(&mut containers, container).is_some() {
+                    if host.exists(container) {
                         self.parked.lock().unwrap().push(p);
                     } else {
-                        drop(containers);
                         p.end().finish();
                         return;
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(service = %self.setup.service, "pool: a parked sandbox did not start, calls make their own: {e:#}");
+                    tracing::warn!(
+                        "pool: a parked sandbox did not start, calls make their own: {e:#}"
+                    );
                     return;
                 }
             }
         }
     }
 
-    fn park_one(
-        &self,
-        container: &str,
-        shape: &SandboxShape,
-        env: Vec<(String, String)>,
-        slot: Slot,
-    ) -> anyhow::Result<Parked> {
-        use anyhow::Context;
-        let placeholder = docker::Exec {
-            interactive: true,
-            tty: false,
-            workdir: None,
-            env_files: Vec::new(),
-            env: Vec::new(),
-            user: None,
-            container: container.to_string(),
-            command: vec!["true".into()],
-        };
-        let id = {
-            let mut containers = self.containers.lock().unwrap();
-            find(&mut containers, container)
-                .map(|c| c.id.clone())
-                .context("the container is gone")?
-        };
-        let spec = self
-            .render(shape, &placeholder, env, &id)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let run = self
-            .runs
-            .join(self.next_run.fetch_add(1, Ordering::Relaxed).to_string());
-        crate::bundle::write_config(&run, &spec)?;
-        let (ours, theirs) = park::socket_pair()?;
-        let stderr = std::fs::File::create(run.join("stderr"))?;
-        let mut cmd = self.sandbox_command(&run, false, None);
-        cmd.env(
-            crate::sandbox::PARK_ENV,
-            crate::proto::fds::CONTROL.to_string(),
-        )
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(stderr);
-        crate::ipc::pass_fds(&mut cmd, &[theirs.as_raw_fd()]);
-        let child = cmd.spawn();
-        drop(theirs);
-        let mut child = match child {
-            Ok(c) => c,
-            Err(e) => {
-                crate::tree::remove(&run);
-                return Err(e).context("starting a parked sandbox");
-            }
-        };
-        let _ = nix::sys::socket::setsockopt(
-            &ours,
-            nix::sys::socket::sockopt::ReceiveTimeout,
-            &nix::sys::time::TimeVal::new(PARK_TIMEOUT.as_secs() as i64, 0),
-        );
-        let ready = park::recv_ready(&ours);
-        let _ = nix::sys::socket::setsockopt(
-            &ours,
-            nix::sys::socket::sockopt::ReceiveTimeout,
-            &nix::sys::time::TimeVal::new(0, 0),
-        );
-        match ready {
-            Ok(ready) => Ok(Parked {
-                container: container.to_string(),
-                key: key(&spec),
-                child,
-                sock: ours,
-                ready,
-                run,
-                born: Instant::now(),
-                slot,
-            }),
-            Err(e) => {
-                let _ = child.kill();
-                let status = child.wait();
-                let said = std::fs::read(run.join("stderr"))
-                    .map(|b| String::from_utf8_lossy(&b[..b.len().min(4096)]).into_owned())
-                    .unwrap_or_default();
-                crate::tree::remove(&run);
-                Err(anyhow::anyhow!(
-                    "{e} ({status:?}){}",
-                    if said.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", said.trim())
-                    }
-                ))
-            }
-        }
-    }
-
     /// Serve a call with a parked sandbox of `container` whose spec matches `spec` (the one
-    /// a fresh sandbox would run), if there is one.
-    pub(super) fn serve_parked(
+    /// a fresh sandbox would run), if there is one. `stdio`: the call's stdin, stdout, stderr.
+    pub fn serve(
         &self,
+        host: &dyn Host,
         container: &str,
         spec: &oci_spec::runtime::Spec,
         interactive: bool,
-        io: &super::Io,
+        stdio: [RawFd; 3],
         conn: &std::os::unix::net::UnixStream,
     ) -> Served {
-        if self.setup.pool == 0 {
-            return Served::NotTaken;
-        }
         let wanted = key(spec);
         let taken = {
             let mut parked = self.parked.lock().unwrap();
@@ -363,7 +323,7 @@ impl Broker {
             .and_then(|plan| park::current_sources(&plan).ok());
         if now.as_ref() != Some(&p.ready) {
             tracing::debug!(%container, "pool: a bind source changed since the sandbox parked; a fresh one runs");
-            self.send_job(Job::Reap(p.end()));
+            self.send(Job::Reap(p.end()));
             return Served::NotTaken;
         }
         let process = spec.process().as_ref();
@@ -376,45 +336,98 @@ impl Broker {
         };
         // Without -i a fresh sandbox's stdin is the /dev/null its pid 1 opened: a parked one
         // keeps its own the same way (the call's stdin is not passed).
-        let stdio: Vec<i32> = if interactive {
-            vec![
-                io.stdin.as_raw_fd(),
-                io.stdout.as_raw_fd(),
-                io.stderr.as_raw_fd(),
-            ]
+        let [stdin, stdout, stderr] = stdio;
+        let passed: Vec<RawFd> = if interactive {
+            vec![stdin, stdout, stderr]
         } else {
-            vec![io.stdout.as_raw_fd(), io.stderr.as_raw_fd()]
+            vec![stdout, stderr]
         };
-        if let Err(e) = park::send_go(&p.sock, &go, &stdio) {
+        if let Err(e) = park::send_go(&p.sock, &go, &passed) {
             tracing::debug!(%container, "pool: handing over: {e}; a fresh one runs");
-            self.send_job(Job::Reap(p.end()));
+            self.send(Job::Reap(p.end()));
             return Served::NotTaken;
         }
         let pid = p.child.id() as i32;
-        {
-            let mut containers = self.containers.lock().unwrap();
-            match find(&mut containers, container) {
-                Some(c) => c.running_execs.push(pid),
-                None => {
-                    let _ = p.child.kill();
-                }
-            }
+        if !host.track(container, pid, true) {
+            // Removed while we handed it over.
+            let _ = p.child.kill();
         }
         let code = wait_code_or_hangup(&mut p, conn);
-        {
-            let mut containers = self.containers.lock().unwrap();
-            if let Some(c) = find(&mut containers, container) {
-                c.running_execs.retain(|x| *x != pid);
-            }
-        }
+        host.track(container, pid, false);
         // The sandbox's namespaces come down after the answer, on the pool's thread; its
         // slot is held until it is reaped.
-        self.send_job(Job::Reap(Done {
+        self.send(Job::Reap(Done {
             child: p.child,
             run: p.run,
             _slot: p.slot,
         }));
         Served::Ran(code)
+    }
+}
+
+fn thread_main(host: Arc<dyn Host>, jobs: Receiver<Job>) {
+    let pool = host.pool();
+    loop {
+        match jobs.recv_timeout(Duration::from_secs(1)) {
+            Ok(Job::Fill(container)) => pool.fill(&*host, &container),
+            Ok(Job::Reap(done)) => done.finish(),
+            Ok(Job::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        pool.shrink();
+    }
+    let all: Vec<Parked> = std::mem::take(&mut *pool.parked.lock().unwrap());
+    for p in all {
+        p.end().finish();
+    }
+}
+
+/// Start one parked sandbox and wait until it says it is parked.
+fn park_one(host: &dyn Host, container: &str, slot: Slot) -> anyhow::Result<Parked> {
+    let Started {
+        spec,
+        mut child,
+        sock,
+        run,
+    } = host.start_parked(container)?;
+    let _ = nix::sys::socket::setsockopt(
+        &sock,
+        nix::sys::socket::sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(PARK_TIMEOUT.as_secs() as i64, 0),
+    );
+    let ready = park::recv_ready(&sock);
+    let _ = nix::sys::socket::setsockopt(
+        &sock,
+        nix::sys::socket::sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(0, 0),
+    );
+    match ready {
+        Ok(ready) => Ok(Parked {
+            container: container.to_string(),
+            key: key(&spec),
+            child,
+            sock,
+            ready,
+            run,
+            born: Instant::now(),
+            slot,
+        }),
+        Err(e) => {
+            let _ = child.kill();
+            let status = child.wait();
+            let said = std::fs::read(run.join("stderr"))
+                .map(|b| String::from_utf8_lossy(&b[..b.len().min(4096)]).into_owned())
+                .unwrap_or_default();
+            crate::tree::remove(&run);
+            Err(anyhow::anyhow!(
+                "{e} ({status:?}){}",
+                if said.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", said.trim())
+                }
+            ))
+        }
     }
 }
 
