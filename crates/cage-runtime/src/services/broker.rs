@@ -537,9 +537,9 @@ impl Broker {
                         self.pool
                             .serve(self, &id, &spec, e.interactive, io.fds(), conn)
                     {
-                        // The pool is topped up after the call, not beside it: on a small
-                        // machine a sandbox being made would slow the command down.
-                        self.pool.send(pool::Job::Fill(id));
+                        // The pool tops the container up once the used sandbox is reaped:
+                        // after the call, not beside it (on a small machine a sandbox being
+                        // made would slow the command down).
                         return code;
                     }
                 }
@@ -548,12 +548,7 @@ impl Broker {
         // The sandbox budget: a slot is taken before anything starts and given back when
         // the sandbox has ended. Parked sandboxes hold slots too: one gives way to a call.
         let max = self.setup.max_running;
-        let slot = Slot::take(&self.running, max).or_else(|| {
-            self.pool
-                .evict_one()
-                .then(|| Slot::take(&self.running, max))
-                .flatten()
-        });
+        let slot = self.pool.slot_for_call(&self.running, max);
         let Some(slot) = slot else {
             return io.fail(
                 &DockerError(format!(

@@ -101,7 +101,7 @@ pub struct Parked {
 }
 
 /// A sandbox that is done (ended after its call, evicted, idle): reaped and its bundle
-/// removed on the pool's thread.
+/// removed off the call's path.
 pub struct Done {
     child: Child,
     run: PathBuf,
@@ -111,7 +111,6 @@ pub struct Done {
 pub enum Job {
     /// Top up the pool of this container.
     Fill(String),
-    Reap(Done),
     Stop,
 }
 
@@ -142,6 +141,17 @@ impl Parked {
 }
 
 impl Done {
+    /// Reap it on a thread of its own: its slot comes back as soon as it is gone, not after
+    /// whatever the pool's thread is doing (making a sandbox may take a while under load).
+    fn finish_soon(self) {
+        let spawned = std::thread::Builder::new()
+            .name("broker-reap".into())
+            .spawn(move || self.finish());
+        if let Err(e) = spawned {
+            tracing::warn!("pool: reaping a sandbox: {e}");
+        }
+    }
+
     fn finish(mut self) {
         let deadline = Instant::now() + END_GRACE;
         loop {
@@ -172,6 +182,8 @@ pub enum Served {
 #[derive(Default)]
 pub struct Pool {
     parked: Mutex<Vec<Parked>>,
+    /// Sandboxes being made now (each holds a slot it cannot give back until it parks).
+    making: AtomicUsize,
     jobs: Mutex<Option<Sender<Job>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -230,8 +242,28 @@ impl Pool {
             *parked = keep;
             gone
         };
+        // Synchronously: `docker rm -f` answers once the container's sandboxes are gone.
         for p in gone {
-            self.send(Job::Reap(p.end()));
+            p.end().finish();
+        }
+    }
+
+    /// A slot for a call: a free one; else one a parked sandbox gives up (the oldest is
+    /// ended); else, while sandboxes are being made, the first of them that parks gives way
+    /// (the pool never costs a call its place), waiting at most [`PARK_TIMEOUT`].
+    pub fn slot_for_call(&self, count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        let deadline = Instant::now() + PARK_TIMEOUT;
+        loop {
+            if let Some(slot) = Slot::take(count, max) {
+                return Some(slot);
+            }
+            if self.evict_one() {
+                continue;
+            }
+            if self.making.load(Ordering::SeqCst) == 0 || Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 
@@ -275,7 +307,10 @@ impl Pool {
             let Some(slot) = Slot::take(count, max) else {
                 return;
             };
-            match park_one(host, container, slot) {
+            self.making.fetch_add(1, Ordering::SeqCst);
+            let made = park_one(host, container, slot);
+            self.making.fetch_sub(1, Ordering::SeqCst);
+            match made {
                 Ok(p) => {
                     // The container may have been removed meanwhile.
                     if host.exists(container) {
@@ -323,7 +358,7 @@ impl Pool {
             .and_then(|plan| park::current_sources(&plan).ok());
         if now.as_ref() != Some(&p.ready) {
             tracing::debug!(%container, "pool: a bind source changed since the sandbox parked; a fresh one runs");
-            self.send(Job::Reap(p.end()));
+            p.end().finish_soon();
             return Served::NotTaken;
         }
         let process = spec.process().as_ref();
@@ -344,7 +379,7 @@ impl Pool {
         };
         if let Err(e) = park::send_go(&p.sock, &go, &passed) {
             tracing::debug!(%container, "pool: handing over: {e}; a fresh one runs");
-            self.send(Job::Reap(p.end()));
+            p.end().finish_soon();
             return Served::NotTaken;
         }
         let pid = p.child.id() as i32;
@@ -354,13 +389,28 @@ impl Pool {
         }
         let code = wait_code_or_hangup(&mut p, conn);
         host.track(container, pid, false);
-        // The sandbox's namespaces come down after the answer, on the pool's thread; its
-        // slot is held until it is reaped.
-        self.send(Job::Reap(Done {
+        // The sandbox's namespaces come down after the answer; its slot is held until it is
+        // reaped.
+        // Its slot comes back when it is reaped: the container's refill is asked for then,
+        // or it would find the budget still spent by this very sandbox.
+        let done = Done {
             child: p.child,
             run: p.run,
             _slot: p.slot,
-        }));
+        };
+        let tx = self.jobs.lock().unwrap().clone();
+        let container = container.to_string();
+        let spawned = std::thread::Builder::new()
+            .name("broker-reap".into())
+            .spawn(move || {
+                done.finish();
+                if let Some(tx) = tx {
+                    let _ = tx.send(Job::Fill(container));
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("pool: reaping a sandbox: {e}");
+        }
         Served::Ran(code)
     }
 }
@@ -370,7 +420,6 @@ fn thread_main(host: Arc<dyn Host>, jobs: Receiver<Job>) {
     loop {
         match jobs.recv_timeout(Duration::from_secs(1)) {
             Ok(Job::Fill(container)) => pool.fill(&*host, &container),
-            Ok(Job::Reap(done)) => done.finish(),
             Ok(Job::Stop) | Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {}
         }
