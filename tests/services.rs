@@ -390,8 +390,10 @@ fn a_published_port_passes_half_closes_both_ways_many_connections_and_a_stall_an
                 "a concurrent connection came back changed"
             );
         }
+        // A hang detector, not a speed figure (scripts/bench-services measures the port):
+        // a stall that held the others would never end; an emulated VM guest takes ~20 s.
         assert!(
-            started.elapsed() < Duration::from_secs(20),
+            started.elapsed() < Duration::from_secs(180),
             "100 connections beside a stalled one took {:?}",
             started.elapsed()
         );
