@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use cage_net::network::{netlink::Netlink, netns};
@@ -75,7 +76,18 @@ pub fn run(args: HolderOptions) -> Result<()> {
     ipc::send(&ctl, &HolderEvent::Ready, &[])?;
 
     let mut held: HashMap<i32, OwnedFd> = HashMap::new();
+    // The holder mostly waits: what making the router and the services' networks touched
+    // need not stay resident for the cage's whole life. Given back once the requests that
+    // set things up have gone quiet (connections inside a service are the steady state).
+    let mut release_at = Some(Instant::now() + SETUP_QUIET);
     loop {
+        if let Some(at) = release_at {
+            if !readable_before(&ctl, at)? {
+                crate::resident::release_startup_pages();
+                release_at = None;
+                continue;
+            }
+        }
         let request = match ipc::recv::<HolderRequest>(&ctl) {
             Ok(Some((request, _))) => request,
             Ok(None) => break,
@@ -86,6 +98,9 @@ pub fn run(args: HolderOptions) -> Result<()> {
             }
             Err(e) => return Err(e.into()),
         };
+        if !matches!(request, HolderRequest::Connect { .. }) {
+            release_at = Some(Instant::now() + SETUP_QUIET);
+        }
         let outcome: Result<(HolderReply, Vec<OwnedFd>)> = match request {
             HolderRequest::AddService {
                 slot,
@@ -131,6 +146,28 @@ pub fn run(args: HolderOptions) -> Result<()> {
         ipc::send(&ctl, &reply, &attached)?;
     }
     Ok(())
+}
+
+/// How long set-up requests (a service's network, the uplink, internet on or off) must have
+/// stopped before the holder gives back the memory they touched.
+const SETUP_QUIET: Duration = Duration::from_millis(500);
+
+/// Whether `ctl` has something to read before `at` (false once `at` has passed).
+fn readable_before(ctl: &OwnedFd, at: Instant) -> Result<bool> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        let left = at.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        let ms = PollTimeout::try_from(left.as_millis().max(1) as i32).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(ctl.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, ms) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => return Ok(true),
+            Err(e) => return Err(e).context("waiting for the supervisor's requests"),
+        }
+    }
 }
 
 /// Apply an nft document in this (the router's) namespace, as its uid 0.

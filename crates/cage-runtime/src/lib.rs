@@ -44,6 +44,7 @@ pub mod monitor;
 pub mod oci_runtime;
 pub mod progress;
 pub mod proto;
+pub mod resident;
 pub mod sandbox;
 pub mod services;
 pub mod shim;

@@ -1,7 +1,9 @@
 //! `cagerun monitor`: one per running container, like podman's conmon. Single-threaded (it
 //! joins the cage's user namespace, and libcontainer forks with raw clone3); it starts the
 //! container with libcontainer, holds its stdio, writes its log with rotation, forwards the
-//! supervisor's stop request as SIGTERM then SIGKILL, and reports the exit status.
+//! supervisor's stop request as SIGTERM then SIGKILL, and reports the exit status. Once the
+//! container runs, the monitor gives back the memory starting it took ([`crate::resident`]):
+//! conmon-sized from then on.
 //!
 //! Control socket at [`crate::proto::fds::CONTROL`] (SOCK_SEQPACKET): it reports
 //! [`MonitorEvent`]s (started, exited, failed) and takes [`MonitorCommand`]s (stop). When the
@@ -101,6 +103,10 @@ fn supervise(args: &MonitorOptions, ctl: &OwnedFd) -> Result<i32> {
         .pid()
         .context("libcontainer did not report the container's pid")?;
     ipc::send(ctl, &MonitorEvent::Started { pid: pid.as_raw() }, &[])?;
+    // From here on the monitor relays the log and waits: what creating and starting the
+    // container touched (most of this binary's code) need not stay resident for as long as
+    // the container runs. What the watch below uses comes back on its own.
+    crate::resident::release_startup_pages();
 
     let code = watch(pid, &log_r, ctl, &mut log);
     let _ = container.delete(true);
@@ -229,16 +235,19 @@ fn drain(log_r: &OwnedFd, log: &mut Log) -> String {
         log_r.as_raw_fd(),
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
     );
-    let mut all = Vec::new();
+    // All of it goes to the log as it comes; only a bounded tail is kept for the message
+    // (the container's side may write without end).
+    let mut tail = Vec::new();
     let mut buf = [0u8; 8192];
     while let Ok(n) = nix::unistd::read(log_r.as_raw_fd(), &mut buf) {
         if n == 0 {
             break;
         }
-        all.extend_from_slice(&buf[..n]);
+        log.write(&buf[..n]);
+        tail.extend_from_slice(&buf[..n]);
+        tail.drain(..tail.len().saturating_sub(crate::proto::MAX_ERROR_TEXT));
     }
-    log.write(&all);
-    let text = String::from_utf8_lossy(&all);
+    let text = String::from_utf8_lossy(&tail);
     match text.lines().rev().find(|l| !l.trim().is_empty()) {
         Some(l) => format!(" ({})", l.trim()),
         None => String::new(),

@@ -617,6 +617,9 @@ pub async fn run(paths: CagePaths, prepared: Prepared, ready: Option<OwnedFd>) -
         "cagerun: cage {} is up (cagerun ps; cagerun down)",
         sup.paths.id
     );
+    // Setting the cage up (bundles, networks, images) ran most of this binary once; serving
+    // it needs far less of it resident.
+    crate::resident::release_startup_pages();
     tokio::select! {
         _ = sup.stop.notified() => {}
         _ = signals.recv() => {}
