@@ -4,16 +4,21 @@
 //! never through user space.
 //!
 //! Each direction of a connection is one thread doing blocking splices: socket → pipe (it
-//! sleeps in the kernel until data comes), pipe → socket, again. Against the tokio readiness
-//! loop it replaced (epoll, a splice in, a splice out, a splice in that says EAGAIN), that is
-//! 2 syscalls and half the context switches per wake-up instead of 4, and the supervisor
-//! spends ~20% less CPU per byte forwarded (perf stat: 230–280 vs 250–320 ms per GB on these
-//! 2 cores); the rest of its time is the kernel's TCP path of the second connection, which no
-//! user-space choice removes. Rootless there is no kernel path that joins two TCP sockets in
-//! different namespaces except splice (BPF sockmap needs CAP_BPF); as root, nft DNAT from a
-//! 127.0.0.1 port would need route_localnet on a host veth, which would make 127.0.0.0/8
-//! routable from the cage (see cage-net `network::host_veth`), and measured no faster: one
-//! mechanism serves both.
+//! sleeps in the kernel until data comes), then pipe → socket until the pipe is empty. So a
+//! read waits only for its socket (the tokio readiness loop this replaced could take EAGAIN
+//! from a pipe out of buffer slots, not bytes, for "the socket is empty"), port traffic never
+//! occupies the supervisor's runtime (control, broker, health checks), and a wake-up is 2
+//! syscalls, not epoll plus 3 splices: per GB host → service ~700 context switches instead of
+//! 800–2,700 (perf stat, one iperf3 stream, these 2 cores). Its CPU per GB did not move beyond
+//! the noise (218–253 vs 226–294 ms; service → host 293–414 vs 284–373): that is the kernel's
+//! TCP path of the second connection, which no user-space loop removes.
+//!
+//! No kernel path does better here. Rootless, nothing joins two TCP sockets in different
+//! namespaces but splice (BPF sockmap needs CAP_BPF). As root, nft DNAT from a 127.0.0.1 port
+//! needs route_localnet on a host veth, which makes 127.0.0.0/8 routable from the cage (see
+//! cage-net `network::host_veth`), and a veth between the host and the cage in every mode, not
+//! only with internet on; DESIGN.md's anchors measured it no faster (13–19 Gbit/s against
+//! 16.6). One mechanism serves both modes.
 //!
 //! Bounded: the pipe is drained before the next read, so a direction holds at most one pipe
 //! (1 MiB) of data beyond the sockets' own buffers; a stalled reader blocks its own thread
@@ -263,11 +268,16 @@ mod tests {
     fn bulk_both_ways_at_once_arrives_whole() {
         let (client, service) = relayed();
         let data: Vec<u8> = (0..24 << 20).map(|i: u32| (i % 251) as u8).collect();
+        // Each end reads while it writes: an end that wrote 24 MiB before reading would
+        // wait on buffers the other end never drains (a deadlock of the test, not the relay,
+        // once the kernel's socket buffers hold less than 24 MiB, as on a default tcp_rmem).
         let send = |mut s: TcpStream, data: Vec<u8>| {
+            let mut reader = s.try_clone().unwrap();
+            let read = std::thread::spawn(move || read_all(&mut reader));
             std::thread::spawn(move || {
                 s.write_all(&data).unwrap();
                 s.shutdown(Shutdown::Write).unwrap();
-                read_all(&mut s)
+                read.join().unwrap()
             })
         };
         let (c, s) = (send(client, data.clone()), send(service, data.clone()));
