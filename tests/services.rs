@@ -582,6 +582,74 @@ depends_on = [{ service = "flag", healthy = true }]
     }
 }
 
+/// A service that accepts connections before it answers them, as node does while its event
+/// loop is busy starting: it holds (never answers) what it accepts in its first 3 s, then
+/// answers, and logs when it first did.
+const BUSY_START_PY: &str = r#"
+import socket, time
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("0.0.0.0", 8002))
+l.listen(64)
+busy_until, held, first = time.time() + 3, [], None
+while True:
+    c, _ = l.accept()
+    if time.time() < busy_until:
+        held.append(c)
+        continue
+    c.recv(4096)
+    c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+    c.close()
+    if first is None:
+        first = time.time()
+        print(f"first answer at {first:.3f}", flush=True)
+"#;
+
+#[test]
+fn a_starting_service_is_healthy_at_its_first_answer_not_after_a_probe_s_timeout() {
+    let _serial = serial();
+    for mode in modes() {
+        // One probe at a time (before start_interval) connected in the busy 3 s, waited out
+        // its 20 s timeout and the 60 s interval: healthy ~80 s after the first answer.
+        let toml = r#"
+[services.slow]
+host = true
+command = ["python3", "/app/busy.py", "{MARKER}"]
+mounts = [{ src = "app", dst = "/app" }]
+healthcheck = { http = ":8002/", interval = "60s", timeout = "20s", start_period = "120s" }
+"#;
+        let mut cage = Cage::new(
+            mode,
+            "busy-start",
+            &[("config/cage.toml", toml), ("app/busy.py", BUSY_START_PY)],
+        );
+        cage.up_with(&["--wait"]);
+        let returned = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let log = cage.logs("slow");
+        let first: f64 = log
+            .lines()
+            .find_map(|l| l.strip_prefix("first answer at "))
+            .unwrap_or_else(|| panic!("the service never answered: {log}"))
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(cage.service("slow")["health"], "healthy");
+        // A hang detector with room for a loaded machine, not a speed figure: the old
+        // probing could not be under ~77 s.
+        assert!(
+            returned - first < 10.0,
+            "`up --wait` returned {:.1} s after the service's first answer",
+            returned - first
+        );
+        let netns = cage.netns_inodes();
+        cage.down();
+        cage.assert_gone(&netns);
+    }
+}
+
 #[test]
 fn bad_cage_files_get_one_precise_error_and_start_nothing() {
     let _serial = serial();

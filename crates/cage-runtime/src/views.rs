@@ -137,6 +137,8 @@ pub struct HealthcheckView {
     pub interval_ms: u64,
     pub timeout_ms: u64,
     pub retries: u32,
+    pub start_period_ms: u64,
+    pub start_interval_ms: u64,
 }
 
 /// A Unix time as RFC 3339 in UTC to the second (`2026-12-01T23:02:15Z`): docker's

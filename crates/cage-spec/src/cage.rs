@@ -159,6 +159,7 @@ struct HealthFile {
     timeout: Option<String>,
     retries: Option<u32>,
     start_period: Option<String>,
+    start_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,6 +203,9 @@ pub enum HealthProbe {
     Command(Vec<String>),
 }
 
+/// The default `start_interval` of an HTTP healthcheck (at most its `interval`).
+pub const START_INTERVAL_HTTP_MS: u64 = 100;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Healthcheck {
     pub probe: HealthProbe,
@@ -209,6 +213,9 @@ pub struct Healthcheck {
     pub timeout_ms: u64,
     pub retries: u32,
     pub start_period_ms: u64,
+    /// The wait between probes while the service has not yet been healthy inside its start
+    /// period: see [`Healthcheck::starting_interval`].
+    pub start_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -651,12 +658,30 @@ pub fn parse_cage(file: &str, text: &str) -> Result<Cage, CageError> {
                         }),
                     }
                 };
+                let interval_ms = dur(&hc.interval, "interval", 5_000)?;
+                // An HTTP probe is a connect and a request: probing 10 times a second while
+                // a service starts costs nothing it would feel, and `up --wait` learns of
+                // its health within 100 ms. A command probe is a process in the container
+                // (its pids, its CPU): it keeps the interval unless told otherwise.
+                let start_default = match &probe {
+                    HealthProbe::Http { .. } => interval_ms.min(START_INTERVAL_HTTP_MS),
+                    HealthProbe::Command(_) => interval_ms,
+                };
+                let start_interval_ms = dur(&hc.start_interval, "start_interval", start_default)?;
+                if interval_ms == 0 || start_interval_ms == 0 {
+                    return Err(err(
+                        hs.clone(),
+                        &key("healthcheck"),
+                        "interval and start_interval must be longer than 0".into(),
+                    ));
+                }
                 Some(Healthcheck {
                     probe,
-                    interval_ms: dur(&hc.interval, "interval", 5_000)?,
+                    interval_ms,
                     timeout_ms: dur(&hc.timeout, "timeout", 2_000)?,
                     retries: hc.retries.unwrap_or(3),
                     start_period_ms: dur(&hc.start_period, "start_period", 0)?,
+                    start_interval_ms,
                 })
             }
         };

@@ -293,6 +293,31 @@ impl Healthcheck {
     pub fn in_start_period(&self, since_start: Duration) -> bool {
         since_start < self.start_period()
     }
+
+    /// The wait between probes while a run has not been healthy yet and is inside its start
+    /// period (`start_interval`): then a probe starts every this long, whether or not the
+    /// ones before it answered, up to [`Healthcheck::probes_at_once`]; the first success
+    /// counts and the rest are dropped. A service that accepts connections before it
+    /// answers them (node's event loop busy starting) would otherwise hold one probe for its
+    /// whole timeout and be seen healthy that much late.
+    pub fn starting_interval(&self) -> Duration {
+        Duration::from_millis(self.start_interval_ms)
+    }
+
+    /// Probes in flight at once while starting: an HTTP probe is a connection, so a few;
+    /// a command probe is a process in the container, so one.
+    pub fn probes_at_once(&self) -> usize {
+        match self.probe {
+            crate::cage::HealthProbe::Http { .. } => 4,
+            crate::cage::HealthProbe::Command(_) => 1,
+        }
+    }
+
+    /// Probing is in its starting mode (see [`Healthcheck::starting_interval`]): the run
+    /// has never been healthy and is inside its start period.
+    pub fn starting(&self, since_start: Duration, ever_healthy: bool) -> bool {
+        !ever_healthy && self.in_start_period(since_start)
+    }
 }
 
 /// The failure count of one run's probes; a fresh one for each start of the container.
@@ -677,6 +702,7 @@ on_demand = true
             timeout_ms: 2_000,
             retries,
             start_period_ms,
+            start_interval_ms: 5_000,
         }
     }
 
@@ -933,6 +959,49 @@ on_demand = true
         assert_eq!(c.interval(), SECS(5));
         assert_eq!(c.timeout(), SECS(2));
         assert_eq!(c.start_period(), Duration::from_millis(1_500));
+    }
+
+    #[test]
+    fn start_interval_defaults_to_100ms_for_http_and_the_interval_for_a_command() {
+        let hc = |line: &str| {
+            let text =
+                format!("[services.a]\nhost = true\ncommand = [\"true\"]\nhealthcheck = {line}\n");
+            parse_cage("cage.toml", &text).map(|c| c.services[0].healthcheck.clone().unwrap())
+        };
+        let h = hc(r#"{ http = ":80/", interval = "2s", start_period = "60s" }"#).unwrap();
+        assert_eq!(h.starting_interval(), Duration::from_millis(100));
+        assert_eq!(h.probes_at_once(), 4);
+        let h = hc(r#"{ http = ":80/", interval = "50ms" }"#).unwrap();
+        assert_eq!(
+            h.starting_interval(),
+            Duration::from_millis(50),
+            "never slower than interval"
+        );
+        let h = hc(r#"{ command = ["true"], interval = "3s" }"#).unwrap();
+        assert_eq!(h.starting_interval(), SECS(3));
+        assert_eq!(h.probes_at_once(), 1);
+        let h = hc(r#"{ command = ["true"], start_interval = "250ms" }"#).unwrap();
+        assert_eq!(h.starting_interval(), Duration::from_millis(250));
+        let e = hc(r#"{ http = ":80/", start_interval = "0s" }"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("longer than 0"), "{e}");
+    }
+
+    #[test]
+    fn probing_starts_fast_only_until_the_first_success_inside_the_start_period() {
+        let c = check(3, 10_000);
+        assert!(c.starting(SECS(0), false));
+        assert!(c.starting(SECS(9), false));
+        assert!(
+            !c.starting(SECS(9), true),
+            "healthy once: the interval from then on"
+        );
+        assert!(!c.starting(SECS(10), false), "the start period is over");
+        assert!(
+            !check(3, 0).starting(SECS(0), false),
+            "no start period, no fast probing"
+        );
     }
 
     #[test]

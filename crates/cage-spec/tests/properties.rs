@@ -1360,6 +1360,7 @@ fn service() -> BoxedStrategy<Value> {
             0.3,
         ),
         ("start_period", duration(), 0.2),
+        ("start_interval", duration(), 0.2),
     ]);
     let mount = table(vec![
         (

@@ -43,10 +43,11 @@ pub const EVENT_BUFFER: usize = 256;
 pub const MAX_SUBSCRIBERS: usize = 16;
 
 /// Subscribe to the supervisor's events: each `Ok` is one event, until it ends.
-pub fn subscribe(paths: &CagePaths) -> Result<impl Iterator<Item = Result<Event>>> {
+pub fn subscribe(paths: &CagePaths) -> Result<Subscription> {
     let mut s =
         UnixStream::connect(paths.control_socket()).context("connecting to the supervisor")?;
     s.write_all(format!("{}\n", serde_json::to_string(&Request::Events)?).as_bytes())?;
+    let stream = s.try_clone()?;
     let mut lines = BufReader::new(s).lines();
     let first = lines
         .next()
@@ -55,11 +56,35 @@ pub fn subscribe(paths: &CagePaths) -> Result<impl Iterator<Item = Result<Event>
     if !reply.ok {
         bail!("{}", reply.error.unwrap_or_default());
     }
-    Ok(lines.map(|l| {
-        let l = l.context("reading an event")?;
-        serde_json::from_str::<Event>(&l)
-            .with_context(|| format!("an event that does not parse: {l:?}"))
-    }))
+    Ok(Subscription { stream, lines })
+}
+
+/// The events of one subscription, in order.
+pub struct Subscription {
+    stream: UnixStream,
+    lines: std::io::Lines<BufReader<UnixStream>>,
+}
+
+impl Subscription {
+    /// Ends the subscription from elsewhere (another thread): its iterator then ends.
+    pub fn closer(&self) -> Result<impl FnOnce()> {
+        let s = self.stream.try_clone()?;
+        Ok(move || {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        })
+    }
+}
+
+impl Iterator for Subscription {
+    type Item = Result<Event>;
+
+    fn next(&mut self) -> Option<Result<Event>> {
+        let l = self.lines.next()?;
+        Some(l.context("reading an event").and_then(|l| {
+            serde_json::from_str::<Event>(&l)
+                .with_context(|| format!("an event that does not parse: {l:?}"))
+        }))
+    }
 }
 
 /// What answers the control socket's requests (the supervisor).

@@ -152,6 +152,8 @@ pub fn inspect(
                 interval_ms: h.interval_ms,
                 timeout_ms: h.timeout_ms,
                 retries: h.retries,
+                start_period_ms: h.start_period_ms,
+                start_interval_ms: h.start_interval_ms,
             }
         }),
         sandboxes: service.sandboxes.is_some(),

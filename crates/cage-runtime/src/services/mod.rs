@@ -129,7 +129,43 @@ pub fn up(opts: UpOptions, report: &dyn UpReport) -> Result<i32> {
 
 /// Until every service with a healthcheck is healthy; an error names the first service
 /// that failed, exited or turned unhealthy (the cage stays up to be looked at).
+///
+/// Each of the supervisor's events (a health or state change) wakes the check at once; it
+/// also runs every second regardless, and every 200 ms when no subscription could be had.
 fn wait_healthy(paths: &CagePaths, timeout: Duration) -> Result<()> {
+    let (woken, wake) = std::sync::mpsc::channel::<()>();
+    let mut subscription = None;
+    if let Ok(events) = control::subscribe(paths) {
+        if let Ok(close) = events.closer() {
+            let reader = std::thread::spawn(move || {
+                for e in events {
+                    if e.is_err() || woken.send(()).is_err() {
+                        break;
+                    }
+                }
+            });
+            subscription = Some((close, reader));
+        }
+    }
+    let every = if subscription.is_some() {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_millis(200)
+    };
+    let result = wait_healthy_woken(paths, timeout, || {
+        // A closed subscription (the supervisor went) falls back to the plain interval.
+        if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) = wake.recv_timeout(every) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    if let Some((close, reader)) = subscription {
+        close();
+        let _ = reader.join();
+    }
+    result
+}
+
+fn wait_healthy_woken(paths: &CagePaths, timeout: Duration, mut wait: impl FnMut()) -> Result<()> {
     let deadline = std::time::Instant::now() + timeout;
     let spinner = crate::progress::spinner("waiting for health");
     loop {
@@ -166,7 +202,7 @@ fn wait_healthy(paths: &CagePaths, timeout: Duration) -> Result<()> {
                 pending.join(", ")
             );
         }
-        std::thread::sleep(Duration::from_millis(200));
+        wait();
     }
 }
 

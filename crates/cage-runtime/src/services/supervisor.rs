@@ -1100,35 +1100,73 @@ async fn run_once(
 async fn watch_health(sup: Arc<Supervisor>, svc: Arc<Svc>, h: cage_spec::cage::Healthcheck) {
     let begun = Instant::now();
     let mut watch = lifecycle::HealthWatch::new();
-    loop {
-        let r = match &h.probe {
-            HealthProbe::Http { port, path } => {
-                let ns = svc.netns_fd.load(Ordering::Relaxed);
-                health::http_probe(sup.holder.clone(), ns, *port, path, h.timeout()).await
+    // Starting (cage-spec's `Healthcheck::starting`): a probe every start_interval, whether
+    // or not the ones before it answered, so the first answer the service gives is seen.
+    let mut ever_healthy = false;
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut next = tokio::time::Instant::now();
+    while h.starting(begun.elapsed(), ever_healthy) {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next), if in_flight.len() < h.probes_at_once() => {
+                in_flight.spawn(probe(sup.clone(), svc.clone(), h.clone()));
+                next = tokio::time::Instant::now() + h.starting_interval();
             }
-            HealthProbe::Command(command) => {
-                health::command_probe(&sup.paths.config, &svc.service.name, command, h.timeout())
-                    .await
+            Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
+                let r = joined.unwrap_or_else(|e| Err(anyhow::anyhow!("the probe failed: {e}")));
+                let health = observe(&sup, &svc, &mut watch, r, begun.elapsed(), &h);
+                ever_healthy |= health == Health::Healthy;
             }
-        };
-        // cage-spec decides what a probe's result does to the health shown.
-        let mut change = None;
-        sup.set(&svc.service.name, |s| {
-            let previous = s.health;
-            s.health = watch.observe(s.health, r.is_ok(), begun.elapsed(), &h);
-            s.health_error = r.as_ref().err().map(|e| format!("{e:#}"));
-            if s.health != previous {
-                change = Some(control::EventKind::Health {
-                    health: s.health,
-                    previous,
-                });
-            }
-        });
-        if let Some(kind) = change {
-            sup.publish(&svc.service.name, kind);
         }
+    }
+    // The probes still in flight are not counted: the next result is the next probe's.
+    in_flight.abort_all();
+    loop {
+        let r = probe(sup.clone(), svc.clone(), h.clone()).await;
+        observe(&sup, &svc, &mut watch, r, begun.elapsed(), &h);
         tokio::time::sleep(h.interval()).await;
     }
+}
+
+async fn probe(sup: Arc<Supervisor>, svc: Arc<Svc>, h: cage_spec::cage::Healthcheck) -> Result<()> {
+    match &h.probe {
+        HealthProbe::Http { port, path } => {
+            let ns = svc.netns_fd.load(Ordering::Relaxed);
+            health::http_probe(sup.holder.clone(), ns, *port, path, h.timeout()).await
+        }
+        HealthProbe::Command(command) => {
+            health::command_probe(&sup.paths.config, &svc.service.name, command, h.timeout()).await
+        }
+    }
+}
+
+/// One probe's result into the health shown (cage-spec decides what it does), publishing
+/// a change; the health after it.
+fn observe(
+    sup: &Supervisor,
+    svc: &Svc,
+    watch: &mut lifecycle::HealthWatch,
+    r: Result<()>,
+    since_start: Duration,
+    h: &cage_spec::cage::Healthcheck,
+) -> Health {
+    let mut change = None;
+    let mut now = Health::None;
+    sup.set(&svc.service.name, |s| {
+        let previous = s.health;
+        s.health = watch.observe(s.health, r.is_ok(), since_start, h);
+        s.health_error = r.as_ref().err().map(|e| format!("{e:#}"));
+        now = s.health;
+        if s.health != previous {
+            change = Some(control::EventKind::Health {
+                health: s.health,
+                previous,
+            });
+        }
+    });
+    if let Some(kind) = change {
+        sup.publish(&svc.service.name, kind);
+    }
+    now
 }
 
 /// Used by `down` on a cage whose supervisor is gone.
