@@ -50,6 +50,9 @@ pub fn run(opts: EgressOptions) -> Result<()> {
             OwnedFd::from_raw_fd(fds::NFLOG),
         )
     };
+    // Start-up ran most of this binary once; proxying needs far less of it resident. Here,
+    // while /proc/self/smaps can still be read (not after becoming nobody or Landlock).
+    crate::resident::release_startup_pages();
     harden()?;
     // Nothing from the filesystem is needed past this point (every socket is open, the
     // resolvers came as arguments): a parser bug reached by hostile bytes finds no file to

@@ -72,6 +72,8 @@ pub fn run(opts: SidecarOptions) -> Result<i32> {
         }
     };
 
+    // Serving needs far less of this binary resident than starting did.
+    crate::resident::release_startup_pages();
     let sig = stop.wait().context("waiting for SIGTERM")?;
     tracing::info!("broker: {sig:?}: stopping its sandboxes");
     // No new call first, then nothing left running.
