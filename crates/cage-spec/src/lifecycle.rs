@@ -273,6 +273,9 @@ impl FromStr for Health {
     }
 }
 
+/// The most HTTP probes in flight at once while a service starts (connections to it).
+pub const MAX_HTTP_PROBES_AT_ONCE: usize = 32;
+
 impl Healthcheck {
     /// The wait after each probe before the next (the first probe is at once).
     pub fn interval(&self) -> Duration {
@@ -304,11 +307,17 @@ impl Healthcheck {
         Duration::from_millis(self.start_interval_ms)
     }
 
-    /// Probes in flight at once while starting: an HTTP probe is a connection, so a few;
-    /// a command probe is a process in the container, so one.
+    /// Probes in flight at once while starting. An HTTP probe is a connection: as many as
+    /// start within one timeout, so that probes a busy service accepted and holds never keep
+    /// the next one from starting (with 4, node held all four and the first answer was seen
+    /// ~1 s late), at most [`MAX_HTTP_PROBES_AT_ONCE`]. A command probe is a process in the
+    /// container: one.
     pub fn probes_at_once(&self) -> usize {
         match self.probe {
-            crate::cage::HealthProbe::Http { .. } => 4,
+            crate::cage::HealthProbe::Http { .. } => {
+                let per_timeout = self.timeout_ms / self.start_interval_ms.max(1) + 1;
+                (per_timeout as usize).clamp(1, MAX_HTTP_PROBES_AT_ONCE)
+            }
             crate::cage::HealthProbe::Command(_) => 1,
         }
     }
@@ -970,7 +979,13 @@ on_demand = true
         };
         let h = hc(r#"{ http = ":80/", interval = "2s", start_period = "60s" }"#).unwrap();
         assert_eq!(h.starting_interval(), Duration::from_millis(100));
-        assert_eq!(h.probes_at_once(), 4);
+        assert_eq!(
+            h.probes_at_once(),
+            21,
+            "a 2 s timeout's worth of probes, and one"
+        );
+        let h = hc(r#"{ http = ":80/", timeout = "60s", start_period = "60s" }"#).unwrap();
+        assert_eq!(h.probes_at_once(), MAX_HTTP_PROBES_AT_ONCE);
         let h = hc(r#"{ http = ":80/", interval = "50ms" }"#).unwrap();
         assert_eq!(
             h.starting_interval(),

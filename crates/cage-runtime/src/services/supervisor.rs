@@ -1120,6 +1120,9 @@ async fn watch_health(sup: Arc<Supervisor>, svc: Arc<Svc>, h: cage_spec::cage::H
     }
     // The probes still in flight are not counted: the next result is the next probe's.
     in_flight.abort_all();
+    if ever_healthy {
+        tokio::time::sleep(h.interval()).await;
+    }
     loop {
         let r = probe(sup.clone(), svc.clone(), h.clone()).await;
         observe(&sup, &svc, &mut watch, r, begun.elapsed(), &h);
