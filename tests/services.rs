@@ -582,21 +582,19 @@ depends_on = [{ service = "flag", healthy = true }]
     }
 }
 
-/// A service that accepts connections before it answers them, as node does while its event
-/// loop is busy starting: it holds (never answers) what it accepts in its first 3 s, then
-/// answers, and logs when it first did.
+/// A service that listens at once and answers nothing for its first 3 s (as node's event
+/// loop, busy starting, leaves connections waiting), then answers each connection, those
+/// that waited first, and logs when it first did.
 const BUSY_START_PY: &str = r#"
 import socket, time
 l = socket.socket()
 l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 l.bind(("0.0.0.0", 8002))
 l.listen(64)
-busy_until, held, first = time.time() + 3, [], None
+time.sleep(3)
+first = None
 while True:
     c, _ = l.accept()
-    if time.time() < busy_until:
-        held.append(c)
-        continue
     c.recv(4096)
     c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
     c.close()
@@ -609,14 +607,16 @@ while True:
 fn a_starting_service_is_healthy_at_its_first_answer_not_after_a_probe_s_timeout() {
     let _serial = serial();
     for mode in modes() {
-        // One probe at a time (before start_interval) connected in the busy 3 s, waited out
-        // its 20 s timeout and the 60 s interval: healthy ~80 s after the first answer.
+        // A probe that waited is answered first. One that timed out (1 s) in the busy 3 s is
+        // followed by the next an interval later: with the 60 s interval alone (before
+        // start_interval), healthy ~60 s after the first answer; with start_interval's 100 ms,
+        // at it.
         let toml = r#"
 [services.slow]
 host = true
 command = ["python3", "/app/busy.py", "{MARKER}"]
 mounts = [{ src = "app", dst = "/app" }]
-healthcheck = { http = ":8002/", interval = "60s", timeout = "20s", start_period = "120s" }
+healthcheck = { http = ":8002/", interval = "60s", timeout = "1s", start_period = "120s" }
 "#;
         let mut cage = Cage::new(
             mode,
@@ -637,8 +637,8 @@ healthcheck = { http = ":8002/", interval = "60s", timeout = "20s", start_period
             .parse()
             .unwrap();
         assert_eq!(cage.service("slow")["health"], "healthy");
-        // A hang detector with room for a loaded machine, not a speed figure: the old
-        // probing could not be under ~77 s.
+        // A hang detector with room for a loaded machine, not a speed figure: without
+        // start_interval it could not be under ~57 s.
         assert!(
             returned - first < 10.0,
             "`up --wait` returned {:.1} s after the service's first answer",

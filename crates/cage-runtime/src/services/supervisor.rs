@@ -1100,33 +1100,19 @@ async fn run_once(
 async fn watch_health(sup: Arc<Supervisor>, svc: Arc<Svc>, h: cage_spec::cage::Healthcheck) {
     let begun = Instant::now();
     let mut watch = lifecycle::HealthWatch::new();
-    // Starting (cage-spec's `Healthcheck::starting`): a probe every start_interval, whether
-    // or not the ones before it answered, so the first answer the service gives is seen.
     let mut ever_healthy = false;
-    let mut in_flight = tokio::task::JoinSet::new();
-    let mut next = tokio::time::Instant::now();
-    while h.starting(begun.elapsed(), ever_healthy) {
-        tokio::select! {
-            _ = tokio::time::sleep_until(next), if in_flight.len() < h.probes_at_once() => {
-                in_flight.spawn(probe(sup.clone(), svc.clone(), h.clone()));
-                next = tokio::time::Instant::now() + h.starting_interval();
-            }
-            Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
-                let r = joined.unwrap_or_else(|e| Err(anyhow::anyhow!("the probe failed: {e}")));
-                let health = observe(&sup, &svc, &mut watch, r, begun.elapsed(), &h);
-                ever_healthy |= health == Health::Healthy;
-            }
-        }
-    }
-    // The probes still in flight are not counted: the next result is the next probe's.
-    in_flight.abort_all();
-    if ever_healthy {
-        tokio::time::sleep(h.interval()).await;
-    }
     loop {
         let r = probe(sup.clone(), svc.clone(), h.clone()).await;
-        observe(&sup, &svc, &mut watch, r, begun.elapsed(), &h);
-        tokio::time::sleep(h.interval()).await;
+        let health = observe(&sup, &svc, &mut watch, r, begun.elapsed(), &h);
+        ever_healthy |= health == Health::Healthy;
+        // cage-spec decides the pace: start_interval until the first success inside the
+        // start period, the interval after.
+        let wait = if h.starting(begun.elapsed(), ever_healthy) {
+            h.starting_interval()
+        } else {
+            h.interval()
+        };
+        tokio::time::sleep(wait).await;
     }
 }
 
