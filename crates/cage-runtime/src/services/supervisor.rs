@@ -1102,7 +1102,15 @@ async fn watch_health(sup: Arc<Supervisor>, svc: Arc<Svc>, h: cage_spec::cage::H
     let mut watch = lifecycle::HealthWatch::new();
     let mut ever_healthy = false;
     loop {
+        let probed = Instant::now();
         let r = probe(sup.clone(), svc.clone(), h.clone()).await;
+        tracing::debug!(
+            "{}: probe after {:?} took {:?}: {:?}",
+            svc.service.name,
+            probed - begun,
+            probed.elapsed(),
+            r.as_ref().map_err(|e| format!("{e:#}"))
+        );
         let health = observe(&sup, &svc, &mut watch, r, begun.elapsed(), &h);
         ever_healthy |= health == Health::Healthy;
         // cage-spec decides the pace: start_interval until the first success inside the
