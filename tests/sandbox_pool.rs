@@ -125,6 +125,11 @@ fn a_call_is_handed_to_a_parked_sandbox_which_serves_it_once() {
         assert!(r.stdout.contains(&id[..12]), "{}", r.stdout);
         // It served one call and ended; the pool made another, which serves the next.
         pool::wait_ended(std::slice::from_ref(&first), "the used parked sandbox");
+        // The pool's reaper removes the bundle after it reaps the engine: a moment later.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while first.bundle.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         assert!(!first.bundle.exists(), "its bundle is removed");
         let second = pool::park_for(&cage, "gw", &id);
         assert_ne!(second.engine, first.engine);
