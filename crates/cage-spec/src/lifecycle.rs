@@ -314,6 +314,8 @@ impl Healthcheck {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HealthWatch {
     failures: u32,
+    /// A probe of this run has succeeded (its start period's fast probing is over).
+    succeeded: bool,
 }
 
 impl HealthWatch {
@@ -338,10 +340,21 @@ impl HealthWatch {
     ) -> Health {
         if ok {
             self.failures = 0;
+            self.succeeded = true;
         } else if !check.in_start_period(since_start) {
             self.failures = self.failures.saturating_add(1);
         }
         current.after_probe(ok, self.failures, check.retries)
+    }
+
+    /// The wait before the next probe, `since_start` after probing began: `start_interval`
+    /// until this run's first success inside the start period, `interval` after.
+    pub fn next_probe_in(&self, since_start: Duration, check: &Healthcheck) -> Duration {
+        if check.starting(since_start, self.succeeded) {
+            check.starting_interval()
+        } else {
+            check.interval()
+        }
     }
 }
 
@@ -989,6 +1002,29 @@ on_demand = true
         assert!(
             !check(3, 0).starting(SECS(0), false),
             "no start period, no fast probing"
+        );
+    }
+
+    #[test]
+    fn the_next_probe_comes_at_start_interval_until_the_first_success() {
+        let mut c = check(3, 10_000);
+        c.start_interval_ms = 100;
+        let mut w = HealthWatch::new();
+        assert_eq!(w.next_probe_in(SECS(1), &c), Duration::from_millis(100));
+        w.observe(Health::Starting, false, SECS(1), &c);
+        assert_eq!(w.next_probe_in(SECS(2), &c), Duration::from_millis(100));
+        w.observe(Health::Starting, true, SECS(3), &c);
+        assert_eq!(
+            w.next_probe_in(SECS(3), &c),
+            SECS(5),
+            "healthy once: the interval"
+        );
+        w.observe(Health::Healthy, false, SECS(4), &c);
+        assert_eq!(w.next_probe_in(SECS(4), &c), SECS(5), "and it stays");
+        assert_eq!(
+            HealthWatch::new().next_probe_in(SECS(10), &c),
+            SECS(5),
+            "the start period is over"
         );
     }
 

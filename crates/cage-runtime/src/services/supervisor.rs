@@ -1100,10 +1100,9 @@ async fn run_once(
 async fn watch_health(sup: Arc<Supervisor>, svc: Arc<Svc>, h: cage_spec::cage::Healthcheck) {
     let begun = Instant::now();
     let mut watch = lifecycle::HealthWatch::new();
-    let mut ever_healthy = false;
     loop {
         let probed = Instant::now();
-        let r = probe(sup.clone(), svc.clone(), h.clone()).await;
+        let r = probe(&sup, &svc, &h).await;
         tracing::debug!(
             "{}: probe after {:?} took {:?}: {:?}",
             svc.service.name,
@@ -1111,20 +1110,27 @@ async fn watch_health(sup: Arc<Supervisor>, svc: Arc<Svc>, h: cage_spec::cage::H
             probed.elapsed(),
             r.as_ref().map_err(|e| format!("{e:#}"))
         );
-        let health = observe(&sup, &svc, &mut watch, r, begun.elapsed(), &h);
-        ever_healthy |= health == Health::Healthy;
-        // cage-spec decides the pace: start_interval until the first success inside the
-        // start period, the interval after.
-        let wait = if h.starting(begun.elapsed(), ever_healthy) {
-            h.starting_interval()
-        } else {
-            h.interval()
-        };
-        tokio::time::sleep(wait).await;
+        // cage-spec decides what a probe's result does to the health shown, and the pace.
+        let mut change = None;
+        sup.set(&svc.service.name, |s| {
+            let previous = s.health;
+            s.health = watch.observe(s.health, r.is_ok(), begun.elapsed(), &h);
+            s.health_error = r.as_ref().err().map(|e| format!("{e:#}"));
+            if s.health != previous {
+                change = Some(control::EventKind::Health {
+                    health: s.health,
+                    previous,
+                });
+            }
+        });
+        if let Some(kind) = change {
+            sup.publish(&svc.service.name, kind);
+        }
+        tokio::time::sleep(watch.next_probe_in(begun.elapsed(), &h)).await;
     }
 }
 
-async fn probe(sup: Arc<Supervisor>, svc: Arc<Svc>, h: cage_spec::cage::Healthcheck) -> Result<()> {
+async fn probe(sup: &Supervisor, svc: &Svc, h: &cage_spec::cage::Healthcheck) -> Result<()> {
     match &h.probe {
         HealthProbe::Http { port, path } => {
             let ns = svc.netns_fd.load(Ordering::Relaxed);
@@ -1134,36 +1140,6 @@ async fn probe(sup: Arc<Supervisor>, svc: Arc<Svc>, h: cage_spec::cage::Healthch
             health::command_probe(&sup.paths.config, &svc.service.name, command, h.timeout()).await
         }
     }
-}
-
-/// One probe's result into the health shown (cage-spec decides what it does), publishing
-/// a change; the health after it.
-fn observe(
-    sup: &Supervisor,
-    svc: &Svc,
-    watch: &mut lifecycle::HealthWatch,
-    r: Result<()>,
-    since_start: Duration,
-    h: &cage_spec::cage::Healthcheck,
-) -> Health {
-    let mut change = None;
-    let mut now = Health::None;
-    sup.set(&svc.service.name, |s| {
-        let previous = s.health;
-        s.health = watch.observe(s.health, r.is_ok(), since_start, h);
-        s.health_error = r.as_ref().err().map(|e| format!("{e:#}"));
-        now = s.health;
-        if s.health != previous {
-            change = Some(control::EventKind::Health {
-                health: s.health,
-                previous,
-            });
-        }
-    });
-    if let Some(kind) = change {
-        sup.publish(&svc.service.name, kind);
-    }
-    now
 }
 
 /// Used by `down` on a cage whose supervisor is gone.
