@@ -781,3 +781,88 @@ fn setup_cgroups_makes_cgroup_moves_cheap_on_v1_and_keeps_the_mounts_options() {
         "the mount's own flags are untouched"
     );
 }
+
+/// The installed layout (scripts/install) in a temp dir: bin/cagerun is the front,
+/// libexec/cagerun/cagerun the full binary (left out with `full: false`).
+fn installed_layout(full: bool) -> (TempDir, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("layout", None);
+    let place = |src: &std::path::Path, rel: &str| {
+        let dst = dir.path().join(rel);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        for d in dst.ancestors().skip(1).take_while(|d| d.starts_with(dir.path())) {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::copy(src, &dst).unwrap();
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dst
+    };
+    let front = place(
+        std::path::Path::new(env!("CARGO_BIN_EXE_cagerun-front")),
+        "bin/cagerun",
+    );
+    if full {
+        place(&bins().cagerun, "libexec/cagerun/cagerun");
+    }
+    (dir, front)
+}
+
+#[test]
+fn the_front_runs_a_sandbox_itself_and_hands_every_other_verb_to_the_full_binary() {
+    let marker = unique("front");
+    for mode in modes() {
+        // Alone, the front still runs sandboxes (so it did not hand them over), with the
+        // command's exit code and output; any other verb names what is missing and the fix.
+        let (alone, front) = installed_layout(false);
+        let script = format!("echo {marker} $(id -u); exit 3");
+        let r = run_cmd(
+            mode,
+            cagerun_cmd_of(&front, mode, &["exec", "--", "/bin/sh", "-c", &script]),
+            &["exec"],
+        );
+        assert_eq!(r.code, 3, "{}", r.stderr);
+        assert_eq!(r.stdout.trim(), format!("{marker} 1000"));
+        for verb in [&["--version"][..], &["ps"], &["exec", "gw", "--", "id"]] {
+            let r = run_cmd(mode, cagerun_cmd_of(&front, mode, verb), verb);
+            assert_eq!(r.code, 125, "{verb:?}: {}", r.stderr);
+            assert!(
+                r.stderr.contains("libexec/cagerun/cagerun") && r.stderr.contains("scripts/install"),
+                "{verb:?}: {}",
+                r.stderr
+            );
+        }
+        drop(alone);
+
+        // Beside the full binary, what the front does not take is answered by the full one,
+        // word for word: its version, a service's `exec` (no cage here), a bad flag, help,
+        // and a run with CAGERUN_LOG (the front links no EnvFilter).
+        let (_layout, front) = installed_layout(true);
+        for args in [
+            &["--version"][..],
+            &["exec", "gw", "--", "id"],
+            &["exec", "--bogus", "--", "true"],
+            &["exec", "--help"],
+        ] {
+            let by_front = run_cmd(mode, cagerun_cmd_of(&front, mode, args), args);
+            let by_full = run(mode, args);
+            assert_eq!(
+                (by_front.code, by_front.stdout.replace("cagerun-front", "cagerun")),
+                (by_full.code, by_full.stdout.clone()),
+                "{args:?}"
+            );
+            assert_eq!(
+                by_front.stderr.lines().count(),
+                by_full.stderr.lines().count(),
+                "{args:?}: {} vs {}",
+                by_front.stderr,
+                by_full.stderr
+            );
+        }
+        let mut cmd = cagerun_cmd_of(&front, mode, &["exec", "--", "/bin/true"]);
+        cmd.env("CAGERUN_LOG", "info");
+        let r = run_cmd(mode, cmd, &["exec"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(r.stderr.contains("timing (ms)"), "{}", r.stderr);
+    }
+    assert_no_leftovers(&marker);
+}

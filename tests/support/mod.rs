@@ -180,7 +180,7 @@ pub fn static_cagerun(needed_for: &str) -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let bin = std::env::var_os("CAGERUN_STATIC_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("target/static/bin/cagerun"));
+        .unwrap_or_else(|| repo.join("target/static/libexec/cagerun/cagerun"));
     assert!(
         bin.exists(),
         "{} is missing: {needed_for}; build it with `PREFIX=target/static CAGERUN_PROFILE=dev scripts/install` (scripts/test does)",

@@ -146,6 +146,18 @@ pub fn ensure_delegated(what: &str) -> Result<()> {
     }
 }
 
+/// [`ensure_delegated`] up to the point where it would ask systemd: `Ok(true)` when what
+/// this process starts from now on can get cgroup limits, `Ok(false)` when only a scope from
+/// the user's systemd can give it that (then [`ensure_delegated_for_sandbox`] asks). For
+/// `cagerun exec`'s small front, which links no D-Bus client.
+pub fn delegated_without_bus() -> Result<bool> {
+    match decide(&observe()) {
+        Need::Nothing => Ok(true),
+        Need::TakeOwn(dir) => take_over(&dir).map(|()| true),
+        Need::AskSystemd => Ok(false),
+    }
+}
+
 /// [`ensure_delegated`] for a sandbox (`cagerun exec`): without a user bus its limits fall
 /// back to rlimits, as they always have where no cgroup is delegated.
 pub fn ensure_delegated_for_sandbox() -> Result<()> {

@@ -8,6 +8,7 @@ mod cli;
 
 use std::process::ExitCode;
 
+use cagerun::exit;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use cli::{
@@ -154,21 +155,13 @@ fn main() -> ExitCode {
     }
     // `cagerun exec SVC -- CMD` (into a running service) beside `cagerun exec [FLAGS] -- CMD`.
     let argv: Vec<String> = std::env::args().collect();
-    if let Some((config, service, command)) = services::parse_enter(&argv) {
+    if let Some((config, service, command)) = exec::parse_enter(&argv) {
         return exit(cage_runtime::services::enter::run(config, service, command));
     }
     let cli = Cli::parse();
-    // A subscriber costs ~15 µs and EnvFilter ~0.5 ms (regexes) at every start: set one up
-    // only when asked. Warnings that must always show are printed directly.
-    let builder = tracing_subscriber::fmt()
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .without_time();
     match std::env::var("CAGERUN_LOG") {
-        Ok(spec) => builder
-            .with_env_filter(tracing_subscriber::EnvFilter::new(spec))
-            .init(),
-        Err(_) if cli.verbose => builder.with_max_level(tracing::Level::INFO).init(),
+        Ok(spec) => cagerun::log_filtered(&spec),
+        Err(_) if cli.verbose => cagerun::log_verbose(),
         Err(_) => {}
     }
 
@@ -214,15 +207,4 @@ fn main() -> ExitCode {
         Command::Init { command } => cage_runtime::init::run(command),
     };
     exit(result)
-}
-
-/// The process's exit: the command's code, or the error's (see [`cage_runtime::error`]).
-fn exit(result: anyhow::Result<i32>) -> ExitCode {
-    match result {
-        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
-        Err(e) => {
-            eprintln!("cagerun: {e:#}");
-            ExitCode::from(cage_runtime::error::exit_code(&e))
-        }
-    }
 }

@@ -5,7 +5,8 @@ pub mod broker;
 pub mod build;
 pub mod docs;
 pub mod egress;
-pub mod exec;
+/// In the library: the small front runs it too.
+pub use cagerun::exec;
 pub mod export;
 pub mod generate;
 pub mod host;

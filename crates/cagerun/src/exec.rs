@@ -1,5 +1,6 @@
 //! `cagerun exec` and `cagerun spec`: flags → `SandboxRequest` → OCI `Spec` (cage-spec) →
 //! the fast engine. Host facts come from the engine's `host` module; policy is cage-spec's.
+//! Shared by the full binary and the small front (see [`Route`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -64,7 +65,66 @@ pub struct ExecArgs {
     command: Vec<String>,
 }
 
+/// Where an `exec` goes, decided before anything starts. The full binary follows every
+/// route; the small front (`src/bin/cagerun-front.rs`) follows [`Route::Sandbox`] itself and
+/// hands the others to the full binary, so that it links neither D-Bus nor the services.
+pub enum Route {
+    /// A sandbox this process can start as it is.
+    Sandbox(Job),
+    /// A sandbox with limits, once the user's systemd has given this process a delegated
+    /// scope over D-Bus (pure cgroup v2, from a cgroup that is not delegated).
+    AfterScope(Job),
+    /// The broker's: a bundle in a cage's user namespace and one of its network namespaces.
+    InheritedNetwork {
+        spec: oci_spec::runtime::Spec,
+        user: i32,
+        net: i32,
+        interactive: bool,
+    },
+}
+
+/// A sandbox, ready to start.
+pub struct Job {
+    spec: oci_spec::runtime::Spec,
+    base: PathBuf,
+    opts: RunOptions,
+    timeout_secs: Option<f64>,
+}
+
+impl Job {
+    pub fn run(self) -> Result<i32> {
+        let outcome = cage_runtime::sandbox::run(&self.spec, &self.base, &self.opts)?;
+        if outcome == Outcome::TimedOut {
+            eprintln!(
+                "cagerun: timed out after {}s; killed the sandbox",
+                self.timeout_secs.unwrap_or_default()
+            );
+        }
+        Ok(outcome.code())
+    }
+}
+
+/// `cagerun exec`: every route.
 pub fn run(args: ExecArgs) -> Result<i32> {
+    match route(args)? {
+        Route::Sandbox(job) => job.run(),
+        Route::AfterScope(job) => {
+            cage_runtime::systemd::ensure_delegated_for_sandbox()?;
+            job.run()
+        }
+        Route::InheritedNetwork {
+            spec,
+            user,
+            net,
+            interactive,
+        } => cage_runtime::services::enter::run_in_inherited_network(spec, user, net, interactive),
+    }
+}
+
+/// Check the flags, render the spec (cage-spec decides) and find the route. Nothing has
+/// started when this returns, except that a process alone in a cgroup delegated to it has
+/// moved into its leaf (see `cage_runtime::systemd`).
+pub fn route(args: ExecArgs) -> Result<Route> {
     if args.net != "none" {
         bail!("--net {}: only `none` is available for sandboxes (internet mode comes with the gateway's `cagerun internet on`)", args.net);
     }
@@ -90,12 +150,12 @@ pub fn run(args: ExecArgs) -> Result<i32> {
         let (Some(user), Some(net)) = (parse(it.next()), parse(it.next())) else {
             bail!("--join-fds USER,NET: two descriptor numbers");
         };
-        return cage_runtime::services::enter::run_in_inherited_network(
+        return Ok(Route::InheritedNetwork {
             spec,
             user,
             net,
-            args.interactive,
-        );
+            interactive: args.interactive,
+        });
     }
     let park = cage_runtime::sandbox::park_socket_from_env()?;
     if park.is_some() && (args.bundle.is_none() || timeout.is_some()) {
@@ -104,27 +164,25 @@ pub fn run(args: ExecArgs) -> Result<i32> {
             cage_runtime::sandbox::PARK_ENV
         );
     }
-    let opts = RunOptions {
-        interactive: args.interactive,
-        timeout,
-        park,
-    };
     let limited = spec
         .linux()
         .as_ref()
         .and_then(|l| l.resources().as_ref())
         .is_some_and(|r| r.memory().is_some() || r.pids().is_some());
-    if limited {
-        cage_runtime::systemd::ensure_delegated_for_sandbox()?;
+    let job = Job {
+        spec,
+        base,
+        opts: RunOptions {
+            interactive: args.interactive,
+            timeout,
+            park,
+        },
+        timeout_secs: args.timeout,
+    };
+    if limited && !cage_runtime::systemd::delegated_without_bus()? {
+        return Ok(Route::AfterScope(job));
     }
-    let outcome = cage_runtime::sandbox::run(&spec, &base, &opts)?;
-    if outcome == Outcome::TimedOut {
-        eprintln!(
-            "cagerun: timed out after {}s; killed the sandbox",
-            args.timeout.unwrap_or_default()
-        );
-    }
-    Ok(outcome.code())
+    Ok(Route::Sandbox(job))
 }
 
 pub fn print_spec(args: ExecArgs) -> Result<()> {
@@ -167,4 +225,98 @@ fn render_from_flags(args: &ExecArgs) -> Result<oci_spec::runtime::Spec> {
     req.pids = args.pids;
     req.terminal = args.tty;
     Ok(render_sandbox(&req, host::host_ids())?)
+}
+
+/// `exec [--config FILE] SVC -- CMD...`, told apart from the sandbox's `exec [FLAGS] --
+/// CMD...` by the one bare word before `--`.
+pub fn parse_enter(argv: &[String]) -> Option<(PathBuf, String, Vec<String>)> {
+    if argv.get(1).map(String::as_str) != Some("exec") {
+        return None;
+    }
+    let dash = argv.iter().position(|a| a == "--")?;
+    let mut config = PathBuf::from("config/cage.toml");
+    let mut words = Vec::new();
+    let mut i = 2;
+    while i < dash {
+        let a = &argv[i];
+        if a == "--config" && i + 1 < dash {
+            config = PathBuf::from(&argv[i + 1]);
+            i += 2;
+            continue;
+        }
+        if let Some(v) = a.strip_prefix("--config=") {
+            config = PathBuf::from(v);
+        } else {
+            words.push(a.clone());
+        }
+        i += 1;
+    }
+    match words.as_slice() {
+        [svc] if !svc.starts_with('-') && dash + 1 < argv.len() => {
+            Some((config, svc.clone(), argv[dash + 1..].to_vec()))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn exec_with_one_bare_word_before_the_dash_dash_enters_that_service() {
+        let parsed = parse_enter(&argv(&["cagerun", "exec", "gateway", "--", "ls", "-l"]));
+        assert_eq!(
+            parsed,
+            Some((
+                PathBuf::from("config/cage.toml"),
+                "gateway".into(),
+                argv(&["ls", "-l"])
+            ))
+        );
+    }
+
+    #[test]
+    fn exec_enter_takes_the_config_in_both_spellings() {
+        for words in [
+            &[
+                "cagerun",
+                "exec",
+                "--config",
+                "c/cage.toml",
+                "gw",
+                "--",
+                "id",
+            ][..],
+            &["cagerun", "exec", "--config=c/cage.toml", "gw", "--", "id"][..],
+        ] {
+            let (config, service, _) = parse_enter(&argv(words)).unwrap();
+            assert_eq!(
+                (config, service.as_str()),
+                (PathBuf::from("c/cage.toml"), "gw")
+            );
+        }
+    }
+
+    #[test]
+    fn exec_with_flags_only_is_the_sandbox_not_a_service() {
+        assert_eq!(
+            parse_enter(&argv(&["cagerun", "exec", "--workspace", "ws", "--", "id"])),
+            None
+        );
+        assert_eq!(parse_enter(&argv(&["cagerun", "exec", "--", "id"])), None);
+    }
+
+    #[test]
+    fn exec_enter_needs_a_command_and_only_the_exec_verb() {
+        assert_eq!(parse_enter(&argv(&["cagerun", "exec", "gw", "--"])), None);
+        assert_eq!(
+            parse_enter(&argv(&["cagerun", "run", "gw", "--", "id"])),
+            None
+        );
+    }
 }

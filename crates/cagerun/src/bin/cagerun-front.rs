@@ -1,0 +1,118 @@
+//! `cagerun` as installed in PATH (scripts/install): a small binary that runs `cagerun exec`
+//! itself and hands every other verb, and any `exec` it does not take, to the full binary:
+//! `../libexec/cagerun/cagerun` from its own directory (the installed layout), else
+//! `cagerun` in the same directory (cargo's target directory).
+//!
+//! Why two binaries: cagerun is a static PIE (the supervisor, the broker and the egress proxy
+//! read hostile input and keep ASLR), and a static PIE relocates itself at every start. The
+//! full binary has ~36,000 relocations on ~170 pages that are each copied on write, and a
+//! sandbox forks it twice; measured here, that was ~1 ms of every `exec` (bwrap's whole start
+//! is ~5 ms). This binary links only the sandbox's path: clap, cage-spec and the engine's
+//! sandbox.
+//!
+//! It takes `exec [FLAGS] -- CMD` (also after `-v`) when clap parses it, `CAGERUN_LOG` is
+//! unset (EnvFilter's regexes stay out), and the route needs neither the user's systemd over
+//! D-Bus (a scope, on pure cgroup v2 from a cgroup not delegated) nor a cage's namespaces
+//! (`--join-fds`). The policy is the full binary's own: both call `cagerun::exec::route` and
+//! `Job::run`. Everything else is handed over by execve with argv (argv[0] too: the shim
+//! and runtime names) and the environment unchanged, so help, errors and exit codes are the
+//! full binary's.
+
+use std::ffi::OsString;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use cagerun::exec::{self, ExecArgs, Route};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cagerun")]
+struct Front {
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Verb,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    Exec(ExecArgs),
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let Some(Front {
+        verbose,
+        command: Verb::Exec(args),
+    }) = sandbox_args(&argv)
+    else {
+        return hand_over(&argv);
+    };
+    if verbose {
+        cagerun::log_verbose();
+    }
+    match exec::route(args) {
+        Ok(Route::Sandbox(job)) => cagerun::exit(job.run()),
+        Ok(Route::AfterScope(_) | Route::InheritedNetwork { .. }) => hand_over(&argv),
+        Err(e) => cagerun::exit(Err(e)),
+    }
+}
+
+/// The sandbox's `exec`, when this binary takes it (see the module's doc).
+fn sandbox_args(argv: &[OsString]) -> Option<Front> {
+    if std::env::var_os("CAGERUN_LOG").is_some() {
+        return None;
+    }
+    let words: Vec<String> = argv
+        .iter()
+        .map(|a| a.to_str().map(str::to_owned))
+        .collect::<Option<_>>()?;
+    let verb = 1 + words
+        .iter()
+        .skip(1)
+        .position(|w| !matches!(w.as_str(), "-v" | "--verbose"))?;
+    if words[verb] != "exec" || exec::parse_enter(&words).is_some() {
+        return None;
+    }
+    // Help, a bad flag: the full binary says it, in its own words.
+    Front::try_parse_from(&words).ok()
+}
+
+/// Run the full binary in this process's place.
+fn hand_over(argv: &[OsString]) -> ExitCode {
+    match full_binary() {
+        Ok(full) => {
+            let err = std::process::Command::new(&full)
+                .arg0(&argv[0])
+                .args(&argv[1..])
+                .exec();
+            eprintln!("cagerun: running the full binary {}: {err}", full.display());
+        }
+        Err(looked) => eprintln!(
+            "cagerun: this is cagerun's front, which runs sandboxes only; the full binary for everything else is not at {looked}: reinstall with scripts/install"
+        ),
+    }
+    ExitCode::from(cage_runtime::error::EXIT_CAGERUN_ERROR)
+}
+
+/// The full binary (see the module's doc), never this one; else where it looked.
+fn full_binary() -> Result<PathBuf, String> {
+    let me = std::env::current_exe().map_err(|e| format!("(this binary's path: {e})"))?;
+    let me_id = std::fs::metadata(&me).map(|m| (m.dev(), m.ino())).ok();
+    let dir = me.parent().unwrap_or(std::path::Path::new("/"));
+    let candidates = [dir.join("../libexec/cagerun/cagerun"), dir.join("cagerun")];
+    for c in &candidates {
+        if let Ok(m) = std::fs::metadata(c) {
+            if m.is_file() && Some((m.dev(), m.ino())) != me_id {
+                return Ok(c.clone());
+            }
+        }
+    }
+    Err(candidates
+        .iter()
+        .map(|c| c.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" or "))
+}
