@@ -790,7 +790,11 @@ fn installed_layout(full: bool) -> (TempDir, std::path::PathBuf) {
     let place = |src: &std::path::Path, rel: &str| {
         let dst = dir.path().join(rel);
         std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        for d in dst.ancestors().skip(1).take_while(|d| d.starts_with(dir.path())) {
+        for d in dst
+            .ancestors()
+            .skip(1)
+            .take_while(|d| d.starts_with(dir.path()))
+        {
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         std::fs::copy(src, &dst).unwrap();
@@ -826,7 +830,8 @@ fn the_front_runs_a_sandbox_itself_and_hands_every_other_verb_to_the_full_binary
             let r = run_cmd(mode, cagerun_cmd_of(&front, mode, verb), verb);
             assert_eq!(r.code, 125, "{verb:?}: {}", r.stderr);
             assert!(
-                r.stderr.contains("libexec/cagerun/cagerun") && r.stderr.contains("scripts/install"),
+                r.stderr.contains("libexec/cagerun/cagerun")
+                    && r.stderr.contains("scripts/install"),
                 "{verb:?}: {}",
                 r.stderr
             );
@@ -846,7 +851,10 @@ fn the_front_runs_a_sandbox_itself_and_hands_every_other_verb_to_the_full_binary
             let by_front = run_cmd(mode, cagerun_cmd_of(&front, mode, args), args);
             let by_full = run(mode, args);
             assert_eq!(
-                (by_front.code, by_front.stdout.replace("cagerun-front", "cagerun")),
+                (
+                    by_front.code,
+                    by_front.stdout.replace("cagerun-front", "cagerun")
+                ),
                 (by_full.code, by_full.stdout.clone()),
                 "{args:?}"
             );

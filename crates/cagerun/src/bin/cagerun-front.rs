@@ -116,3 +116,48 @@ fn full_binary() -> Result<PathBuf, String> {
         .collect::<Vec<_>>()
         .join(" or "))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taken(words: &[&str]) -> bool {
+        let argv: Vec<OsString> = words.iter().map(OsString::from).collect();
+        sandbox_args(&argv).is_some()
+    }
+
+    #[test]
+    fn takes_the_sandbox_s_exec_with_its_flags_and_after_verbose() {
+        assert!(taken(&["cagerun", "exec", "--", "id"]));
+        assert!(taken(&[
+            "cagerun",
+            "-v",
+            "exec",
+            "--workspace",
+            "w",
+            "--",
+            "id"
+        ]));
+        assert!(taken(&[
+            "cagerun",
+            "exec",
+            "--verbose",
+            "--memory",
+            "64m",
+            "--",
+            "id"
+        ]));
+    }
+
+    #[test]
+    fn hands_over_other_verbs_a_service_s_exec_help_and_bad_flags() {
+        assert!(!taken(&["cagerun"]));
+        assert!(!taken(&["cagerun", "--version"]));
+        assert!(!taken(&["cagerun", "up", "-d"]));
+        assert!(!taken(&["cagerun", "spec", "--", "id"]));
+        assert!(!taken(&["cagerun", "exec", "gateway", "--", "id"]));
+        assert!(!taken(&["cagerun", "exec", "--help"]));
+        assert!(!taken(&["cagerun", "exec", "--bogus", "--", "id"]));
+        assert!(!taken(&["cagerun", "-v"]));
+    }
+}
