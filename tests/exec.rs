@@ -812,7 +812,7 @@ fn installed_layout(full: bool) -> (TempDir, std::path::PathBuf) {
 }
 
 #[test]
-fn the_front_runs_a_sandbox_itself_and_hands_every_other_verb_to_the_full_binary() {
+fn the_front_runs_a_sandbox_and_the_shim_itself_and_hands_every_other_verb_to_the_full_binary() {
     let marker = unique("front");
     for mode in modes() {
         // Alone, the front still runs sandboxes (so it did not hand them over), with the
@@ -836,6 +836,18 @@ fn the_front_runs_a_sandbox_itself_and_hands_every_other_verb_to_the_full_binary
                 r.stderr
             );
         }
+        // It is the services' `docker` shim too, on its own (the supervisor binds it).
+        let docker = alone.path().join("bin/docker");
+        std::os::unix::fs::symlink("cagerun", &docker).unwrap();
+        let mut cmd = cagerun_cmd_of(&docker, mode, &["ps"]);
+        cmd.env("CAGERUN_BROKER_SOCKET", alone.path().join("no.sock"));
+        let r = run_cmd(mode, cmd, &["docker", "ps"]);
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert!(
+            r.stderr.contains("Cannot connect to the Docker daemon"),
+            "{}",
+            r.stderr
+        );
         drop(alone);
 
         // Beside the full binary, what the front does not take is answered by the full one,

@@ -244,10 +244,11 @@ pub fn prepare(
     let cage_dir = crate::config::cage_dir(&paths.config);
     for s in &cage.services {
         if let Some(b) = super::broker::setup(&cage_dir, s, &requests[&s.name], &specs[&s.name])? {
+            let shim = crate::host::shim_exe()?;
             if !matches!(s.root, cage_spec::cage::ServiceRoot::Host)
-                && !crate::init::self_is_static(&crate::host::self_exe()?)
+                && !crate::init::self_is_static(&shim)
             {
-                bail!("service {}: its docker shim is this cagerun binary, which must be static to run in an image (scripts/install builds one)", s.name);
+                bail!("service {}: its docker shim is the cagerun binary {}, which must be static to run in an image (scripts/install builds one)", s.name, shim.display());
             }
             brokers.push(b);
         }
@@ -433,7 +434,7 @@ async fn wire_services(
                 broker: svc.service.sandboxes.as_ref().map(|_| BrokerWiring {
                     dir: super::broker::service_dir(&sup.paths.runtime, name),
                     inside: crate::shim::BROKER_DIR.to_string(),
-                    shim: crate::host::self_exe().unwrap_or_default(),
+                    shim: crate::host::shim_exe().unwrap_or_default(),
                 }),
             },
         )?;

@@ -10,6 +10,9 @@
 //! is ~5 ms). This binary links only the sandbox's path: clap, cage-spec and the engine's
 //! sandbox.
 //!
+//! It is also the `docker` shim inside services (`cage_runtime::host::shim_exe`): a tool
+//! call starts it every time.
+//!
 //! It takes `exec [FLAGS] -- CMD` (also after `-v`) when clap parses it, `CAGERUN_LOG` is
 //! unset (EnvFilter's regexes stay out), and the route needs neither the user's systemd over
 //! D-Bus (a scope, on pure cgroup v2 from a cgroup not delegated) nor a cage's namespaces
@@ -42,6 +45,11 @@ enum Verb {
 }
 
 fn main() -> ExitCode {
+    // Bound into services as their `docker` and `podman` (the supervisor prefers this binary
+    // for it: a tool call starts the shim every time).
+    if cage_runtime::shim::invoked_as_shim() {
+        return ExitCode::from(cage_runtime::shim::main().clamp(0, 255) as u8);
+    }
     let argv: Vec<OsString> = std::env::args_os().collect();
     let Some(Front {
         verbose,
