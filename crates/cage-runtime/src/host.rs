@@ -29,7 +29,11 @@ pub fn self_exe() -> Result<PathBuf> {
 pub fn shim_exe() -> Result<PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let me = self_exe()?;
-    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino(), m.is_file()));
+    let id = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.dev(), m.ino(), m.is_file()))
+    };
     let mine = id(&me);
     let dir = me.parent().unwrap_or(Path::new("/"));
     for front in [dir.join("../../bin/cagerun"), dir.join("cagerun-front")] {
