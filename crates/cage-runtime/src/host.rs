@@ -22,28 +22,39 @@ pub fn self_exe() -> Result<PathBuf> {
     std::env::current_exe().context("finding the cagerun binary (/proc/self/exe)")
 }
 
+/// Another cagerun binary installed beside this one: the first of `relative` (from this
+/// binary's real directory) that is a file and not this binary itself (by device and inode).
+/// Else what was looked at, for the caller's error. The front finds the full binary this
+/// way, and the full binary the front ([`shim_exe`]).
+pub fn binary_beside_self(relative: &[&str]) -> std::result::Result<PathBuf, String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = std::env::current_exe().map_err(|e| format!("(this binary's path: {e})"))?;
+    let mine = std::fs::metadata(&me).map(|m| (m.dev(), m.ino())).ok();
+    let dir = me.parent().unwrap_or(Path::new("/"));
+    let candidates: Vec<PathBuf> = relative.iter().map(|r| dir.join(r)).collect();
+    for c in &candidates {
+        if let Ok(m) = std::fs::metadata(c) {
+            if m.is_file() && Some((m.dev(), m.ino())) != mine {
+                return Ok(c.clone());
+            }
+        }
+    }
+    Err(candidates
+        .iter()
+        .map(|c| c.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" or "))
+}
+
 /// The binary bound into services as their `docker` and `podman`: the small front installed
 /// beside this binary (`bin/cagerun` for `libexec/cagerun/cagerun`; `cagerun-front` in
 /// cargo's target directory), which starts in half the time at every tool call, else this
 /// binary, which answers to those names too.
 pub fn shim_exe() -> Result<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let me = self_exe()?;
-    let id = |p: &Path| {
-        std::fs::metadata(p)
-            .ok()
-            .map(|m| (m.dev(), m.ino(), m.is_file()))
-    };
-    let mine = id(&me);
-    let dir = me.parent().unwrap_or(Path::new("/"));
-    for front in [dir.join("../../bin/cagerun"), dir.join("cagerun-front")] {
-        if let Some(found @ (_, _, true)) = id(&front) {
-            if Some(found) != mine {
-                return Ok(front);
-            }
-        }
+    match binary_beside_self(&["../../bin/cagerun", "cagerun-front"]) {
+        Ok(front) => Ok(front),
+        Err(_) => self_exe(),
     }
-    Ok(me)
 }
 
 /// The host's name for `uid` (the number when /etc/passwd has none).

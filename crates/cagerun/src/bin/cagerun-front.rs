@@ -22,9 +22,7 @@
 //! full binary's.
 
 use std::ffi::OsString;
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cagerun::exec::{self, ExecArgs, Route};
@@ -90,7 +88,8 @@ fn sandbox_args(argv: &[OsString]) -> Option<Front> {
 
 /// Run the full binary in this process's place.
 fn hand_over(argv: &[OsString]) -> ExitCode {
-    match full_binary() {
+    // The installed layout, else cargo's target directory.
+    match cage_runtime::host::binary_beside_self(&["../libexec/cagerun/cagerun", "cagerun"]) {
         Ok(full) => {
             let err = std::process::Command::new(&full)
                 .arg0(&argv[0])
@@ -103,26 +102,6 @@ fn hand_over(argv: &[OsString]) -> ExitCode {
         ),
     }
     ExitCode::from(cage_runtime::error::EXIT_CAGERUN_ERROR)
-}
-
-/// The full binary (see the module's doc), never this one; else where it looked.
-fn full_binary() -> Result<PathBuf, String> {
-    let me = std::env::current_exe().map_err(|e| format!("(this binary's path: {e})"))?;
-    let me_id = std::fs::metadata(&me).map(|m| (m.dev(), m.ino())).ok();
-    let dir = me.parent().unwrap_or(std::path::Path::new("/"));
-    let candidates = [dir.join("../libexec/cagerun/cagerun"), dir.join("cagerun")];
-    for c in &candidates {
-        if let Ok(m) = std::fs::metadata(c) {
-            if m.is_file() && Some((m.dev(), m.ino())) != me_id {
-                return Ok(c.clone());
-            }
-        }
-    }
-    Err(candidates
-        .iter()
-        .map(|c| c.display().to_string())
-        .collect::<Vec<_>>()
-        .join(" or "))
 }
 
 #[cfg(test)]
