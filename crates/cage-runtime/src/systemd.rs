@@ -118,32 +118,26 @@ pub fn observe() -> Facts {
 /// Make sure what this process starts from now on can get cgroup limits (see the module's
 /// doc). `what` names the scope, should one be needed: the cage's id, or `exec`.
 pub fn ensure_delegated(what: &str) -> Result<()> {
-    let facts = observe();
-    let need = decide(&facts);
-    tracing::debug!(?facts, ?need, "cgroup delegation");
-    match need {
-        Need::Nothing => Ok(()),
-        Need::TakeOwn(dir) => take_over(&dir),
-        Need::AskSystemd => {
-            let name = scope_name(what, std::process::id());
-            start_scope(&name, what)?;
-            let own = cgroups::own_cgroup(nix::unistd::geteuid().as_raw());
-            let Some(own) = own.filter(|o| o.path.file_name() == Some(name.as_ref())) else {
-                bail!("systemd started {name}, but this process is not in it (/proc/self/cgroup)");
-            };
-            if !own.controllers {
-                bail!("systemd's scope {} has no memory and pids controllers (cgroup.controllers): the user's systemd delegates none; run `systemctl --user show -p DelegateControllers` and see systemd.resource-control(5)", own.path.display());
-            }
-            if !own.owned || !own.alone {
-                bail!(
-                    "systemd's scope {} is not this user's alone to divide",
-                    own.path.display()
-                );
-            }
-            tracing::info!("cgroup: in {name} (systemd, Delegate=yes)");
-            take_over(&own.path)
-        }
+    if delegated_without_bus()? {
+        return Ok(());
     }
+    let name = scope_name(what, std::process::id());
+    start_scope(&name, what)?;
+    let own = cgroups::own_cgroup(nix::unistd::geteuid().as_raw());
+    let Some(own) = own.filter(|o| o.path.file_name() == Some(name.as_ref())) else {
+        bail!("systemd started {name}, but this process is not in it (/proc/self/cgroup)");
+    };
+    if !own.controllers {
+        bail!("systemd's scope {} has no memory and pids controllers (cgroup.controllers): the user's systemd delegates none; run `systemctl --user show -p DelegateControllers` and see systemd.resource-control(5)", own.path.display());
+    }
+    if !own.owned || !own.alone {
+        bail!(
+            "systemd's scope {} is not this user's alone to divide",
+            own.path.display()
+        );
+    }
+    tracing::info!("cgroup: in {name} (systemd, Delegate=yes)");
+    take_over(&own.path)
 }
 
 /// [`ensure_delegated`] up to the point where it would ask systemd: `Ok(true)` when what
@@ -151,7 +145,10 @@ pub fn ensure_delegated(what: &str) -> Result<()> {
 /// the user's systemd can give it that (then [`ensure_delegated_for_sandbox`] asks). For
 /// `cagerun exec`'s small front, which links no D-Bus client.
 pub fn delegated_without_bus() -> Result<bool> {
-    match decide(&observe()) {
+    let facts = observe();
+    let need = decide(&facts);
+    tracing::debug!(?facts, ?need, "cgroup delegation");
+    match need {
         Need::Nothing => Ok(true),
         Need::TakeOwn(dir) => take_over(&dir).map(|()| true),
         Need::AskSystemd => Ok(false),
