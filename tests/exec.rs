@@ -457,6 +457,154 @@ fn pids_and_memory_limits_hold_through_the_reported_mechanism() {
     }
 }
 
+/// The cgroup a process's limits come from, as the host sees it: the pids hierarchy on v1,
+/// the one hierarchy on v2.
+fn limits_cgroup(pid: i32) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let line = text
+        .lines()
+        .find(|l| l.contains(":pids:"))
+        .or_else(|| text.lines().find(|l| l.starts_with("0::")))
+        .unwrap_or("");
+    line.splitn(3, ':').nth(2).unwrap_or("").to_string()
+}
+
+/// Only the command, and what it starts, is in the sandbox's limits cgroup: pid 1 lives in
+/// the delegated tree's `pid1` group. So once the command's processes are gone cagerun
+/// removes the leaf and returns without waiting out pid 1's namespace teardown; a sandbox
+/// that leaves a process behind still waits for pid 1, which ends that process first.
+/// Inside, neither cgroup names anything of the host's tree.
+#[test]
+fn the_command_alone_is_limited_and_cagerun_returns_once_its_processes_are_gone() {
+    if std::env::var("CAGERUN_TEST_EXPECT_LIMITS").is_ok_and(|l| l != "cgroup") {
+        return; // no delegated cgroup here (tests/vm/run v1): rlimits are checked above
+    }
+    for mode in modes() {
+        let ws = workspace(mode);
+        let wsp = ws.path().to_str().unwrap().to_string();
+        let marker = unique("cgleaf");
+        let script = format!(
+            "for p in self 1; do grep :pids: /proc/$p/cgroup || grep ^0:: /proc/$p/cgroup; done; \
+             echo ready; while [ ! -e /workspace/go ]; do sleep 0.02; done # {marker}"
+        );
+        let mut child = cagerun_cmd(
+            mode,
+            // A timeout: a failed assertion below leaves no sandbox waiting for `go`.
+            &[
+                "exec",
+                "--workspace",
+                &wsp,
+                "--pids",
+                "64",
+                "--timeout",
+                "60",
+                "-v",
+                "--",
+                "/bin/sh",
+                "-c",
+                &script,
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut inside = String::new();
+        for _ in 0..3 {
+            std::io::BufRead::read_line(&mut stdout, &mut inside).unwrap();
+        }
+        assert!(inside.ends_with("ready\n"), "{inside}");
+        // From the host: the command is in the leaf of this cagerun (sbx-PID), with the
+        // limit; pid 1 (the command's parent) is in `pid1` beside it.
+        let cagerun = child.id() as i32;
+        let procs = processes_naming(&marker);
+        let command = procs
+            .iter()
+            .map(|(pid, _)| *pid)
+            .find(|pid| comm(*pid) == "sh")
+            .unwrap_or_else(|| panic!("the command among {procs:?}"));
+        let leaf = limits_cgroup(command);
+        assert!(
+            leaf.ends_with(&format!("/sbx-{cagerun}")),
+            "command in {leaf}"
+        );
+        let status = std::fs::read_to_string(format!("/proc/{command}/status")).unwrap();
+        let pid1: i32 = field(&status, "PPid:").parse().unwrap();
+        let pid1_cgroup = limits_cgroup(pid1);
+        assert!(pid1_cgroup.ends_with("/pid1"), "pid 1 in {pid1_cgroup}");
+        assert_eq!(
+            std::path::Path::new(&pid1_cgroup).parent(),
+            std::path::Path::new(&leaf).parent(),
+            "pid 1's group is beside the leaf"
+        );
+        let base = if std::path::Path::new("/sys/fs/cgroup/pids").is_dir() {
+            "/sys/fs/cgroup/pids"
+        } else {
+            "/sys/fs/cgroup"
+        };
+        let max = std::fs::read_to_string(format!("{base}{leaf}/pids.max")).unwrap();
+        assert_eq!(max.trim(), "64");
+        // Inside: the command's cgroup is the root of its view, and pid 1's is named by
+        // its place beside it; the probe reads pid 1's real cgroup (it names `pid1`).
+        let lines: Vec<&str> = inside.lines().collect();
+        assert!(lines[0].ends_with(":/"), "own cgroup inside: {inside}");
+        assert!(
+            lines[1].ends_with(":/../pid1"),
+            "pid 1's cgroup inside: {inside}"
+        );
+        std::fs::write(ws.path().join("go"), "").unwrap();
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(status.code(), Some(0), "{err}");
+        // Nothing was left beside pid 1: the leaf went at once, pid 1 was not waited for.
+        let timing = err
+            .lines()
+            .find(|l| l.contains("timing (ms)"))
+            .unwrap_or("");
+        assert!(
+            timing.contains("leaf removed") && !timing.contains("pid 1 reaped"),
+            "{err}"
+        );
+        // On v2 it is born there (no move, which would wait out an RCU grace period); v1
+        // has no such clone flag, so there it moves itself.
+        let how = if std::path::Path::new("/sys/fs/cgroup/pids").is_dir() {
+            "moved itself into its leaf"
+        } else {
+            "was born in its leaf (CLONE_INTO_CGROUP)"
+        };
+        assert!(err.contains(&format!("cgroup: the command {how}")), "{err}");
+        assert_no_leftovers(&marker);
+
+        // A process left behind: cagerun waits for pid 1, which kills it, so when cagerun
+        // returns nothing of the sandbox runs. (The name is put together inside so that
+        // only the orphan's command line carries it.)
+        let n = unique("");
+        let orphan = format!("orphan{n}");
+        let r = sh(
+            mode,
+            &ws,
+            &["-v"],
+            &format!("cp /bin/sleep /tmp/orp${{x}}han{n}; /tmp/orp${{x}}han{n} 30 & sleep 0.2; kill -0 $! && echo left"),
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(r.stdout.trim(), "left");
+        assert!(r.stderr.contains("pid 1 reaped"), "{}", r.stderr);
+        assert!(
+            leftover_processes(&orphan).is_empty(),
+            "running after cagerun returned: {:?}",
+            leftover_processes(&orphan)
+        );
+        assert_no_leftovers(&orphan);
+    }
+}
+
 #[test]
 fn environment_is_explicit_and_the_hosts_never_leaks() {
     for mode in modes() {

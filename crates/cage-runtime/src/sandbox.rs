@@ -13,6 +13,7 @@ pub fn run_spec(spec: &oci_spec::runtime::Spec, interactive: bool) -> Result<i32
         interactive,
         timeout: None,
         park: None,
+        caller_exits_after: false,
     };
     Ok(run(spec, Path::new("/"), &opts)?.code())
 }

@@ -251,6 +251,51 @@ pub fn find_parent(uid: u32) -> Option<Parent> {
     }
 }
 
+/// Where the sandboxes' pid 1s live under a delegated parent: beside the sandboxes'
+/// leaves, with no limits of its own (pid 1 only reaps and forwards signals), made once and
+/// kept. Not the caller's own cgroup: a sandbox reads pid 1's cgroup in /proc/1/cgroup,
+/// relative to its own, and sees `/../pid1`, nothing of the host's tree.
+pub const PID1_GROUP: &str = "pid1";
+
+/// [`PID1_GROUP`] under `parent`, made if missing: each hierarchy's directory.
+pub fn pid1_group(parent: &Parent) -> Result<Vec<PathBuf>> {
+    parent
+        .dirs
+        .iter()
+        .map(|d| {
+            let dir = d.join(PID1_GROUP);
+            match fs::create_dir(&dir) {
+                Ok(()) => Ok(dir),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(dir),
+                Err(source) => Err(SandboxError::Cgroup {
+                    path: dir,
+                    what: "creating",
+                    source,
+                }),
+            }
+        })
+        .collect()
+}
+
+/// Move `pid` into the cgroup `dirs` name (one per hierarchy).
+pub fn add(dirs: &[PathBuf], pid: i32) -> Result<()> {
+    for d in dirs {
+        write_file(&d.join("cgroup.procs"), &pid.to_string(), "joining")?;
+    }
+    Ok(())
+}
+
+/// A cgroup v2 directory, for clone3's CLONE_INTO_CGROUP.
+pub fn open_dir(dir: &Path) -> Result<std::os::fd::OwnedFd> {
+    fs::File::open(dir)
+        .map(std::os::fd::OwnedFd::from)
+        .map_err(|source| SandboxError::Cgroup {
+            path: dir.to_path_buf(),
+            what: "opening",
+            source,
+        })
+}
+
 /// One sandbox's cgroup (a leaf in each hierarchy).
 #[derive(Debug)]
 pub struct Leaf {
@@ -305,10 +350,7 @@ impl Leaf {
     }
 
     pub fn add(&self, pid: i32) -> Result<()> {
-        for d in &self.dirs {
-            write_file(&d.join("cgroup.procs"), &pid.to_string(), "joining")?;
-        }
-        Ok(())
+        add(&self.dirs, pid)
     }
 
     pub fn dirs(&self) -> &[PathBuf] {
@@ -317,14 +359,38 @@ impl Leaf {
 
     /// The leaf's directory (cgroup v2: the one hierarchy), for clone3's CLONE_INTO_CGROUP.
     pub fn open_dir(&self) -> Result<std::os::fd::OwnedFd> {
-        let dir = &self.dirs[0];
-        fs::File::open(dir)
-            .map(std::os::fd::OwnedFd::from)
-            .map_err(|source| SandboxError::Cgroup {
-                path: dir.clone(),
-                what: "opening",
-                source,
+        open_dir(&self.dirs[0])
+    }
+
+    /// Each hierarchy's `cgroup.procs`, open for writing: a process that writes `0` to them
+    /// moves itself in. The write is checked against the credentials of this opener (the
+    /// leaf's owner), so the sandbox's command may use them after taking its identity.
+    pub fn open_procs(&self) -> Result<Vec<std::os::fd::OwnedFd>> {
+        self.dirs
+            .iter()
+            .map(|d| {
+                let path = d.join("cgroup.procs");
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map(std::os::fd::OwnedFd::from)
+                    .map_err(|source| SandboxError::Cgroup {
+                        path,
+                        what: "opening",
+                        source,
+                    })
             })
+            .collect()
+    }
+
+    /// Remove the leaf now if no process is in it (one try per hierarchy, no waiting);
+    /// whether it is gone. What stays is left to [`Drop`], which waits for it.
+    pub fn try_remove(&mut self) -> bool {
+        self.dirs.retain(|d| match fs::remove_dir(d) {
+            Ok(()) => false,
+            Err(e) => e.kind() != ErrorKind::NotFound,
+        });
+        self.dirs.is_empty()
     }
 
     /// How many times the memory limit was hit (v2 `memory.events` max, v1 failcnt).

@@ -7,7 +7,7 @@
 //! privilege and installs seccomp last, right before `execve`.
 
 use std::convert::Infallible;
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use nix::sched::CloneFlags;
@@ -35,6 +35,82 @@ pub struct ChildFds {
     /// A parked sandbox's socket (see [`crate::park`]): the command, its stdio and the go
     /// come from there.
     pub park: Option<RawFd>,
+    /// The command alone goes into the limits cgroup, which comes with the second release
+    /// ([`CommandCgroup`]); pid 1 stays out of it (see [`crate::launch::run`]).
+    pub command_joins: bool,
+}
+
+/// The sandbox's limits cgroup (its leaf), as descriptors the parent opened and sent with
+/// the second release: pid 1 holds them until the command has started, never the command
+/// (they are close-on-exec).
+pub struct CommandCgroup {
+    /// The leaf's directory on cgroup v2: the command is born there (CLONE_INTO_CGROUP).
+    pub dir: Option<OwnedFd>,
+    /// Each hierarchy's `cgroup.procs`: where the command is not born in the leaf (v1, or a
+    /// kernel that refuses the clone flag), it moves itself in through these first.
+    pub procs: Vec<OwnedFd>,
+}
+
+/// The most descriptors a release carries: v1's memory and pids `cgroup.procs`, or v2's
+/// directory and `cgroup.procs`.
+const MAX_CGROUP_FDS: usize = 2;
+
+impl CommandCgroup {
+    /// The second release's message: one byte (`d`: a v2 directory comes first, then
+    /// `cgroup.procs`; `p`: only `cgroup.procs`) and the descriptors.
+    pub fn message(&self) -> (u8, Vec<RawFd>) {
+        use std::os::fd::AsRawFd;
+        let tag = if self.dir.is_some() { b'd' } else { b'p' };
+        let fds = self.dir.iter().chain(&self.procs);
+        (tag, fds.map(AsRawFd::as_raw_fd).collect())
+    }
+
+    /// Wait for the second release and take the cgroup it carries (None: the parent sent
+    /// none). A parent that failed or died sends nothing: then leave, as [`wait_for_parent`].
+    fn receive(sock: RawFd) -> Result<Option<CommandCgroup>> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        use std::os::fd::FromRawFd;
+        let mut tag = [0u8; 1];
+        let mut iov = [std::io::IoSliceMut::new(&mut tag)];
+        let mut space = nix::cmsg_space!([RawFd; MAX_CGROUP_FDS]);
+        let msg = match recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        {
+            Ok(m) if m.bytes == 1 => m,
+            _ => unsafe { libc::_exit(125) },
+        };
+        let mut fds = Vec::new();
+        for c in msg
+            .cmsgs()
+            .map_err(|e| SandboxError::Setup(format!("the sandbox's cgroup: {e}")))?
+        {
+            if let ControlMessageOwned::ScmRights(got) = c {
+                // SAFETY: descriptors the kernel just installed for us.
+                fds.extend(
+                    got.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+        let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+        let mut fds = fds.into_iter();
+        let cgroup = match tag[0] {
+            b'd' => Some(CommandCgroup {
+                dir: fds.next(),
+                procs: fds.collect(),
+            }),
+            b'p' => Some(CommandCgroup {
+                dir: None,
+                procs: fds.collect(),
+            }),
+            _ => None,
+        };
+        match &cgroup {
+            Some(cg) if truncated || cg.procs.is_empty() => Err(SandboxError::Setup(
+                "the sandbox's cgroup did not arrive whole".into(),
+            )),
+            _ => Ok(cgroup),
+        }
+    }
 }
 
 pub struct ChildArgs<'a> {
@@ -170,11 +246,17 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
         unsafe { libc::close(*fd) };
     }
 
-    // 5. Meanwhile the parent made our cgroup and moved us in: wait for that, then make it
-    //    the root of our cgroup namespace. Limits apply from here on, before the command.
-    wait_for_parent(f.sync_read);
+    // 5. Meanwhile the parent made our cgroup and moved us in, unless the command alone goes
+    //    there (step 6): wait for that, then make it the root of our cgroup namespace.
+    //    Limits apply from here on, before the command.
+    let command_cgroup = if f.command_joins {
+        CommandCgroup::receive(f.sync_read)?
+    } else {
+        wait_for_parent(f.sync_read);
+        None
+    };
     unsafe { libc::close(f.sync_read) };
-    if plan.namespaces.cgroup {
+    if plan.namespaces.cgroup && command_cgroup.is_none() {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
             .map_err(|e| SandboxError::Setup(format!("unsharing the cgroup namespace: {e}")))?;
     }
@@ -217,10 +299,15 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
     // The command shares pid 1's memory until it execs, as posix_spawn does: no page tables
     // to copy and no copy-on-write faults on either side, and pid 1 sleeps meanwhile. The
     // child only borrows from pid 1 (never drops what pid 1 owns) and ends in execve or _exit.
+    // Where the command alone is limited, it is born in the leaf (cgroup v2), or moves
+    // itself in before anything else (v1, or a refused clone flag), and its cgroup namespace
+    // is rooted there.
     let mut stack = vec![0u8; 256 << 10];
     let err_write = f.err_write;
-    let spawn = Box::new(|| -> isize {
-        let e = exec_command(process, plan, seccomp, &f).unwrap_err();
+    let command = |moves_itself: bool| -> ! {
+        let e = enter_cgroup(plan, command_cgroup.as_ref(), moves_itself)
+            .and_then(|()| exec_command(process, plan, seccomp, &f))
+            .unwrap_err();
         report(err_write, &e.to_string());
         if f.park.is_some() {
             // A parked sandbox's caller reads the stderr it handed over, not the engine's:
@@ -230,17 +317,37 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
         }
         // SAFETY: leave without unwinding into pid 1's frames.
         unsafe { libc::_exit(125) }
-    });
-    // SAFETY: CLONE_VM|CLONE_VFORK with a stack of its own; pid 1 resumes after execve/_exit.
-    let child = unsafe {
-        nix::sched::clone(
-            spawn,
-            &mut stack,
-            CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK,
-            Some(libc::SIGCHLD),
-        )
-    }
-    .map_err(|e| SandboxError::Setup(format!("starting the command: {e}")))?;
+    };
+    let into = command_cgroup.as_ref().and_then(|cg| cg.dir.as_ref());
+    let limited = command_cgroup.is_some();
+    // SAFETY: the child borrows only and ends in execve or _exit; pid 1 resumes after that.
+    let born = unsafe {
+        crate::clone::spawn_sharing_memory(&mut stack, into.map(|fd| fd.as_fd()), &mut || {
+            command(limited && into.is_none())
+        })
+    };
+    // How the command entered its cgroup, for the parent's log (see `report_end`).
+    let entered = match (&command_cgroup, &born, into) {
+        (None, _, _) => b'-',
+        (Some(_), Ok(_), Some(_)) => b'b',
+        (Some(_), _, _) => b'm',
+    };
+    let child = match born {
+        Ok(pid) => Pid::from_raw(pid),
+        // Not born in the leaf (no clone3 with a stack on this architecture, a kernel
+        // before 5.7, a refused cgroup): clone(2), and the command moves itself in.
+        // SAFETY: CLONE_VM|CLONE_VFORK with a stack of its own, as above.
+        Err(_) => unsafe {
+            nix::sched::clone(
+                Box::new(|| command(limited)),
+                &mut stack,
+                CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK,
+                Some(libc::SIGCHLD),
+            )
+        }
+        .map_err(|e| SandboxError::Setup(format!("starting the command: {e}")))?,
+    };
+    drop(command_cgroup);
     unsafe { libc::close(f.err_write) };
     if let Some(t) = f.tty {
         unsafe { libc::close(t) };
@@ -257,13 +364,55 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
     prctl(libc::PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS")?;
     prctl(libc::PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE")?;
     let code = reap_and_forward(child);
-    let bytes = code.to_ne_bytes();
-    // SAFETY: a write of a live buffer.
-    unsafe { libc::write(f.status_write, bytes.as_ptr().cast(), bytes.len()) };
+    report_end(f.status_write, code, entered);
     if let Some(sock) = f.park {
         crate::park::send_code(sock, code);
     }
     Ok(code)
+}
+
+/// Tell the parent how the command ended, before pid 1 exits (which tears the namespaces
+/// down): 4 bytes of exit code; then 1 when no other process is left in the sandbox (every
+/// process in it descends from pid 1, so none is when pid 1 has no child), else 0; then how
+/// the command entered its cgroup (`b`: born there, `m`: moved itself, `-`: none of its own).
+fn report_end(status_write: RawFd, code: i32, entered: u8) {
+    let alone = loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => break false,
+            Ok(_) => continue,
+            Err(nix::Error::ECHILD) => break true,
+            Err(_) => break false,
+        }
+    };
+    let mut bytes = [0u8; 8];
+    bytes[..4].copy_from_slice(&code.to_ne_bytes());
+    bytes[4] = alone as u8;
+    bytes[5] = entered;
+    // SAFETY: a write of a live buffer.
+    unsafe { libc::write(status_write, bytes.as_ptr().cast(), bytes.len()) };
+}
+
+/// The command's first step where it alone is limited (see [`CommandCgroup`]): move in,
+/// unless born there, and root its cgroup namespace at the leaf.
+fn enter_cgroup(plan: &Plan, cgroup: Option<&CommandCgroup>, moves_itself: bool) -> Result<()> {
+    let Some(cg) = cgroup else { return Ok(()) };
+    if moves_itself {
+        for fd in &cg.procs {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a write of a live buffer; "0" is the writer itself.
+            if unsafe { libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) } != 1 {
+                return Err(SandboxError::Setup(format!(
+                    "joining the sandbox's cgroup: {}",
+                    std::io::Error::last_os_error()
+                )));
+            }
+        }
+    }
+    if plan.namespaces.cgroup {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+            .map_err(|e| SandboxError::Setup(format!("unsharing the cgroup namespace: {e}")))?;
+    }
+    Ok(())
 }
 
 fn setup_stdio(f: &ChildFds) -> Result<()> {

@@ -10,14 +10,12 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::cgroups::{self, Leaf};
+use crate::clone::{clone3, CloneArgs, CLONE_INTO_CGROUP};
 use crate::error::{Result, SandboxError};
-use crate::init::{child_main, ChildArgs, ChildFds};
+use crate::init::{child_main, ChildArgs, ChildFds, CommandCgroup};
 use crate::plan::Plan;
 use crate::steps::Steps;
 use crate::{idmap, pty, seccomp};
-
-/// clone3's flag (Linux 5.7) that starts the child in the cgroup `CloneArgs::cgroup` names.
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -27,6 +25,11 @@ pub struct RunOptions {
     /// Park the sandbox before its command (see [`crate::park`]): this socket brings the
     /// command. Passed to pid 1 and closed in this process once the sandbox has it.
     pub park: Option<RawFd>,
+    /// The caller exits right after [`run`] returns (`cagerun exec`): once the command and
+    /// every process it started are gone, return at once and leave pid 1's namespace
+    /// teardown (~0.5 ms: unmounting the root, an RCU grace period) to finish on its own;
+    /// pid 1 is then reaped by whoever inherits it. Otherwise `run` waits for pid 1.
+    pub caller_exits_after: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,22 +68,6 @@ const FORWARDED: &[Signal] = &[
     Signal::SIGUSR2,
     Signal::SIGWINCH,
 ];
-
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SandboxError::os("pipe", e))
@@ -131,20 +118,45 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
         LimitMechanism::Rlimits => tracing::info!("limits: rlimits (RLIMIT_DATA, RLIMIT_NPROC): no delegated cgroup found; see `cagerun setup-cgroups`"),
         LimitMechanism::None => {}
     }
-    // On cgroup v2 the leaf is made first and the sandbox is born in it (CLONE_INTO_CGROUP):
-    // moving a process later takes the kernel's cgroup_threadgroup_rwsem for writing, which
-    // waits out an RCU grace period (5-12 ms on an idle 2-vCPU machine, measured); v1 has no
-    // such clone flag, so there the leaf is made and joined while the child builds its root.
+    // Rootless, only a process with our own uid may be moved into a cgroup on v1, and only
+    // by one holding write access on v2: when the sandbox's user is another host id (a build
+    // step's root is a subordinate id), pid 1 is put in the leaf before it takes that
+    // identity (below).
+    let becomes_other = !privileged
+        && crate::plan::IdMap::outside_of(&plan.uid_map, plan.process.uid)
+            .is_some_and(|host| host != nix::unistd::geteuid().as_raw());
+    // Who is in the limits cgroup (the leaf). Normally the command alone: pid 1 lives in the
+    // delegated tree's `pid1` group and starts the command into the leaf, so once the
+    // command's processes are gone the leaf can be removed while pid 1 still tears the
+    // namespaces down, and a caller that exits after needs not wait for that
+    // (`RunOptions::caller_exits_after`). The leaf is made while the child builds its root,
+    // and its descriptors go to pid 1 with the second release. On cgroup v2 each process is
+    // born in its cgroup (clone3's CLONE_INTO_CGROUP): moving a process instead takes the
+    // kernel's cgroup_threadgroup_rwsem for writing, which waits out an RCU grace period
+    // (5-12 ms on an idle 2-vCPU machine, measured) unless `favordynmods` is on. v1 has no
+    // such clone flag: there pid 1 is moved into its group while it builds its root, and
+    // the command moves itself into the leaf by writing `cgroup.procs` before it runs
+    // anything of its own.
+    let command_joins = cgroup_parent.is_some() && !becomes_other;
     let mut leaf = None;
     let mut clone_into = None;
-    if let Some(parent) = cgroup_parent
-        .as_ref()
-        .filter(|p| p.layout == cgroups::Layout::Unified)
-    {
-        let l = Leaf::create(parent, plan.memory_limit, plan.pids_limit)?;
-        clone_into = Some(l.open_dir()?);
-        leaf = Some(l);
-        steps.mark("cgroup leaf");
+    let mut pid1_group = None;
+    if let Some(parent) = &cgroup_parent {
+        let unified = parent.layout == cgroups::Layout::Unified;
+        if command_joins {
+            let group = cgroups::pid1_group(parent)?;
+            if unified {
+                clone_into = Some(cgroups::open_dir(&group[0])?);
+            }
+            pid1_group = Some(group);
+            steps.mark("pid 1's cgroup");
+        } else if unified {
+            // pid 1 is born in the leaf, as every process after it.
+            let l = Leaf::create(parent, plan.memory_limit, plan.pids_limit)?;
+            clone_into = Some(l.open_dir()?);
+            leaf = Some(l);
+            steps.mark("cgroup leaf");
+        }
     }
     let terminal = if plan.process.terminal {
         Some(pty::open()?)
@@ -162,7 +174,14 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
                 .map_err(|e| SandboxError::os("chown of the pty", e))?;
         }
     }
-    let (sync_r, sync_w) = pipe()?;
+    // A socket, not a pipe: the second release carries the leaf's descriptors.
+    let (sync_r, sync_w) = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::SeqPacket,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| SandboxError::os("socketpair", e))?;
     let (err_r, err_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
 
@@ -197,38 +216,32 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
         args.cgroup = dir.as_raw_fd() as u64;
     }
     // SAFETY: clone3 without CLONE_VM behaves like fork; this process is single-threaded.
-    let clone = |args: &CloneArgs| unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    let mut rc = clone(&args);
-    let mut joined = clone_into.is_some() && rc >= 0;
-    if rc < 0 && clone_into.is_some() {
+    let clone = |args: &CloneArgs| unsafe { clone3(args) };
+    let mut cloned = clone(&args);
+    // Whether pid 1 is in its cgroup already, or (false) is put there after clone.
+    let mut joined = clone_into.is_some() && cloned.is_ok();
+    if let (Err(e), Some(_)) = (&cloned, &clone_into) {
         // A kernel before 5.7 (no CLONE_INTO_CGROUP) or a leaf it refuses: join by writing
         // cgroup.procs after clone, as on v1.
-        tracing::debug!(
-            "clone3 into the cgroup: {}",
-            std::io::Error::last_os_error()
-        );
+        tracing::debug!("clone3 into the cgroup: {e}");
         args.flags &= !CLONE_INTO_CGROUP;
         args.cgroup = 0;
-        rc = clone(&args);
+        cloned = clone(&args);
         joined = false;
     }
     drop(clone_into);
-    if rc < 0 {
-        let e = std::io::Error::last_os_error();
-        restore_mask();
-        return Err(SandboxError::Setup(match e.raw_os_error() {
+    let rc = match cloned {
+        Ok(pid) => pid,
+        Err(e) => {
+            restore_mask();
+            return Err(SandboxError::Setup(match e.raw_os_error() {
             Some(libc::EPERM) | Some(libc::ENOSPC) | Some(libc::EUSERS) => format!(
                 "cannot create the sandbox's namespaces: {e}; unprivileged user namespaces must be enabled (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0); `cagerun doctor` checks this"
             ),
             _ => format!("clone3: {e}"),
         }));
-    }
+        }
+    };
     if rc == 0 {
         drop(sync_w);
         drop(err_r);
@@ -243,6 +256,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
                 tty: terminal.as_ref().map(|t| t.replica.as_raw_fd()),
                 interactive: opts.interactive,
                 park: opts.park,
+                command_joins,
             },
             privileged,
             fallback_rlimits,
@@ -254,7 +268,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
         // SAFETY: the caller handed this descriptor over for the sandbox.
         unsafe { libc::close(sock) };
     }
-    let pid = Pid::from_raw(rc as i32);
+    let pid = Pid::from_raw(rc);
     // SAFETY: clone3 filled in a fresh descriptor.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     drop(sync_r);
@@ -287,14 +301,43 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
         let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
         let _ = waitpid(pid, None);
     };
-    let release = || {
-        nix::unistd::write(&sync_w, b"g")
-            .map(drop)
-            .map_err(|e| SandboxError::os("releasing the sandbox", e))
+    // Each release is one message; the second one carries the command's cgroup where the
+    // command alone goes there (see init's `CommandCgroup::receive`).
+    let release = |cgroup: Option<&CommandCgroup>| {
+        let (tag, fds) = match cgroup {
+            Some(cg) => cg.message(),
+            None => (b'g', Vec::new()),
+        };
+        let iov = [std::io::IoSlice::new(std::slice::from_ref(&tag))];
+        let rights = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+        let cmsgs: &[_] = if fds.is_empty() { &[] } else { &rights };
+        nix::sys::socket::sendmsg::<()>(
+            sync_w.as_raw_fd(),
+            &iov,
+            cmsgs,
+            nix::sys::socket::MsgFlags::empty(),
+            None,
+        )
+        .map(drop)
+        .map_err(|e| SandboxError::os("releasing the sandbox", e))
     };
-    // Maps first (the child needs them to do anything), then the cgroup leaf while the child
+    // Maps first (the child needs them to do anything), then the cgroups while the child
     // builds its root, then the second release.
+    let mut command_cgroup = None;
     let mut join_cgroup = || match (&cgroup_parent, joined) {
+        (Some(parent), _) if command_joins => {
+            if !joined {
+                cgroups::add(pid1_group.as_deref().unwrap_or_default(), pid.as_raw())?;
+            }
+            let l = Leaf::create(parent, plan.memory_limit, plan.pids_limit)?;
+            let unified = parent.layout == cgroups::Layout::Unified;
+            command_cgroup = Some(CommandCgroup {
+                dir: if unified { Some(l.open_dir()?) } else { None },
+                procs: l.open_procs()?,
+            });
+            leaf = Some(l);
+            Ok(())
+        }
         (Some(parent), false) => {
             let l = match leaf.take() {
                 Some(l) => l,
@@ -306,19 +349,16 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
         }
         _ => Ok(()),
     };
-    // Rootless, only a process with our own uid may be moved into a cgroup: when the
-    // sandbox's user is another host id (a build step's root is a subordinate id), move it
-    // before the first release, after which it takes that identity.
-    let becomes_other = !privileged
-        && crate::plan::IdMap::outside_of(&plan.uid_map, plan.process.uid)
-            .is_some_and(|host| host != nix::unistd::geteuid().as_raw());
+    // pid 1 of a sandbox whose user is another host id is moved before the first release,
+    // after which it takes that identity (see `becomes_other`).
     let released = idmap::write_maps(pid.as_raw(), &plan.uid_map, &plan.gid_map, privileged)
         .map(|_| steps.mark("id maps"))
         .and_then(|_| if becomes_other { join_cgroup() } else { Ok(()) })
-        .and_then(|_| release())
+        .and_then(|_| release(None))
         .and_then(|_| if becomes_other { Ok(()) } else { join_cgroup() })
-        .map(|_| steps.mark("cgroup join"))
-        .and_then(|_| release());
+        .map(|_| steps.mark("cgroups"))
+        .and_then(|_| release(command_cgroup.as_ref()));
+    drop(command_cgroup);
     drop(sync_w);
     if let Some(maker) = net_maker {
         let _ = waitpid(maker, None);
@@ -341,7 +381,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
     // The error pipe is read once the sandbox has ended, not at exec: one wake-up less on
     // the way (a setup error ends the sandbox with 125 right away, and its message waits in
     // the pipe).
-    let outcome = supervise(
+    let ended = supervise(
         pid,
         &pidfd,
         &status_r,
@@ -351,16 +391,47 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
         &mut steps,
     );
     restore_mask();
+    if let Ok(Ended::Reported { alone: true, .. }) = ended {
+        // pid 1 has no process left beside it, so the leaf is empty unless pid 1 is in it.
+        let leaf_gone = leaf.as_mut().is_none_or(Leaf::try_remove);
+        if leaf_gone && opts.caller_exits_after {
+            steps.mark("leaf removed");
+            steps.report();
+            return finish(ended, &err_r);
+        }
+    }
+    if let Ok(Ended::Reported { .. }) = ended {
+        let _ = waitpid(pid, None);
+        steps.mark("pid 1 reaped");
+    }
     drop(leaf);
     steps.mark("leaf removed");
     steps.report();
-    let message = read_to_end(&err_r);
+    finish(ended, &err_r)
+}
+
+/// How the sandbox ended, as [`supervise`] saw it.
+enum Ended {
+    /// pid 1 reported the command's code and is on its way out, not yet reaped; `alone`:
+    /// no other process was left in the sandbox.
+    Reported { code: i32, alone: bool },
+    /// pid 1 is reaped.
+    Reaped(Outcome),
+}
+
+/// The outcome, or the sandbox's own setup error (it ended with 125 and its message waits
+/// in the error pipe).
+fn finish(ended: Result<Ended>, err_r: &OwnedFd) -> Result<Outcome> {
+    let message = read_to_end(err_r);
     if !message.is_empty() {
         return Err(SandboxError::Setup(
             String::from_utf8_lossy(&message).into_owned(),
         ));
     }
-    outcome
+    ended.map(|e| match e {
+        Ended::Reported { code, .. } => Outcome::Exited(code),
+        Ended::Reaped(outcome) => outcome,
+    })
 }
 
 fn read_to_end(fd: &OwnedFd) -> Vec<u8> {
@@ -399,7 +470,7 @@ fn supervise(
     forwarded: &SigSet,
     opts: &RunOptions,
     steps: &mut Steps,
-) -> Result<Outcome> {
+) -> Result<Ended> {
     let sigfd = SignalFd::with_flags(forwarded, SfdFlags::SFD_CLOEXEC)
         .map_err(|e| SandboxError::os("signalfd", e))?;
     let deadline = opts.timeout.map(|t| Instant::now() + t);
@@ -417,7 +488,7 @@ fn supervise(
                 if left.is_zero() {
                     let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
                     let _ = waitpid(pid, None);
-                    return Ok(Outcome::TimedOut);
+                    return Ok(Ended::Reaped(Outcome::TimedOut));
                 }
                 left.as_millis().min(i32::MAX as u128) as i32 + 1
             }
@@ -488,16 +559,26 @@ fn supervise(
             }
         }
         if fds[2].revents & libc::POLLIN != 0 {
-            // pid 1 reported the command's code and is on its way out: collect it.
-            let mut code = [0u8; 4];
-            if nix::unistd::read(status.as_raw_fd(), &mut code) == Ok(4) {
+            // pid 1 reported the command's code and is on its way out (see init's
+            // `report_end`): the caller decides whether to wait for it.
+            let mut report = [0u8; 8];
+            if nix::unistd::read(status.as_raw_fd(), &mut report) == Ok(8) {
                 steps.mark("command ran");
-                let _ = waitpid(pid, None);
-                steps.mark("pid 1 reaped");
                 if let Some(p) = primary {
                     drain(p);
                 }
-                return Ok(Outcome::Exited(i32::from_ne_bytes(code)));
+                let [c0, c1, c2, c3, alone, entered, ..] = report;
+                match entered {
+                    b'b' => tracing::info!(
+                        "cgroup: the command was born in its leaf (CLONE_INTO_CGROUP)"
+                    ),
+                    b'm' => tracing::info!("cgroup: the command moved itself into its leaf"),
+                    _ => {}
+                }
+                return Ok(Ended::Reported {
+                    code: i32::from_ne_bytes([c0, c1, c2, c3]),
+                    alone: alone == 1,
+                });
             }
         }
         if fds[0].revents & libc::POLLIN != 0 {
@@ -505,11 +586,11 @@ fn supervise(
             if let Some(p) = primary {
                 drain(p);
             }
-            return Ok(match status {
+            return Ok(Ended::Reaped(match status {
                 WaitStatus::Exited(_, code) => Outcome::Exited(code),
                 WaitStatus::Signaled(_, sig, _) => Outcome::Signaled(sig as i32),
                 _ => Outcome::Exited(125),
-            });
+            }));
         }
     }
 }

@@ -176,6 +176,8 @@ pub fn route(args: ExecArgs) -> Result<Route> {
             interactive: args.interactive,
             timeout,
             park,
+            // `cagerun exec` exits with the command's code right after the sandbox ends.
+            caller_exits_after: true,
         },
         timeout_secs: args.timeout,
     };
