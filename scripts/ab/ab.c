@@ -1,6 +1,8 @@
 /* Interleaved A/B timing for scripts/bench-ab: each round runs every command once, in
  * order, so drift on a noisy machine lands on all of them alike (hyperfine runs one command's
- * N runs, then the next's). Prints the median, quartiles and minimum of each, in ms.
+ * N runs, then the next's). Each run starts PAUSE_MS (default 20) after the last one ended,
+ * so what a command leaves to finish after it exits (cagerun exec leaves pid 1's namespace
+ * teardown) lands on no other's time. Prints the median, quartiles and minimum of each, in ms.
  * Usage: ab ROUNDS 'CMD ARGS...' ...   (an argument per command, split on spaces) */
 #include <spawn.h>
 #include <stdio.h>
@@ -22,6 +24,8 @@ int main(int argc, char **argv) {
     return 2;
   }
   int rounds = atoi(argv[1]), n = argc - 2;
+  const char *pause_env = getenv("PAUSE_MS");
+  struct timespec pause = {0, (pause_env ? atol(pause_env) : 20) * 1000000L};
   double *ms = calloc((size_t)rounds * n, sizeof *ms);
   char ***cmds = calloc(n, sizeof *cmds);
   for (int j = 0; j < n; j++) {
@@ -35,6 +39,7 @@ int main(int argc, char **argv) {
       struct timespec a, b;
       pid_t pid;
       int status;
+      nanosleep(&pause, NULL);
       clock_gettime(CLOCK_MONOTONIC, &a);
       if (posix_spawn(&pid, cmds[j][0], NULL, NULL, cmds[j], environ) != 0) {
         perror(cmds[j][0]);
