@@ -35,9 +35,6 @@ pub struct ChildFds {
     /// A parked sandbox's socket (see [`crate::park`]): the command, its stdio and the go
     /// come from there.
     pub park: Option<RawFd>,
-    /// The command alone goes into the limits cgroup, which comes with the second release
-    /// ([`CommandCgroup`]); pid 1 stays out of it (see [`crate::launch::run`]).
-    pub command_joins: bool,
 }
 
 /// The sandbox's limits cgroup (its leaf), as descriptors the parent opened and sent with
@@ -65,8 +62,10 @@ impl CommandCgroup {
         (tag, fds.map(AsRawFd::as_raw_fd).collect())
     }
 
-    /// Wait for the second release and take the cgroup it carries (None: the parent sent
-    /// none). A parent that failed or died sends nothing: then leave, as [`wait_for_parent`].
+    /// Wait for the second release and take the cgroup it carries: the command's, when it
+    /// alone goes there and pid 1 stays out (see [`crate::launch::run`]); None when the parent
+    /// sent none. A parent that failed or died sends nothing: then leave, as
+    /// [`wait_for_parent`].
     fn receive(sock: RawFd) -> Result<Option<CommandCgroup>> {
         use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
         use std::os::fd::FromRawFd;
@@ -249,16 +248,10 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
     // 5. Meanwhile the parent made our cgroup and moved us in, unless the command alone goes
     //    there (step 6): wait for that, then make it the root of our cgroup namespace.
     //    Limits apply from here on, before the command.
-    let command_cgroup = if f.command_joins {
-        CommandCgroup::receive(f.sync_read)?
-    } else {
-        wait_for_parent(f.sync_read);
-        None
-    };
+    let command_cgroup = CommandCgroup::receive(f.sync_read)?;
     unsafe { libc::close(f.sync_read) };
-    if plan.namespaces.cgroup && command_cgroup.is_none() {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
-            .map_err(|e| SandboxError::Setup(format!("unsharing the cgroup namespace: {e}")))?;
+    if command_cgroup.is_none() {
+        root_cgroup_namespace(plan)?;
     }
     rlimits::apply(&plan.process.rlimits)?;
     rlimits::apply(&fallback_rlimits)?;
@@ -408,6 +401,12 @@ fn enter_cgroup(plan: &Plan, cgroup: Option<&CommandCgroup>, moves_itself: bool)
             }
         }
     }
+    root_cgroup_namespace(plan)
+}
+
+/// A cgroup namespace of its own, where the plan asks for one: rooted at the caller's
+/// cgroup, which becomes `/` in its view.
+fn root_cgroup_namespace(plan: &Plan) -> Result<()> {
     if plan.namespaces.cgroup {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
             .map_err(|e| SandboxError::Setup(format!("unsharing the cgroup namespace: {e}")))?;

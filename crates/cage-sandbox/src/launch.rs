@@ -256,7 +256,6 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
                 tty: terminal.as_ref().map(|t| t.replica.as_raw_fd()),
                 interactive: opts.interactive,
                 park: opts.park,
-                command_joins,
             },
             privileged,
             fallback_rlimits,
@@ -391,18 +390,14 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
         &mut steps,
     );
     restore_mask();
-    if let Ok(Ended::Reported { alone: true, .. }) = ended {
-        // pid 1 has no process left beside it, so the leaf is empty unless pid 1 is in it.
-        let leaf_gone = leaf.as_mut().is_none_or(Leaf::try_remove);
-        if leaf_gone && opts.caller_exits_after {
-            steps.mark("leaf removed");
-            steps.report();
-            return finish(ended, &err_r);
+    if let Ok(Ended::Reported { alone, .. }) = ended {
+        // Alone, pid 1 has no process left beside it, so the leaf is empty unless pid 1 is
+        // in it; gone with it, a caller that exits after needs not wait for pid 1.
+        let leaf_gone = alone && leaf.as_mut().is_none_or(Leaf::try_remove);
+        if !(leaf_gone && opts.caller_exits_after) {
+            let _ = waitpid(pid, None);
+            steps.mark("pid 1 reaped");
         }
-    }
-    if let Ok(Ended::Reported { .. }) = ended {
-        let _ = waitpid(pid, None);
-        steps.mark("pid 1 reaped");
     }
     drop(leaf);
     steps.mark("leaf removed");
