@@ -92,7 +92,8 @@ pub struct Sandbox {
     pub bundle: PathBuf,
     /// Made by the pool (CAGERUN_PARK_FD), whether or not it has been handed a command yet.
     pub pooled: bool,
-    /// Parked: pid 1 waits on the park socket and has no child (no command yet).
+    /// Parked: pid 1's one child is its own clone that has not exec'd yet (no command yet),
+    /// waiting on the park socket.
     pub waiting: bool,
 }
 
@@ -177,8 +178,9 @@ fn processes() -> Vec<Proc> {
     all
 }
 
-/// pid 1 of a parked sandbox sits in recvmsg on its park socket (it reads a pipe while it
-/// is being made). None when the kernel does not say (no ptrace access, another arch).
+/// A parked sandbox's command process sits in recvmsg on its park socket (pid 1 reads a
+/// pipe while the sandbox is being made). None when the kernel does not say (no ptrace
+/// access, another arch).
 fn in_recvmsg(pid: i32) -> Option<bool> {
     let recvmsg = match std::env::consts::ARCH {
         "x86_64" => "47",
@@ -224,7 +226,11 @@ pub fn sandboxes_in(runs: &Path) -> Vec<Sandbox> {
         });
         let waiting = pooled
             && init.is_some_and(|i| {
-                !procs.iter().any(|q| q.ppid == i) && in_recvmsg(i) != Some(false)
+                let init_argv = procs.iter().find(|q| q.pid == i).map(|q| &q.argv);
+                let children: Vec<&Proc> = procs.iter().filter(|q| q.ppid == i).collect();
+                // Before its exec the command's process shares pid 1's memory, so its argv.
+                matches!(children.as_slice(), [c] if Some(&c.argv) == init_argv
+                    && in_recvmsg(c.pid) != Some(false))
             });
         found.push(Sandbox {
             engine: p.pid,

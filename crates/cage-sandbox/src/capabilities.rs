@@ -10,7 +10,8 @@ fn fail(what: &str, e: caps::errors::CapsError) -> SandboxError {
     SandboxError::Setup(format!("capabilities: {what}: {e}"))
 }
 
-pub fn apply(sets: &CapSets) -> Result<()> {
+/// The bounding set alone (it limits only what a later exec or capset may gain).
+pub fn drop_bounding(sets: &CapSets) -> Result<()> {
     for cap in caps::all() {
         if !sets.bounding.contains(&cap) {
             // A kernel older than the caps crate does not know every cap: EINVAL, nothing to drop.
@@ -21,6 +22,11 @@ pub fn apply(sets: &CapSets) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Ambient, inheritable, effective and permitted, after [`drop_bounding`].
+pub fn set(sets: &CapSets) -> Result<()> {
     caps::clear(None, CapSet::Ambient).map_err(|e| fail("clearing ambient", e))?;
     caps::set(None, CapSet::Inheritable, &sets.inheritable).map_err(|e| fail("inheritable", e))?;
     caps::set(None, CapSet::Effective, &sets.effective).map_err(|e| fail("effective", e))?;

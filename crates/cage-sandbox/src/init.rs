@@ -259,33 +259,9 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
     }
 
-    // 6. The command: a parked sandbox waits for it here, with everything above done.
-    let parked_process;
-    let process = match f.park {
-        Some(sock) => {
-            let (go, stdio) = crate::park::wait_for_go(sock, &ready)?;
-            // Two descriptors: stdout and stderr (stdin stays the /dev/null of step 1).
-            let first = 3 - stdio.len();
-            for (target, fd) in (first..).zip(stdio.iter()) {
-                use std::os::fd::AsRawFd;
-                // SAFETY: dup2 of descriptors we own onto stdio.
-                if unsafe { libc::dup2(fd.as_raw_fd(), target as RawFd) } < 0 {
-                    return Err(SandboxError::Setup(format!(
-                        "dup2: {}",
-                        std::io::Error::last_os_error()
-                    )));
-                }
-            }
-            drop(stdio);
-            let mut p = plan.process.clone();
-            p.args = go.args;
-            p.env = go.env;
-            p.cwd = go.cwd.into();
-            parked_process = p;
-            &parked_process
-        }
-        None => &plan.process,
-    };
+    // 6. The command. A parked sandbox starts its command's process now, before its call:
+    //    that process takes every step the plan alone decides, then waits for the call
+    //    ([`parked_command`]); pid 1 sleeps meanwhile, as it does while any command starts.
     let all = SigSet::all();
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), None)
         .map_err(|e| SandboxError::Setup(format!("sigprocmask: {e}")))?;
@@ -297,17 +273,19 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
     // is rooted there.
     let mut stack = vec![0u8; 256 << 10];
     let err_write = f.err_write;
+    let writable = plan.writable_destinations();
+    let setup = crate::process::ExecSetup {
+        console: f.tty.is_some(),
+        writable: &writable,
+    };
     let command = |moves_itself: bool| -> ! {
         let e = enter_cgroup(plan, command_cgroup.as_ref(), moves_itself)
-            .and_then(|()| exec_command(process, plan, seccomp, &f))
+            .and_then(|()| match f.park {
+                None => crate::process::exec(&plan.process, seccomp, &setup),
+                Some(sock) => parked_command(sock, &ready, plan, seccomp, &setup),
+            })
             .unwrap_err();
         report(err_write, &e.to_string());
-        if f.park.is_some() {
-            // A parked sandbox's caller reads the stderr it handed over, not the engine's:
-            // the same line `cagerun exec` prints for a fresh sandbox goes there.
-            let line = format!("cagerun: {}\n", SandboxError::Setup(e.to_string()));
-            report(2, &line);
-        }
         // SAFETY: leave without unwinding into pid 1's frames.
         unsafe { libc::_exit(125) }
     };
@@ -562,18 +540,39 @@ pub fn reap_and_forward(command: Pid) -> i32 {
     }
 }
 
-fn exec_command(
-    process: &crate::plan::ProcessPlan,
+/// A parked sandbox's command process (see [`crate::park`]): the steps the plan alone
+/// decides, then the call (its command, environment, working directory and stdio), then the
+/// rest, down the path every sandboxed process takes ([`crate::process`]).
+fn parked_command(
+    sock: RawFd,
+    ready: &crate::park::Ready,
     plan: &Plan,
     seccomp: &[BpfProgram],
-    f: &ChildFds,
+    setup: &crate::process::ExecSetup,
 ) -> Result<Infallible> {
-    crate::process::exec(
-        process,
-        seccomp,
-        &crate::process::ExecSetup {
-            console: f.tty.is_some(),
-            writable: &plan.writable_destinations(),
-        },
-    )
+    let prepared = crate::process::prepare(&plan.process, setup)?;
+    let (go, stdio) = crate::park::wait_for_go(sock, ready)?;
+    // Two descriptors: stdout and stderr (stdin stays the /dev/null of step 1); three with -i.
+    let first = 3 - stdio.len();
+    for (target, fd) in (first..).zip(stdio.iter()) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 of descriptors we own onto stdio.
+        if unsafe { libc::dup2(fd.as_raw_fd(), target as RawFd) } < 0 {
+            return Err(SandboxError::Setup(format!(
+                "dup2: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+    }
+    drop(stdio);
+    let mut process = plan.process.clone();
+    process.args = go.args;
+    process.env = go.env;
+    process.cwd = go.cwd.into();
+    crate::process::finish(prepared, &process, seccomp).inspect_err(|e| {
+        // The caller reads the stderr it handed over, not the engine's: the same line
+        // `cagerun exec` prints for a fresh sandbox goes there.
+        let line = format!("cagerun: {}\n", SandboxError::Setup(e.to_string()));
+        report(2, &line);
+    })
 }

@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use landlock::{
-    path_beneath_rules, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
-    Scope, ABI,
+    path_beneath_rules, Access, AccessFs, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
+    ABI,
 };
 
 use crate::error::{Result, SandboxError};
@@ -31,19 +31,30 @@ fn outermost(paths: &[PathBuf]) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Returns whether the kernel enforced the ruleset fully, partly or not at all.
-pub fn restrict(writable: &[PathBuf]) -> Result<RulesetStatus> {
-    restrict_filesystem(writable, true)
+/// A sandbox's ruleset, made (its rules' paths opened) but not yet enforced: a parked
+/// sandbox's command process makes it before its call comes (see [`crate::process::prepare`]).
+pub struct Ruleset(landlock::RulesetCreated);
+
+impl Ruleset {
+    pub fn prepare(writable: &[PathBuf]) -> Result<Ruleset> {
+        filesystem_rules(writable, true).map(Ruleset)
+    }
+
+    /// Returns whether the kernel enforced the ruleset fully, partly or not at all.
+    pub fn restrict(self) -> Result<RulesetStatus> {
+        let status = self.0.restrict_self().map_err(fail)?;
+        Ok(status.ruleset)
+    }
 }
 
-/// The filesystem half of [`restrict`] alone, with signals and abstract sockets left as they
-/// are: for another engine's container (`cagerun runtime`), whose init and exec'd processes
-/// are separate Landlock domains that must still signal and reach each other.
+/// The filesystem half of [`Ruleset`] alone, enforced now, with signals and abstract sockets
+/// left as they are: for another engine's container (`cagerun runtime`), whose init and
+/// exec'd processes are separate Landlock domains that must still signal and reach each other.
 pub fn restrict_writes(writable: &[PathBuf]) -> Result<RulesetStatus> {
-    restrict_filesystem(writable, false)
+    Ruleset(filesystem_rules(writable, false)?).restrict()
 }
 
-fn restrict_filesystem(writable: &[PathBuf], scoped: bool) -> Result<RulesetStatus> {
+fn filesystem_rules(writable: &[PathBuf], scoped: bool) -> Result<landlock::RulesetCreated> {
     let abi = ABI::V6;
     let existing = |paths: Vec<&Path>| {
         paths
@@ -63,16 +74,13 @@ fn restrict_filesystem(writable: &[PathBuf], scoped: bool) -> Result<RulesetStat
             .collect(),
     );
     let writable = existing(writable.iter().map(PathBuf::as_path).collect());
-    let status = fenced(abi, scoped)?
+    fenced(abi, scoped)?
         .add_rules(path_beneath_rules(["/"], AccessFs::from_read(abi)))
         .map_err(fail)?
         .add_rules(path_beneath_rules(&devices, AccessFs::from_file(abi)))
         .map_err(fail)?
         .add_rules(path_beneath_rules(&writable, AccessFs::from_all(abi)))
-        .map_err(fail)?
-        .restrict_self()
-        .map_err(fail)?;
-    Ok(status.ruleset)
+        .map_err(fail)
 }
 
 /// No filesystem access at all from now on (no open, no exec, no write), signals and
@@ -90,7 +98,7 @@ fn fail(e: landlock::RulesetError) -> SandboxError {
 /// A ruleset that handles every filesystem access (and, `scoped`, every scope) of `abi`,
 /// with no rule yet: everything is denied until a rule allows it.
 fn fenced(abi: ABI, scoped: bool) -> Result<landlock::RulesetCreated> {
-    let ruleset = Ruleset::default()
+    let ruleset = landlock::Ruleset::default()
         .handle_access(AccessFs::from_all(abi))
         .map_err(fail)?;
     let ruleset = if scoped {

@@ -1,19 +1,27 @@
 //! A parked sandbox: built up to the command and waiting for one (a broker's warm pool).
 //!
 //! The sandbox is made exactly as [`crate::launch::run`] makes any: namespaces, id maps, its
-//! cgroup, the root, the identity. pid 1 then stops where it would start the command and
-//! waits on a SOCK_SEQPACKET socket (the park socket; the broker holds the other end):
+//! cgroup, the root, the identity. pid 1 then starts the command's process, which enters the
+//! command's cgroup and takes the steps the plan alone decides ([`crate::process::prepare`]:
+//! signal dispositions, a new session, the bounding set, the Landlock ruleset made but not
+//! enforced), and waits on a SOCK_SEQPACKET socket (the park socket; the broker holds the
+//! other end) with every signal blocked:
 //!
-//! 1. pid 1 sends [`Ready`]: the device and inode of every bind source it resolved beneath a
+//! 1. it sends [`Ready`]: the device and inode of every bind source pid 1 resolved beneath a
 //!    hostile root, so the broker can check, when it hands the sandbox a command, that a
 //!    fresh sandbox would bind the same directories now;
 //! 2. the broker sends [`Go`]: the command's argv, environment and working directory, with
 //!    its stdout and stderr as SCM_RIGHTS, and its stdin before them when the call keeps it
 //!    (`-i`; otherwise the command keeps the /dev/null pid 1 opened, as a fresh one does);
-//! 3. pid 1 puts them on 0 (or 1), 1, 2 and starts the command down the same path every
-//!    sandbox takes (capabilities, no_new_privs, Landlock, seccomp last);
+//! 3. the process puts them on 0 (or 1), 1, 2 and finishes down the same path every sandboxed
+//!    process takes ([`crate::process::finish`]: working directory, capabilities,
+//!    no_new_privs, Landlock enforced, seccomp last, execve). What the call waits for is
+//!    that alone: no clone, no signal resets, no ~40 bounding-set drops, no ruleset to build;
 //! 4. when the command ends pid 1 sends its exit code (4 bytes), before the namespaces are
 //!    torn down, so the broker can answer its caller at once.
+//!
+//! pid 1 sleeps in the command's clone (CLONE_VFORK) while the process waits: a broker that
+//! closes the socket (an idle or evicted sandbox) ends the process, then pid 1, as before.
 //!
 //! Everything else a command gets (identity, mounts, limits, hostname, filter) was fixed when
 //! the sandbox was made, from a spec the broker compares, field by field, with the spec a

@@ -30,19 +30,32 @@ fn setup_err(what: &str) -> impl Fn(nix::Error) -> SandboxError + '_ {
     move |e| SandboxError::Setup(format!("{what}: {e}"))
 }
 
-/// From here to `execve`, in this order. The caller has taken the identity (uid, gid,
-/// groups), the rlimits and the umask; on success this never returns.
+/// What [`prepare`] did ahead of the command: the Landlock ruleset, made but not enforced.
+pub struct Prepared {
+    landlock: Option<landlock::Ruleset>,
+}
+
+/// From here to `execve`, in this order: [`prepare`] then [`finish`]. The caller has taken
+/// the identity (uid, gid, groups), the rlimits and the umask; on success this never returns.
 pub fn exec(p: &ProcessPlan, seccomp: &[BpfProgram], setup: &ExecSetup) -> Result<Infallible> {
-    // Signals: the command starts with default dispositions (std ignores SIGPIPE) and an
-    // empty mask.
+    let prepared = prepare(p, setup)?;
+    finish(prepared, p, seccomp)
+}
+
+/// The steps that depend on the plan alone, not on the command, its environment, working
+/// directory or stdio: a parked sandbox's command process takes them before its call comes
+/// (see [`crate::park`]), then [`finish`] with what the call brings. Nothing here weakens
+/// what the process may do, and nothing here is enforced before [`finish`] but the new
+/// session and the bounding set, which only ever remove.
+pub fn prepare(p: &ProcessPlan, setup: &ExecSetup) -> Result<Prepared> {
+    // Signals: the command starts with default dispositions (std ignores SIGPIPE); the mask
+    // is emptied in `finish`, so a parked process sleeps with every signal blocked.
     for sig in Signal::iterator() {
         if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
             // SAFETY: resetting dispositions before exec.
             unsafe { libc::signal(sig as libc::c_int, libc::SIG_DFL) };
         }
     }
-    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
-        .map_err(setup_err("sigprocmask"))?;
 
     // A new session: no controlling terminal of the caller's, so TIOCSTI has no target.
     nix::unistd::setsid().map_err(setup_err("setsid"))?;
@@ -66,6 +79,21 @@ pub fn exec(p: &ProcessPlan, seccomp: &[BpfProgram], setup: &ExecSetup) -> Resul
             )));
         }
     }
+    // The bounding set limits only what a later exec or capset may gain.
+    capabilities::drop_bounding(&p.caps)?;
+    let landlock = if p.no_new_privileges {
+        Some(landlock::Ruleset::prepare(setup.writable)?)
+    } else {
+        None
+    };
+    Ok(Prepared { landlock })
+}
+
+/// The rest, with the command: working directory, capability sets, no_new_privs with the
+/// Landlock layer, nothing inherited beyond 0/1/2, the seccomp filter last, `execve`.
+pub fn finish(prepared: Prepared, p: &ProcessPlan, seccomp: &[BpfProgram]) -> Result<Infallible> {
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(setup_err("sigprocmask"))?;
     nix::unistd::chdir(&p.cwd).map_err(|e| {
         SandboxError::Setup(format!(
             "working directory {} is not usable in the sandbox: {e}",
@@ -73,10 +101,12 @@ pub fn exec(p: &ProcessPlan, seccomp: &[BpfProgram], setup: &ExecSetup) -> Resul
         ))
     })?;
 
-    capabilities::apply(&p.caps)?;
+    capabilities::set(&p.caps)?;
     if p.no_new_privileges {
         prctl_no_new_privs()?;
-        landlock::restrict(setup.writable)?;
+        if let Some(ruleset) = prepared.landlock {
+            ruleset.restrict()?;
+        }
     }
     let program = resolve_command(p)?;
     let argv: Vec<CString> = p.args.iter().map(|a| cstring(a)).collect::<Result<_>>()?;
