@@ -114,7 +114,6 @@ impl CommandCgroup {
 
 pub struct ChildArgs<'a> {
     pub plan: &'a Plan,
-    pub seccomp: &'a [BpfProgram],
     pub fds: ChildFds,
     /// The caller is root on the host (may set groups; maps were written by a privileged parent).
     pub privileged: bool,
@@ -178,7 +177,6 @@ fn parent_is_gone(err_fd: RawFd) -> bool {
 fn sandbox_main(args: ChildArgs) -> Result<i32> {
     let ChildArgs {
         plan,
-        seccomp,
         fds: f,
         privileged,
         fallback_rlimits,
@@ -209,6 +207,13 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
         nix::unistd::sethostname(name)
             .map_err(|e| SandboxError::Setup(format!("sethostname: {e}")))?;
     }
+    // The command's seccomp programs, compiled here while the parent writes the maps rather
+    // than before clone on everyone's way (the command borrows them: it shares our memory).
+    let seccomp = match &plan.process.seccomp {
+        Some(profile) => crate::seccomp::compile(profile)?,
+        None => Vec::new(),
+    };
+    let seccomp = seccomp.as_slice();
     wait_for_parent(f.sync_read);
 
     // 3. The sandbox identity: as root on the host, files made during setup must be owned by

@@ -15,7 +15,7 @@ use crate::error::{Result, SandboxError};
 use crate::init::{child_main, ChildArgs, ChildFds, CommandCgroup};
 use crate::plan::Plan;
 use crate::steps::Steps;
-use crate::{idmap, pty, seccomp};
+use crate::{idmap, pty};
 
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -103,11 +103,6 @@ fn prepare_limits(
 
 pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
     let mut steps = Steps::start();
-    let programs = match &plan.process.seccomp {
-        Some(profile) => seccomp::compile(profile)?,
-        None => Vec::new(),
-    };
-    steps.mark("seccomp");
     // Maps that name any ids are written directly by a caller holding CAP_SETUID and
     // CAP_SETGID in its user namespace (root on the host, or a caller that entered a cage's
     // user namespace to share a service's network); anyone else goes through newuidmap.
@@ -247,7 +242,6 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
         drop(err_r);
         child_main(ChildArgs {
             plan,
-            seccomp: &programs,
             fds: ChildFds {
                 sync_read: sync_r.as_raw_fd(),
                 err_write: err_w.as_raw_fd(),

@@ -26,7 +26,8 @@
 //! order; and a call named unconditionally keeps the refusals of its conditional entries
 //! here, while libseccomp drops them.
 //!
-//! Compiled in the parent before `clone`, installed by the command last before `execve`.
+//! Compiled by pid 1 while its parent writes the id maps (off the way of everything else),
+//! installed by the command last before `execve`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
