@@ -340,10 +340,12 @@ fn sandbox_main(args: ChildArgs) -> Result<i32> {
     prctl(libc::PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS")?;
     prctl(libc::PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE")?;
     let code = reap_and_forward(child);
-    report_end(f.status_write, code, entered);
+    // A parked sandbox's caller waits on the broker: its answer goes first. The report wakes
+    // the engine, which (perf sched) could take this CPU for its cleanup before we sent it.
     if let Some(sock) = f.park {
         crate::park::send_code(sock, code);
     }
+    report_end(f.status_write, code, entered);
     Ok(code)
 }
 
