@@ -14,7 +14,13 @@
 //! TCP path of the second connection, which no user-space loop removes.
 //!
 //! No kernel path does better here. Rootless, nothing joins two TCP sockets in different
-//! namespaces but splice (BPF sockmap needs CAP_BPF). As root, nft DNAT from a 127.0.0.1 port
+//! namespaces but splice (BPF sockmap needs CAP_BPF). Handing the service the host's socket
+//! instead (the accepted connection, or the listener in place of its own, as bypass4netns
+//! does with seccomp notifications) would drop the second connection, and is not done: a
+//! TCP socket of the host's namespace in the service's hands can be disconnected
+//! (`connect(AF_UNSPEC)`) and connected again, from the host's namespace, to the host's
+//! 127.0.0.1 or beyond, and no filter sees which namespace an fd's socket belongs to. The
+//! service (the gateway, the model server) is hostile; the cage's network is the boundary. As root, nft DNAT from a 127.0.0.1 port
 //! needs route_localnet on a host veth, which makes 127.0.0.0/8 routable from the cage (see
 //! cage-net `network::host_veth`), and a veth between the host and the cage in every mode, not
 //! only with internet on; DESIGN.md's anchors measured it no faster (13–19 Gbit/s against
