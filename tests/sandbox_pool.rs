@@ -4,9 +4,8 @@
 //! Each case drives the docker calls OpenClaw makes through the shim in a gateway service.
 //! "Parked" is seen from the host (support::pool: `cagerun exec --bundle ...` engines with
 //! CAGERUN_PARK_FD whose pid 1 has started the command's process, waiting on the park socket)
-//! and from inside (the age of pid 1
-//! when the command starts: long for a parked sandbox, milliseconds for a fresh one, which a
-//! twin service with `pool = 0` shows each time).
+//! and from inside (the age of pid 1 when the command starts: long for a parked sandbox,
+//! milliseconds for a fresh one, which a twin service with `pool = 0` shows each time).
 
 #[path = "support/mod.rs"]
 mod support;

@@ -558,6 +558,8 @@ fn parked_command(
     setup: &crate::process::ExecSetup,
 ) -> Result<Infallible> {
     let prepared = crate::process::prepare(&plan.process, setup)?;
+    // Copied before the call, not on its way (the plan's process carries the seccomp profile).
+    let mut process = plan.process.clone();
     let (go, stdio) = crate::park::wait_for_go(sock, ready)?;
     // Two descriptors: stdout and stderr (stdin stays the /dev/null of step 1); three with -i.
     let first = 3 - stdio.len();
@@ -572,7 +574,6 @@ fn parked_command(
         }
     }
     drop(stdio);
-    let mut process = plan.process.clone();
     process.args = go.args;
     process.env = go.env;
     process.cwd = go.cwd.into();

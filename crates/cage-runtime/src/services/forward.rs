@@ -20,11 +20,11 @@
 //! TCP socket of the host's namespace in the service's hands can be disconnected
 //! (`connect(AF_UNSPEC)`) and connected again, from the host's namespace, to the host's
 //! 127.0.0.1 or beyond, and no filter sees which namespace an fd's socket belongs to. The
-//! service (the gateway, the model server) is hostile; the cage's network is the boundary. As root, nft DNAT from a 127.0.0.1 port
-//! needs route_localnet on a host veth, which makes 127.0.0.0/8 routable from the cage (see
-//! cage-net `network::host_veth`), and a veth between the host and the cage in every mode, not
-//! only with internet on; DESIGN.md's anchors measured it no faster (13–19 Gbit/s against
-//! 16.6). One mechanism serves both modes.
+//! service (the gateway, the model server) is hostile; the cage's network is the boundary.
+//! As root, nft DNAT from a 127.0.0.1 port needs route_localnet on a host veth, which makes
+//! 127.0.0.0/8 routable from the cage (see cage-net `network::host_veth`), and a veth between
+//! the host and the cage in every mode, not only with internet on; DESIGN.md's anchors
+//! measured it no faster (13–19 Gbit/s against 16.6). One mechanism serves both modes.
 //!
 //! Bounded: the pipe is drained before the next read, so a direction holds at most one pipe
 //! (1 MiB) of data beyond the sockets' own buffers; a stalled reader blocks its own thread
