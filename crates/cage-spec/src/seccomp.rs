@@ -646,8 +646,18 @@ fn on_native_arch(name: &&str) -> bool {
     !(cfg!(target_arch = "aarch64") && X86_64_ONLY.contains(name))
 }
 
-/// The profile for per-command sandboxes and services.
+/// The profile for per-command sandboxes and services. Built once per process (the broker
+/// renders one for every tool call) and copied after.
 pub fn sandbox_profile() -> Result<LinuxSeccomp, SpecError> {
+    static PROFILE: std::sync::OnceLock<LinuxSeccomp> = std::sync::OnceLock::new();
+    if let Some(profile) = PROFILE.get() {
+        return Ok(profile.clone());
+    }
+    let profile = build_sandbox_profile()?;
+    Ok(PROFILE.get_or_init(|| profile).clone())
+}
+
+fn build_sandbox_profile() -> Result<LinuxSeccomp, SpecError> {
     let allowed: Vec<&str> = ALLOWED_SYSCALLS
         .iter()
         .copied()

@@ -565,7 +565,7 @@ impl Broker {
                 if let Ok(spec) = self.render(&shape, e, call_env, &id) {
                     if let pool::Served::Ran(code, then) =
                         self.pool
-                            .serve(self, &id, &spec, e.interactive, io.fds(), conn)
+                            .serve(self, &id, spec, e.interactive, io.fds(), conn)
                     {
                         // The pool tops the container up once the used sandbox is reaped:
                         // after the call, not beside it (on a small machine a sandbox being

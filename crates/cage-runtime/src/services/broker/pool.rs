@@ -90,8 +90,11 @@ pub trait Host: Send + Sync + 'static {
 
 pub struct Parked {
     container: String,
-    /// Its spec without the command, environment and working directory ([`key`]).
+    /// Its spec without the command, environment and working directory ([`into_key`]).
     key: oci_spec::runtime::Spec,
+    /// Its plan, made once when it parks, for the binds to check again at a call: a call's
+    /// spec equals [`Self::key`] beyond the command, so its binds are these.
+    plan: cage_sandbox::Plan,
     child: Child,
     sock: OwnedFd,
     ready: park::Ready,
@@ -115,15 +118,22 @@ pub enum Job {
 }
 
 /// What a parked sandbox and a call must agree on: the whole spec but the process's args,
-/// env and cwd, which the go message brings (compared with `==`, every field).
-fn key(spec: &oci_spec::runtime::Spec) -> oci_spec::runtime::Spec {
-    let mut key = spec.clone();
-    if let Some(p) = key.process_mut().as_mut() {
+/// env and cwd, which the go message brings (compared with `==`, every field). `spec` becomes
+/// that key; what was taken out is returned.
+fn into_key(spec: &mut oci_spec::runtime::Spec) -> park::Go {
+    let mut go = park::Go {
+        args: Vec::new(),
+        env: Vec::new(),
+        cwd: "/".into(),
+    };
+    if let Some(p) = spec.process_mut().as_mut() {
+        go.args = p.args().clone().unwrap_or_default();
+        go.env = p.env_mut().take().unwrap_or_default();
+        go.cwd = p.cwd().to_string_lossy().into_owned();
         p.set_args(None);
-        p.set_env(None);
         p.set_cwd(PathBuf::from("/"));
     }
-    key
+    go
 }
 
 impl Parked {
@@ -356,39 +366,31 @@ impl Pool {
         &self,
         host: &dyn Host,
         container: &str,
-        spec: &oci_spec::runtime::Spec,
+        mut spec: oci_spec::runtime::Spec,
         interactive: bool,
         stdio: [RawFd; 3],
         conn: &std::os::unix::net::UnixStream,
     ) -> Served {
-        let wanted = key(spec);
+        // Compared in place, not copied: the spec carries the seccomp profile (hundreds of
+        // names).
+        let go = into_key(&mut spec);
         let taken = {
             let mut parked = self.parked.lock().unwrap();
             parked
                 .iter()
-                .position(|p| p.container == container && p.key == wanted)
+                .position(|p| p.container == container && p.key == spec)
                 .map(|i| parked.remove(i))
         };
         let Some(mut p) = taken else {
             return Served::NotTaken;
         };
         // The binds a fresh sandbox would resolve now, beneath the same hostile roots.
-        let now = cage_sandbox::Plan::from_spec(spec, std::path::Path::new("/"))
-            .ok()
-            .and_then(|plan| park::current_sources(&plan).ok());
+        let now = park::current_sources(&p.plan).ok();
         if now.as_ref() != Some(&p.ready) {
             tracing::debug!(%container, "pool: a bind source changed since the sandbox parked; a fresh one runs");
             p.end().finish_soon();
             return Served::NotTaken;
         }
-        let process = spec.process().as_ref();
-        let go = park::Go {
-            args: process.and_then(|p| p.args().clone()).unwrap_or_default(),
-            env: process.and_then(|p| p.env().clone()).unwrap_or_default(),
-            cwd: process
-                .map(|p| p.cwd().to_string_lossy().into_owned())
-                .unwrap_or_else(|| "/".into()),
-        };
         // Without -i a fresh sandbox's stdin is the /dev/null its pid 1 opened: a parked one
         // keeps its own the same way (the call's stdin is not passed).
         let [stdin, stdout, stderr] = stdio;
@@ -445,11 +447,21 @@ fn thread_main(host: Arc<dyn Host>, jobs: Receiver<Job>) {
 /// Start one parked sandbox and wait until it says it is parked.
 fn park_one(host: &dyn Host, container: &str, slot: Slot) -> anyhow::Result<Parked> {
     let Started {
-        spec,
+        mut spec,
         mut child,
         sock,
         run,
     } = host.start_parked(container)?;
+    let plan = match cage_sandbox::Plan::from_spec(&spec, std::path::Path::new("/")) {
+        Ok(plan) => plan,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            crate::tree::remove(&run);
+            return Err(e.into());
+        }
+    };
+    into_key(&mut spec);
     let _ = nix::sys::socket::setsockopt(
         &sock,
         nix::sys::socket::sockopt::ReceiveTimeout,
@@ -464,7 +476,8 @@ fn park_one(host: &dyn Host, container: &str, slot: Slot) -> anyhow::Result<Park
     match ready {
         Ok(ready) => Ok(Parked {
             container: container.to_string(),
-            key: key(&spec),
+            key: spec,
+            plan,
             child,
             sock,
             ready,
