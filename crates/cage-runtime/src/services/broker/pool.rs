@@ -452,16 +452,6 @@ fn park_one(host: &dyn Host, container: &str, slot: Slot) -> anyhow::Result<Park
         sock,
         run,
     } = host.start_parked(container)?;
-    let plan = match cage_sandbox::Plan::from_spec(&spec, std::path::Path::new("/")) {
-        Ok(plan) => plan,
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            crate::tree::remove(&run);
-            return Err(e.into());
-        }
-    };
-    into_key(&mut spec);
     let _ = nix::sys::socket::setsockopt(
         &sock,
         nix::sys::socket::sockopt::ReceiveTimeout,
@@ -473,8 +463,14 @@ fn park_one(host: &dyn Host, container: &str, slot: Slot) -> anyhow::Result<Park
         nix::sys::socket::sockopt::ReceiveTimeout,
         &nix::sys::time::TimeVal::new(0, 0),
     );
+    // The plan for the binds' check at a call (`Parked::plan`), from the spec the engine made
+    // its own plan from: this fails only where that did.
+    let ready = ready.and_then(|ready| {
+        cage_sandbox::Plan::from_spec(&spec, std::path::Path::new("/")).map(|plan| (ready, plan))
+    });
+    into_key(&mut spec);
     match ready {
-        Ok(ready) => Ok(Parked {
+        Ok((ready, plan)) => Ok(Parked {
             container: container.to_string(),
             key: spec,
             plan,
